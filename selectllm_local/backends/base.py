@@ -1,0 +1,89 @@
+"""The one small protocol every LLM backend implements.
+
+A backend renders chat prompts with the model's own template, generates (optionally constrained
+to a regex or JSON schema), scores candidate labels by log-probability for the logprob mode,
+reports token counts and timings, and frees its memory on ``close``. Implementations:
+``vllm`` (in-process ``vllm.LLM``, CPU or GPU), ``transformers`` (batched ``generate``) and a
+scripted fake used only by unit tests of parsing and retry logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from selectllm_local.records import Generation
+
+BackendName = Literal["auto", "vllm", "transformers"]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Decoding constraint for one prompt: a regex or a JSON schema (at most one)."""
+
+    regex: str | None = None
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass
+class BackendOptions:
+    """Options shared by all backends; each backend ignores what it cannot use."""
+
+    dtype: str = "auto"  # "auto" | "bfloat16" | "float16" | "float32"
+    max_model_len: int | None = None  # None = the model's own context length
+    seed: int = 0
+    # vLLM
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    enable_prefix_caching: bool = True
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    # transformers
+    batch_size: int = 16
+    device: str | None = None  # None = cuda if available else cpu
+    # LoRA adapter to apply (evaluation of fine-tuned models)
+    lora_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    model_path: str
+
+    @property
+    def max_context(self) -> int:
+        """Maximum prompt + output tokens the loaded model accepts."""
+        ...
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """Apply the model's chat template (with the generation prompt) to one conversation."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        constraints: list[Constraint | None] | None = None,
+        progress: bool = False,
+    ) -> list[Generation]:
+        """Generate one answer per rendered prompt, in order, as one batched call."""
+        ...
+
+    def score_labels(
+        self, prompts: list[str], labels: list[list[str]], *, progress: bool = False
+    ) -> list[list[float]]:
+        """Log-probability of each label's token at the first answer position, per prompt.
+
+        Labels must be single tokens in the model's tokenizer (check with ``single_token_labels``).
+        """
+        ...
+
+    def close(self) -> None:
+        """Free the engine and its (GPU) memory."""
+        ...
