@@ -46,7 +46,9 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            _console(stderr=True).print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            _console(stderr=True).print(
+                f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
             _console(stderr=True).print(
@@ -87,23 +89,56 @@ def main_callback(
 
 
 # Options shared by commands that plan (plan, select, baseline).
-PoolArg = Annotated[Path, typer.Argument(help="Pool file (.jsonl/.json/.csv/.parquet) or a datasets folder.")]
-BudgetOpt = Annotated[int | None, typer.Option("--budget", "-n", help="How many instructions to select.")]
-RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Run directory [default: runs/<pool stem>].")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (flags override it).")]
-LayoutOpt = Annotated[str | None, typer.Option("--layout", help="diverse (default, paper) | cluster | random.")]
-KOpt = Annotated[int | None, typer.Option("--k", help="Candidates per prompt (= clusters) [default: pool/1000, 2..max-k].")]
+PoolArg = Annotated[
+    Path, typer.Argument(help="Pool file (.jsonl/.json/.csv/.parquet) or a datasets folder.")
+]
+BudgetOpt = Annotated[
+    int | None, typer.Option("--budget", "-n", help="How many instructions to select.")
+]
+RunDirOpt = Annotated[
+    Path | None, typer.Option("--run-dir", help="Run directory [default: runs/<pool stem>].")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file (flags override it).")
+]
+LayoutOpt = Annotated[
+    str | None, typer.Option("--layout", help="diverse (default, paper) | cluster | random.")
+]
+KOpt = Annotated[
+    int | None,
+    typer.Option("--k", help="Candidates per prompt (= clusters) [default: pool/1000, 2..max-k]."),
+]
 MaxKOpt = Annotated[int | None, typer.Option("--max-k", help="Cap on the default K [default: 32].")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [default: 0].")]
-EmbedderOpt = Annotated[str | None, typer.Option("--embedder", help="Embedding model [default: packaged all-MiniLM-L6-v2].")]
-EmbedBatchOpt = Annotated[int | None, typer.Option("--embed-batch-size", help="Embedding batch size [default: 64].")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda [default: cuda if available].")]
-InstrFieldOpt = Annotated[str | None, typer.Option("--instruction-field", help="Field with the instruction.")]
-InputFieldOpt = Annotated[str | None, typer.Option("--input-field", help="Field with the input/context.")]
-OutputFieldOpt = Annotated[str | None, typer.Option("--output-field", help="Field with the response.")]
-CategoryFieldOpt = Annotated[str | None, typer.Option("--category-field", help="Field with a category label.")]
-SkipBadOpt = Annotated[bool | None, typer.Option("--skip-bad-rows/--no-skip-bad-rows", help="Skip malformed rows and report them.")]
-OfflineOpt = Annotated[bool | None, typer.Option("--offline/--online", help="Refuse hub ids; local paths only.")]
+EmbedderOpt = Annotated[
+    str | None,
+    typer.Option("--embedder", help="Embedding model [default: packaged all-MiniLM-L6-v2]."),
+]
+EmbedBatchOpt = Annotated[
+    int | None, typer.Option("--embed-batch-size", help="Embedding batch size [default: 64].")
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="cpu or cuda [default: cuda if available].")
+]
+InstrFieldOpt = Annotated[
+    str | None, typer.Option("--instruction-field", help="Field with the instruction.")
+]
+InputFieldOpt = Annotated[
+    str | None, typer.Option("--input-field", help="Field with the input/context.")
+]
+OutputFieldOpt = Annotated[
+    str | None, typer.Option("--output-field", help="Field with the response.")
+]
+CategoryFieldOpt = Annotated[
+    str | None, typer.Option("--category-field", help="Field with a category label.")
+]
+SkipBadOpt = Annotated[
+    bool | None,
+    typer.Option("--skip-bad-rows/--no-skip-bad-rows", help="Skip malformed rows and report them."),
+]
+OfflineOpt = Annotated[
+    bool | None, typer.Option("--offline/--online", help="Refuse hub ids; local paths only.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 
@@ -130,7 +165,10 @@ def plan(
     output_field: OutputFieldOpt = None,
     category_field: CategoryFieldOpt = None,
     skip_bad_rows: SkipBadOpt = None,
-    tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="Local tokenizer for the prompt-token estimate.")] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="Local tokenizer for the prompt-token estimate."),
+    ] = None,
     offline: OfflineOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -143,10 +181,23 @@ def plan(
         PlanConfig,
         config,
         dict(
-            pool=pool, budget=budget, run_dir=run_dir, layout=layout, n_clusters=k, max_k=max_k,
-            seed=seed, embedder=embedder, embed_batch_size=embed_batch_size, device=device,
-            instruction_field=instruction_field, input_field=input_field, output_field=output_field,
-            category_field=category_field, skip_bad_rows=skip_bad_rows, tokenizer=tokenizer, offline=offline,
+            pool=pool,
+            budget=budget,
+            run_dir=run_dir,
+            layout=layout,
+            n_clusters=k,
+            max_k=max_k,
+            seed=seed,
+            embedder=embedder,
+            embed_batch_size=embed_batch_size,
+            device=device,
+            instruction_field=instruction_field,
+            input_field=input_field,
+            output_field=output_field,
+            category_field=category_field,
+            skip_bad_rows=skip_bad_rows,
+            tokenizer=tokenizer,
+            offline=offline,
         ),
         section="plan",
     )
@@ -194,7 +245,9 @@ def bench() -> None:
 
 @app.command()
 @handle_errors
-def report(run_dir: Annotated[Path, typer.Argument(help="Run directory of a plan/select run.")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a plan/select run.")],
+) -> None:
     """Render an HTML report of a run: clusters, picks, lengths, positions, throughput."""
     raise UserError("report is not implemented yet.")
 

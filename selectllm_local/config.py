@@ -8,10 +8,11 @@ resolved config is saved with every output (``config.json`` in the run directory
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from selectllm_local.errors import UserError
 
@@ -80,7 +81,9 @@ class PlanConfig:
         if self.layout not in LAYOUTS:
             raise UserError(f"--layout must be one of {', '.join(LAYOUTS)} (got '{self.layout}').")
         if self.n_clusters is not None and self.n_clusters < 2:
-            raise UserError(f"--k (candidates per prompt) must be at least 2 (got {self.n_clusters}).")
+            raise UserError(
+                f"--k (candidates per prompt) must be at least 2 (got {self.n_clusters})."
+            )
         if self.max_k < 2:
             raise UserError(f"--max-k must be at least 2 (got {self.max_k}).")
         if self.kmeans_iters < 1:
@@ -114,13 +117,17 @@ def load_config_file(path: Path | None, section: str | None = None) -> dict[str,
     try:
         data = tomllib.loads(path.read_text("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"Config file {path} is not valid TOML: {exc}. Fix the file and retry.") from exc
+        raise UserError(
+            f"Config file {path} is not valid TOML: {exc}. Fix the file and retry."
+        ) from exc
     if section is not None and isinstance(data.get(section), dict):
         data = {**{k: v for k, v in data.items() if not isinstance(v, dict)}, **data[section]}
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def build_config(cls: type[T], config_file: Path | None, flags: dict[str, Any], *, section: str | None = None) -> T:
+def build_config(
+    cls: type[T], config_file: Path | None, flags: dict[str, Any], *, section: str | None = None
+) -> T:
     """defaults < config file < flags (flags that are None were not given)."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     from_file = load_config_file(config_file, section)
@@ -144,4 +151,3 @@ def build_config(cls: type[T], config_file: Path | None, flags: dict[str, Any], 
             f"line or as '{missing[0]}' in the --config file."
         )
     return cls(**merged)
-

