@@ -252,6 +252,30 @@ def report(
     raise UserError("report is not implemented yet.")
 
 
+@app.command("random-model")
+@handle_errors
+def random_model(
+    shape: Annotated[
+        str,
+        typer.Argument(
+            help="Shape: tiny-qwen2, tiny-llama, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, llama-3-8b."
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model to.")],
+    seed: Annotated[int, typer.Option("--seed", help="Weight seed.")] = 0,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="bfloat16 | float16 | float32.")
+    ] = "bfloat16",
+) -> None:
+    """Write a random-weight model of a real shape (offline demos and throughput benchmarks)."""
+    from selectllm_local.tinymodel import build_random_model
+
+    path = build_random_model(out_dir, shape, seed=seed, dtype=dtype)
+    _console().print(
+        f"Wrote a random-weight {shape} model to {path} (not a trained model: for demos and benchmarks)."
+    )
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
