@@ -1,0 +1,300 @@
+"""Baselines: other ways to spend the same budget, so the LLM's picks have something to beat.
+
+Every baseline returns exactly ``budget`` distinct pool indices, deterministic for a seed, in the
+order it chose them. They answer different questions about the selection:
+
+- ``random``: is any selection better than none?
+- ``length``: is the LLM just picking long instructions? (``shortest=True`` for the opposite.)
+- ``perplexity``: does a language model's surprise predict usefulness? (band high/low/middle)
+- ``kcenter``: does pure embedding coverage (greedy k-center coreset) do as well?
+- ``diversity``: does textual novelty (lowest maximum Rouge-L overlap with the pool) do as well?
+- ``cluster-random``: one random pick per subset of the *same* plan ``select`` uses. The only
+  difference from ``select`` is who picks inside each subset, so it isolates the LLM's contribution.
+
+Ties (equal lengths, equal scores) are broken by a seeded random key, never by file order.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selectllm_local.errors import UserError
+from selectllm_local.records import Plan, PoolItem
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("random", "length", "perplexity", "kcenter", "diversity", "cluster-random")
+NEEDS_EMBEDDINGS = ("kcenter",)
+NEEDS_PLAN = ("cluster-random",)
+PERPLEXITY_BANDS = ("high", "low", "middle")
+DIVERSITY_SAMPLE = 500  # pool items each candidate is compared with (documented in the README)
+LCS_MAX_TOKENS = (
+    64  # Rouge-L tokens kept per text: one 64-bit word per text in the bit-parallel LCS
+)
+
+Scorer = Callable[[list[str]], np.ndarray]
+
+
+def run_baseline(
+    name: str,
+    items: Sequence[PoolItem],
+    budget: int,
+    *,
+    seed: int,
+    embeddings: np.ndarray | None = None,
+    plan: Plan | None = None,
+    scorer: str | Path | Scorer | None = None,
+    **opts: Any,
+) -> list[int]:
+    """Choose exactly ``budget`` pool indices with baseline ``name`` (see module docstring).
+
+    ``embeddings`` (N x d) are needed by ``kcenter``; ``plan`` by ``cluster-random``; ``scorer``
+    by ``perplexity`` (a local causal LM path, or a function texts -> perplexities). Options:
+    ``shortest`` (length), ``band`` (perplexity: high | low | middle), ``batch_size`` and
+    ``max_length`` (perplexity), ``sample_size`` (diversity).
+    """
+    n = len(items)
+    if name not in BASELINES:
+        raise UserError(f"Unknown baseline '{name}'. Choose one of: {', '.join(BASELINES)}.")
+    if not 1 <= budget <= n:
+        raise UserError(
+            f"--budget must be between 1 and the pool size {n} for baseline '{name}' (got {budget})."
+        )
+    rng = np.random.default_rng(seed)
+    if name == "random":
+        picks = rng.permutation(n)[:budget]
+    elif name == "length":
+        lengths = np.array([len(it.instruction) + len(it.input) for it in items], dtype=np.float64)
+        picks = _top(lengths if opts.get("shortest") else -lengths, budget, rng)
+    elif name == "perplexity":
+        picks = _perplexity_pick(items, budget, rng, scorer, **opts)
+    elif name == "kcenter":
+        if embeddings is None:
+            raise UserError(
+                "Baseline 'kcenter' needs the pool embeddings (run it through the pipeline)."
+            )
+        picks = kcenter_greedy(embeddings, budget, seed=seed)
+    elif name == "diversity":
+        texts = [f"{it.instruction} {it.input}".strip() for it in items]
+        max_overlap = max_rouge_l_to_sample(
+            texts, sample_size=int(opts.get("sample_size", DIVERSITY_SAMPLE)), seed=seed
+        )
+        picks = _top(max_overlap, budget, rng)
+    else:  # cluster-random
+        if plan is None:
+            raise UserError(
+                "Baseline 'cluster-random' needs the selection plan (run it through the pipeline)."
+            )
+        picks = cluster_random(plan, budget, rng)
+    out = [int(i) for i in picks]
+    assert len(out) == budget and len(set(out)) == budget, "baseline broke the budget contract"
+    return out
+
+
+def _top(values: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the ``budget`` smallest values; ties broken by a seeded random key."""
+    tiebreak = rng.random(len(values))
+    order = np.lexsort((tiebreak, values))  # last key is primary
+    return order[:budget]
+
+
+# -- perplexity ------------------------------------------------------------------------------
+
+
+def _perplexity_pick(
+    items: Sequence[PoolItem],
+    budget: int,
+    rng: np.random.Generator,
+    scorer: str | Path | Scorer | None,
+    *,
+    band: str = "high",
+    batch_size: int = 16,
+    max_length: int = 256,
+    **_: Any,
+) -> np.ndarray:
+    if band not in PERPLEXITY_BANDS:
+        raise UserError(f"--band must be one of {', '.join(PERPLEXITY_BANDS)} (got '{band}').")
+    if scorer is None:
+        raise UserError(
+            "Baseline 'perplexity' needs a scoring model: give --scorer-model PATH (a local causal LM)."
+        )
+    texts = [f"{it.instruction}\n{it.input}".strip() for it in items]
+    if callable(scorer):
+        ppl = np.asarray(scorer(texts), dtype=np.float64)
+    else:
+        ppl = perplexities(texts, str(scorer), batch_size=batch_size, max_length=max_length)
+    if band == "high":
+        key = -ppl
+    elif band == "low":
+        key = ppl
+    else:  # closest to the median
+        key = np.abs(ppl - np.median(ppl))
+    return _top(key, budget, rng)
+
+
+def perplexities(
+    texts: list[str],
+    model_path: str,
+    *,
+    batch_size: int = 16,
+    max_length: int = 256,
+    device: str | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Per-text perplexity under a local causal LM (batched by length, right padding)."""
+    import torch
+    from rich.progress import track
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(model_path).exists():
+        raise UserError(
+            f"--scorer-model {model_path} does not exist; give a local model directory."
+        )
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(dev).eval()
+    enc = [
+        tok(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        for t in texts
+    ]
+    order = np.argsort([len(e) for e in enc], kind="stable")
+    out = np.zeros(len(texts), dtype=np.float64)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    with torch.inference_mode():
+        for batch in track(batches, description="perplexity", disable=not progress):
+            rows = [enc[i] for i in batch]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):
+                ids[j, : len(r)] = torch.tensor(r)
+                mask[j, : len(r)] = 1
+            ids, mask = ids.to(dev), mask.to(dev)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = ids[:, 1:]
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), target, reduction="none"
+            )
+            m = mask[:, 1:].float()
+            mean_nll = (nll * m).sum(1) / m.sum(1).clamp(min=1)
+            out[batch] = torch.exp(mean_nll).cpu().numpy()
+    del model
+    return out
+
+
+# -- k-center --------------------------------------------------------------------------------
+
+
+def kcenter_greedy(embeddings: np.ndarray, budget: int, *, seed: int) -> np.ndarray:
+    """Greedy k-center coreset: start at a seeded random point, then repeatedly add the point
+    farthest from every chosen center.
+
+    Keeps each point's squared distance to its nearest center and updates it with one
+    matrix-vector product per new center (``|x|^2 + |c|^2 - 2 x.c`` with the norms computed once):
+    O(N x budget x d) work, vectorised, O(N) memory. FAISS's ``pairwise_distances`` gives the same
+    numbers but recomputes the pool's norms on every call, which measured 4x slower here
+    (15k x 384: 41 ms vs 11 ms per center on 2 cores).
+    """
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n = x.shape[0]
+    sq = np.einsum("ij,ij->i", x, x)
+    rng = np.random.default_rng(seed)
+    picks = np.empty(budget, dtype=np.int64)
+    nxt = int(rng.integers(n))
+    min_d = np.full(n, np.inf, dtype=np.float32)
+    for j in range(budget):
+        picks[j] = nxt
+        d = sq + sq[nxt] - 2.0 * (x @ x[nxt])
+        np.minimum(min_d, d, out=min_d)
+        min_d[nxt] = -1.0  # a chosen point stays at -1 (min keeps it), so it is never chosen again
+        nxt = int(np.argmax(min_d))
+    return picks
+
+
+# -- Rouge-L diversity -----------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(r"[^a-z0-9]+")
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """rouge-score's default tokenisation: lowercase, non-alphanumerics become spaces."""
+    return _TOKEN_RE.sub(" ", text.lower()).split()
+
+
+def max_rouge_l_to_sample(texts: list[str], *, sample_size: int, seed: int) -> np.ndarray:
+    """For each text, its highest Rouge-L F1 with a seeded sample of the other texts.
+
+    A bit-parallel LCS (Allison-Dix / Hyyro) runs one text against the whole sample at once: each
+    sample text is one uint64 word of position bits, so a token of the query costs five numpy ops
+    over the sample. Texts are cut to their first ``LCS_MAX_TOKENS`` tokens.
+    """
+    n = len(texts)
+    toks = [rouge_tokens(t)[:LCS_MAX_TOKENS] for t in texts]
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.permutation(n)[: min(sample_size, n)])
+    s = len(sample)
+    lens = np.array([len(toks[i]) for i in sample], dtype=np.float64)
+    masks: dict[str, np.ndarray] = {}
+    for col, i in enumerate(sample):
+        for pos, tok in enumerate(toks[i]):
+            arr = masks.get(tok)
+            if arr is None:
+                arr = masks[tok] = np.zeros(s, dtype=np.uint64)
+            arr[col] |= np.uint64(1) << np.uint64(pos)
+    full = np.array([(1 << int(m)) - 1 for m in lens], dtype=np.uint64)  # m bits set; m <= 64 fits
+    col_of = {int(i): c for c, i in enumerate(sample)}
+    best = np.zeros(n, dtype=np.float64)
+    for i in range(n):
+        q = toks[i]
+        if not q:
+            continue
+        v = full.copy()
+        for tok in q:
+            m = masks.get(tok)
+            if m is None:
+                continue
+            u = v & m
+            v = (v + u) | (v - u)
+        lcs = lens - np.bitwise_count(v & full)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = np.where(lcs > 0, 2 * lcs / (lens + len(q)), 0.0)
+        c = col_of.get(i)
+        if c is not None:
+            f1[c] = 0.0  # a text does not overlap "with the pool" through itself
+        best[i] = f1.max() if s else 0.0
+    return best
+
+
+# -- cluster-random --------------------------------------------------------------------------
+
+
+def cluster_random(plan: Plan, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """k random candidates per round-one subset of ``plan`` (the k ``select`` would ask for).
+
+    When the budget is smaller than the number of subsets, ``select`` runs a tournament; the random
+    counterpart of any tournament is a uniform draw of ``budget`` round-one winners.
+    """
+    winners: list[int] = []
+    for sub in plan.subsets:
+        if sub.round != 1:
+            continue
+        k = min(sub.k, len(sub.candidates))
+        winners.extend(int(c) for c in rng.permutation(sub.candidates)[:k])
+    winners = list(dict.fromkeys(winners))
+    if len(winners) > budget:
+        return rng.permutation(np.array(winners))[:budget]
+    if len(winners) < budget:  # a plan whose picks do not cover the budget: top up at random
+        chosen = set(winners)
+        rest = [i for i in rng.permutation(len(plan.labels)) if int(i) not in chosen]
+        winners.extend(int(i) for i in rest[: budget - len(winners)])
+    return np.array(winners)

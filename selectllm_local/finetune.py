@@ -1,0 +1,468 @@
+"""Fine-tune a base model on selected instructions: LoRA, or 4-bit NF4 QLoRA, with TRL.
+
+This is how a selection is judged: the paper fine-tunes LLaMA-2-7B with QLoRA (r 64, alpha 16,
+dropout 0.1, lr 2e-4) on the picks and their responses, then scores the model on held-out data.
+Those values are the defaults of :class:`FinetuneConfig`.
+
+Records become Alpaca-style prompt/completion pairs (see :func:`render_prompt`), and TRL's
+``SFTTrainer`` computes the loss on the response only (its prompt-completion dataset format with
+``completion_only_loss``). ``quantization="auto"`` loads the base model in NF4 on CUDA and trains
+plain LoRA elsewhere. :func:`finetune_in_subprocess` runs the whole thing in a fresh Python process
+so memory held by an earlier stage (a vLLM engine, say) is certainly released.
+
+Output directory: ``adapter/`` (peft adapter + tokenizer, moved into place atomically),
+``finetune_config.json`` (resolved config, environment), ``train_log.jsonl`` (one line per logged
+step: loss, learning rate, grad norm) and ``train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selectllm_local.errors import UserError
+from selectllm_local.records import PoolItem
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("auto", "nf4", "none")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class FinetuneConfig:
+    """LoRA / QLoRA fine-tuning settings (defaults: the SelectLLM paper's recipe)."""
+
+    lora_r: int = 64
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA input."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (AdamW)."""
+    epochs: float = 3.0
+    """Passes over the selected records."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: train for --epochs)."""
+    max_length: int = 1024
+    """Tokens per example (prompt + response); longer examples are cut at the end."""
+    batch_size: int = 4
+    """Examples per device batch."""
+    grad_accum: int = 4
+    """Batches accumulated per optimizer step (effective batch = batch_size x grad_accum)."""
+    warmup_ratio: float = 0.03
+    """Fraction of steps spent warming the learning rate up."""
+    lr_scheduler: str = "constant_with_warmup"
+    """Learning-rate schedule (QLoRA: constant after a short warm-up); any transformers scheduler name."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules that get LoRA adapters: "all-linear" (QLoRA) or a list of module names."""
+    quantization: str = "auto"
+    """Base-model weights: nf4 (4-bit QLoRA, bitsandbytes), none, or auto (nf4 on CUDA, else none)."""
+    dtype: str = "auto"
+    """Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations to save memory (default: on for CUDA, off on CPU)."""
+    seed: int = 0
+    """Seed for LoRA initialisation, data order and dropout."""
+    logging_steps: int = 1
+    """Write the training log every this many optimizer steps."""
+
+    def __post_init__(self) -> None:
+        def bad(field: str, msg: str) -> UserError:
+            flag = "--" + field.replace("_", "-")
+            return UserError(f"{flag} ({field} in a config file) {msg}")
+
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "max_length",
+            "batch_size",
+            "grad_accum",
+            "logging_steps",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, f"must be a positive integer (got {value!r}).")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise bad("lora_dropout", f"must be in [0, 1) (got {self.lora_dropout!r}).")
+        if not float(self.learning_rate) > 0:
+            raise bad("learning_rate", f"must be positive (got {self.learning_rate!r}).")
+        if not float(self.epochs) > 0:
+            raise bad("epochs", f"must be positive (got {self.epochs!r}).")
+        if not isinstance(self.max_steps, int) or (self.max_steps < 1 and self.max_steps != -1):
+            raise bad("max_steps", f"must be a positive integer or -1 (got {self.max_steps!r}).")
+        if not 0.0 <= float(self.warmup_ratio) < 1.0:
+            raise bad("warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio!r}).")
+        if self.quantization not in QUANTIZATIONS:
+            raise bad(
+                "quantization",
+                f"must be one of {', '.join(QUANTIZATIONS)} (got {self.quantization!r}).",
+            )
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"must be one of {', '.join(DTYPES)} (got {self.dtype!r}).")
+        if not self.target_modules:
+            raise bad("target_modules", "must name at least one module (or be 'all-linear').")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, where: str = "[finetune]"
+    ) -> FinetuneConfig:
+        """Build from a config-file section, naming unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in values if k.replace("-", "_") not in names)
+        if unknown:
+            raise UserError(
+                f"{where} has unknown key(s): {', '.join(unknown)}. Known keys: {', '.join(sorted(names))}."
+            )
+        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def render_prompt(instruction: str, input_text: str = "") -> str:
+    """The Alpaca-style prompt used for training and evaluation (input part only when present)."""
+    if input_text and input_text.strip():
+        return f"### Instruction:\n{instruction.strip()}\n\n### Input:\n{input_text.strip()}\n\n### Response:\n"
+    return f"### Instruction:\n{instruction.strip()}\n\n### Response:\n"
+
+
+def as_example(record: PoolItem | Mapping[str, Any]) -> dict[str, str | None]:
+    """instruction / input / output of a pool item or a plain record (Alpaca or Dolly names)."""
+    if isinstance(record, PoolItem):
+        return {"instruction": record.instruction, "input": record.input, "output": record.output}
+    get = record.get
+    return {
+        "instruction": str(get("instruction") or ""),
+        "input": str(get("input") or get("context") or ""),
+        "output": get("output") if get("output") is not None else get("response"),
+    }
+
+
+def training_examples(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Prompt/completion pairs; every record must have a response (checked before any heavy work)."""
+    if not records:
+        raise UserError("Nothing to fine-tune on: the selection is empty.")
+    examples = [as_example(r) for r in records]
+    missing = [i for i, e in enumerate(examples) if not (e["output"] and str(e["output"]).strip())]
+    if missing:
+        first = examples[missing[0]]["instruction"][:60]
+        raise UserError(
+            f"{len(missing)} of {len(examples)} records to fine-tune on have no response (first: "
+            f"record {missing[0] + 1}, '{first}'). Fine-tuning needs the response of every selected "
+            "instruction: annotate the selection first, or name the response column with "
+            "--output-field."
+        )
+    return [
+        {
+            "prompt": render_prompt(e["instruction"] or "", e["input"] or ""),
+            "completion": str(e["output"]),
+        }
+        for e in examples
+    ]
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+def resolve(config: FinetuneConfig) -> dict[str, Any]:
+    """Settings that depend on the machine: device, quantization, dtype, checkpointing."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    quant = config.quantization if config.quantization != "auto" else ("nf4" if cuda else "none")
+    if config.dtype != "auto":
+        dtype = config.dtype
+    elif cuda:
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    else:
+        dtype = "float32"
+    gc = config.gradient_checkpointing if config.gradient_checkpointing is not None else cuda
+    return {
+        "device": "cuda" if cuda else "cpu",
+        "quantization": quant,
+        "dtype": dtype,
+        "gradient_checkpointing": gc,
+    }
+
+
+def _param_fingerprint(model: Any, *, trainable: bool) -> dict[str, tuple[float, float]]:
+    """(sum, sum of squares) per parameter: enough to see whether a tensor moved, cheap to keep."""
+    out = {}
+    for name, p in model.named_parameters():
+        if (
+            p.requires_grad == trainable
+        ):  # 4-bit weights (uint8) count too: any byte that moves shows
+            t = p.detach().double()
+            out[name] = (float(t.sum()), float((t * t).sum()))
+    return out
+
+
+def train_lora(
+    examples: list[dict[str, str]],
+    *,
+    base_model: str | Path,
+    config: FinetuneConfig,
+    work_dir: Path,
+    log_path: Path | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train LoRA adapters on prompt/completion ``examples``; return (peft model, tokenizer, stats)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        PrinterCallback,
+        TrainerCallback,
+    )
+    from trl import SFTConfig, SFTTrainer
+
+    from selectllm_local.runstore import AppendLog
+
+    res = resolve(config)
+    torch_dtype = getattr(torch, res["dtype"])
+    tok = AutoTokenizer.from_pretrained(str(base_model))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    load_kw: dict[str, Any] = {"dtype": torch_dtype}
+    if res["quantization"] == "nf4":
+        load_kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
+        load_kw["device_map"] = {"": 0 if res["device"] == "cuda" else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(str(base_model), **load_kw)
+    if res["quantization"] == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(res["gradient_checkpointing"])
+        )
+    peft_config = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    args = SFTConfig(
+        output_dir=str(work_dir),
+        num_train_epochs=float(config.epochs),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=float(config.warmup_ratio),  # a float in [0, 1) is a ratio of all steps
+        max_length=config.max_length,
+        completion_only_loss=True,
+        gradient_checkpointing=bool(res["gradient_checkpointing"]),
+        bf16=res["dtype"] == "bfloat16" and res["device"] == "cuda",
+        fp16=res["dtype"] == "float16" and res["device"] == "cuda",
+        use_cpu=res["device"] == "cpu",
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    steps: list[dict[str, Any]] = []
+
+    class _LogSteps(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+            if logs:
+                row = {"step": state.global_step, "epoch": state.epoch, **logs}
+                steps.append(row)
+                log.info("step %d: %s", state.global_step, logs)
+                if sink is not None:
+                    sink.append(row)
+
+    sink = AppendLog(log_path) if log_path is not None else None
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(examples),
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=[_LogSteps()],
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints to stdout; _LogSteps logs instead
+        peft_model = trainer.model
+        base_before = _param_fingerprint(peft_model, trainable=False)
+        lora_before = _param_fingerprint(peft_model, trainable=True)
+        t0 = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - t0
+    finally:
+        if sink is not None:
+            sink.close()
+    base_after = _param_fingerprint(peft_model, trainable=False)
+    lora_after = _param_fingerprint(peft_model, trainable=True)
+    stats = {
+        "resolved": res,
+        "examples": len(examples),
+        "optimizer_steps": int(trainer.state.global_step),
+        "train_loss": float(result.training_loss),
+        "losses": [r["loss"] for r in steps if "loss" in r],
+        "seconds": round(seconds, 3),
+        "trainable_params": int(sum(p.numel() for p in peft_model.parameters() if p.requires_grad)),
+        "lora_tensors_changed": sum(lora_before[k] != lora_after[k] for k in lora_before),
+        "lora_tensors": len(lora_before),
+        "base_weights_unchanged": base_before == base_after,
+    }
+    peft_model.eval()
+    return peft_model, tok, stats
+
+
+def finetune(
+    records: Sequence[PoolItem | Mapping[str, Any]],
+    *,
+    base_model: str | Path,
+    out_dir: Path,
+    config: FinetuneConfig,
+) -> Path:
+    """Fine-tune ``base_model`` on ``records``; write the adapter and logs to ``out_dir``.
+
+    Returns the adapter directory. Records without a response raise :class:`UserError` before any
+    model is loaded.
+    """
+    examples = training_examples(records)
+    if not Path(base_model).exists():
+        raise UserError(f"Base model {base_model} does not exist: give a local model directory.")
+    from selectllm_local.pipeline import environment
+    from selectllm_local.runstore import write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    log_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
+    work = out / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("fine-tuning %s on %d records", base_model, len(examples))
+    model, tok, stats = train_lora(
+        examples, base_model=base_model, config=config, work_dir=work, log_path=log_path
+    )
+    tmp = out / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    adapter = out / "adapter"
+    shutil.rmtree(adapter, ignore_errors=True)
+    os.replace(tmp, adapter)
+    shutil.rmtree(work, ignore_errors=True)
+    write_json(
+        out / "finetune_config.json",
+        {
+            "base_model": str(base_model),
+            "config": config.to_dict(),
+            "resolved": stats["resolved"],
+            "environment": environment(),
+        },
+    )
+    write_json(out / "train_summary.json", stats)
+    log.info(
+        "fine-tuned in %.1f s: %d steps, final loss %s",
+        stats["seconds"],
+        stats["optimizer_steps"],
+        stats["losses"][-1] if stats["losses"] else "n/a",
+    )
+    return adapter
+
+
+def finetune_in_subprocess(
+    records: Sequence[PoolItem | Mapping[str, Any]],
+    *,
+    base_model: str | Path,
+    out_dir: Path,
+    config: FinetuneConfig,
+) -> Path:
+    """:func:`finetune` in a fresh Python process (GPU memory of earlier stages is surely free).
+
+    The child's log goes to ``out_dir/finetune.log``; a user error in the child is raised here as
+    :class:`UserError` with the child's message.
+    """
+    from selectllm_local.runstore import write_json, write_jsonl
+
+    examples = training_examples(records)  # fail here, before starting a process
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train_records.jsonl", _as_records(records))
+    job = out / "finetune_job.json"
+    write_json(
+        job,
+        {
+            "records": str(out / "train_records.jsonl"),
+            "base_model": str(base_model),
+            "out_dir": str(out),
+            "config": config.to_dict(),
+        },
+    )
+    log.info(
+        "fine-tuning in a subprocess (%d records), log: %s", len(examples), out / "finetune.log"
+    )
+    with open(out / "finetune.log", "w", encoding="utf-8") as fh:
+        proc = subprocess.run(
+            [sys.executable, "-m", "selectllm_local.finetune", str(job)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if proc.returncode != 0:
+        tail = (
+            (out / "finetune.log").read_text("utf-8", errors="replace").strip().splitlines()[-15:]
+        )
+        if proc.returncode == UserError.exit_code and tail:
+            raise UserError(tail[-1].removeprefix("UserError: "))
+        raise RuntimeError(
+            f"fine-tuning subprocess failed with exit code {proc.returncode}; last lines of "
+            f"{out / 'finetune.log'}:\n" + "\n".join(tail)
+        )
+    return out / "adapter"
+
+
+def _as_records(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(as_example(r)) for r in records]
+
+
+def _main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    job = json.loads(Path(argv[0]).read_text("utf-8"))
+    from selectllm_local.runstore import read_jsonl
+
+    try:
+        finetune(
+            read_jsonl(Path(job["records"])),
+            base_model=job["base_model"],
+            out_dir=Path(job["out_dir"]),
+            config=FinetuneConfig(**job["config"]),
+        )
+    except UserError as exc:
+        sys.stderr.write(f"UserError: {exc}\n")
+        return UserError.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
