@@ -245,7 +245,7 @@ def id_constraint(
 
     def item(i: int) -> str:
         if reasons:
-            return r'\{"id": ' + str(i) + r', "reason": "[^"\\\n]{1,300}"\}'
+            return r'\{"id": ' + str(i) + r', "reason": "[^"\\\n]{1,120}"\}'
         return str(i)
 
     def trie(used: tuple[int, ...], ordered: bool) -> str:

@@ -141,9 +141,12 @@ class VLLMBackend:
         ids = self.llm.enqueue(
             self._token_prompts(prompts), params, lora_request=self._lora, use_tqdm=False
         )
-        index = {rid: i for i, rid in enumerate(ids)}
+        # enqueue returns internal ids ("7-1a2b3c"); outputs carry the external part ("7").
+        index = {}
+        for i, rid in enumerate(ids):
+            index[rid] = index[str(rid).split("-")[0]] = i
         engine = self.llm.llm_engine
-        pending = set(ids)
+        pending = {str(rid).split("-")[0] for rid in ids}
         try:
             with progress_bar("LLM prompts", total=len(prompts), enabled=progress) as advance:
                 while engine.has_unfinished_requests():

@@ -1,0 +1,437 @@
+"""Ask the LLM for picks, subset by subset, until exactly ``budget`` instructions remain.
+
+One round sends every unfinished subset of the plan to the backend in a single batched call (the
+engine schedules them; prefix caching reuses the shared system block). Each answer is validated
+(``parsing``); each finished subset is handed to ``on_result`` at once, so the caller can append
+it to ``responses.jsonl`` while the rest of the batch is still running, and a re-run skips it.
+
+Failure policy, per subset, never silent:
+
+1. first attempt: greedy (``temperature``), constrained to the ids grammar where the backend can;
+2. up to ``retries`` more attempts, sampled at ``retry_temperature`` with a fixed seed;
+3. **fallback**: the distinct in-range ids of the last answer are kept (in the order given), and
+   the rest are drawn from the remaining candidates by a RNG seeded with (seed, round, subset id),
+   so the same run always falls back the same way. The result is flagged ``fallback``.
+
+Subsets with ``k >= len(candidates)`` (and a budget equal to the pool) need no call:
+``attempts = 0``. When round one's winners outnumber the budget, further rounds
+(``subsets.next_round``) choose among the winners, still in diverse subsets, until the budget is
+met exactly.
+
+Logprob mode reads the label log-probabilities at the answer position instead of generating
+(one forward pass per subset), keeps every candidate's score, and picks the top ``k``. Labels
+are letters checked to be single tokens; a subset larger than the label set is split into
+near-equal chunks scored separately, each chunk's scores normalised over its own labels
+(log-softmax), then merged. ``permutations > 1`` scores cyclic shifts of the candidate order
+and averages, which cancels a preference for early or late positions.
+
+Context: a prompt is never sent if it cannot fit the model's context with its answer. Candidates
+are truncated to ``max_candidate_tokens``, halved as needed down to ``min_candidate_tokens``;
+if a subset still does not fit, a UserError names the flags that fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selectllm_local import parsing, prompting
+from selectllm_local.errors import UserError
+from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetResult
+
+log = logging.getLogger(__name__)
+
+MODES = ("generate", "logprobs")
+Key = tuple[int, int]  # (round, subset id)
+
+
+@dataclass
+class SelectionSettings:
+    """Everything that changes how picks are made (all of it goes into the run's config hash)."""
+
+    mode: str = "generate"
+    reasons: bool = False
+    prompt: Path | None = None
+    criteria: Path | None = None
+    max_candidate_tokens: int = 256
+    min_candidate_tokens: int = 32
+    temperature: float = 0.0
+    retries: int = 1
+    retry_temperature: float = 0.7
+    constrained: bool = True
+    max_tokens: int | None = None  # None: enough for k ids (or k reasons)
+    permutations: int = 1  # logprob mode: cyclic shifts averaged
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r}).")
+        if self.mode == "logprobs" and self.reasons:
+            raise UserError("--reasons needs generated text; it cannot be used with --mode logprobs.")
+        if self.retries < 0:
+            raise UserError(f"--retries must be 0 or more (got {self.retries}).")
+        if self.min_candidate_tokens < 1 or self.max_candidate_tokens < self.min_candidate_tokens:
+            raise UserError(
+                f"--max-candidate-tokens must be at least {self.min_candidate_tokens} "
+                f"(got {self.max_candidate_tokens})."
+            )
+        if self.permutations < 1:
+            raise UserError(f"--permutations must be at least 1 (got {self.permutations}).")
+
+
+@dataclass
+class SelectionOutcome:
+    """All subset results (every round), the final picks and the counts for the summary."""
+
+    results: dict[Key, SubsetResult]
+    subsets: dict[Key, Subset]
+    selected: list[int]  # pool indices, exactly the budget
+    final: dict[int, Key]  # pool index -> the (round, subset) that picked it last
+    rounds: int
+    llm_called: bool
+    counts: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def error_kind(message: str) -> str:
+    """Stable key for a validation error message (for counts)."""
+    for prefix, kind in (
+        ("empty", "empty"),
+        ("no identifiers", "no_ids"),
+        ("id 0", "zero"),
+        ("id out of range", "out_of_range"),
+        ("duplicate", "duplicate"),
+        ("too few", "too_few"),
+        ("too many", "too_many"),
+        ("not an integer", "not_integer"),
+    ):
+        if message.startswith(prefix):
+            return kind
+    return "other"
+
+
+def fallback_picks(subset: Subset, salvage: Sequence[int], seed: int) -> list[int]:
+    """Documented fallback: salvaged valid ids first, then seeded draws from the rest (1-based)."""
+    n = len(subset.candidates)
+    keep = [p for p in dict.fromkeys(salvage) if 1 <= p <= n][: subset.k]
+    rest = [p for p in range(1, n + 1) if p not in keep]
+    rng = random.Random(f"{seed}:{subset.round}:{subset.id}")
+    return keep + rng.sample(rest, subset.k - len(keep))
+
+
+def _result(subset: Subset, positions: list[int], **kw: Any) -> SubsetResult:
+    picks = [subset.candidates[p - 1] for p in positions]
+    return SubsetResult(subset_id=subset.id, round=subset.round, picks=picks, positions=positions, **kw)
+
+
+class _Round:
+    """Shared state for rendering and fitting the prompts of one selection run."""
+
+    def __init__(self, items: Sequence[PoolItem], backend: Any, cfg: SelectionSettings) -> None:
+        self.items, self.backend, self.cfg = items, backend, cfg
+        self.template = prompting.PromptTemplate.load(cfg.prompt, cfg.criteria, reasons=cfg.reasons)
+        self.special = list(getattr(backend, "special_tokens", []) or [])
+        self.labels: list[str] | None = None
+        if cfg.mode == "logprobs":
+            self.labels = [lab for lab in prompting.LETTER_LABELS if backend.count_tokens(lab) == 1]
+            if len(self.labels) < 2:
+                raise UserError(
+                    f"--mode logprobs needs single-token labels, but fewer than 2 of the letters "
+                    f"A-Z, a-z are single tokens in {backend.model_path}'s tokenizer. Use "
+                    "--mode generate."
+                )
+
+    def max_tokens(self, subset: Subset) -> int:
+        if self.cfg.max_tokens:
+            return self.cfg.max_tokens
+        if self.cfg.mode == "logprobs":
+            return 1
+        digits = len(str(len(subset.candidates)))
+        per_id = digits + 2 + (140 if self.cfg.reasons else 0)  # reason: <= 120 chars
+        return 8 + subset.k * per_id
+
+    def render(self, subset: Subset, labels: Sequence[str] | None = None) -> str:
+        """Rendered prompt that fits the context, shrinking candidate text if needed."""
+        limit = self.backend.max_context - self.max_tokens(subset)
+        budget = self.cfg.max_candidate_tokens
+        while True:
+            messages = prompting.render_messages(
+                self.template,
+                subset,
+                self.items,
+                max_candidate_tokens=budget,
+                count_tokens=self.backend.count_tokens,
+                labels=labels,
+                mode="logprobs" if self.cfg.mode == "logprobs" else "ids",
+                special_tokens=self.special,
+            )
+            prompt = self.backend.render_chat(messages)
+            size = self.backend.count_tokens(prompt)
+            if size <= limit:
+                if budget < self.cfg.max_candidate_tokens:
+                    log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
+                return prompt
+            if budget <= self.cfg.min_candidate_tokens:
+                raise UserError(
+                    f"Subset {subset.id} (round {subset.round}, {len(subset.candidates)} "
+                    f"candidates) needs {size} tokens even with candidates cut to {budget} tokens, "
+                    f"but the model accepts {self.backend.max_context} (prompt + answer). Use fewer "
+                    "candidates per prompt (--k), a longer context (--max-model-len), or a lower "
+                    "--min-candidate-tokens."
+                )
+            budget = max(self.cfg.min_candidate_tokens, budget // 2)
+
+
+def _trivial(subset: Subset) -> SubsetResult:
+    k = min(subset.k, len(subset.candidates))
+    return _result(subset, list(range(1, k + 1)), raw=[], attempts=0, fallback=False, errors=[])
+
+
+def _generate_round(
+    pending: list[Subset], ctx: _Round, emit: Callable[[SubsetResult], None], progress: bool
+) -> None:
+    cfg, backend = ctx.cfg, ctx.backend
+    parse = parsing.parse_reasons if cfg.reasons else parsing.parse_ids
+    prompts = {s.id: ctx.render(s) for s in pending}
+    state: dict[int, dict[str, Any]] = {
+        s.id: {"raw": [], "errors": [], "pt": 0, "ot": 0, "salvage": [], "t0": time.perf_counter()}
+        for s in pending
+    }
+    todo = list(pending)
+    for attempt in range(cfg.retries + 1):
+        if not todo:
+            break
+        temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
+        max_tokens = max(ctx.max_tokens(s) for s in todo)
+        constraints = [
+            prompting.id_constraint(len(s.candidates), s.k, reasons=cfg.reasons)
+            if cfg.constrained
+            else None
+            for s in todo
+        ]
+        failed: list[Subset] = []
+        batch = list(todo)
+
+        def on_output(
+            i: int, gen: Generation, batch: list[Subset] = batch, attempt: int = attempt,
+            failed: list[Subset] = failed,
+        ) -> None:  # fmt: skip
+            s = batch[i]
+            st = state[s.id]
+            st["raw"].append(gen.text)
+            st["pt"] += gen.prompt_tokens
+            st["ot"] += gen.output_tokens
+            res = parse(gen.text, len(s.candidates), s.k)
+            if res.ok:
+                reasons = {s.candidates[p - 1]: r for p, r in res.reasons.items()}
+                emit(_done(s, res.ids, st, attempt + 1, False, reasons))
+            else:
+                st["errors"].append(res.error)
+                st["salvage"] = res.salvage
+                failed.append(s)
+
+        backend.generate(
+            [prompts[s.id] for s in batch],
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=cfg.seed + attempt,
+            constraints=constraints,
+            progress=progress,
+            on_output=on_output,
+        )
+        if failed:
+            log.info("attempt %d: %d of %d answers invalid", attempt + 1, len(failed), len(batch))
+        todo = sorted(failed, key=lambda s: s.id)
+    for s in todo:
+        st = state[s.id]
+        positions = fallback_picks(s, st["salvage"], cfg.seed)
+        log.warning(
+            "subset %d (round %d): no valid answer in %d attempts (%s); fallback picks %s",
+            s.id, s.round, cfg.retries + 1, "; ".join(st["errors"]), positions,
+        )  # fmt: skip
+        emit(_done(s, positions, st, cfg.retries + 1, True, {}))
+
+
+def _done(
+    s: Subset, positions: list[int], st: dict[str, Any], attempts: int, fallback: bool,
+    reasons: dict[int, str],
+) -> SubsetResult:  # fmt: skip
+    return _result(
+        s, positions, raw=list(st["raw"]), attempts=attempts, fallback=fallback,
+        errors=list(st["errors"]), prompt_tokens=st["pt"], output_tokens=st["ot"],
+        seconds=round(time.perf_counter() - st["t0"], 4), reasons=reasons,
+    )  # fmt: skip
+
+
+def _logprob_round(
+    pending: list[Subset], ctx: _Round, emit: Callable[[SubsetResult], None], progress: bool
+) -> None:
+    assert ctx.labels is not None
+    n_labels, perms = len(ctx.labels), ctx.cfg.permutations
+    jobs: list[tuple[Subset, list[int]]] = []  # (subset, display positions shown, 0-based)
+    expected: dict[int, int] = {}
+    for s in pending:
+        n = len(s.candidates)
+        n_chunks = math.ceil(n / n_labels)
+        bounds = [round(j * n / n_chunks) for j in range(n_chunks + 1)]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            chunk = list(range(a, b))
+            for p in range(min(perms, len(chunk))):
+                shift = (p * len(chunk)) // min(perms, len(chunk))
+                jobs.append((s, chunk[shift:] + chunk[:shift]))
+        expected[s.id] = sum(1 for j in jobs if j[0].id == s.id)
+    prompts, labels = [], []
+    for s, order in jobs:
+        shown = Subset(s.id, [s.candidates[i] for i in order], s.k, [s.clusters[i] for i in order], s.round)
+        prompts.append(ctx.render(shown, ctx.labels[: len(order)]))
+        labels.append(ctx.labels[: len(order)])
+    sums: dict[int, list[list[float]]] = {s.id: [[] for _ in s.candidates] for s in pending}
+    seen: Counter[int] = Counter()
+    ptoks = {s.id: 0 for s in pending}
+    t0 = time.perf_counter()
+
+    def on_output(i: int, scores: list[float]) -> None:
+        s, order = jobs[i]
+        norm = max(scores)
+        logz = norm + math.log(sum(math.exp(x - norm) for x in scores))
+        for pos, sc in zip(order, scores, strict=True):
+            sums[s.id][pos].append(sc - logz)
+        ptoks[s.id] += ctx.backend.count_tokens(prompts[i])
+        seen[s.id] += 1
+        if seen[s.id] == expected[s.id]:
+            avg = [sum(v) / len(v) for v in sums[s.id]]
+            ranked = sorted(range(len(avg)), key=lambda j: (-avg[j], j))
+            positions = [j + 1 for j in ranked[: s.k]]
+            emit(
+                _result(
+                    s, positions, raw=[], attempts=expected[s.id], fallback=False, errors=[],
+                    prompt_tokens=ptoks[s.id], output_tokens=expected[s.id],
+                    seconds=round(time.perf_counter() - t0, 4), scores=[round(x, 6) for x in avg],
+                )  # fmt: skip
+            )
+
+    ctx.backend.score_labels(prompts, labels, progress=progress, on_output=on_output)
+
+
+def select(
+    plan: Plan,
+    items: Sequence[PoolItem],
+    backend: Any,
+    *,
+    cfg: SelectionSettings,
+    done: dict[Key, SubsetResult] | None = None,
+    on_result: Callable[[SubsetResult], None] | None = None,
+    progress: bool = True,
+) -> SelectionOutcome:
+    """Run every round of the selection; ``done`` results are reused, not re-asked.
+
+    ``backend`` may be None when no subset needs a call (e.g. a budget equal to the pool).
+    """
+    t_start = time.perf_counter()
+    done = dict(done or {})
+    results: dict[Key, SubsetResult] = {}
+    all_subsets: dict[Key, Subset] = {}
+    ctx: _Round | None = None
+    called = 0
+    resumed = 0
+
+    def emit(res: SubsetResult) -> None:
+        results[(res.round, res.subset_id)] = res
+        if on_result is not None:
+            on_result(res)
+
+    if plan.budget >= len(items):  # everything is selected: no question to ask
+        round_subsets = [
+            Subset(s.id, s.candidates, len(s.candidates), s.clusters, s.round) for s in plan.subsets
+        ]
+    else:
+        round_subsets = list(plan.subsets)
+    rnd = round_subsets[0].round if round_subsets else 1
+    while True:
+        pending: list[Subset] = []
+        for s in round_subsets:
+            key = (s.round, s.id)
+            all_subsets[key] = s
+            prev = done.get(key)
+            if prev is not None and _matches(prev, s):
+                results[key] = prev
+                resumed += 1
+            elif s.k >= len(s.candidates) or s.k == 0:
+                emit(_trivial(s))
+            else:
+                pending.append(s)
+        if pending:
+            if backend is None:
+                raise ValueError("a backend is needed: some subsets need the LLM")
+            ctx = ctx or _Round(items, backend, cfg)
+            log.info("round %d: asking the LLM about %d subsets", rnd, len(pending))
+            called += len(pending)
+            run = _logprob_round if cfg.mode == "logprobs" else _generate_round
+            run(pending, ctx, emit, progress)
+        winners = [p for s in round_subsets for p in results[(s.round, s.id)].picks]
+        if len(winners) == plan.budget:
+            break
+        if len(winners) < plan.budget:
+            raise RuntimeError(f"round {rnd} kept {len(winners)} < budget {plan.budget}")
+        rnd += 1
+        from selectllm_local import subsets as subsets_mod
+
+        round_subsets = subsets_mod.next_round(
+            winners, plan.labels, plan.budget, rnd, subset_size=plan.n_clusters, seed=cfg.seed
+        )
+        if not round_subsets or sum(s.k for s in round_subsets) != plan.budget:
+            raise RuntimeError(f"next_round gave subsets that do not add up to {plan.budget}")
+    final: dict[int, Key] = {}
+    for key in sorted(results):
+        for p in results[key].picks:
+            final[p] = key
+    selected = list(winners)
+    outcome = SelectionOutcome(
+        results=results,
+        subsets=all_subsets,
+        selected=selected,
+        final={p: final[p] for p in selected},
+        rounds=rnd,
+        llm_called=called > 0,
+        seconds=time.perf_counter() - t_start,
+    )
+    outcome.counts = count_results(results.values(), called_now=called, resumed=resumed)
+    return outcome
+
+
+def _matches(prev: SubsetResult, s: Subset) -> bool:
+    ok = len(prev.picks) == min(s.k, len(s.candidates)) and set(prev.picks) <= set(s.candidates)
+    if not ok:
+        log.warning("ignoring a stored answer for subset %d round %d: plan changed", s.id, s.round)
+    return ok
+
+
+def count_results(
+    results: Any, *, called_now: int = 0, resumed: int = 0
+) -> dict[str, Any]:
+    """Counts for the summary: first-try validity, retries, fallbacks, error kinds, tokens."""
+    rs = list(results)
+    asked = [r for r in rs if r.attempts > 0]
+    kinds: Counter[str] = Counter(error_kind(e) for r in rs for e in r.errors)
+    return {
+        "subsets": len(rs),
+        "asked": len(asked),
+        "no_call": len(rs) - len(asked),
+        "valid_first_try": sum(1 for r in asked if not r.errors and not r.fallback),
+        "retried": sum(1 for r in asked if r.errors and not r.fallback),
+        "fallback": sum(1 for r in asked if r.fallback),
+        "invalid_answers": sum(len(r.errors) for r in rs),
+        "errors": dict(sorted(kinds.items())),
+        "sent_this_run": called_now,
+        "resumed": resumed,
+        "prompt_tokens": sum(r.prompt_tokens for r in rs),
+        "output_tokens": sum(r.output_tokens for r in rs),
+        "rounds": len({r.round for r in rs}),
+    }
