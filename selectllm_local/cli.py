@@ -210,9 +210,182 @@ def plan(
 
 @app.command()
 @handle_errors
-def select(pool: PoolArg, budget: BudgetOpt = None) -> None:
-    """Let a local LLM choose exactly BUDGET instructions (stub: filled in by the selection engine)."""
-    raise UserError("select is not implemented yet.")
+def select(
+    pool: PoolArg,
+    budget: BudgetOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Selector model: local folder (or a hub id, not offline)."
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="auto (vLLM if installed) | vllm | transformers."),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode", help="generate (model writes ids) | logprobs (ranks by label logprob)."
+        ),
+    ] = None,
+    reasons: Annotated[
+        bool | None, typer.Option("--reasons/--no-reasons", help="Ask for a reason per pick.")
+    ] = None,
+    prompt: Annotated[
+        Path | None,
+        typer.Option("--prompt", help="Jinja2 prompt template (see prompts/README.md)."),
+    ] = None,
+    criteria: Annotated[
+        Path | None, typer.Option("--criteria", help="Criteria file (what makes a pick worth it).")
+    ] = None,
+    max_candidate_tokens: Annotated[
+        int | None, typer.Option("--max-candidate-tokens", help="Cut candidates to this [256].")
+    ] = None,
+    min_candidate_tokens: Annotated[
+        int | None, typer.Option("--min-candidate-tokens", help="Floor when fitting context [32].")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="First-attempt temperature [0: greedy].")
+    ] = None,
+    retries: Annotated[
+        int | None, typer.Option("--retries", help="Extra attempts for invalid answers [1].")
+    ] = None,
+    retry_temperature: Annotated[
+        float | None, typer.Option("--retry-temperature", help="Temperature of retries [0.7].")
+    ] = None,
+    constrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--constrained/--no-constrained", help="Constrain decoding to the answer grammar."
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Answer token limit [enough for k ids].")
+    ] = None,
+    permutations: Annotated[
+        int | None,
+        typer.Option(
+            "--permutations", help="Logprob mode: cyclic shifts averaged (position bias) [1]."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="auto | bfloat16 | float16 | float32.")
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option("--max-model-len", help="Context length to run the model with.")
+    ] = None,
+    tensor_parallel_size: Annotated[
+        int | None, typer.Option("--tensor-parallel-size", help="vLLM: GPUs per model [1].")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float | None,
+        typer.Option("--gpu-memory-utilization", help="vLLM: GPU memory share [0.85]."),
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option("--max-num-seqs", help="vLLM: sequences in flight at once.")
+    ] = None,
+    prefix_caching: Annotated[
+        bool | None,
+        typer.Option("--prefix-caching/--no-prefix-caching", help="vLLM prefix caching [on]."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="transformers: prompts per batch [16].")
+    ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option("--format", help="Extra output besides selected.jsonl: jsonl | parquet | hf."),
+    ] = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+    layout: LayoutOpt = None,
+    k: KOpt = None,
+    max_k: MaxKOpt = None,
+    seed: SeedOpt = None,
+    embedder: EmbedderOpt = None,
+    embed_batch_size: EmbedBatchOpt = None,
+    device: DeviceOpt = None,
+    instruction_field: InstrFieldOpt = None,
+    input_field: InputFieldOpt = None,
+    output_field: OutputFieldOpt = None,
+    category_field: CategoryFieldOpt = None,
+    skip_bad_rows: SkipBadOpt = None,
+    offline: OfflineOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Let a local LLM choose exactly BUDGET instructions; resumes if run again."""
+    from selectllm_local.config import SelectConfig, build_config
+    from selectllm_local.pipeline import select_run
+
+    cfg = build_config(
+        SelectConfig,
+        config,
+        dict(
+            pool=pool,
+            budget=budget,
+            model=model,
+            backend=backend,
+            mode=mode,
+            reasons=reasons,
+            prompt=prompt,
+            criteria=criteria,
+            max_candidate_tokens=max_candidate_tokens,
+            min_candidate_tokens=min_candidate_tokens,
+            temperature=temperature,
+            retries=retries,
+            retry_temperature=retry_temperature,
+            constrained=constrained,
+            max_tokens=max_tokens,
+            permutations=permutations,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_num_seqs=max_num_seqs,
+            enable_prefix_caching=prefix_caching,
+            batch_size=batch_size,
+            format=output_format,
+            run_dir=run_dir,
+            layout=layout,
+            n_clusters=k,
+            max_k=max_k,
+            seed=seed,
+            embedder=embedder,
+            embed_batch_size=embed_batch_size,
+            device=device,
+            instruction_field=instruction_field,
+            input_field=input_field,
+            output_field=output_field,
+            category_field=category_field,
+            skip_bad_rows=skip_bad_rows,
+            offline=offline,
+        ),
+        section="select",
+    )
+    outcome = select_run(cfg, progress=not json_out and sys.stderr.isatty())
+    if json_out:
+        print(json.dumps(outcome.summary, indent=2))
+        return
+    s = outcome.summary
+    c = s["counts"]
+    con = _console()
+    con.print(
+        f"Selected [bold]{s['selected']}[/] of {s['pool']} instructions "
+        f"({s['rounds']} round(s), backend {s['backend']}, mode {s['mode']})."
+    )
+    if s.get("note"):
+        con.print(s["note"])
+    con.print(
+        f"Subsets: {c['subsets']} ({c['no_call']} needed no call, {c['resumed']} resumed), "
+        f"valid first try {c['valid_first_try']}, retried {c['retried']}, fallback {c['fallback']}."
+    )
+    tp = s["throughput"]
+    con.print(
+        f"Tokens this run: {s['tokens_this_run']['prompt']} prompt, "
+        f"{s['tokens_this_run']['output']} output; {tp['prompts_per_s']} prompts/s, "
+        f"{tp['prompt_tokens_per_s']} prompt tokens/s. Total {s['seconds']['total']} s."
+    )
+    con.print(f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.")
 
 
 @app.command()

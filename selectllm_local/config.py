@@ -99,6 +99,116 @@ class PlanConfig:
         return to_jsonable(self)
 
 
+BACKENDS = ("auto", "vllm", "transformers")
+OUTPUT_FORMATS = ("jsonl", "parquet", "hf")
+
+
+@dataclass
+class SelectConfig(PlanConfig):
+    """``select``: the plan stages, then the LLM's picks (``selection.py``) and the outputs."""
+
+    model: str | None = None
+    """Selector model: a local folder (never touches the network) or a hub id (not with --offline)."""
+    backend: str = "auto"
+    """LLM backend: auto (vLLM when installed, else transformers), vllm, transformers."""
+    mode: str = "generate"
+    """generate (the model writes ids) or logprobs (read label log-probabilities: a full ranking)."""
+    reasons: bool = False
+    """Also ask for a one-sentence reason per pick (prompts/select_reasons.j2; generate mode)."""
+    prompt: Path | None = None
+    """Jinja2 prompt template replacing prompts/select_ids.j2 (variables: prompts/README.md)."""
+    criteria: Path | None = None
+    """Criteria file replacing prompts/criteria/default.md (what 'worth annotating' means)."""
+    max_candidate_tokens: int = 256
+    """Candidates longer than this many tokens are cut (and marked) in the prompt."""
+    min_candidate_tokens: int = 32
+    """Floor when candidates are cut further to fit the model's context."""
+    temperature: float = 0.0
+    """Sampling temperature of the first attempt (0 = greedy, reproducible)."""
+    retries: int = 1
+    """Extra attempts for a subset whose answer is invalid, before the recorded fallback."""
+    retry_temperature: float = 0.7
+    """Temperature of retries (seeded)."""
+    constrained: bool = True
+    """Constrain decoding to the answer grammar (vLLM structured outputs; light gate in transformers)."""
+    max_tokens: int | None = None
+    """Answer length limit; default: enough for k ids (or k reasons)."""
+    permutations: int = 1
+    """Logprob mode: score this many cyclic shifts of each subset and average (position bias)."""
+    dtype: str = "auto"
+    """Model dtype: auto, bfloat16, float16, float32."""
+    max_model_len: int | None = None
+    """Context length to run the model with (default: the model's own)."""
+    tensor_parallel_size: int = 1
+    """vLLM: GPUs per model."""
+    gpu_memory_utilization: float = 0.85
+    """vLLM: share of GPU memory the engine may take."""
+    max_num_seqs: int | None = None
+    """vLLM: most sequences in flight at once (default: vLLM's)."""
+    enable_prefix_caching: bool = True
+    """vLLM: reuse the computed shared prompt prefix (system message, criteria)."""
+    batch_size: int = 16
+    """transformers: most prompts per batch (batches group prompts of similar length)."""
+    format: str = "jsonl"
+    """Extra output format besides selected.jsonl: jsonl (none), parquet, hf (datasets folder)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prompt is not None:
+            self.prompt = Path(self.prompt)
+        if self.criteria is not None:
+            self.criteria = Path(self.criteria)
+        if self.backend not in BACKENDS:
+            raise UserError(
+                f"--backend must be one of {', '.join(BACKENDS)} (got '{self.backend}')."
+            )
+        if self.format not in OUTPUT_FORMATS:
+            raise UserError(
+                f"--format must be one of {', '.join(OUTPUT_FORMATS)} (got '{self.format}')."
+            )
+        if self.temperature < 0 or self.retry_temperature < 0:
+            raise UserError("--temperature and --retry-temperature must be 0 or more.")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise UserError("--gpu-memory-utilization must be in (0, 1].")
+        self.selection_settings()  # validates mode, retries, token limits, permutations
+
+    def selection_settings(self):  # noqa: ANN201 - selection.SelectionSettings (lazy import)
+        from selectllm_local.selection import SelectionSettings
+
+        return SelectionSettings(
+            mode=self.mode,
+            reasons=self.reasons,
+            prompt=self.prompt,
+            criteria=self.criteria,
+            max_candidate_tokens=self.max_candidate_tokens,
+            min_candidate_tokens=self.min_candidate_tokens,
+            temperature=self.temperature,
+            retries=self.retries,
+            retry_temperature=self.retry_temperature,
+            constrained=self.constrained,
+            max_tokens=self.max_tokens,
+            permutations=self.permutations,
+            seed=self.seed,
+        )
+
+    def backend_options(self):  # noqa: ANN201 - backends.base.BackendOptions
+        from selectllm_local.backends.base import BackendOptions
+
+        return BackendOptions(
+            dtype=self.dtype,
+            max_model_len=self.max_model_len,
+            seed=self.seed,
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            enable_prefix_caching=self.enable_prefix_caching,
+            max_num_seqs=self.max_num_seqs,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+
+
 def to_jsonable(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):

@@ -152,9 +152,7 @@ def validate_ids(raw_ids: list[Any], n_candidates: int, k: int) -> ParseResult:
         return ParseResult([], f"id out of range 1..{n_candidates}: {shown}", salvage=salvage)
     if len(set(ints)) != len(ints):
         dup = sorted({i for i in ints if ints.count(i) > 1})
-        return ParseResult(
-            [], f"duplicate id: {', '.join(map(str, dup))}", salvage=salvage
-        )
+        return ParseResult([], f"duplicate id: {', '.join(map(str, dup))}", salvage=salvage)
     if len(ints) < k:
         return ParseResult([], f"too few ids: {len(ints)} given, {k} asked", salvage=salvage)
     if len(ints) > k:
@@ -173,9 +171,7 @@ def parse_ids(text: str | bytes, n_candidates: int, k: int) -> ParseResult:
     raw_ids, reasons = got
     result = validate_ids(raw_ids, n_candidates, k)
     if result.ok:
-        result.reasons = {
-            iv: r for key, r in reasons.items() if (iv := _to_int(key)) in result.ids
-        }
+        result.reasons = {iv: r for key, r in reasons.items() if (iv := _to_int(key)) in result.ids}
     return result
 
 

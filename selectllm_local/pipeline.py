@@ -320,3 +320,243 @@ def estimate_prompt_tokens(
         "mean_per_prompt": float(np.mean(per_prompt)) if per_prompt else 0.0,
         "max_per_prompt": int(max(per_prompt)) if per_prompt else 0,
     }
+
+
+# -- stage 6: the LLM's selection -------------------------------------------------------------
+
+
+class SelectionInterrupted(UserError):
+    """Ctrl-C during ``select``: finished subsets are saved; the same command resumes."""
+
+    exit_code = 130
+
+
+@dataclass
+class SelectOutcome:
+    """What ``select_run`` produced: the final picks, the summary and where the files are."""
+
+    run_dir: Path
+    selected: list[int]
+    summary: dict[str, Any]
+    files: dict[str, str]
+
+
+def _model_identity(model: str | None) -> dict[str, Any]:
+    """What identifies a model for resume: config.json and the weight files' names and sizes."""
+    if model is None:
+        return {"model": None}
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return {"model": model}
+    files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+    cfg_file = path / "config.json"
+    return {
+        "model": str(path.resolve()),
+        "config": file_hash(cfg_file) if cfg_file.is_file() else None,
+        "files": stable_hash(files),
+    }
+
+
+def _select_key(cfg: Any, store: RunStore, template_fp: str, backend_name: str) -> str:
+    settings = cfg.selection_settings()
+    return stable_hash(
+        {
+            "subsets": store.stage_info("subsets").get("key"),
+            "model": _model_identity(cfg.model),
+            "backend": backend_name,
+            "dtype": cfg.dtype,
+            "max_model_len": cfg.max_model_len,
+            "template": template_fp,
+            "settings": {
+                k: str(v) for k, v in settings.__dict__.items() if k not in ("prompt", "criteria")
+            },
+            "budget": cfg.budget,
+        }
+    )
+
+
+def _selected_rows(items: list[PoolItem], plan: Plan, outcome: Any) -> list[dict[str, Any]]:
+    rows = []
+    for idx in outcome.selected:
+        key = outcome.final[idx]
+        res = outcome.results[key]
+        pos = res.positions[res.picks.index(idx)]
+        it = items[idx]
+        record = dict(it.raw) if it.raw else {"instruction": it.instruction, "input": it.input}
+        record["selectllm"] = {
+            "index": idx,
+            "uid": it.uid,
+            "source_row": it.source_row,
+            "instruction": it.instruction,
+            "input": it.input,
+            "output": it.output,
+            "category": it.category,
+            "subset_id": res.subset_id,
+            "round": res.round,
+            "cluster": int(plan.labels[idx]),
+            "position": pos,
+            "reason": res.reasons.get(idx),
+            "fallback": res.fallback,
+            "score": res.scores[pos - 1] if res.scores else None,
+        }
+        rows.append(record)
+    return rows
+
+
+def _write_extra_format(fmt: str, rows: list[dict[str, Any]], store: RunStore) -> str | None:
+    """``--format parquet|hf``: the selection flattened into columns (selectllm_* metadata)."""
+    if fmt == "jsonl":
+        return None
+    flat = [
+        {
+            **{k: v for k, v in r.items() if k != "selectllm"},
+            **{f"selectllm_{k}": v for k, v in r["selectllm"].items()},
+        }
+        for r in rows
+    ]
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = store.path("selected.parquet")
+        from selectllm_local.runstore import atomic_path
+
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pylist(flat), tmp)
+        return str(path)
+    from selectllm_local.errors import require
+
+    datasets = require("datasets", feature="--format hf")
+    path = store.path("selected_hf")
+    datasets.Dataset.from_list(flat).save_to_disk(str(path))
+    return str(path)
+
+
+def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
+    """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
+
+    ``cfg`` is a ``SelectConfig``. ``backend`` lets tests and benchmarks reuse a loaded engine
+    (it is not closed here); otherwise one is loaded on first need and closed at the end.
+    Finished subsets are appended to ``responses.jsonl`` as they finish; a re-run with the same
+    configuration (same hash) asks the LLM only about the others.
+    """
+    from selectllm_local import prompting, selection
+    from selectllm_local.backends import LazyBackend, load_backend, resolve_backend_name
+    from selectllm_local.records import SubsetResult
+    from selectllm_local.runstore import AppendLog
+
+    t_total = time.perf_counter()
+    planned = plan_run(cfg, progress=progress)
+    store = RunStore(planned.run_dir)
+    items, plan = planned.items, planned.plan
+    settings = cfg.selection_settings()
+    template = prompting.PromptTemplate.load(settings.prompt, settings.criteria, settings.reasons)
+    backend_name = backend.name if backend is not None else resolve_backend_name(cfg.backend)
+    key = _select_key(cfg, store, template.fingerprint, backend_name)
+
+    responses = store.path("responses.jsonl")
+    rows = read_jsonl(responses)
+    if rows and any(r.get("key") != key for r in rows):
+        old = store.path(f"responses.{rows[0].get('key', 'old')}.jsonl")
+        os.replace(responses, old)
+        log.info("configuration changed: earlier answers moved to %s, starting afresh", old.name)
+        rows = []
+    done = {
+        (r["round"], r["subset_id"]): SubsetResult.from_dict(
+            {k: v for k, v in r.items() if k != "key"}
+        )
+        for r in rows
+    }
+
+    def load() -> Any:
+        if not cfg.model:
+            raise UserError(
+                "select needs --model (a local model folder) to ask the LLM; only a budget equal "
+                "to the pool needs none."
+            )
+        return load_backend(cfg.backend, cfg.model, cfg.backend_options(), offline=cfg.offline)
+
+    engine = backend if backend is not None else LazyBackend(load)
+    stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}
+    t_sel = time.perf_counter()
+    try:
+        with AppendLog(responses) as log_file:
+            outcome = selection.select(
+                plan,
+                items,
+                engine,
+                cfg=settings,
+                done=done,
+                on_result=lambda r: log_file.append({"key": key, **r.to_dict()}),
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        n_done = len(read_jsonl(responses))
+        raise SelectionInterrupted(
+            f"Interrupted: {n_done} finished subsets are saved in {responses}. Run the same "
+            "command again to resume; only unfinished subsets will be sent to the LLM."
+        ) from None
+    finally:
+        if backend is None:
+            engine.close()
+    seconds_select = time.perf_counter() - t_sel
+
+    t = time.perf_counter()
+    rows_out = _selected_rows(items, plan, outcome)
+    write_jsonl(store.path("selected.jsonl"), rows_out)
+    files = {"selected": str(store.path("selected.jsonl")), "responses": str(responses)}
+    extra = _write_extra_format(cfg.format, rows_out, store)
+    if extra:
+        files[cfg.format] = extra
+    seconds_write = time.perf_counter() - t
+
+    real = backend if backend is not None else engine.loaded
+    stats = dict(getattr(real, "stats", {}) or {})
+    delta = {k: stats.get(k, 0) - stats_before.get(k, 0) for k in stats if k != "startup_seconds"}
+    startup = 0.0 if backend is not None else float(stats.get("startup_seconds", 0.0))
+    engine_s = float(delta.get("engine_seconds", 0.0)) or 1e-9
+    counts = outcome.counts
+    summary = {
+        "run_dir": str(store.root),
+        "pool": len(items),
+        "budget": cfg.budget,
+        "selected": len(outcome.selected),
+        "model": cfg.model,
+        "backend": backend_name if real is not None else "none (no LLM call needed)",
+        "mode": settings.mode,
+        "reasons": settings.reasons,
+        "llm_called": outcome.llm_called,
+        "note": (
+            "budget equals the pool: every instruction is selected, no LLM call was made"
+            if cfg.budget >= len(items)
+            else None
+        ),
+        "rounds": outcome.rounds,
+        "counts": counts,
+        "tokens_this_run": {
+            "prompt": int(delta.get("prompt_tokens", 0)),
+            "output": int(delta.get("output_tokens", 0)),
+            "cached_prompt": int(delta.get("cached_prompt_tokens", 0)),
+            "padding": int(delta.get("padding_tokens", 0)),
+        },
+        "throughput": {
+            "prompts_per_s": round(counts["sent_this_run"] / engine_s, 3),
+            "prompt_tokens_per_s": round(delta.get("prompt_tokens", 0) / engine_s, 1),
+            "output_tokens_per_s": round(delta.get("output_tokens", 0) / engine_s, 1),
+        },
+        "seconds": {
+            **{k: round(v, 3) for k, v in planned.seconds.items()},
+            "model_load": round(startup, 3),
+            "select": round(seconds_select - startup, 3),
+            "engine": round(float(delta.get("engine_seconds", 0.0)), 3),
+            "write": round(seconds_write, 3),
+            "total": round(time.perf_counter() - t_total, 3),
+        },
+        "files": files,
+    }
+    write_json(store.path("summary.json"), summary)
+    conf = read_json(store.path("config.json")) if store.path("config.json").exists() else {}
+    conf["select"] = {**cfg.to_dict(), "model_identity": _model_identity(cfg.model), "key": key}
+    write_json(store.path("config.json"), conf)
+    store.mark_done("select", key, selected=len(outcome.selected), counts=counts)
+    return SelectOutcome(store.root, list(outcome.selected), summary, files)

@@ -74,7 +74,9 @@ class SelectionSettings:
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r}).")
         if self.mode == "logprobs" and self.reasons:
-            raise UserError("--reasons needs generated text; it cannot be used with --mode logprobs.")
+            raise UserError(
+                "--reasons needs generated text; it cannot be used with --mode logprobs."
+            )
         if self.retries < 0:
             raise UserError(f"--retries must be 0 or more (got {self.retries}).")
         if self.min_candidate_tokens < 1 or self.max_candidate_tokens < self.min_candidate_tokens:
@@ -128,7 +130,9 @@ def fallback_picks(subset: Subset, salvage: Sequence[int], seed: int) -> list[in
 
 def _result(subset: Subset, positions: list[int], **kw: Any) -> SubsetResult:
     picks = [subset.candidates[p - 1] for p in positions]
-    return SubsetResult(subset_id=subset.id, round=subset.round, picks=picks, positions=positions, **kw)
+    return SubsetResult(
+        subset_id=subset.id, round=subset.round, picks=picks, positions=positions, **kw
+    )
 
 
 class _Round:
@@ -220,9 +224,12 @@ def _generate_round(
         batch = list(todo)
 
         def on_output(
-            i: int, gen: Generation, batch: list[Subset] = batch, attempt: int = attempt,
+            i: int,
+            gen: Generation,
+            batch: list[Subset] = batch,
+            attempt: int = attempt,
             failed: list[Subset] = failed,
-        ) -> None:  # fmt: skip
+        ) -> None:
             s = batch[i]
             st = state[s.id]
             st["raw"].append(gen.text)
@@ -254,20 +261,35 @@ def _generate_round(
         positions = fallback_picks(s, st["salvage"], cfg.seed)
         log.warning(
             "subset %d (round %d): no valid answer in %d attempts (%s); fallback picks %s",
-            s.id, s.round, cfg.retries + 1, "; ".join(st["errors"]), positions,
-        )  # fmt: skip
+            s.id,
+            s.round,
+            cfg.retries + 1,
+            "; ".join(st["errors"]),
+            positions,
+        )
         emit(_done(s, positions, st, cfg.retries + 1, True, {}))
 
 
 def _done(
-    s: Subset, positions: list[int], st: dict[str, Any], attempts: int, fallback: bool,
+    s: Subset,
+    positions: list[int],
+    st: dict[str, Any],
+    attempts: int,
+    fallback: bool,
     reasons: dict[int, str],
-) -> SubsetResult:  # fmt: skip
+) -> SubsetResult:
     return _result(
-        s, positions, raw=list(st["raw"]), attempts=attempts, fallback=fallback,
-        errors=list(st["errors"]), prompt_tokens=st["pt"], output_tokens=st["ot"],
-        seconds=round(time.perf_counter() - st["t0"], 4), reasons=reasons,
-    )  # fmt: skip
+        s,
+        positions,
+        raw=list(st["raw"]),
+        attempts=attempts,
+        fallback=fallback,
+        errors=list(st["errors"]),
+        prompt_tokens=st["pt"],
+        output_tokens=st["ot"],
+        seconds=round(time.perf_counter() - st["t0"], 4),
+        reasons=reasons,
+    )
 
 
 def _logprob_round(
@@ -289,7 +311,9 @@ def _logprob_round(
         expected[s.id] = sum(1 for j in jobs if j[0].id == s.id)
     prompts, labels = [], []
     for s, order in jobs:
-        shown = Subset(s.id, [s.candidates[i] for i in order], s.k, [s.clusters[i] for i in order], s.round)
+        shown = Subset(
+            s.id, [s.candidates[i] for i in order], s.k, [s.clusters[i] for i in order], s.round
+        )
         prompts.append(ctx.render(shown, ctx.labels[: len(order)]))
         labels.append(ctx.labels[: len(order)])
     sums: dict[int, list[list[float]]] = {s.id: [[] for _ in s.candidates] for s in pending}
@@ -311,10 +335,17 @@ def _logprob_round(
             positions = [j + 1 for j in ranked[: s.k]]
             emit(
                 _result(
-                    s, positions, raw=[], attempts=expected[s.id], fallback=False, errors=[],
-                    prompt_tokens=ptoks[s.id], output_tokens=expected[s.id],
-                    seconds=round(time.perf_counter() - t0, 4), scores=[round(x, 6) for x in avg],
-                )  # fmt: skip
+                    s,
+                    positions,
+                    raw=[],
+                    attempts=expected[s.id],
+                    fallback=False,
+                    errors=[],
+                    prompt_tokens=ptoks[s.id],
+                    output_tokens=expected[s.id],
+                    seconds=round(time.perf_counter() - t0, 4),
+                    scores=[round(x, 6) for x in avg],
+                )
             )
 
     ctx.backend.score_labels(prompts, labels, progress=progress, on_output=on_output)
@@ -413,9 +444,7 @@ def _matches(prev: SubsetResult, s: Subset) -> bool:
     return ok
 
 
-def count_results(
-    results: Any, *, called_now: int = 0, resumed: int = 0
-) -> dict[str, Any]:
+def count_results(results: Any, *, called_now: int = 0, resumed: int = 0) -> dict[str, Any]:
     """Counts for the summary: first-try validity, retries, fallbacks, error kinds, tokens."""
     rs = list(results)
     asked = [r for r in rs if r.attempts > 0]

@@ -13,7 +13,9 @@ import importlib.util
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from selectllm_local.backends.base import Backend, BackendName, BackendOptions, Constraint
 from selectllm_local.errors import UserError
@@ -25,6 +27,7 @@ __all__ = [
     "BackendName",
     "BackendOptions",
     "Constraint",
+    "LazyBackend",
     "load_backend",
     "resolve_backend_name",
     "resolve_model",
@@ -74,7 +77,9 @@ def resolve_model(model_path: str, *, offline: bool = False) -> str:
             "Hugging Face hub, but offline mode is on (--offline or HF_HUB_OFFLINE=1). Download "
             "the model first and pass its folder, or drop --offline."
         )
-    log.warning("--model %s is not a local folder: loading it from the Hugging Face hub", model_path)
+    log.warning(
+        "--model %s is not a local folder: loading it from the Hugging Face hub", model_path
+    )
     return model_path
 
 
@@ -101,3 +106,26 @@ def load_backend(
     from selectllm_local.backends.hf_backend import HFBackend
 
     return HFBackend(model, options)
+
+
+class LazyBackend:
+    """Loads the real backend on first use, so runs that need no LLM call never start one."""
+
+    def __init__(self, loader: Callable[[], Backend]) -> None:
+        self._loader = loader
+        self._backend: Backend | None = None
+
+    @property
+    def loaded(self) -> Backend | None:
+        return self._backend
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._backend is None:
+            self._backend = self._loader()
+        return getattr(self._backend, name)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()

@@ -57,7 +57,9 @@ def bucket_by_length(
 class _RegexGate:
     """Allowed next tokens for one regex, by partial matching of the decoded answer so far."""
 
-    def __init__(self, pattern: str, candidate_ids: list[int], strings: list[str], eos: int) -> None:
+    def __init__(
+        self, pattern: str, candidate_ids: list[int], strings: list[str], eos: int
+    ) -> None:
         import regex
 
         self.rx = regex.compile(pattern)
@@ -115,7 +117,12 @@ class HFBackend:
             "padding_tokens": 0,
             "engine_seconds": 0.0,
         }
-        log.info("transformers model ready on %s (%s) in %.1f s", self.device, dtype, self.stats["startup_seconds"])
+        log.info(
+            "transformers model ready on %s (%s) in %.1f s",
+            self.device,
+            dtype,
+            self.stats["startup_seconds"],
+        )
 
     @property
     def max_context(self) -> int:
@@ -130,7 +137,9 @@ class HFBackend:
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         if not self._has_template:
             return plain_chat(messages)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -195,7 +204,9 @@ class HFBackend:
                     if any(g is not None for g in batch_gates):
                         vocab = list(range(len(self.tokenizer)))
 
-                        def allowed_fn(b: int, seq: Any, bg=batch_gates, w=width, v=vocab) -> list[int]:
+                        def allowed_fn(
+                            b: int, seq: Any, bg=batch_gates, w=width, v=vocab
+                        ) -> list[int]:
                             gate = bg[b]
                             if gate is None:
                                 return v

@@ -106,7 +106,9 @@ class VLLMBackend:
     @property
     def special_tokens(self) -> list[str]:
         toks = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
-        toks.update(str(t) for t in (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values())
+        toks.update(
+            str(t) for t in (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values()
+        )
         return sorted(toks)
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
