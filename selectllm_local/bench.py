@@ -1,0 +1,455 @@
+"""Selection throughput against the physical limit of the machine.
+
+Why the numbers look the way they do: a selection prompt shows K candidates (hundreds of tokens)
+and the answer is a few identifiers. Reading the prompt (prefill) is a large matrix multiply per
+layer over all prompt tokens at once, so it is compute-bound; writing the answer (decode) reads
+every weight once per generated token, so it is bandwidth-bound, but with ids-only answers there
+are only a handful of such steps. Selection is therefore prefill-bound and its ceiling is the
+machine's matmul rate: prefill utilisation = 2 x non-embedding parameters x prompt tokens /
+seconds / peak FLOP/s, where the peak is measured in this process (``benchutil.matmul_peak``).
+
+What is measured, per setting (backend, batch, prefix caching, constrained or free decoding,
+generative / reasons / logprob mode): engine start-up (once per engine), then for each repeat a
+full ``selection.select`` over a fresh workload, split into time inside the engine
+(``backend.stats['engine_seconds']``) and time in our code (prompt rendering, token counting,
+parsing). Workloads are real pool rows rendered by the real prompt builder; the subset layout is a
+cheap deterministic stand-in for the planning stages (candidate j of subset p is row p + j x S of
+the slice, like "the p-th member of every cluster" when clusters are contiguous blocks): token
+counts and compute are those of a real plan, without paying for embeddings and k-means. Each
+repeat uses a different slice of the pool, so prefix caching reuses only what a real run reuses
+(the shared system block), never a whole prompt from the previous repeat. Models are random-weight
+models of real shapes (``tinymodel``), which cost exactly what the trained models cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from selectllm_local.errors import UserError
+from selectllm_local.records import Plan, PoolItem, Subset
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "selectllm-bench/1"
+# Fixed keys of the JSON and of each row of "results" (tests check them; add, never rename).
+TOP_KEYS = ("schema", "created", "machine", "environment", "model", "workload", "peak", "results")
+RESULT_KEYS = (
+    "label", "backend", "batch", "prefix_caching", "constrained", "mode", "reasons",
+    "startup_seconds", "prompts", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
+    "padding_tokens", "padding_fraction", "engine_seconds", "render_seconds", "select_seconds",
+    "ours_seconds", "seconds_all", "prompts_per_s", "prompt_tokens_per_s", "output_tokens_per_s",
+    "prefill_utilization", "prefill_utilization_datasheet", "pipeline_prompt_tokens_per_s",
+    "pipeline_utilization", "peak_rss_bytes", "peak_gpu_bytes", "fallbacks", "valid_first_try",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchSetting:
+    """One measured configuration. ``batch`` is max_num_seqs (vLLM) or batch size (transformers)."""
+
+    backend: str = "vllm"
+    batch: int | None = None
+    prefix_caching: bool = True
+    constrained: bool = True
+    mode: str = "generate"  # generate | logprobs
+    reasons: bool = False
+
+    @property
+    def label(self) -> str:
+        parts = [self.backend]
+        if self.batch:
+            parts.append(f"b{self.batch}")
+        parts.append(
+            "logprobs" if self.mode == "logprobs" else "reasons" if self.reasons else "ids"
+        )
+        if self.mode != "logprobs":
+            parts.append("constrained" if self.constrained else "free")
+        if self.backend == "vllm" and not self.prefix_caching:
+            parts.append("no-prefix-cache")
+        return " ".join(parts)
+
+    @property
+    def engine_key(self) -> tuple[str, int | None, bool]:
+        """Settings with the same key share one engine."""
+        return (self.backend, self.batch, self.prefix_caching)
+
+
+def parse_setting(text: str) -> BenchSetting:
+    """``vllm``, ``vllm:free``, ``transformers:b8``, ``vllm:logprobs:nocache``, ``vllm:reasons``."""
+    parts = [p.strip().lower() for p in text.split(":") if p.strip()]
+    if not parts or parts[0] not in ("vllm", "transformers", "hf"):
+        raise UserError(
+            f"--setting {text!r}: start with a backend (vllm or transformers), then options "
+            "from free, logprobs, reasons, nocache, bN (e.g. vllm:free, transformers:b8)."
+        )
+    kw: dict[str, Any] = {"backend": "transformers" if parts[0] == "hf" else parts[0]}
+    for p in parts[1:]:
+        if p == "free":
+            kw["constrained"] = False
+        elif p == "logprobs":
+            kw["mode"] = "logprobs"
+        elif p == "reasons":
+            kw["reasons"] = True
+        elif p == "nocache":
+            kw["prefix_caching"] = False
+        elif p.startswith("b") and p[1:].isdigit():
+            kw["batch"] = int(p[1:])
+        else:
+            raise UserError(
+                f"--setting {text!r}: unknown option {p!r} (free, logprobs, reasons, nocache, bN)."
+            )
+    return BenchSetting(**kw)
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark. A named ``shape`` builds (once, cached) a random-weight model."""
+
+    pool: Path | None = None
+    shape: str = "qwen2.5-0.5b"
+    model: str | None = None  # a local model folder instead of a shape
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "selectllm" / "models")
+    dtype: str = "auto"  # engine + matmul dtype; auto: bf16 where native, else float32
+    subsets: int = 64
+    candidates: int = 14
+    picks: int = 1
+    max_candidate_tokens: int = 40
+    max_tokens: int | None = 8  # generative ids: answer length cap (None: selection's default)
+    warmup: int = 1
+    repeats: int = 3
+    max_model_len: int = 4096
+    settings: list[BenchSetting] = field(default_factory=lambda: [BenchSetting()])
+    machine: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.subsets < 1 or self.candidates < 2 or not 1 <= self.picks < self.candidates:
+            raise UserError(
+                "--subsets must be >= 1, --candidates >= 2 and 1 <= --picks < --candidates "
+                f"(got {self.subsets}, {self.candidates}, {self.picks})."
+            )
+        if self.repeats < 1 or self.warmup < 0:
+            raise UserError(
+                f"--repeats must be >= 1 and --warmup >= 0 (got {self.repeats}, {self.warmup})."
+            )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CI: a 2-layer model, a handful of prompts, every code path (both backends, all modes).
+    "tiny": dict(
+        shape="tiny-qwen2", subsets=6, candidates=6, max_candidate_tokens=24, warmup=1, repeats=2,
+        settings=[BenchSetting("vllm"), BenchSetting("vllm", constrained=False),
+                  BenchSetting("vllm", mode="logprobs"), BenchSetting("transformers", batch=8)],
+    ),
+    # The issue's CPU workload: Qwen2.5-0.5B shape, 64 Dolly subsets of 14 candidates.
+    "cpu": dict(
+        shape="qwen2.5-0.5b", subsets=64, candidates=14, warmup=1, repeats=2,
+        settings=[BenchSetting("vllm"), BenchSetting("vllm", constrained=False),
+                  BenchSetting("vllm", mode="logprobs"), BenchSetting("vllm", reasons=True),
+                  BenchSetting("vllm", prefix_caching=False), BenchSetting("transformers", batch=8)],
+    ),
+}  # fmt: skip
+
+
+def config_from_preset(name: str, **overrides: Any) -> BenchConfig:
+    if name not in PRESETS:
+        raise UserError(f"--preset {name!r} is not known. Presets: {', '.join(PRESETS)}.")
+    kw = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return BenchConfig(**kw)
+
+
+# -- model -----------------------------------------------------------------------------------------
+def prepare_model(cfg: BenchConfig) -> tuple[str, dict[str, Any]]:
+    """Path of the model to benchmark and its shape (building a random-weight one if needed)."""
+    from selectllm_local import tinymodel
+
+    if cfg.model:
+        path = Path(cfg.model).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"--model {cfg.model} is not a model folder (no config.json).")
+        return str(path), model_shape(path)
+    if cfg.shape not in tinymodel.SHAPES:
+        raise UserError(
+            f"--shape {cfg.shape!r} is not known. Shapes: {', '.join(tinymodel.SHAPES)}."
+        )
+    out = Path(cfg.cache_dir) / f"{cfg.shape}-seed{cfg.seed}"
+    if not (out / "selectllm_model.json").is_file():
+        import shutil
+
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("building a random-weight %s model in %s (once; cached)", cfg.shape, out)
+        tinymodel.build_random_model(tmp, cfg.shape, seed=cfg.seed, dtype="bfloat16")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return str(out), model_shape(out)
+
+
+def model_shape(path: Path | str) -> dict[str, Any]:
+    """The architecture fields ``tinymodel.non_embedding_params`` needs, read from config.json."""
+    from selectllm_local.runstore import read_json
+
+    c = read_json(Path(path) / "config.json")
+    c = c.get("text_config", c)
+    return {
+        "hidden_size": c["hidden_size"],
+        "intermediate_size": c["intermediate_size"],
+        "num_hidden_layers": c["num_hidden_layers"],
+        "num_attention_heads": c["num_attention_heads"],
+        "num_key_value_heads": c.get("num_key_value_heads", c["num_attention_heads"]),
+        "vocab_size": c.get("vocab_size"),
+        "tie_word_embeddings": bool(c.get("tie_word_embeddings", False)),
+    }
+
+
+# -- workload --------------------------------------------------------------------------------------
+def load_items(pool: Path | str | None, need: int) -> list[PoolItem]:
+    """The pool's rows (through ``data.load_pool``), at least ``need`` of them (wrapping if short)."""
+    from selectllm_local import data
+
+    if pool is None:
+        raise UserError("The benchmark needs a pool file: pass --pool (e.g. Dolly or Alpaca).")
+    items, _ = data.load_pool(pool)
+    if not items:
+        raise UserError(f"Pool {pool} has no usable instructions.")
+    if len(items) < need:
+        log.warning("pool has %d rows, the benchmark needs %d: rows are reused", len(items), need)
+    return [items[i % len(items)] for i in range(need)]
+
+
+def strided_plan(n_subsets: int, k_candidates: int, picks: int) -> Plan:
+    """Subset p holds rows p, p + S, p + 2S, ... (S = n_subsets): every row shown exactly once."""
+    subsets = [
+        Subset(
+            id=p,
+            candidates=[p + j * n_subsets for j in range(k_candidates)],
+            k=picks,
+            clusters=list(range(k_candidates)),
+        )
+        for p in range(n_subsets)
+    ]
+    labels = [i // n_subsets for i in range(n_subsets * k_candidates)]
+    return Plan(k_candidates, labels, "strided", n_subsets * picks, subsets, rounds_expected=1)
+
+
+def workload(
+    items: Sequence[PoolItem], index: int, cfg: BenchConfig
+) -> tuple[Plan, list[PoolItem]]:
+    """Workload number ``index``: its own slice of the pool, re-indexed 0..n-1."""
+    size = cfg.subsets * cfg.candidates
+    part = items[index * size : (index + 1) * size]
+    return strided_plan(cfg.subsets, cfg.candidates, cfg.picks), [
+        dataclasses.replace(it, index=i) for i, it in enumerate(part)
+    ]
+
+
+def selection_settings(setting: BenchSetting, cfg: BenchConfig) -> Any:
+    """Selection settings for one benchmark setting: no retries (one call per subset, always)."""
+    from selectllm_local.selection import SelectionSettings
+
+    max_tokens = None if (setting.reasons or setting.mode == "logprobs") else cfg.max_tokens
+    return SelectionSettings(
+        mode=setting.mode,
+        reasons=setting.reasons,
+        max_candidate_tokens=cfg.max_candidate_tokens,
+        min_candidate_tokens=min(32, cfg.max_candidate_tokens),
+        constrained=setting.constrained,
+        retries=0,
+        max_tokens=max_tokens,
+        seed=cfg.seed,
+    )
+
+
+def render_seconds(plan: Plan, items: Sequence[PoolItem], backend: Any, sel: Any) -> float:
+    """Time to build every prompt of a workload with the real prompt builder (no engine)."""
+    from selectllm_local import prompting
+
+    t0 = time.perf_counter()
+    template = prompting.PromptTemplate.load(sel.prompt, sel.criteria, reasons=sel.reasons)
+    special = list(getattr(backend, "special_tokens", []) or [])
+    for s in plan.subsets:
+        labels = prompting.LETTER_LABELS[: len(s.candidates)] if sel.mode == "logprobs" else None
+        messages = prompting.render_messages(
+            template, s, items, max_candidate_tokens=sel.max_candidate_tokens,
+            count_tokens=backend.count_tokens, labels=labels,
+            mode="logprobs" if sel.mode == "logprobs" else "ids", special_tokens=special,
+        )  # fmt: skip
+        backend.count_tokens(backend.render_chat(messages))
+    return time.perf_counter() - t0
+
+
+# -- measurement -----------------------------------------------------------------------------------
+def _open_backend(setting: BenchSetting, model: str, cfg: BenchConfig, dtype: str) -> Any:
+    from selectllm_local.backends import BackendOptions, load_backend
+
+    opts = BackendOptions(
+        dtype=dtype,
+        max_model_len=cfg.max_model_len,
+        seed=cfg.seed,
+        enable_prefix_caching=setting.prefix_caching,
+        max_num_seqs=setting.batch if setting.backend == "vllm" else None,
+        batch_size=setting.batch or 16,
+    )
+    return load_backend(setting.backend, model, opts)
+
+
+_COUNTERS = (
+    "engine_seconds",
+    "prompt_tokens",
+    "output_tokens",
+    "padding_tokens",
+    "cached_prompt_tokens",
+)
+
+
+def measure_setting(
+    setting: BenchSetting, backend: Any, items: Sequence[PoolItem], cfg: BenchConfig
+) -> dict[str, Any]:
+    """Warm-up, then ``repeats`` selections on fresh slices; medians of the timed repeats."""
+    from selectllm_local import selection
+
+    sel = selection_settings(setting, cfg)
+    runs: list[dict[str, Any]] = []
+    render_s: list[float] = []
+    for r in range(cfg.warmup + cfg.repeats):
+        plan, part = workload(items, r, cfg)
+        if r >= cfg.warmup:
+            render_s.append(render_seconds(plan, part, backend, sel))
+        before = {k: float(backend.stats.get(k, 0)) for k in _COUNTERS}
+        t0 = time.perf_counter()
+        out = selection.select(plan, part, backend, cfg=sel, progress=False)
+        total = time.perf_counter() - t0
+        if len(out.selected) != plan.budget:  # the selection engine's own guarantee, re-checked
+            raise RuntimeError(f"{setting.label}: {len(out.selected)} picks, budget {plan.budget}")
+        if r < cfg.warmup:
+            continue
+        d = {k: float(backend.stats.get(k, 0)) - before[k] for k in _COUNTERS}
+        fallbacks = sum(1 for res in out.results.values() if res.fallback)
+        runs.append(
+            {"select_seconds": total, "prompts": len(plan.subsets), "fallbacks": fallbacks, **d}
+        )
+    med = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+    engine, prompt_tokens = med["engine_seconds"], med["prompt_tokens"]
+    padded = med["prompt_tokens"] + med["padding_tokens"]
+    return {
+        "prompts": int(med["prompts"]),
+        "prompt_tokens": int(prompt_tokens),
+        "cached_prompt_tokens": int(med["cached_prompt_tokens"]),
+        "output_tokens": int(med["output_tokens"]),
+        "padding_tokens": int(med["padding_tokens"]),
+        "padding_fraction": med["padding_tokens"] / padded if padded else 0.0,
+        "engine_seconds": engine,
+        "render_seconds": statistics.median(render_s),
+        "select_seconds": med["select_seconds"],
+        "ours_seconds": med["select_seconds"] - engine,
+        "seconds_all": [round(run["engine_seconds"], 4) for run in runs],
+        "prompts_per_s": med["prompts"] / engine,
+        "prompt_tokens_per_s": prompt_tokens / engine,
+        "output_tokens_per_s": med["output_tokens"] / engine,
+        "pipeline_prompt_tokens_per_s": prompt_tokens / med["select_seconds"],
+        "fallbacks": int(med["fallbacks"]),
+        "valid_first_try": int(med["prompts"] - med["fallbacks"]),
+    }
+
+
+def run_benchmark(
+    cfg: BenchConfig, *, backend: Any = None, progress: bool = False
+) -> dict[str, Any]:
+    """Measure every setting of ``cfg``; returns the JSON document (see ``RESULT_KEYS``).
+
+    ``backend``: an already loaded engine to measure instead of starting one per setting (tests
+    pass the session's shared vLLM engine); only settings of that backend are measured then.
+    """
+    from selectllm_local import benchutil, tinymodel
+    from selectllm_local.backends.progress import progress_bar
+
+    device = benchutil.default_device()
+    dtype = benchutil.resolve_dtype(cfg.dtype, device)
+    if backend is not None:
+        model, shape = backend.model_path, model_shape(backend.model_path)
+        settings = [s for s in cfg.settings if s.backend == backend.name]
+    else:
+        model, shape = prepare_model(cfg)
+        settings = list(cfg.settings)
+    if not settings:
+        raise UserError("No benchmark setting matches the given backend.")
+    n_params = tinymodel.non_embedding_params(shape)
+    items = load_items(cfg.pool, (cfg.warmup + cfg.repeats) * cfg.subsets * cfg.candidates)
+    peak_before = benchutil.measure_matmul(dtype, device)
+    log.info("matmul peak (%s, %s): %.1f GFLOP/s", dtype, device, peak_before.best_flops / 1e9)
+    spec = None
+    if device == "cuda":
+        import torch
+
+        spec = benchutil.match_gpu(torch.cuda.get_device_name(0))
+
+    rows: list[dict[str, Any]] = []
+    groups: dict[tuple[str, int | None, bool], list[BenchSetting]] = {}
+    for s in settings:
+        groups.setdefault(s.engine_key, []).append(s)
+    with progress_bar("benchmark settings", total=len(settings), enabled=progress) as advance:
+        for group in groups.values():
+            with benchutil.PeakMemory(device) as mem:
+                eng = backend if backend is not None else _open_backend(group[0], model, cfg, dtype)
+                startup = float(eng.stats.get("startup_seconds", 0.0))
+                try:
+                    for s in group:
+                        log.info("measuring %s", s.label)
+                        row = {
+                            "label": s.label,
+                            **dataclasses.asdict(s),
+                            "startup_seconds": startup,
+                        }
+                        row.update(measure_setting(s, eng, items, cfg))
+                        mem.read()
+                        row["peak_rss_bytes"], row["peak_gpu_bytes"] = (
+                            mem.rss_peak_bytes,
+                            mem.gpu_peak_bytes,
+                        )
+                        rows.append(row)
+                        advance(1)
+                finally:
+                    if backend is None:
+                        eng.close()
+    peak_after = benchutil.measure_matmul(dtype, device)
+    peak = max(peak_before.best_flops, peak_after.best_flops)
+    datasheet = spec.bf16_dense_tflops * 1e12 if spec else None
+    for row in rows:
+        flops = 2.0 * n_params * row["prompt_tokens"]
+        row["prefill_utilization"] = flops / row["engine_seconds"] / peak
+        row["pipeline_utilization"] = flops / row["select_seconds"] / peak
+        row["prefill_utilization_datasheet"] = (
+            flops / row["engine_seconds"] / datasheet if datasheet else None
+        )
+    doc = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": cfg.machine,
+        "environment": benchutil.bench_environment(cfg.machine),
+        "model": {
+            "path": model, "shape": cfg.shape if not cfg.model and backend is None else None,
+            "non_embedding_params": n_params, "dtype": dtype, "architecture": shape,
+            "random_weights": (Path(model) / "selectllm_model.json").is_file(),
+        },
+        "workload": {
+            "pool": str(cfg.pool), "layout": "strided", "subsets": cfg.subsets,
+            "candidates": cfg.candidates, "picks": cfg.picks,
+            "max_candidate_tokens": cfg.max_candidate_tokens, "max_tokens": cfg.max_tokens,
+            "warmup": cfg.warmup, "repeats": cfg.repeats,
+        },
+        "peak": {
+            "dtype": dtype, "device": device, "flops": peak,
+            "before": dataclasses.asdict(peak_before), "after": dataclasses.asdict(peak_after),
+            "datasheet_flops": datasheet, "gpu": dataclasses.asdict(spec) if spec else None,
+        },
+        "results": [{k: row.get(k) for k in RESULT_KEYS} for row in rows],
+    }  # fmt: skip
+    return doc

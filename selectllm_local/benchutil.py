@@ -1,0 +1,252 @@
+"""Measuring the machine: matmul peak, datasheet peaks, memory high-water marks, environment.
+
+A throughput number means little until it is compared with what the hardware can do. The
+benchmark therefore measures, in the same process and dtype as the engine, how fast a plain
+matrix multiply runs (``matmul_peak``), and reports prefill utilisation against it. On a GPU it
+also reports utilisation against the datasheet's dense peak (``GPUS``), the number people quote.
+
+The micro-benchmark uses ``torch.nn.functional.linear`` (weights stored ``[out, in]``) because that
+is the call the engines make for every projection; on CPUs without native bf16 (AVX2-only x86)
+``torch.matmul`` on bf16 tensors takes a far slower generic path than ``linear`` does, so timing
+``matmul`` would understate the peak the engines can actually reach.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Datasheet figures: dense (no sparsity) bf16 tensor FLOP/s and memory bandwidth."""
+
+    name: str
+    bf16_dense_tflops: float
+    memory_bandwidth_gbs: float
+    memory_gib: float
+
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets (the sparse figures are 2x these).
+GPUS: dict[str, GPUSpec] = {
+    "h100": GPUSpec("NVIDIA H100 SXM", 989.0, 3350.0, 80),
+    "h100-pcie": GPUSpec("NVIDIA H100 PCIe", 756.0, 2000.0, 80),
+    "h200": GPUSpec("NVIDIA H200 SXM", 989.0, 4800.0, 141),
+    "b200": GPUSpec("NVIDIA B200", 2250.0, 8000.0, 180),
+    "a100": GPUSpec("NVIDIA A100 SXM 80GB", 312.0, 2039.0, 80),
+    "l40s": GPUSpec("NVIDIA L40S", 362.0, 864.0, 48),
+    "l4": GPUSpec("NVIDIA L4", 121.0, 300.0, 24),
+}
+
+
+def gpu_spec(name: str) -> GPUSpec:
+    """Look up a GPU by key (``h100``) or by a device name as CUDA reports it."""
+    from selectllm_local.errors import UserError
+
+    key = name.lower().strip()
+    if key in GPUS:
+        return GPUS[key]
+    found = match_gpu(name)
+    if found is None:
+        raise UserError(
+            f"--gpu {name!r} is not in the datasheet table. Known GPUs: {', '.join(GPUS)}."
+        )
+    return found
+
+
+def match_gpu(device_name: str) -> GPUSpec | None:
+    """The datasheet entry for a CUDA device name such as 'NVIDIA H100 80GB HBM3', if known."""
+    low = device_name.lower()
+    order = ["h200", "b200", "a100", "l40s", "l4"]
+    for key in order:
+        if key in low:
+            return GPUS[key]
+    if "h100" in low:
+        return GPUS["h100-pcie" if "pcie" in low else "h100"]
+    return None
+
+
+@dataclass
+class MatmulResult:
+    """One matmul micro-benchmark: best and median FLOP/s over ``repeats`` timed runs."""
+
+    dtype: str
+    device: str
+    size: int
+    repeats: int
+    best_flops: float
+    median_flops: float
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str | None = None) -> str:
+    """``auto`` -> bfloat16 where the hardware has native bf16 GEMMs, else float32.
+
+    AVX2-only x86 CPUs (no AVX-512 BF16, no AMX) run bf16 GEMMs an order of magnitude slower
+    than float32, so a benchmark there in bf16 measures an emulation path, not the machine.
+    """
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    device = device or default_device()
+    if device.startswith("cuda"):
+        return "bfloat16"
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "bfloat16"
+    try:
+        native = bool(torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # pragma: no cover - older torch
+        native = False
+    return "bfloat16" if native else "float32"
+
+
+def measure_matmul(
+    dtype: str = "bfloat16",
+    device: str | None = None,
+    size: int | None = None,
+    repeats: int = 5,
+) -> MatmulResult:
+    """Time ``linear(x[size, size], w[size, size])`` ``repeats`` times after two warm-ups."""
+    import torch
+    import torch.nn.functional as F
+
+    device = device or default_device()
+    size = size or (8192 if device.startswith("cuda") else 1536)
+    tdtype = getattr(torch, dtype)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(size, size, generator=gen).to(device=device, dtype=tdtype)
+    w = torch.randn(size, size, generator=gen).to(device=device, dtype=tdtype)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        for _ in range(2):
+            F.linear(x, w)
+        sync()
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            F.linear(x, w)
+            sync()
+            times.append(time.perf_counter() - t0)
+    flops = 2.0 * size**3
+    return MatmulResult(
+        dtype=dtype,
+        device=device,
+        size=size,
+        repeats=len(times),
+        best_flops=flops / min(times),
+        median_flops=flops / statistics.median(times),
+    )
+
+
+def matmul_peak(
+    dtype: str = "bfloat16",
+    device: str | None = None,
+    size: int | None = None,
+    repeats: int = 5,
+) -> float:
+    """Measured matmul FLOP/s of this machine in ``dtype`` (best of ``repeats``)."""
+    return measure_matmul(dtype, device, size, repeats).best_flops
+
+
+# -- memory ------------------------------------------------------------------------------------
+class PeakMemory:
+    """Peak memory over a block: RSS high-water mark on CPU, allocator peak on GPU.
+
+    On Linux the process's RSS high-water mark (``VmHWM``) is reset at the start by writing ``5``
+    to ``/proc/self/clear_refs``, so each block reports its own peak, not the process's.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.rss_peak_bytes: int | None = None
+        self.gpu_peak_bytes: int | None = None
+
+    def __enter__(self) -> PeakMemory:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            log.debug("cannot reset the RSS high-water mark; peak covers the whole process")
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.read()
+
+    def read(self) -> None:
+        """Update the peaks seen so far (callable inside the block)."""
+        self.rss_peak_bytes = rss_high_water()
+        if self.device.startswith("cuda"):
+            import torch
+
+            self.gpu_peak_bytes = int(torch.cuda.max_memory_allocated())
+
+
+def rss_high_water() -> int | None:
+    """Peak resident set size of this process in bytes (Linux ``VmHWM``; else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except (ImportError, OSError):  # pragma: no cover - non-Unix
+        return None
+
+
+# -- environment ---------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_environment(machine: str | None = None) -> dict[str, Any]:
+    """Versions and machine facts for the JSON's environment block."""
+    import torch
+
+    from selectllm_local.pipeline import environment
+
+    env = environment()
+    env.update(
+        machine=machine or "",
+        cpu_model=cpu_model(),
+        cpu_cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        gpu_name=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        cuda=torch.version.cuda,
+        vllm_cpu_kvcache_space=os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
+    )
+    if torch.cuda.is_available():
+        spec = match_gpu(env["gpu_name"])
+        env["gpu_datasheet"] = asdict(spec) if spec else None
+    return env
