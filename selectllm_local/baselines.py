@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ def _perplexity_pick(
     band: str = "high",
     batch_size: int = 16,
     max_length: int = 256,
+    progress: bool = True,
     **_: Any,
 ) -> np.ndarray:
     if band not in PERPLEXITY_BANDS:
@@ -128,7 +130,9 @@ def _perplexity_pick(
     if callable(scorer):
         ppl = np.asarray(scorer(texts), dtype=np.float64)
     else:
-        ppl = perplexities(texts, str(scorer), batch_size=batch_size, max_length=max_length)
+        ppl = perplexities(
+            texts, str(scorer), batch_size=batch_size, max_length=max_length, progress=progress
+        )
     if band == "high":
         key = -ppl
     elif band == "low":
@@ -298,3 +302,98 @@ def cluster_random(plan: Plan, budget: int, rng: np.random.Generator) -> np.ndar
         rest = [i for i in rng.permutation(len(plan.labels)) if int(i) not in chosen]
         winners.extend(int(i) for i in rest[: budget - len(winners)])
     return np.array(winners)
+
+
+# -- run-directory entry point (the CLI and the experiment call this) --------------------------
+
+
+@dataclass
+class BaselineOutcome:
+    """Where a baseline's selection was written, and what it chose."""
+
+    name: str
+    out_dir: Path
+    indices: list[int]
+    summary: dict[str, Any]
+
+
+def baseline_run(
+    name: str,
+    cfg: Any,
+    *,
+    scorer: str | Path | Scorer | None = None,
+    progress: bool = True,
+    **opts: Any,
+) -> BaselineOutcome:
+    """Run baseline ``name`` on the pool of ``cfg`` (a ``PlanConfig``) and write its selection.
+
+    Pool, embeddings and plan come from ``cfg.run_dir`` (computed there once and cached, exactly as
+    ``select`` computes them, so ``cluster-random`` sees the subsets ``select`` sees). Output:
+    ``<run_dir>/baselines/<name>-b<budget>-s<seed>/selected.jsonl`` (rows like ``select``'s: the
+    original record plus a ``selectllm`` block) and ``summary.json``, both written atomically.
+    """
+    import time
+
+    from selectllm_local import pipeline
+    from selectllm_local.runstore import RunStore, write_json, write_jsonl
+
+    if name not in BASELINES:
+        raise UserError(f"Unknown baseline '{name}'. Choose one of: {', '.join(BASELINES)}.")
+    t0 = time.perf_counter()
+    embeddings = plan = None
+    if name in NEEDS_EMBEDDINGS or name in NEEDS_PLAN:
+        planned = pipeline.plan_run(cfg, progress=progress)
+        items, embeddings, plan = planned.items, planned.embeddings, planned.plan
+    else:
+        items, _stats, _cached = pipeline.load_pool_stage(cfg, RunStore(cfg.resolved_run_dir))
+        if cfg.budget > len(items):
+            raise UserError(
+                f"--budget {cfg.budget} is larger than the pool: {cfg.pool} has {len(items)} "
+                f"usable instructions. Choose a budget of at most {len(items)}."
+            )
+    picks = run_baseline(
+        name,
+        items,
+        cfg.budget,
+        seed=cfg.seed,
+        embeddings=embeddings,
+        plan=plan,
+        scorer=scorer,
+        progress=progress,
+        **opts,
+    )
+    variant = (
+        "-shortest" if opts.get("shortest") else (f"-{opts['band']}" if "band" in opts else "")
+    )
+    out = cfg.resolved_run_dir / "baselines" / f"{name}{variant}-b{cfg.budget}-s{cfg.seed}"
+    rows = []
+    for rank, idx in enumerate(picks, 1):
+        it = items[idx]
+        record = dict(it.raw) if it.raw else {"instruction": it.instruction, "input": it.input}
+        record["selectllm"] = {
+            "index": idx,
+            "uid": it.uid,
+            "source_row": it.source_row,
+            "instruction": it.instruction,
+            "input": it.input,
+            "output": it.output,
+            "category": it.category,
+            "method": name + variant,
+            "rank": rank,
+            "cluster": int(plan.labels[idx]) if plan is not None else None,
+        }
+        rows.append(record)
+    write_jsonl(out / "selected.jsonl", rows)
+    summary = {
+        "method": name + variant,
+        "pool": len(items),
+        "budget": cfg.budget,
+        "selected": len(picks),
+        "seed": cfg.seed,
+        "options": {k: str(v) for k, v in opts.items()},
+        "scorer": str(scorer) if scorer is not None and not callable(scorer) else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "files": {"selected": str(out / "selected.jsonl")},
+    }
+    write_json(out / "summary.json", summary)
+    return BaselineOutcome(name=name + variant, out_dir=out, indices=picks, summary=summary)

@@ -154,7 +154,8 @@ def as_example(record: PoolItem | Mapping[str, Any]) -> dict[str, str | None]:
 
 
 def training_examples(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Prompt/completion pairs; every record must have a response (checked before any heavy work)."""
+    """instruction/input/output of each record; every record must have a response (checked
+    before any heavy work)."""
     if not records:
         raise UserError("Nothing to fine-tune on: the selection is empty.")
     examples = [as_example(r) for r in records]
@@ -169,11 +170,46 @@ def training_examples(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[d
         )
     return [
         {
-            "prompt": render_prompt(e["instruction"] or "", e["input"] or ""),
-            "completion": str(e["output"]),
+            "instruction": e["instruction"] or "",
+            "input": e["input"] or "",
+            "output": str(e["output"]),
         }
         for e in examples
     ]
+
+
+MIN_RESPONSE_TOKENS = 16  # tokens of the response that must survive when a long input is cut
+
+
+def fit_to_length(
+    examples: list[dict[str, str]], tok: Any, max_length: int
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Prompt/completion pairs that leave room for the response within ``max_length`` tokens.
+
+    TRL cuts sequences at the end, so a long input would push the whole response out and the
+    example would be dropped as "fully masked". Instead the *input* is cut (its end dropped) until
+    the prompt leaves at least a quarter of ``max_length`` (or ``MIN_RESPONSE_TOKENS``) for the
+    response; an example whose instruction alone is too long is dropped and counted.
+    """
+    room = max(MIN_RESPONSE_TOKENS, max_length // 4)
+    limit = max_length - room
+    out, cut, dropped = [], 0, 0
+    for e in examples:
+        prompt = render_prompt(e["instruction"], e["input"])
+        n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        if n > limit:
+            bare = len(
+                tok(render_prompt(e["instruction"], "x"), add_special_tokens=False)["input_ids"]
+            )
+            keep = limit - bare
+            if keep < 1:
+                dropped += 1
+                continue
+            ids = tok(e["input"], add_special_tokens=False)["input_ids"][:keep]
+            prompt = render_prompt(e["instruction"], tok.decode(ids))
+            cut += 1
+        out.append({"prompt": prompt, "completion": e["output"]})
+    return out, {"inputs_cut": cut, "dropped_too_long": dropped}
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -220,7 +256,10 @@ def train_lora(
     work_dir: Path,
     log_path: Path | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """Train LoRA adapters on prompt/completion ``examples``; return (peft model, tokenizer, stats)."""
+    """Train LoRA adapters on instruction/input/output ``examples``.
+
+    Returns (peft model in eval mode, tokenizer, stats).
+    """
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -287,6 +326,12 @@ def train_lora(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    pairs, fit_counts = fit_to_length(examples, tok, config.max_length)
+    if not pairs:
+        raise UserError(
+            f"Every example's instruction is longer than --max-length {config.max_length} tokens "
+            "allows; raise --max-length."
+        )
     steps: list[dict[str, Any]] = []
 
     class _LogSteps(TrainerCallback):
@@ -303,7 +348,7 @@ def train_lora(
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(examples),
+            train_dataset=Dataset.from_list(pairs),
             processing_class=tok,
             peft_config=peft_config,
             callbacks=[_LogSteps()],
@@ -323,6 +368,7 @@ def train_lora(
     stats = {
         "resolved": res,
         "examples": len(examples),
+        **fit_counts,
         "optimizer_steps": int(trainer.state.global_step),
         "train_loss": float(result.training_loss),
         "losses": [r["loss"] for r in steps if "loss" in r],

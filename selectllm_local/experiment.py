@@ -1,0 +1,294 @@
+"""The paper's comparison as one resumable command: methods x budgets x seeds, each cell
+selection -> fine-tune -> evaluate, then a results table and a plot.
+
+Why cells: a GPU-day experiment must survive a crash. Each cell writes its stages into its own
+folder and ``done.json`` last, atomically; a re-run skips finished cells and, inside an unfinished
+one, finished stages (the selection, the adapter). A cell whose configuration changed (its key) is
+redone from scratch. Everything a cell depends on is validated before the first heavy step, so a
+typo in the config fails in a second, not after an hour of fine-tuning.
+
+Fairness: ``select`` and the baselines that need the plan (``cluster-random``) or the embeddings
+(``kcenter``) share one plan directory per (budget, seed), so they see the same pool, embeddings,
+clusters and subsets; every method trains the same base model with the same recipe and seed.
+
+Run directory::
+
+    experiment.json               resolved config + environment
+    models/                       tiny random models (``tiny:<shape>``), built once
+    data/pool.jsonl               the pool used (limit applied, test rows removed)
+    plans/b<budget>-s<seed>/      plan_run / select_run / baseline_run directories
+    cells/<method>/b<budget>-s<seed>/{selection.json, finetune/, eval/, done.json}
+    results.csv, summary.csv, results.md, results.png
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selectllm_local.errors import UserError
+from selectllm_local.experiment_config import ExperimentConfig, load_experiment_config
+from selectllm_local.runstore import read_json, stable_hash, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cell:
+    method: str
+    budget: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.replace(':', '-')}/b{self.budget}-s{self.seed}"
+
+
+@dataclass
+class ExperimentOutcome:
+    run_dir: Path
+    cells_total: int
+    cells_run: list[str] = field(default_factory=list)
+    cells_skipped: list[str] = field(default_factory=list)
+    cells_pending: list[str] = field(default_factory=list)
+    table_md: Path | None = None
+    results_csv: Path | None = None
+    summary_csv: Path | None = None
+    plot: Path | None = None
+    seconds: float = 0.0
+
+
+def run_experiment(
+    config_path: Path | str,
+    *,
+    run_dir: Path | str | None = None,
+    max_cells: int | None = None,
+    progress: bool = True,
+) -> ExperimentOutcome:
+    """Run (or resume) the experiment described by ``config_path``.
+
+    ``max_cells`` stops after that many cells have been *run* in this call (finished cells that
+    are skipped do not count), which is how a long experiment can be run in slices.
+    """
+    t0 = time.perf_counter()
+    cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates everything
+    root = cfg.run_dir
+    root.mkdir(parents=True, exist_ok=True)
+    from selectllm_local.pipeline import environment
+
+    write_json(root / "experiment.json", {"config": cfg.to_dict(), "environment": environment()})
+    pool_path = _write_pool(cfg)
+    base_model = _resolve_model(cfg.base_model, root, role="base")
+    cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds]
+    outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
+    for i, cell in enumerate(cells, 1):
+        cell_dir = root / "cells" / cell.name
+        key = _cell_key(cfg, cell, pool_path)
+        done = cell_dir / "done.json"
+        if done.exists() and read_json(done).get("key") == key:
+            outcome.cells_skipped.append(cell.name)
+            continue
+        if max_cells is not None and len(outcome.cells_run) >= max_cells:
+            outcome.cells_pending.append(cell.name)
+            continue
+        log.info("cell %d/%d: %s", i, len(cells), cell.name)
+        _prepare_cell_dir(cell_dir, key)
+        _run_cell(cfg, cell, cell_dir, key, pool_path, base_model, progress=progress)
+        outcome.cells_run.append(cell.name)
+    from selectllm_local.results import write_results
+
+    paths = write_results(root, cfg.methods, cfg.budgets, cfg.seeds, cells=[c.name for c in cells])
+    outcome.table_md, outcome.results_csv, outcome.summary_csv, outcome.plot = paths
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+# -- set-up ------------------------------------------------------------------------------------
+
+
+def _write_pool(cfg: ExperimentConfig) -> Path:
+    """The pool every method selects from, as original records (limit applied, test rows out)."""
+    path = cfg.run_dir / "data" / "pool.jsonl"
+    rows = [it.raw for it in cfg.pool_items]
+    key = stable_hash([it.uid for it in cfg.pool_items])
+    marker = cfg.run_dir / "data" / "pool.key.json"
+    if not (path.exists() and marker.exists() and read_json(marker).get("key") == key):
+        write_jsonl(path, rows)
+        write_json(marker, {"key": key, "rows": len(rows), "test_rows_removed": cfg.test_overlap})
+    return path
+
+
+def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
+    """A local model path, or ``tiny:<shape>``: a random-weight model built once in the run dir."""
+    if not spec.startswith("tiny:"):
+        return Path(spec)
+    shape = spec.removeprefix("tiny:")
+    out = root / "models" / f"{role}-{shape}"
+    if not (out / "selectllm_model.json").exists():
+        from selectllm_local.tinymodel import build_random_model
+
+        tmp = root / "models" / f".{role}-{shape}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        # float32 for a model that is fine-tuned (CPU training), bfloat16 for a selector.
+        build_random_model(tmp, shape, seed=0, dtype="float32" if role == "base" else "bfloat16")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
+    from selectllm_local.runstore import file_hash
+
+    return stable_hash(
+        {
+            "cell": [cell.method, cell.budget, cell.seed],
+            "pool": file_hash(pool_path),
+            "test": cfg.test_key,
+            "base_model": cfg.base_model,
+            "plan": cfg.plan,
+            "select": cfg.select if cell.method == "select" else None,
+            "baselines": cfg.baselines if cell.method != "select" else None,
+            "finetune": cfg.finetune.to_dict(),
+            "evaluate": cfg.evaluate,
+        }
+    )
+
+
+def _prepare_cell_dir(cell_dir: Path, key: str) -> None:
+    """Keep a cell's finished stages only if they were made with the same key."""
+    marker = cell_dir / "cell.json"
+    if cell_dir.exists() and not (marker.exists() and read_json(marker).get("key") == key):
+        log.info("configuration of %s changed: starting it afresh", cell_dir)
+        shutil.rmtree(cell_dir)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"key": key})
+
+
+# -- one cell ----------------------------------------------------------------------------------
+
+
+def _run_cell(
+    cfg: ExperimentConfig,
+    cell: Cell,
+    cell_dir: Path,
+    key: str,
+    pool_path: Path,
+    base_model: Path,
+    *,
+    progress: bool,
+) -> None:
+    from selectllm_local.evaluate import evaluate_run
+    from selectllm_local.finetune import finetune, finetune_in_subprocess
+
+    timings: dict[str, float] = {}
+    sel_path = cell_dir / "selection.json"
+    t = time.perf_counter()
+    if sel_path.exists():
+        picks = read_json(sel_path)["indices"]
+    else:
+        picks = _select(cfg, cell, pool_path, progress=progress)
+        items = cfg.pool_items
+        write_json(
+            sel_path,
+            {
+                "method": cell.method,
+                "budget": cell.budget,
+                "seed": cell.seed,
+                "indices": picks,
+                "uids": [items[i].uid for i in picks],
+            },
+        )
+    timings["selection"] = time.perf_counter() - t
+    records = [cfg.pool_items[i] for i in picks]
+
+    t = time.perf_counter()
+    ft_dir = cell_dir / "finetune"
+    adapter = ft_dir / "adapter"
+    if not (
+        (adapter / "adapter_config.json").exists() and (ft_dir / "train_summary.json").exists()
+    ):
+        ft_cfg = cfg.finetune_for_seed(cell.seed)
+        run = finetune_in_subprocess if cfg.finetune_subprocess else finetune
+        adapter = run(records, base_model=base_model, out_dir=ft_dir, config=ft_cfg)
+    timings["finetune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ev_dir = cell_dir / "eval"
+    if (ev_dir / "scores.json").exists():
+        scores = read_json(ev_dir / "scores.json")
+    else:
+        ev = cfg.evaluate
+        evaluate_run(
+            cfg.test_set,
+            base_model=base_model,
+            adapter=adapter,
+            out_dir=ev_dir,
+            backend=ev.get("backend", "auto"),
+            limit=cfg.test_limit,
+            max_new_tokens=int(ev.get("max_new_tokens", 256)),
+            batch_size=int(ev.get("batch_size", 16)),
+            max_prompt_tokens=int(ev.get("max_prompt_tokens", 1024)),
+            seed=cell.seed,
+            progress=progress,
+        )
+        scores = read_json(ev_dir / "scores.json")
+    timings["evaluate"] = time.perf_counter() - t
+    train = read_json(ft_dir / "train_summary.json")
+    write_json(
+        cell_dir / "done.json",
+        {
+            "key": key,
+            "method": cell.method,
+            "budget": cell.budget,
+            "seed": cell.seed,
+            "rougeL_f1": scores["rougeL_f1"],
+            "cosine": scores["cosine"],
+            "n_test": scores["n"],
+            "train_loss": train.get("train_loss"),
+            "seconds": {k: round(v, 3) for k, v in timings.items()},
+        },
+    )
+
+
+def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: bool) -> list[int]:
+    """Pool indices chosen by ``cell.method`` (select or a baseline) in the shared plan dir."""
+    from selectllm_local.config import PlanConfig
+
+    plan_dir = cfg.run_dir / "plans" / f"b{cell.budget}-s{cell.seed}"
+    plan_cfg = PlanConfig(
+        pool=pool_path, budget=cell.budget, seed=cell.seed, run_dir=plan_dir, **cfg.plan
+    )
+    if cell.method == "select":
+        from selectllm_local.pipeline import select_run
+
+        selector = _resolve_model(cfg.select["model"], cfg.run_dir, role="selector")
+        outcome = select_run(cfg.select_config(plan_cfg, selector), progress=progress)
+        picks = [int(i) for i in outcome.selected]
+    else:
+        from selectllm_local.baselines import baseline_run
+
+        name, _, variant = cell.method.partition(":")
+        opts = cfg.baseline_options(name, variant)
+        if name == "perplexity":
+            opts["scorer"] = _resolve_model(opts["scorer"], cfg.run_dir, role="base")
+        outcome = baseline_run(name, plan_cfg, progress=progress, **opts)
+        picks = outcome.indices
+    _check_same_pool(cfg, plan_dir)
+    return picks
+
+
+def _check_same_pool(cfg: ExperimentConfig, plan_dir: Path) -> None:
+    """Indices from the plan dir must mean the same rows as the experiment's pool."""
+    from selectllm_local.runstore import read_jsonl
+
+    p = plan_dir / "pool.jsonl"
+    if p.exists():
+        uids = [r["uid"] for r in read_jsonl(p)]
+        if uids != [it.uid for it in cfg.pool_items]:
+            raise UserError(
+                f"The pool cached in {plan_dir} differs from the experiment's pool; delete that "
+                "folder and run the experiment again."
+            )

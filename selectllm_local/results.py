@@ -1,0 +1,160 @@
+"""The experiment's results: per-cell CSV, mean ± std table (Markdown + CSV) and a plot.
+
+Read from the cells' ``done.json`` files only, so the table can be rebuilt at any time, also while
+an experiment is half done (missing cells show as "–" and are counted).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from selectllm_local.runstore import atomic_path, read_json
+
+log = logging.getLogger(__name__)
+
+METRICS = (("rougeL_f1", "Rouge-L F1"), ("cosine", "Cosine similarity"))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def collect(root: Path, cells: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name in cells:
+        p = root / "cells" / name / "done.json"
+        if p.exists():
+            d = read_json(p)
+            rows.append(
+                {
+                    k: d.get(k)
+                    for k in (
+                        "method",
+                        "budget",
+                        "seed",
+                        "rougeL_f1",
+                        "cosine",
+                        "n_test",
+                        "train_loss",
+                    )
+                }
+            )
+    return rows
+
+
+def summarise(
+    rows: list[dict[str, Any]], methods: list[str], budgets: list[int]
+) -> list[dict[str, Any]]:
+    out = []
+    for m in methods:
+        for b in budgets:
+            cell = [r for r in rows if r["method"] == m and r["budget"] == b]
+            entry: dict[str, Any] = {"method": m, "budget": b, "seeds": len(cell)}
+            for key, _ in METRICS:
+                if cell:
+                    entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(
+                        [float(r[key]) for r in cell]
+                    )
+                else:
+                    entry[f"{key}_mean"] = entry[f"{key}_std"] = None
+            out.append(entry)
+    return out
+
+
+def markdown_table(
+    summary: list[dict[str, Any]], methods: list[str], budgets: list[int], seeds: int
+) -> str:
+    lines = []
+    for key, label in METRICS:
+        lines += [f"### {label} (mean ± std over seeds; best per budget in bold)", ""]
+        lines.append("| method | " + " | ".join(f"budget {b}" for b in budgets) + " |")
+        lines.append("|---|" + "---|" * len(budgets))
+        best = {}
+        for b in budgets:
+            vals = [
+                s[f"{key}_mean"]
+                for s in summary
+                if s["budget"] == b and s[f"{key}_mean"] is not None
+            ]
+            best[b] = max(vals) if vals else None
+        for m in methods:
+            cells = []
+            for b in budgets:
+                s = next(x for x in summary if x["method"] == m and x["budget"] == b)
+                if s[f"{key}_mean"] is None:
+                    cells.append("–")
+                    continue
+                txt = f"{s[f'{key}_mean']:.4f} ± {s[f'{key}_std']:.4f}"
+                if s["seeds"] < seeds:
+                    txt += f" ({s['seeds']}/{seeds} seeds)"
+                cells.append(f"**{txt}**" if s[f"{key}_mean"] == best[b] else txt)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        if rows:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+def plot(summary: list[dict[str, Any]], methods: list[str], budgets: list[int], path: Path) -> None:
+    """Metric vs budget, one line per method, error bars = std over seeds (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5.5 * len(METRICS), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], METRICS, strict=True):
+        for m in methods:
+            pts = [s for s in summary if s["method"] == m and s[f"{key}_mean"] is not None]
+            if not pts:
+                continue
+            ax.errorbar(
+                [s["budget"] for s in pts],
+                [s[f"{key}_mean"] for s in pts],
+                yerr=[s[f"{key}_std"] for s in pts],
+                marker="o",
+                capsize=3,
+                label=m,
+                linewidth=2.5 if m == "select" else 1.2,
+            )
+        ax.set_xlabel("budget (instructions selected)")
+        ax.set_ylabel(label)
+        ax.set_xticks(budgets)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_results(
+    root: Path, methods: list[str], budgets: list[int], seeds: list[int], *, cells: list[str]
+) -> tuple[Path, Path, Path, Path]:
+    """Write results.csv, summary.csv, results.md and results.png into ``root``."""
+    rows = collect(root, cells)
+    summary = summarise(rows, methods, budgets)
+    _write_csv(root / "results.csv", rows)
+    _write_csv(root / "summary.csv", summary)
+    md = markdown_table(summary, methods, budgets, len(seeds))
+    missing = len(cells) - len(rows)
+    head = f"# Results: {len(rows)} of {len(cells)} cells done" + (
+        f" ({missing} still to run: re-run the same command to finish them)" if missing else ""
+    )
+    with atomic_path(root / "results.md") as tmp:
+        tmp.write_text(head + "\n\n" + md, "utf-8")
+    plot(summary, methods, budgets, root / "results.png")
+    return root / "results.md", root / "results.csv", root / "summary.csv", root / "results.png"
