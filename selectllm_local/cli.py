@@ -390,23 +390,260 @@ def select(
 
 @app.command()
 @handle_errors
-def baseline(name: str, pool: PoolArg, budget: BudgetOpt = None) -> None:
-    """Select with a baseline (random, length, perplexity, kcenter, diversity, cluster-random)."""
-    raise UserError("baseline is not implemented yet.")
+def baseline(
+    name: Annotated[
+        str,
+        typer.Argument(help="random | length | perplexity | kcenter | diversity | cluster-random."),
+    ],
+    pool: PoolArg,
+    budget: BudgetOpt = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+    seed: SeedOpt = None,
+    layout: LayoutOpt = None,
+    k: KOpt = None,
+    max_k: MaxKOpt = None,
+    embedder: EmbedderOpt = None,
+    device: DeviceOpt = None,
+    instruction_field: InstrFieldOpt = None,
+    input_field: InputFieldOpt = None,
+    output_field: OutputFieldOpt = None,
+    skip_bad_rows: SkipBadOpt = None,
+    offline: OfflineOpt = None,
+    shortest: Annotated[
+        bool, typer.Option("--shortest", help="length: shortest first instead of longest.")
+    ] = False,
+    band: Annotated[str, typer.Option("--band", help="perplexity: high | low | middle.")] = "high",
+    scorer_model: Annotated[
+        Path | None,
+        typer.Option("--scorer-model", help="perplexity: local causal LM to score with."),
+    ] = None,
+    diversity_sample: Annotated[
+        int, typer.Option("--diversity-sample", help="diversity: pool items compared with each.")
+    ] = 500,
+    json_out: JsonOpt = False,
+) -> None:
+    """Select with a baseline at the same budget (written like select's selected.jsonl)."""
+    from selectllm_local.baselines import baseline_run
+    from selectllm_local.config import PlanConfig, build_config
+
+    cfg = build_config(
+        PlanConfig,
+        config,
+        {
+            "pool": pool,
+            "budget": budget,
+            "run_dir": run_dir,
+            "seed": seed,
+            "layout": layout,
+            "n_clusters": k,
+            "max_k": max_k,
+            "embedder": embedder,
+            "device": device,
+            "instruction_field": instruction_field,
+            "input_field": input_field,
+            "output_field": output_field,
+            "skip_bad_rows": skip_bad_rows,
+            "offline": offline,
+        },
+        section="plan",
+    )
+    opts: dict[str, Any] = {}
+    if name == "length":
+        opts["shortest"] = shortest
+    elif name == "perplexity":
+        opts["band"] = band
+    elif name == "diversity":
+        opts["sample_size"] = diversity_sample
+    outcome = baseline_run(
+        name, cfg, scorer=scorer_model, progress=not json_out and sys.stderr.isatty(), **opts
+    )
+    if json_out:
+        print(json.dumps(outcome.summary, indent=2))
+    else:
+        _console().print(
+            f"{outcome.name}: selected {len(outcome.indices)} of {outcome.summary['pool']} "
+            f"instructions -> {outcome.out_dir / 'selected.jsonl'}"
+        )
 
 
 @app.command()
 @handle_errors
-def split(pool: PoolArg) -> None:
-    """Split a pool into a held-out test set and a selection pool."""
-    raise UserError("split is not implemented yet.")
+def split(
+    pool: PoolArg,
+    test: Annotated[int, typer.Option("--test", help="Rows to hold out as the test set.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for pool.jsonl and test.jsonl.")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    instruction_field: InstrFieldOpt = None,
+    input_field: InputFieldOpt = None,
+    output_field: OutputFieldOpt = None,
+    skip_bad_rows: Annotated[
+        bool, typer.Option("--skip-bad-rows", help="Skip malformed rows and report them.")
+    ] = False,
+) -> None:
+    """Hold out a seeded test set (rows with a response) so evaluation uses unseen data."""
+    from selectllm_local.data import FieldMap
+    from selectllm_local.splits import split_run
+
+    fields = FieldMap(instruction=instruction_field, input=input_field, output=output_field)
+    outcome = split_run(
+        pool,
+        test_size=test,
+        out_dir=out,
+        seed=seed,
+        fields=fields if fields.given() else None,
+        skip_bad_rows=skip_bad_rows,
+    )
+    _console().print(
+        f"{outcome.source_rows} rows -> {outcome.pool_rows} in {outcome.pool_path}, "
+        f"{outcome.test_rows} in {outcome.test_path} (seed {seed})"
+    )
 
 
 @app.command()
 @handle_errors
-def experiment(config: Annotated[Path, typer.Argument(help="Experiment config (TOML).")]) -> None:
-    """Methods x budgets x seeds: select, fine-tune, evaluate; write the results table and plot."""
-    raise UserError("experiment is not implemented yet.")
+def experiment(
+    config: Annotated[Path, typer.Argument(help="Experiment config (TOML; see configs/).")],
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="Run directory [default: from the config, or runs/]."),
+    ] = None,
+    max_cells: Annotated[
+        int | None, typer.Option("--max-cells", help="Stop after running this many cells.")
+    ] = None,
+) -> None:
+    """Methods x budgets x seeds: select, fine-tune, evaluate; write the results table and plot.
+
+    Resumable: re-running the same command skips finished cells.
+    """
+    from selectllm_local.experiment import run_experiment
+
+    outcome = run_experiment(
+        config, run_dir=run_dir, max_cells=max_cells, progress=sys.stderr.isatty()
+    )
+    con = _console()
+    if outcome.table_md is not None:
+        con.print(outcome.table_md.read_text("utf-8"), markup=False, highlight=False)
+    con.print(
+        f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} already done, "
+        f"{len(outcome.cells_pending)} left; table {outcome.table_md}, plot {outcome.plot}"
+    )
+
+
+@app.command()
+@handle_errors
+def finetune(
+    selected: Annotated[
+        Path, typer.Argument(help="selected.jsonl (or any JSONL of instruction/input/output).")
+    ],
+    base_model: Annotated[Path, typer.Option("--base-model", help="Local model folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (adapter/, logs).")],
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank [64].")] = None,
+    lora_alpha: Annotated[int | None, typer.Option("--lora-alpha", help="LoRA alpha [16].")] = None,
+    lora_dropout: Annotated[
+        float | None, typer.Option("--lora-dropout", help="LoRA dropout [0.1].")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", help="Learning rate [2e-4].")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Epochs [3].")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after N optimizer steps [-1: epochs].")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", help="Tokens per example [1024].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size [4].")] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option("--grad-accum", help="Gradient accumulation [4].")
+    ] = None,
+    quantization: Annotated[
+        str | None, typer.Option("--quantization", help="auto (nf4 on CUDA) | nf4 | none.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed [0].")] = None,
+    subprocess: Annotated[
+        bool, typer.Option("--subprocess/--in-process", help="Train in a fresh process.")
+    ] = True,
+) -> None:
+    """Fine-tune BASE_MODEL with LoRA / 4-bit QLoRA on selected records (the paper's recipe)."""
+    from selectllm_local.finetune import (
+        FinetuneConfig,
+        finetune_in_subprocess,
+        load_records,
+    )
+    from selectllm_local.finetune import finetune as run_finetune
+
+    flags = {
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "learning_rate": learning_rate,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "quantization": quantization,
+        "seed": seed,
+    }
+    cfg = FinetuneConfig(**{k: v for k, v in flags.items() if v is not None})
+    run = finetune_in_subprocess if subprocess else run_finetune
+    adapter = run(load_records(selected), base_model=base_model, out_dir=out, config=cfg)
+    _console().print(f"adapter written to {adapter}; training log {out / 'train_log.jsonl'}")
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    test_set: Annotated[
+        Path,
+        typer.Argument(
+            help="JSONL of instruction/input/output, or a prompt_format.json + test_gts.json folder."
+        ),
+    ],
+    base_model: Annotated[Path, typer.Option("--base-model", help="Local model folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for predictions.jsonl, scores.json.")],
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", help="LoRA adapter folder (from finetune).")
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="auto (vLLM on a GPU, else transformers) | vllm | transformers."
+        ),
+    ] = "auto",
+    limit: Annotated[int | None, typer.Option("--limit", help="First N test examples.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer length.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="transformers batch.")] = 16,
+    max_prompt_tokens: Annotated[
+        int, typer.Option("--max-prompt-tokens", help="Longer prompts keep their end.")
+    ] = 1024,
+    seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Answer a test set with base model + adapter; score Rouge-L F1 and embedding cosine."""
+    from selectllm_local.evaluate import evaluate_run
+
+    outcome = evaluate_run(
+        test_set,
+        base_model=base_model,
+        adapter=adapter,
+        out_dir=out,
+        backend=backend,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
+        seed=seed,
+        progress=not json_out and sys.stderr.isatty(),
+    )
+    if json_out:
+        print(json.dumps(outcome.summary(), indent=2))
+    else:
+        _console().print(
+            f"Rouge-L F1 {outcome.rougeL_f1:.4f}, cosine {outcome.cosine:.4f} on {outcome.n} "
+            f"examples ({outcome.backend}); per-example outputs in {out / 'predictions.jsonl'}"
+        )
 
 
 @app.command()

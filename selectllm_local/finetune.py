@@ -145,12 +145,36 @@ def as_example(record: PoolItem | Mapping[str, Any]) -> dict[str, str | None]:
     """instruction / input / output of a pool item or a plain record (Alpaca or Dolly names)."""
     if isinstance(record, PoolItem):
         return {"instruction": record.instruction, "input": record.input, "output": record.output}
+    block = record.get("selectllm")
+    if isinstance(block, dict) and "instruction" in block:  # a row of selected.jsonl
+        record = block
     get = record.get
     return {
         "instruction": str(get("instruction") or ""),
         "input": str(get("input") or get("context") or ""),
         "output": get("output") if get("output") is not None else get("response"),
     }
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Records to fine-tune on: ``selected.jsonl`` rows or any JSONL / JSON list of records."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p} does not exist: give the selected.jsonl of a select/baseline run.")
+    if p.suffix == ".json":
+        rows = json.loads(p.read_text("utf-8"))
+        if not isinstance(rows, list):
+            raise UserError(f"{p} must hold a JSON list of records.")
+        return rows
+    rows = []
+    with open(p, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{p}, line {n}: not valid JSON ({exc.msg}).") from exc
+    return rows
 
 
 def training_examples(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[dict[str, str]]:
