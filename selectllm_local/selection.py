@@ -417,8 +417,12 @@ def select(
         round_subsets = subsets_mod.next_round(
             winners, plan.labels, plan.budget, rnd, subset_size=plan.n_clusters, seed=cfg.seed
         )
-        if not round_subsets or sum(s.k for s in round_subsets) != plan.budget:
-            raise RuntimeError(f"next_round gave subsets that do not add up to {plan.budget}")
+        picks_next = sum(s.k for s in round_subsets)
+        if not round_subsets or not plan.budget <= picks_next < len(winners):
+            raise RuntimeError(
+                f"round {rnd}: next_round gave {picks_next} picks for {len(winners)} winners "
+                f"and budget {plan.budget}"
+            )
     final: dict[int, Key] = {}
     for key in sorted(results):
         for p in results[key].picks:
