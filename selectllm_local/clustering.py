@@ -34,8 +34,10 @@ DEFAULT_MAX_K = 32
 """Cap on K (= candidates shown in one diverse prompt). 32 candidates of ~60-250 tokens each keep
 a prompt within ~2-8k tokens, which small local models still read reliably."""
 
-DEFAULT_NITER = 20
-"""k-means iterations (FAISS default is 25; the centroids only seed the balancing)."""
+DEFAULT_NITER = 10
+"""k-means iterations. The centroids only seed the balancing, which moves points anyway; 10
+iterations keep 1M x 384 with k=1000 at ~35 CPU-seconds (FAISS trains on 256 points per
+centroid), where FAISS's default of 25 would cost 2.5 times that."""
 
 POOL_PER_CLUSTER = 1000
 """The paper's rule: about one cluster per 1,000 pool items (14 for Dolly, 51 for Alpaca)."""
@@ -181,9 +183,11 @@ class _TopBuffer:
             # Nothing below this chunk's own m-th best can enter the top m.
             kth = np.partition(score, -self.m, axis=1)[:, -self.m]
             lim = np.where(unset, np.nextafter(kth, np.float32(-np.inf)), lim)
-        c, r = np.nonzero(score > lim[:, None])  # grouped by query, rows ascending
-        if not len(c):
+        # 1-D flatnonzero is ~3x faster than 2-D nonzero; hits come grouped by query.
+        flat = np.flatnonzero(score > lim[:, None])
+        if not len(flat):
             return
+        c, r = np.divmod(flat, score.shape[1])
         vals = score[c, r]
         counts = np.bincount(c, minlength=len(self.cnt))
         if (self.cnt + counts > self.cap).any():
@@ -283,7 +287,6 @@ def balance(
             ptr[cl] = 0
             complete[cl] = mm >= n_free
         refills += len(which)
-        log.debug("refill %d lists with %d free points", len(which), n_free)
 
     for r in range(rounds):
         if r and r % check_every == 0:
