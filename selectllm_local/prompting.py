@@ -250,8 +250,9 @@ def id_constraint(
 
     def trie(used: tuple[int, ...], ordered: bool) -> str:
         lo = (used[-1] + 1) if (ordered and used) else 1
+        hi = n - (k - len(used) - 1) if ordered else n  # leave room for the ids still to come
         alts = []
-        for i in range(lo, n + 1):
+        for i in range(lo, hi + 1):
             if i in used:
                 continue
             rest = "" if len(used) + 1 == k else ", " + trie((*used, i), ordered)

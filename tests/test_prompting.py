@@ -165,6 +165,11 @@ def test_id_regex_admits_exactly_the_valid_answers(n: int, k: int) -> None:
 def test_large_k_falls_back_to_smaller_grammars() -> None:
     ordered = re.compile(id_constraint(14, 4).regex)  # too many orders: ascending ids only
     assert ordered.fullmatch("[1, 5, 9, 14]") and not ordered.fullmatch("[5, 1, 9, 14]")
+    import regex
+
+    dead_end = regex.compile(id_constraint(8, 5).regex)  # no prefix that cannot be completed
+    assert dead_end.fullmatch("[4", partial=True) and not dead_end.fullmatch("[5", partial=True)
+    assert "(?:)" not in id_constraint(8, 5).regex
     loose = re.compile(id_constraint(40, 8).regex)  # range only; validation catches duplicates
     assert loose.fullmatch("[" + ", ".join(["3"] * 8) + "]")
     assert not loose.fullmatch("[" + ", ".join(["41"] * 8) + "]")
