@@ -124,8 +124,10 @@ class BenchConfig:
     max_candidate_tokens: int = 40
     max_tokens: int | None = 8  # generative ids: answer length cap (None: selection's default)
     warmup: int = 1
+    warmup_subsets: int = 4  # a warm-up compiles and fills caches; it need not be full size
     repeats: int = 3
     max_model_len: int = 4096
+    tokenizer: str = "toy"  # shapes only: "toy" (tinymodel's) | "pool" (BPE trained on the pool)
     settings: list[BenchSetting] = field(default_factory=lambda: [BenchSetting()])
     machine: str = ""
     seed: int = 0
@@ -136,6 +138,8 @@ class BenchConfig:
                 "--subsets must be >= 1, --candidates >= 2 and 1 <= --picks < --candidates "
                 f"(got {self.subsets}, {self.candidates}, {self.picks})."
             )
+        if self.tokenizer not in ("toy", "pool"):
+            raise UserError(f"--tokenizer must be toy or pool (got {self.tokenizer!r}).")
         if self.repeats < 1 or self.warmup < 0:
             raise UserError(
                 f"--repeats must be >= 1 and --warmup >= 0 (got {self.repeats}, {self.warmup})."
@@ -151,7 +155,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The issue's CPU workload: Qwen2.5-0.5B shape, 64 Dolly subsets of 14 candidates.
     "cpu": dict(
-        shape="qwen2.5-0.5b", subsets=64, candidates=14, warmup=1, repeats=2,
+        shape="qwen2.5-0.5b", subsets=64, candidates=14, warmup=1, repeats=2, tokenizer="pool",
         settings=[BenchSetting("vllm"), BenchSetting("vllm", constrained=False),
                   BenchSetting("vllm", mode="logprobs"), BenchSetting("vllm", reasons=True),
                   BenchSetting("vllm", prefix_caching=False), BenchSetting("transformers", batch=8)],
@@ -167,8 +171,11 @@ def config_from_preset(name: str, **overrides: Any) -> BenchConfig:
 
 
 # -- model -----------------------------------------------------------------------------------------
-def prepare_model(cfg: BenchConfig) -> tuple[str, dict[str, Any]]:
-    """Path of the model to benchmark and its shape (building a random-weight one if needed)."""
+def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str, dict[str, Any]]:
+    """Path of the model to benchmark and its shape (building a random-weight one if needed).
+
+    With ``cfg.tokenizer == "pool"`` the model gets a tokenizer trained on ``items``' text.
+    """
     from selectllm_local import tinymodel
 
     if cfg.model:
@@ -180,7 +187,8 @@ def prepare_model(cfg: BenchConfig) -> tuple[str, dict[str, Any]]:
         raise UserError(
             f"--shape {cfg.shape!r} is not known. Shapes: {', '.join(tinymodel.SHAPES)}."
         )
-    out = Path(cfg.cache_dir) / f"{cfg.shape}-seed{cfg.seed}"
+    tag = f"-tok-{Path(str(cfg.pool)).stem}" if cfg.tokenizer == "pool" else ""
+    out = Path(cfg.cache_dir) / f"{cfg.shape}-seed{cfg.seed}{tag}"
     if not (out / "selectllm_model.json").is_file():
         import shutil
 
@@ -188,6 +196,12 @@ def prepare_model(cfg: BenchConfig) -> tuple[str, dict[str, Any]]:
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("building a random-weight %s model in %s (once; cached)", cfg.shape, out)
         tinymodel.build_random_model(tmp, cfg.shape, seed=cfg.seed, dtype="bfloat16")
+        if cfg.tokenizer == "pool":
+            from selectllm_local import benchutil, prompting
+
+            texts = [f"{prompting.candidate_text(it)}\n{it.output or ''}" for it in items]
+            texts += [p.read_text("utf-8") for p in prompting.prompts_dir().rglob("*.*")] * 50
+            benchutil.train_pool_tokenizer(tmp, texts)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return str(out), model_shape(out)
@@ -222,7 +236,7 @@ def load_items(pool: Path | str | None, need: int) -> list[PoolItem]:
         raise UserError(f"Pool {pool} has no usable instructions.")
     if len(items) < need:
         log.warning("pool has %d rows, the benchmark needs %d: rows are reused", len(items), need)
-    return [items[i % len(items)] for i in range(need)]
+    return [items[i % len(items)] for i in range(max(need, len(items)))]
 
 
 def strided_plan(n_subsets: int, k_candidates: int, picks: int) -> Plan:
@@ -241,12 +255,13 @@ def strided_plan(n_subsets: int, k_candidates: int, picks: int) -> Plan:
 
 
 def workload(
-    items: Sequence[PoolItem], index: int, cfg: BenchConfig
+    items: Sequence[PoolItem], index: int, cfg: BenchConfig, n_subsets: int | None = None
 ) -> tuple[Plan, list[PoolItem]]:
     """Workload number ``index``: its own slice of the pool, re-indexed 0..n-1."""
     size = cfg.subsets * cfg.candidates
-    part = items[index * size : (index + 1) * size]
-    return strided_plan(cfg.subsets, cfg.candidates, cfg.picks), [
+    n_subsets = n_subsets or cfg.subsets
+    part = items[index * size : index * size + n_subsets * cfg.candidates]
+    return strided_plan(n_subsets, cfg.candidates, cfg.picks), [
         dataclasses.replace(it, index=i) for i, it in enumerate(part)
     ]
 
@@ -320,7 +335,9 @@ def measure_setting(
     runs: list[dict[str, Any]] = []
     render_s: list[float] = []
     for r in range(cfg.warmup + cfg.repeats):
-        plan, part = workload(items, r, cfg)
+        plan, part = workload(
+            items, r, cfg, min(cfg.subsets, cfg.warmup_subsets) if r < cfg.warmup else None
+        )
         if r >= cfg.warmup:
             render_s.append(render_seconds(plan, part, backend, sel))
         before = {k: float(backend.stats.get(k, 0)) for k in _COUNTERS}
@@ -373,16 +390,16 @@ def run_benchmark(
 
     device = benchutil.default_device()
     dtype = benchutil.resolve_dtype(cfg.dtype, device)
+    items = load_items(cfg.pool, (cfg.warmup + cfg.repeats) * cfg.subsets * cfg.candidates)
     if backend is not None:
         model, shape = backend.model_path, model_shape(backend.model_path)
         settings = [s for s in cfg.settings if s.backend == backend.name]
     else:
-        model, shape = prepare_model(cfg)
+        model, shape = prepare_model(cfg, items)
         settings = list(cfg.settings)
     if not settings:
         raise UserError("No benchmark setting matches the given backend.")
     n_params = tinymodel.non_embedding_params(shape)
-    items = load_items(cfg.pool, (cfg.warmup + cfg.repeats) * cfg.subsets * cfg.candidates)
     peak_before = benchutil.measure_matmul(dtype, device)
     log.info("matmul peak (%s, %s): %.1f GFLOP/s", dtype, device, peak_before.best_flops / 1e9)
     spec = None

@@ -1,0 +1,187 @@
+"""``--dry-run``: what a selection will cost, before any model is loaded.
+
+The estimate renders every round-one prompt of the pool with the real prompt builder (the
+default template and criteria), counts its tokens with the model's tokenizer when one is given,
+else with a documented heuristic (``CHARS_PER_TOKEN`` characters per token, right for English text
+within ~15% with Llama-3 and Qwen tokenizers), and turns tokens into time:
+
+* prefill FLOPs = 2 x non-embedding parameters x prompt tokens; seconds = FLOPs / (peak x
+  utilisation), the peak being the GPU's dense bf16 datasheet figure (or this machine's measured
+  matmul rate with ``gpu="measured"``);
+* decode is bandwidth-bound: each engine step reads every weight once, so seconds = steps x
+  weight bytes / memory bandwidth, with steps = ceil(prompts / max_num_seqs) x answer tokens.
+
+With prefix caching the shared system block (whole cache blocks of it) is computed once, not once
+per prompt; both figures are given. Later tournament rounds (budget < subsets) see only the
+winners, at most 1/(K-1) more tokens in total, and are added as that bound.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from selectllm_local.errors import UserError
+
+CHARS_PER_TOKEN = 4.0
+CACHE_BLOCK = 16  # vLLM's GPU KV block size (tokens); CPU uses 128
+
+
+def _counter(tokenizer: str | None) -> tuple[Any, Any, str]:
+    """(count_tokens, render_chat, method) from a tokenizer folder, or the heuristic."""
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+        except OSError as exc:
+            raise UserError(
+                f"--tokenizer {tokenizer}: cannot load a tokenizer there ({exc})."
+            ) from exc
+
+        def count(text: str) -> int:
+            return len(tok.encode(text, add_special_tokens=False))
+
+        def render(messages: list[dict[str, str]]) -> str:
+            if getattr(tok, "chat_template", None):
+                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
+
+        return count, render, f"tokenizer {tokenizer}"
+    import jinja2
+
+    from selectllm_local.tinymodel import CHAT_TEMPLATE
+
+    chat = jinja2.Environment().from_string(CHAT_TEMPLATE)
+
+    def count_h(text: str) -> int:
+        return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+    def render_h(messages: list[dict[str, str]]) -> str:
+        return chat.render(messages=messages, add_generation_prompt=True)
+
+    return count_h, render_h, f"heuristic: {CHARS_PER_TOKEN:g} characters per token, ChatML markup"
+
+
+def _total_params(shape: dict[str, Any], non_emb: int) -> int:
+    emb = (shape.get("vocab_size") or 0) * shape["hidden_size"]
+    return non_emb + emb * (1 if shape.get("tie_word_embeddings") else 2)
+
+
+def dry_run(
+    pool: Path | str,
+    *,
+    shape: str | None = "llama-3-8b",
+    model: str | None = None,
+    tokenizer: str | None = None,
+    gpu: str = "h100",
+    utilization: float = 0.4,
+    candidates: int | None = None,
+    budget: int | None = None,
+    max_candidate_tokens: int = 256,
+    max_num_seqs: int = 256,
+    dtype_bytes: int = 2,
+) -> dict[str, Any]:
+    """Estimate prompts, tokens, FLOPs and seconds of the selection stage for ``pool``."""
+    from selectllm_local import bench, benchutil, clustering, data, prompting, tinymodel
+
+    if not 0 < utilization <= 1:
+        raise UserError(f"--utilization must be in (0, 1] (got {utilization}).")
+    if model:
+        arch = bench.model_shape(model)
+        tokenizer = tokenizer or model
+    elif shape in tinymodel.SHAPES:
+        arch = dict(tinymodel.SHAPES[shape])
+    else:
+        raise UserError(f"--shape {shape!r} is not known. Shapes: {', '.join(tinymodel.SHAPES)}.")
+    non_emb = tinymodel.non_embedding_params(arch)
+    items, _ = data.load_pool(pool)
+    n = len(items)
+    k_cand = min(candidates or clustering.choose_k(n), n)
+    n_subsets = math.ceil(n / k_cand)
+    budget = budget or n_subsets
+    picks = max(1, round(budget / n_subsets)) if budget >= n_subsets else 1
+    count, render, method = _counter(tokenizer)
+    template = prompting.PromptTemplate.load()
+    # Every pool row is shown exactly once in round one; a strided layout has the same token total.
+    plan = bench.strided_plan(n_subsets, k_cand, min(picks, k_cand - 1))
+    prompt_tokens, shared = [], None
+    for s in plan.subsets:
+        s.candidates = [c for c in s.candidates if c < n]
+        if len(s.candidates) < 2:
+            continue
+        s.k = min(s.k, len(s.candidates) - 1)
+        msgs = prompting.render_messages(
+            template, s, items, max_candidate_tokens=max_candidate_tokens, count_tokens=count
+        )
+        text = render(msgs)
+        prompt_tokens.append(count(text))
+        if shared is None:  # the rendered system block, common to every prompt
+            shared = count(render(msgs[:1])) if msgs[0]["role"] == "system" else 0
+    tokens = sum(prompt_tokens)
+    rounds_factor = 1 + 1 / (k_cand - 1) if budget < n_subsets else 1.0
+    cached = (shared or 0) // CACHE_BLOCK * CACHE_BLOCK * max(0, len(prompt_tokens) - 1)
+    answer_tokens = 3 + picks * (len(str(k_cand)) + 1)
+    if gpu == "measured":
+        peak = benchutil.matmul_peak(benchutil.resolve_dtype("auto"))
+        bandwidth, device = None, f"this machine (measured matmul peak, {benchutil.cpu_model()})"
+    else:
+        spec = benchutil.gpu_spec(gpu)
+        peak, bandwidth, device = (
+            spec.bf16_dense_tflops * 1e12,
+            spec.memory_bandwidth_gbs * 1e9,
+            spec.name,
+        )
+    flops = 2.0 * non_emb * tokens * rounds_factor
+    flops_cached = 2.0 * non_emb * (tokens - cached) * rounds_factor
+    prefill_s = flops / (peak * utilization)
+    prefill_cached_s = flops_cached / (peak * utilization)
+    steps = math.ceil(len(prompt_tokens) / max_num_seqs) * answer_tokens * rounds_factor
+    weight_bytes = _total_params(arch, non_emb) * dtype_bytes
+    decode_s = steps * weight_bytes / bandwidth if bandwidth else None
+    return {
+        "pool": str(pool),
+        "pool_rows": n,
+        "model": model or shape,
+        "non_embedding_params": non_emb,
+        "candidates_per_prompt": k_cand,
+        "prompts": len(prompt_tokens),
+        "budget": budget,
+        "picks_per_prompt": picks,
+        "token_count_method": method,
+        "max_candidate_tokens": max_candidate_tokens,
+        "prompt_tokens": tokens,
+        "prompt_tokens_mean": tokens / max(1, len(prompt_tokens)),
+        "shared_prefix_tokens": shared or 0,
+        "prefix_cached_tokens": cached,
+        "answer_tokens_per_prompt": answer_tokens,
+        "later_rounds_factor": rounds_factor,
+        "prefill_flops": flops,
+        "device": device,
+        "peak_flops": peak,
+        "utilization": utilization,
+        "prefill_seconds": prefill_s,
+        "prefill_seconds_prefix_cached": prefill_cached_s,
+        "decode_seconds": decode_s,
+        "total_seconds": prefill_s + (decode_s or 0.0),
+        "total_seconds_prefix_cached": prefill_cached_s + (decode_s or 0.0),
+    }
+
+
+def format_dry_run(est: dict[str, Any]) -> str:
+    """A few lines for people."""
+    dec = est["decode_seconds"]
+    return (
+        f"Pool {est['pool']}: {est['pool_rows']:,} rows -> {est['prompts']:,} prompts of "
+        f"{est['candidates_per_prompt']} candidates ({est['token_count_method']}).\n"
+        f"Prompt tokens: {est['prompt_tokens']:,} (mean {est['prompt_tokens_mean']:.0f}; shared "
+        f"system block {est['shared_prefix_tokens']} tokens).\n"
+        f"Model {est['model']}: {est['non_embedding_params'] / 1e9:.2f}B non-embedding parameters; "
+        f"prefill {est['prefill_flops']:.3g} FLOPs.\n"
+        f"On {est['device']} at {100 * est['utilization']:.0f}% of {est['peak_flops'] / 1e12:.1f} "
+        f"TFLOP/s: prefill {est['prefill_seconds']:.1f} s ({est['prefill_seconds_prefix_cached']:.1f} s "
+        f"with prefix caching)"
+        + (f", decode ~{dec:.1f} s" if dec is not None else "")
+        + f"; total ~{est['total_seconds']:.1f} s ({est['total_seconds'] / 60:.2f} min)."
+    )
