@@ -648,18 +648,99 @@ def evaluate(
 
 @app.command()
 @handle_errors
-def bench() -> None:
-    """Benchmark selection throughput against this machine's measured peak."""
-    raise UserError("bench is not implemented yet.")
+def bench(
+    pool: Annotated[
+        Path, typer.Option("--pool", help="Pool whose rows make the prompts (Dolly, Alpaca, ...).")
+    ],
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset", help="tiny (CI, seconds) or cpu (Qwen2.5-0.5B shape, 14 candidates)."
+        ),
+    ] = "tiny",
+    shape: Annotated[
+        str | None, typer.Option("--shape", help="Random-weight model shape (see random-model).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="A local model folder instead of a shape.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="auto | bfloat16 | float16 | float32.")
+    ] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--setting",
+            help="Repeatable: vllm, vllm:free, vllm:logprobs, vllm:reasons, vllm:nocache, transformers:b8.",
+        ),
+    ] = None,
+    subsets: Annotated[int | None, typer.Option("--subsets", help="Prompts per repeat.")] = None,
+    candidates: Annotated[
+        int | None, typer.Option("--candidates", help="Candidates per prompt (K).")
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option("--repeats", help="Timed repeats (median reported).")
+    ] = None,
+    machine: Annotated[
+        str, typer.Option("--machine", help="Name of the machine, saved with the results.")
+    ] = "",
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for <name>.json and <name>.png.")
+    ] = Path("benchmarks/results"),
+    name: Annotated[
+        str | None, typer.Option("--name", help="File stem [default: select_<preset>].")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Estimate prompts, tokens, FLOPs and time; load no model."),
+    ] = False,
+    gpu: Annotated[
+        str, typer.Option("--gpu", help="Dry run: h100, h200, a100, l40s, l4, b200, or measured.")
+    ] = "h100",
+    utilization: Annotated[
+        float, typer.Option("--utilization", help="Dry run: share of the peak reached.")
+    ] = 0.4,
+    budget: BudgetOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the JSON document instead of a table.")
+    ] = False,
+) -> None:
+    """Benchmark selection throughput against this machine's measured matmul peak."""
+    from selectllm_local import bench as bench_lib
+    from selectllm_local import benchdry, benchout
+
+    if dry_run:
+        est = benchdry.dry_run(pool, shape=shape or "llama-3-8b", model=model, gpu=gpu,
+                               utilization=utilization, candidates=candidates, budget=budget)  # fmt: skip
+        print(json.dumps(est, indent=2) if json_out else benchdry.format_dry_run(est))
+        return
+    cfg = bench_lib.config_from_preset(
+        preset, pool=pool, shape=shape, model=model, dtype=dtype, subsets=subsets,
+        candidates=candidates, repeats=repeats, machine=machine,
+        settings=[bench_lib.parse_setting(s) for s in setting] if setting else None,
+    )  # fmt: skip
+    doc = bench_lib.run_benchmark(cfg, progress=sys.stderr.isatty())
+    paths = benchout.write_outputs(doc, out, name or f"select_{preset}")
+    if json_out:
+        print(json.dumps(doc, indent=2))
+    else:
+        _console().print(benchout.results_table(doc))
+        _console().print(f"Wrote {', '.join(str(p) for p in paths.values())}.")
 
 
 @app.command()
 @handle_errors
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of a plan/select run.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file [default: RUN_DIR/report.html].")
+    ] = None,
 ) -> None:
     """Render an HTML report of a run: clusters, picks, lengths, positions, throughput."""
-    raise UserError("report is not implemented yet.")
+    from selectllm_local.report import render_report
+
+    path = render_report(run_dir, out)
+    _console().print(f"Wrote {path} (self-contained HTML; open it in a browser).")
 
 
 @app.command("random-model")
