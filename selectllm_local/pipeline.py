@@ -12,6 +12,7 @@ subsets) and a second budget on the same pool re-uses the embeddings and cluster
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import sys
@@ -182,6 +183,21 @@ def load_pool_stage(cfg: PlanConfig, store: RunStore) -> tuple[list[PoolItem], P
     return items, stats, False
 
 
+def default_k(n: int, budget: int, *, max_k: int) -> int:
+    """Candidates per prompt (= clusters) when ``--k`` is not given.
+
+    The paper's rule (about n/1000, at least 2) keeps its meaning for 14k-51k pools, but for a small
+    pool or a large budget it makes many tiny prompts and, once the subsets outnumber the budget, a
+    needless tournament (1,500 rows, budget 137: 750 prompts of 2 candidates, 4 rounds). So K is
+    raised to ceil(n / budget) when that is larger, which gives at most ``budget`` subsets and a
+    single round; both are capped at ``max_k`` so a prompt stays short (then a tournament runs).
+    """
+    from selectllm_local import clustering
+
+    paper = clustering.choose_k(n, max_k=max_k)
+    return max(1, min(max(paper, math.ceil(n / budget)), max_k, n))
+
+
 def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
     """Stages 1-5: pool -> embeddings -> balanced clusters -> subsets with exact pick counts."""
     from selectllm_local import clustering, data, embedding, subsets
@@ -223,7 +239,7 @@ def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
     )
     emb_key = emb_key or stable_hash([cfg.embedder, [it.uid for it in items]])
 
-    k = cfg.n_clusters if cfg.n_clusters is not None else clustering.choose_k(n, max_k=cfg.max_k)
+    k = cfg.n_clusters if cfg.n_clusters is not None else default_k(n, cfg.budget, max_k=cfg.max_k)
     k = min(k, n)
     t = time.perf_counter()
     ckey = stable_hash(
