@@ -42,7 +42,7 @@ def mixture(n: int, dim: int, centres: int, seed: int) -> np.ndarray:
         e = min(n, s + 100_000)
         x[s:e] = mu[rng.integers(0, centres, e - s)]
         x[s:e] += 0.7 * rng.standard_normal((e - s, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x[s:e] /= np.linalg.norm(x[s:e], axis=1, keepdims=True)  # per chunk: no N x d temporary
     return x
 
 

@@ -117,7 +117,11 @@ def embed_texts(
     resolved = resolve_model(model, offline=offline)
     device = device or default_device()
     st_model = _load(resolved, device)
-    dim = int(st_model.get_sentence_embedding_dimension() or 0)
+    get_dim = (
+        getattr(st_model, "get_embedding_dimension", None)
+        or st_model.get_sentence_embedding_dimension
+    )
+    dim = int(get_dim() or 0)
     out = np.zeros((len(texts), dim), dtype=np.float32)
     if not texts:
         return out
@@ -196,17 +200,19 @@ def load_or_embed(
     if old is not None and not missing and old[0] == hashes:
         log.info("embeddings: all %d rows from the cache (%s)", len(texts), cache.npy)
         return np.asarray(old[1], dtype=np.float32), True
-    new = embed_texts(
-        [texts[i] for i in missing],
-        model=model,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        offline=offline,
-    )
-    dim = new.shape[1] if old is None else old[1].shape[1]
+    new = None
+    if missing or old is None:
+        new = embed_texts(
+            [texts[i] for i in missing],
+            model=model,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            offline=offline,
+        )
+    dim = old[1].shape[1] if old is not None else new.shape[1]  # type: ignore[union-attr]
     emb = np.empty((len(texts), dim), dtype=np.float32)
-    if missing:
+    if missing and new is not None:
         emb[missing] = new
     if old is not None:
         have = [i for i, h in enumerate(hashes) if h in rows]
