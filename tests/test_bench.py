@@ -1,0 +1,145 @@
+"""The benchmark library: a real tiny run (shared vLLM engine, transformers), schema, plot, dry run."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+from conftest import ALPACA, DOLLY, requires_shared_data
+
+from selectllm_local import bench, benchdry, benchout, benchutil
+from selectllm_local.errors import UserError
+from selectllm_local.tinymodel import SHAPES, non_embedding_params
+
+
+def _check_png(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100
+    assert data.rstrip(b"\x00")[-8:-4] == b"IEND"
+    return width, height
+
+
+def _check_schema(doc: dict, n_settings: int) -> None:
+    assert tuple(doc) == bench.TOP_KEYS
+    assert doc["schema"] == bench.SCHEMA
+    env = doc["environment"]
+    for key in ("cpu_model", "cpu_cores", "torch_threads", "gpu_name", "packages", "python"):
+        assert key in env
+    assert doc["peak"]["flops"] > 1e8  # any machine does more than 0.1 GFLOP/s
+    assert len(doc["results"]) == n_settings
+    for row in doc["results"]:
+        assert tuple(row) == bench.RESULT_KEYS
+        assert row["prompts"] == doc["workload"]["subsets"]
+        assert row["prompt_tokens"] > row["prompts"] * 50
+        assert row["engine_seconds"] > 0 and row["select_seconds"] >= row["engine_seconds"]
+        assert 0 < row["prefill_utilization"] < 5  # tiny models are far from the peak
+        assert row["pipeline_utilization"] <= row["prefill_utilization"]
+        assert len(row["seconds_all"]) == doc["workload"]["repeats"]
+        assert row["peak_rss_bytes"] is None or row["peak_rss_bytes"] > 10 * 2**20
+
+
+@requires_shared_data
+def test_tiny_benchmark_vllm_schema_and_plot(vllm_backend, tmp_path: Path) -> None:
+    cfg = bench.config_from_preset("tiny", pool=DOLLY, machine="CI")
+    doc = bench.run_benchmark(cfg, backend=vllm_backend)
+    vllm_settings = [s for s in cfg.settings if s.backend == "vllm"]
+    _check_schema(doc, len(vllm_settings))
+    rows = {r["label"]: r for r in doc["results"]}
+    constrained, logprobs = rows["vllm ids constrained"], rows["vllm logprobs"]
+    assert constrained["fallbacks"] == 0  # the grammar admits only valid answers
+    assert logprobs["output_tokens"] == logprobs["prompts"]  # one forward pass, one token
+    assert constrained["cached_prompt_tokens"] > 0  # the shared system block is reused
+    assert doc["model"]["non_embedding_params"] == non_embedding_params(SHAPES["tiny-qwen2"])
+    paths = benchout.write_outputs(doc, tmp_path, "tiny")
+    assert (
+        json.loads(paths["json"].read_text())["results"][0]["label"] == doc["results"][0]["label"]
+    )
+    _check_png(paths["png"])
+    table = benchout.results_table(doc)
+    assert table.row_count == len(vllm_settings)
+
+
+@requires_shared_data
+def test_tiny_benchmark_transformers_padding(hf_backend) -> None:
+    cfg = bench.config_from_preset("tiny", pool=DOLLY, repeats=1)
+    doc = bench.run_benchmark(cfg, backend=hf_backend)
+    _check_schema(doc, 1)
+    row = doc["results"][0]
+    assert row["backend"] == "transformers"
+    # prompts are bucketed by length, so padding stays under the issue's 5% target
+    assert 0 <= row["padding_fraction"] < 0.05
+
+
+def test_strided_plan_shows_every_row_once() -> None:
+    plan = bench.strided_plan(5, 4, 2)
+    shown = sorted(c for s in plan.subsets for c in s.candidates)
+    assert shown == list(range(20))
+    assert plan.budget == 10 and all(len(s.candidates) == 4 for s in plan.subsets)
+    assert plan.subsets[1].candidates == [1, 6, 11, 16]
+
+
+def test_parse_setting() -> None:
+    s = bench.parse_setting("transformers:b8:free")
+    assert (s.backend, s.batch, s.constrained) == ("transformers", 8, False)
+    s = bench.parse_setting("vllm:logprobs:nocache")
+    assert (s.mode, s.prefix_caching, s.label) == (
+        "logprobs",
+        False,
+        "vllm logprobs no-prefix-cache",
+    )
+    with pytest.raises(UserError, match="--setting"):
+        bench.parse_setting("tensorrt")
+    with pytest.raises(UserError, match="unknown option"):
+        bench.parse_setting("vllm:fast")
+    with pytest.raises(UserError, match="--preset"):
+        bench.config_from_preset("huge")
+    with pytest.raises(UserError, match="--picks"):
+        bench.BenchConfig(candidates=4, picks=4)
+
+
+def test_matmul_peak_is_measured() -> None:
+    r = benchutil.measure_matmul("float32", "cpu", size=256, repeats=3)
+    assert r.best_flops >= r.median_flops > 1e8
+    assert benchutil.gpu_spec("h100").bf16_dense_tflops == 989.0
+    assert benchutil.match_gpu("NVIDIA H100 80GB HBM3").name == "NVIDIA H100 SXM"
+    assert benchutil.match_gpu("NVIDIA H200").bf16_dense_tflops == 989.0
+    assert benchutil.match_gpu("NVIDIA A100-SXM4-80GB").bf16_dense_tflops == 312.0
+    with pytest.raises(UserError, match="--gpu"):
+        benchutil.gpu_spec("voodoo2")
+
+
+def test_dry_run_matches_hand_computed_flops(tmp_path: Path) -> None:
+    # 10 rows of 40 characters: 10 characters per token by hand under the 4 chars/token heuristic
+    pool = tmp_path / "pool.jsonl"
+    rows = [
+        {"instruction": f"Write a short poem about the number {i:04d}."[:40].ljust(40, "x")}
+        for i in range(10)
+    ]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    est = benchdry.dry_run(pool, shape="llama-3-8b", gpu="h100", utilization=0.4, candidates=5)
+    # llama-3-8b by hand: 32 layers x (q, o: 4096^2 each; k, v: 4096 x 1024 each; mlp 3 x 4096 x 14336)
+    n = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    assert est["non_embedding_params"] == n == 6_979_321_856
+    assert est["prompts"] == 2 and est["candidates_per_prompt"] == 5
+    assert est["prompt_tokens"] > 2 * 5 * 10  # candidates plus the template
+    assert est["prefill_flops"] == pytest.approx(2 * n * est["prompt_tokens"])
+    assert est["prefill_seconds"] == pytest.approx(est["prefill_flops"] / (989e12 * 0.4))
+    assert est["prefill_seconds_prefix_cached"] < est["prefill_seconds"]
+    weights = (n + 2 * 128256 * 4096) * 2  # bf16, untied embeddings and LM head
+    steps = math.ceil(2 / 256) * est["answer_tokens_per_prompt"]
+    assert est["decode_seconds"] == pytest.approx(steps * weights / 3.35e12)
+    assert "Prompt tokens" in benchdry.format_dry_run(est)
+
+
+@requires_shared_data
+def test_dry_run_alpaca_8b_h100_under_two_minutes() -> None:
+    est = benchdry.dry_run(ALPACA, shape="llama-3-8b", gpu="h100", utilization=0.4)
+    assert est["pool_rows"] == 52002
+    assert est["prompts"] == math.ceil(52002 / est["candidates_per_prompt"])
+    assert est["total_seconds"] < 120
