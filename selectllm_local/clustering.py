@@ -266,7 +266,7 @@ def balance(
     # free_arr[n] is a sentinel that is never free: every candidate list ends with it.
     free_arr = np.ones(n + 1, dtype=np.uint8)
     free_arr[n] = 0
-    free = memoryview(free_arr)  # fast scalar access from Python, shares memory with free_arr
+    free = memoryview(free_arr)  # type: ignore[arg-type]  # fast scalar access from Python, shares memory with free_arr
     searcher = _Searcher(x, free_arr)
 
     arrs = searcher.nearest(c, m, only_free=False)  # numpy, for the vectorised low-water check
@@ -274,7 +274,7 @@ def balance(
     complete = [m >= n] * k  # a list holding every free point can never run dry
     ptr = [0] * k
     labels = np.full(n, -1, dtype=np.int32)
-    lab = memoryview(labels)
+    lab = memoryview(labels)  # type: ignore[arg-type]
     order: list[int] = []
     placed = 0
     check_every = max(1, min(16, rounds // 8))
