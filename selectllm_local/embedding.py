@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import UserError, require
 from .records import text_hash
-from .runstore import RunStore, read_json, save_npy, write_json
+from .runstore import RunStore, read_json, save_npy, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,11 @@ class EmbeddingCache:
         """Write atomically; the key goes last, so a crash in between leaves no valid cache."""
         self.key.unlink(missing_ok=True)
         save_npy(self.npy, emb)
-        write_json(self.key, {"model": model, "dim": int(emb.shape[1]), "hashes": hashes})
+        digest = stable_hash([model, hashes])  # one string that changes with model or any row
+        write_json(
+            self.key,
+            {"model": model, "dim": int(emb.shape[1]), "digest": digest, "hashes": hashes},
+        )
 
 
 def load_or_embed(
