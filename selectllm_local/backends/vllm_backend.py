@@ -52,6 +52,10 @@ class VLLMBackend:
     def __init__(self, model_path: str, options: BackendOptions) -> None:
         # In-process engine core: simpler to stop (Ctrl-C) and to free; required on CPU tests.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM logs to stdout by default, which would corrupt `select --json`; keep it quiet.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        if not log.isEnabledFor(logging.DEBUG):
+            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         cuda = _cuda_available()
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's default is large
