@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "selectllm-bench/1"
 # Fixed keys of the JSON and of each row of "results" (tests check them; add, never rename).
-TOP_KEYS = ("schema", "created", "machine", "environment", "model", "workload", "peak", "results")
+TOP_KEYS = (
+    "schema", "created", "machine", "environment", "model", "workload", "peak", "results", "stages",
+)  # fmt: skip
 RESULT_KEYS = (
     "label", "backend", "batch", "prefix_caching", "constrained", "mode", "reasons",
     "startup_seconds", "prompts", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
@@ -128,6 +130,7 @@ class BenchConfig:
     repeats: int = 3
     max_model_len: int = 4096
     tokenizer: str = "toy"  # shapes only: "toy" (tinymodel's) | "pool" (BPE trained on the pool)
+    stages: bool = False  # also run one full pipeline.select_run and report seconds per stage
     settings: list[BenchSetting] = field(default_factory=lambda: [BenchSetting()])
     machine: str = ""
     seed: int = 0
@@ -150,6 +153,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CI: a 2-layer model, a handful of prompts, every code path (both backends, all modes).
     "tiny": dict(
         shape="tiny-qwen2", subsets=6, candidates=6, max_candidate_tokens=24, warmup=1, repeats=2,
+        stages=True,
         settings=[BenchSetting("vllm"), BenchSetting("vllm", constrained=False),
                   BenchSetting("vllm", mode="logprobs"), BenchSetting("transformers", batch=8)],
     ),
@@ -409,6 +413,7 @@ def run_benchmark(
         spec = benchutil.match_gpu(torch.cuda.get_device_name(0))
 
     rows: list[dict[str, Any]] = []
+    stages: dict[str, Any] | None = None
     groups: dict[tuple[str, int | None, bool], list[BenchSetting]] = {}
     for s in settings:
         groups.setdefault(s.engine_key, []).append(s)
@@ -433,6 +438,10 @@ def run_benchmark(
                         )
                         rows.append(row)
                         advance(1)
+                    if cfg.stages and stages is None:
+                        from selectllm_local.benchstages import select_stages
+
+                        stages = select_stages(cfg, items, eng)
                 finally:
                     if backend is None:
                         eng.close()
@@ -468,5 +477,6 @@ def run_benchmark(
             "datasheet_flops": datasheet, "gpu": dataclasses.asdict(spec) if spec else None,
         },
         "results": [{k: row.get(k) for k in RESULT_KEYS} for row in rows],
+        "stages": stages,
     }  # fmt: skip
     return doc

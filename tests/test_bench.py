@@ -56,6 +56,11 @@ def test_tiny_benchmark_vllm_schema_and_plot(vllm_backend, tmp_path: Path) -> No
     assert logprobs["output_tokens"] == logprobs["prompts"]  # one forward pass, one token
     assert constrained["cached_prompt_tokens"] > 0  # the shared system block is reused
     assert doc["model"]["non_embedding_params"] == non_embedding_params(SHAPES["tiny-qwen2"])
+    stages = doc["stages"]  # one full select_run through the pipeline on the same engine
+    assert stages["subsets"] == cfg.subsets
+    for key in ("load", "embed", "cluster", "subsets", "engine", "our_code_in_select", "total"):
+        assert stages["seconds"][key] >= 0, key
+    assert stages["seconds"]["engine"] > 0 and stages["tokens"]["prompt"] > 0
     paths = benchout.write_outputs(doc, tmp_path, "tiny")
     assert (
         json.loads(paths["json"].read_text())["results"][0]["label"] == doc["results"][0]["label"]
@@ -67,9 +72,10 @@ def test_tiny_benchmark_vllm_schema_and_plot(vllm_backend, tmp_path: Path) -> No
 
 @requires_shared_data
 def test_tiny_benchmark_transformers_padding(hf_backend) -> None:
-    cfg = bench.config_from_preset("tiny", pool=DOLLY, repeats=1)
+    cfg = bench.config_from_preset("tiny", pool=DOLLY, repeats=1, stages=False)
     doc = bench.run_benchmark(cfg, backend=hf_backend)
     _check_schema(doc, 1)
+    assert doc["stages"] is None
     row = doc["results"][0]
     assert row["backend"] == "transformers"
     # prompts are bucketed by length, so padding stays under the 5% target
