@@ -1,0 +1,162 @@
+"""Experiment runner: validation up front, the tiny CI experiment end to end, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from selectllm_local.errors import UserError
+from selectllm_local.experiment import run_experiment
+from selectllm_local.experiment_config import load_experiment_config
+
+TINY = REPO / "configs" / "tiny_ci.toml"
+
+
+def _config(tmp_path: Path, *replace: tuple[str, str], name: str = "c.toml") -> Path:
+    text = TINY.read_text().replace('"../examples', f'"{REPO}/examples')
+    for old, new in replace:
+        assert old in text, old
+        text = text.replace(old, new)
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+METHODS = 'methods = ["select", "random", "kcenter", "cluster-random"]'
+
+
+@pytest.mark.parametrize(
+    ("replace", "match"),
+    [
+        (
+            (METHODS, 'methods = ["random", "magic"]'),
+            r"\[experiment\] methods: unknown method 'magic'",
+        ),
+        (
+            ("budgets = [8, 16]", "budgets = [8, 201]"),
+            r"\[experiment\] budgets \[201\] outside 1..200",
+        ),
+        (('test_set = "', 'test_set = "/nowhere/'), r"\[experiment\] test_set"),
+        (("lora_r = 8", "lora_rank = 8"), r"\[finetune\] has unknown key\(s\): lora_rank"),
+        (("lora_r = 8", "lora_r = 0"), "--lora-r"),
+        (("[evaluate]", "[evaluation]"), "unknown section"),
+        (
+            ('base_model = "tiny:tiny-llama"', 'base_model = "/no/model"'),
+            r"\[experiment\] base_model",
+        ),
+        (('model = "tiny:tiny-qwen2"', 'modell = "x"'), r"\[select\]"),
+    ],
+)
+def test_bad_configs_fail_before_heavy_work(tmp_path: Path, replace: tuple, match: str) -> None:
+    cfg = _config(tmp_path, replace)
+    with pytest.raises(UserError, match=match):
+        run_experiment(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_pool_without_responses_is_refused(tmp_path: Path) -> None:
+    rows = [
+        json.loads(x)
+        for x in (REPO / "examples" / "dolly_sample_1500.jsonl").read_text().splitlines()
+    ]
+    pool = tmp_path / "unlabelled.jsonl"
+    pool.write_text(
+        "".join(json.dumps({"instruction": r["instruction"]}) + "\n" for r in rows[:300])
+    )
+    cfg = _config(
+        tmp_path, (f'pool = "{REPO}/examples/dolly_sample_1500.jsonl"', f'pool = "{pool}"')
+    )
+    with pytest.raises(UserError, match=r"\[experiment\] pool .* 200 of 200 rows have no response"):
+        load_experiment_config(cfg)
+
+
+def test_cli_bad_config_exit_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from selectllm_local.cli import app
+
+    cfg = _config(tmp_path, (METHODS, 'methods = ["nope"]'))
+    res = CliRunner().invoke(app, ["experiment", str(cfg), "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "unknown method 'nope'" in res.output
+
+
+def test_tiny_ci_experiment_end_to_end(tmp_path: Path) -> None:
+    out = run_experiment(TINY, run_dir=tmp_path, progress=False)
+    assert out.cells_total == 16 and len(out.cells_run) == 16 and not out.cells_pending
+    table = (tmp_path / "results.md").read_text()
+    for m in ("select", "random", "kcenter", "cluster-random"):
+        assert f"| {m} |" in table
+    assert "16 of 16 cells done" in table and "–" not in table
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 4 * 2 and summary[0].startswith("method,budget,seeds")
+    for cell in out.cells_run:
+        sel = json.loads((tmp_path / "cells" / cell / "selection.json").read_text())
+        assert len(sel["indices"]) == sel["budget"] == len(set(sel["indices"]))
+        assert (tmp_path / "cells" / cell / "finetune" / "adapter" / "adapter_config.json").exists()
+    # select and cluster-random saw the same plan (one directory per budget and seed)
+    plan_dir = tmp_path / "plans" / "b8-s0"
+    assert (plan_dir / "subsets.jsonl").exists() and (plan_dir / "responses.jsonl").exists()
+    again = run_experiment(TINY, run_dir=tmp_path, progress=False)
+    assert not again.cells_run and len(again.cells_skipped) == 16
+
+
+def _small(tmp_path: Path) -> Path:
+    return _config(
+        tmp_path,
+        (METHODS, 'methods = ["random", "length"]'),
+        ("budgets = [8, 16]", "budgets = [8]"),
+    )
+
+
+def test_max_cells_then_resume_runs_only_the_rest(tmp_path: Path) -> None:
+    cfg = _small(tmp_path)
+    first = run_experiment(cfg, run_dir=tmp_path / "r", max_cells=3, progress=False)
+    assert len(first.cells_run) == 3 and len(first.cells_pending) == 1
+    assert "3 of 4 cells done" in (tmp_path / "r" / "results.md").read_text()
+    second = run_experiment(cfg, run_dir=tmp_path / "r", progress=False)
+    assert second.cells_skipped == first.cells_run and second.cells_run == first.cells_pending
+
+
+def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:
+    cfg = _small(tmp_path)
+    run = tmp_path / "r"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "selectllm_local.cli",
+            "experiment",
+            str(cfg),
+            "--run-dir",
+            str(run),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and not list(run.glob("cells/*/*/done.json")):
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_at_kill = sorted(
+        str(p.parent.relative_to(run / "cells")) for p in run.glob("cells/*/*/done.json")
+    )
+    assert 1 <= len(done_at_kill) < 4, "kill the run while cells remain"
+    out = run_experiment(cfg, run_dir=run, progress=False)
+    assert sorted(out.cells_skipped) == done_at_kill
+    assert len(out.cells_run) == 4 - len(done_at_kill)
+    assert "4 of 4 cells done" in (run / "results.md").read_text()
