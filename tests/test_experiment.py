@@ -160,3 +160,20 @@ def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:
     assert sorted(out.cells_skipped) == done_at_kill
     assert len(out.cells_run) == 4 - len(done_at_kill)
     assert "4 of 4 cells done" in (run / "results.md").read_text()
+
+
+def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
+    text = (REPO / "configs" / "paper_dolly.toml").read_text()
+    for path in ("../models/Llama-2-7b-hf", "../models/Qwen2.5-7B-Instruct"):
+        text = text.replace(f'"{path}"', '"tiny:tiny-llama"')
+    text = text.replace(
+        '"../data/databricks-dolly-15k.jsonl"', f'"{REPO}/examples/dolly_sample_1500.jsonl"'
+    )
+    text = text.replace('"../examples', f'"{REPO}/examples').replace(
+        "[1000, 2000, 3000]", "[100, 200]"
+    )
+    p = tmp_path / "paper.toml"
+    p.write_text(text)
+    cfg = load_experiment_config(p)
+    assert len(cfg.methods) == 7 and cfg.seeds == [0, 1, 2] and cfg.finetune.lora_r == 64
+    assert cfg.plan["n_clusters"] == 14 and cfg.finetune.quantization == "nf4"
