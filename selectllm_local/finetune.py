@@ -185,7 +185,7 @@ def training_examples(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[d
     examples = [as_example(r) for r in records]
     missing = [i for i, e in enumerate(examples) if not (e["output"] and str(e["output"]).strip())]
     if missing:
-        first = examples[missing[0]]["instruction"][:60]
+        first = str(examples[missing[0]]["instruction"] or "")[:60]
         raise UserError(
             f"{len(missing)} of {len(examples)} records to fine-tune on have no response (first: "
             f"record {missing[0] + 1}, '{first}'). Fine-tuning needs the response of every selected "
