@@ -32,6 +32,7 @@ if a subset still does not fit, a UserError names the flags that fix it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -142,6 +143,8 @@ class _Round:
         self.items, self.backend, self.cfg = items, backend, cfg
         self.template = prompting.PromptTemplate.load(cfg.prompt, cfg.criteria, reasons=cfg.reasons)
         self.special = list(getattr(backend, "special_tokens", []) or [])
+        # Candidates are counted again in later rounds, retries and permutations: remember.
+        self.count_tokens = functools.lru_cache(maxsize=1 << 16)(backend.count_tokens)
         self.labels: list[str] | None = None
         if cfg.mode == "logprobs":
             self.labels = [lab for lab in prompting.LETTER_LABELS if backend.count_tokens(lab) == 1]
@@ -163,6 +166,10 @@ class _Round:
 
     def render(self, subset: Subset, labels: Sequence[str] | None = None) -> str:
         """Rendered prompt that fits the context, shrinking candidate text if needed."""
+        return self.render_sized(subset, labels)[0]
+
+    def render_sized(self, subset: Subset, labels: Sequence[str] | None = None) -> tuple[str, int]:
+        """``render`` plus the prompt's token count."""
         limit = self.backend.max_context - self.max_tokens(subset)
         budget = self.cfg.max_candidate_tokens
         while True:
@@ -171,7 +178,7 @@ class _Round:
                 subset,
                 self.items,
                 max_candidate_tokens=budget,
-                count_tokens=self.backend.count_tokens,
+                count_tokens=self.count_tokens,
                 labels=labels,
                 mode="logprobs" if self.cfg.mode == "logprobs" else "ids",
                 special_tokens=self.special,
@@ -181,7 +188,7 @@ class _Round:
             if size <= limit:
                 if budget < self.cfg.max_candidate_tokens:
                     log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
-                return prompt
+                return prompt, size
             if budget <= self.cfg.min_candidate_tokens:
                 raise UserError(
                     f"Subset {subset.id} (round {subset.round}, {len(subset.candidates)} "
@@ -309,12 +316,14 @@ def _logprob_round(
                 shift = (p * len(chunk)) // min(perms, len(chunk))
                 jobs.append((s, chunk[shift:] + chunk[:shift]))
         expected[s.id] = sum(1 for j in jobs if j[0].id == s.id)
-    prompts, labels = [], []
+    prompts, labels, sizes = [], [], []
     for s, order in jobs:
         shown = Subset(
             s.id, [s.candidates[i] for i in order], s.k, [s.clusters[i] for i in order], s.round
         )
-        prompts.append(ctx.render(shown, ctx.labels[: len(order)]))
+        prompt, size = ctx.render_sized(shown, ctx.labels[: len(order)])
+        prompts.append(prompt)
+        sizes.append(size)
         labels.append(ctx.labels[: len(order)])
     sums: dict[int, list[list[float]]] = {s.id: [[] for _ in s.candidates] for s in pending}
     seen: Counter[int] = Counter()
@@ -327,7 +336,7 @@ def _logprob_round(
         logz = norm + math.log(sum(math.exp(x - norm) for x in scores))
         for pos, sc in zip(order, scores, strict=True):
             sums[s.id][pos].append(sc - logz)
-        ptoks[s.id] += ctx.backend.count_tokens(prompts[i])
+        ptoks[s.id] += sizes[i]
         seen[s.id] += 1
         if seen[s.id] == expected[s.id]:
             avg = [sum(v) / len(v) for v in sums[s.id]]

@@ -98,6 +98,7 @@ class VLLMBackend:
             "engine_seconds": 0.0,
         }
         self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self._encoded: dict[str, list[int]] = {}
         if not self._has_template:
             log.warning("%s has no chat template; prompts use a plain text layout", model_path)
         log.info("vLLM engine ready in %.1f s (%s)", self.stats["startup_seconds"], model_path)
@@ -123,15 +124,23 @@ class VLLMBackend:
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(text) > 512:  # likely a whole prompt, counted to check it fits: keep for generate
+            if len(self._encoded) > 8192:
+                self._encoded.clear()
+            self._encoded[text] = ids
+        return len(ids)
 
     def _token_prompts(self, prompts: list[str]) -> list[Any]:
         from vllm.inputs import TokensPrompt
 
-        return [
-            TokensPrompt(prompt_token_ids=self.tokenizer.encode(p, add_special_tokens=False))
-            for p in prompts
-        ]
+        out = []
+        for p in prompts:
+            ids = self._encoded.pop(p, None)
+            if ids is None:
+                ids = self.tokenizer.encode(p, add_special_tokens=False)
+            out.append(TokensPrompt(prompt_token_ids=ids))
+        return out
 
     def _run(
         self,
