@@ -152,12 +152,17 @@ def test_transformers_select_with_network_blocked(tmp_path: Path, tiny_model_dir
 
 def test_budget_equal_to_pool_needs_no_model(tmp_path: Path) -> None:
     pool = small_pool(tmp_path, 25)
-    r = subprocess.run([*CLI, str(pool), "--budget", "25", "--k", "5", "--run-dir", str(tmp_path / "run"), "--json"],
+    r = subprocess.run([*CLI, str(pool), "--budget", "25", "--k", "5", "--run-dir", str(tmp_path / "run"), "--json",
+                        "--format", "hf"],
                        capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout)
     assert s["selected"] == 25 and not s["llm_called"] and "no LLM call" in s["note"]
     assert sorted(selected_indices(tmp_path / "run")) == list(range(25))
+    import datasets
+
+    ds = datasets.load_from_disk(str(tmp_path / "run" / "selected_hf"))
+    assert ds.num_rows == 25 and "selectllm_subset_id" in ds.column_names
     r2 = subprocess.run([*CLI, str(pool), "--budget", "5", "--k", "5", "--run-dir", str(tmp_path / "run")],
                         capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r2.returncode == 2 and "needs --model" in r2.stderr
