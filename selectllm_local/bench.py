@@ -239,7 +239,12 @@ def load_items(pool: Path | str | None, need: int) -> list[PoolItem]:
     if not items:
         raise UserError(f"Pool {pool} has no usable instructions.")
     if len(items) < need:
-        log.warning("pool has %d rows, the benchmark needs %d: rows are reused", len(items), need)
+        log.warning(
+            "pool has %d rows, the benchmark asks for %d: rows are reused (within one engine the "
+            "prefix cache may then serve prompts seen before)",
+            len(items),
+            need,
+        )
     return [items[i % len(items)] for i in range(max(need, len(items)))]
 
 
@@ -330,9 +335,17 @@ _COUNTERS = (
 
 
 def measure_setting(
-    setting: BenchSetting, backend: Any, items: Sequence[PoolItem], cfg: BenchConfig
+    setting: BenchSetting,
+    backend: Any,
+    items: Sequence[PoolItem],
+    cfg: BenchConfig,
+    first_slice: int = 0,
 ) -> dict[str, Any]:
-    """Warm-up, then ``repeats`` selections on fresh slices; medians of the timed repeats."""
+    """Warm-up, then ``repeats`` selections on fresh slices; medians of the timed repeats.
+
+    Slices ``first_slice ..`` are used: settings sharing an engine must not share slices, or the
+    prefix cache would serve whole prompts measured by the setting before.
+    """
     from selectllm_local import selection
 
     sel = selection_settings(setting, cfg)
@@ -340,7 +353,10 @@ def measure_setting(
     render_s: list[float] = []
     for r in range(cfg.warmup + cfg.repeats):
         plan, part = workload(
-            items, r, cfg, min(cfg.subsets, cfg.warmup_subsets) if r < cfg.warmup else None
+            items,
+            first_slice + r,
+            cfg,
+            min(cfg.subsets, cfg.warmup_subsets) if r < cfg.warmup else None,
         )
         if r >= cfg.warmup:
             render_s.append(render_seconds(plan, part, backend, sel))
@@ -394,7 +410,8 @@ def run_benchmark(
 
     device = benchutil.default_device()
     dtype = benchutil.resolve_dtype(cfg.dtype, device)
-    items = load_items(cfg.pool, (cfg.warmup + cfg.repeats) * cfg.subsets * cfg.candidates)
+    per_setting = cfg.warmup + cfg.repeats
+    items = load_items(cfg.pool, len(cfg.settings) * per_setting * cfg.subsets * cfg.candidates)
     if backend is not None:
         model, shape = backend.model_path, model_shape(backend.model_path)
         settings = [s for s in cfg.settings if s.backend == backend.name]
@@ -430,7 +447,8 @@ def run_benchmark(
                             **dataclasses.asdict(s),
                             "startup_seconds": startup,
                         }
-                        row.update(measure_setting(s, eng, items, cfg))
+                        base = group.index(s) * per_setting
+                        row.update(measure_setting(s, eng, items, cfg, base))
                         mem.read()
                         row["peak_rss_bytes"], row["peak_gpu_bytes"] = (
                             mem.rss_peak_bytes,
