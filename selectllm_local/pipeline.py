@@ -556,7 +556,7 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
             "padding": int(delta.get("padding_tokens", 0)),
         },
         "throughput": {
-            "prompts_per_s": round(counts["sent_this_run"] / engine_s, 3),
+            "prompts_per_s": round(counts["prompts_sent_this_run"] / engine_s, 3),
             "prompt_tokens_per_s": round(delta.get("prompt_tokens", 0) / engine_s, 1),
             "output_tokens_per_s": round(delta.get("output_tokens", 0) / engine_s, 1),
         },

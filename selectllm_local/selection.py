@@ -382,8 +382,11 @@ def select(
     called = 0
     resumed = 0
 
+    prompts_sent = [0]
+
     def emit(res: SubsetResult) -> None:
         results[(res.round, res.subset_id)] = res
+        prompts_sent[0] += res.attempts
         if on_result is not None:
             on_result(res)
 
@@ -447,6 +450,7 @@ def select(
         seconds=time.perf_counter() - t_start,
     )
     outcome.counts = count_results(results.values(), called_now=called, resumed=resumed)
+    outcome.counts["prompts_sent_this_run"] = prompts_sent[0]
     return outcome
 
 

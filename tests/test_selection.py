@@ -81,6 +81,7 @@ def test_each_bad_answer_is_retried_and_counted() -> None:
     assert c["valid_first_try"] == 1 and c["retried"] == 7 and c["fallback"] == 0
     assert c["errors"] == {k: 1 for _, _, k in BAD.values() if k}
     assert len(fake.calls) == 2 and len(fake.calls[1]) == 7  # one batched call per attempt
+    assert c["prompts_sent_this_run"] == 15 and c["sent_this_run"] == 8
     r = out.results[(1, 1)]
     assert r.attempts == 2 and r.raw == ["[1, 99]", "[3, 1]"] and r.picks == [7, 5]
     assert r.errors == ["id out of range 1..5: 99"]
