@@ -386,6 +386,9 @@ def select(
         f"{tp['prompt_tokens_per_s']} prompt tokens/s. Total {s['seconds']['total']} s."
     )
     con.print(f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.")
+    from selectllm_local.report import render_report
+
+    con.print(f"Report: {render_report(outcome.run_dir)} (open it in a browser).")
 
 
 @app.command()
