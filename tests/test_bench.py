@@ -149,3 +149,31 @@ def test_dry_run_alpaca_8b_h100_under_two_minutes() -> None:
     assert est["pool_rows"] == 52002
     assert est["prompts"] == math.ceil(52002 / est["candidates_per_prompt"])
     assert est["total_seconds"] < 120
+
+
+def test_bench_cli_dry_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from selectllm_local.cli import app
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(
+        "".join(json.dumps({"instruction": f"Task number {i}"}) + "\n" for i in range(12))
+    )
+    args = [
+        "bench",
+        "--dry-run",
+        "--pool",
+        str(pool),
+        "--candidates",
+        "4",
+        "--gpu",
+        "a100",
+        "--json",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    est = json.loads(res.stdout[res.stdout.index("{") :])
+    assert est["prompts"] == 3 and est["peak_flops"] == 312e12
+    res = CliRunner().invoke(app, ["bench", "--dry-run", "--pool", str(pool), "--gpu", "voodoo2"])
+    assert res.exit_code == 2 and "voodoo2" in res.output
