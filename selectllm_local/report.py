@@ -276,8 +276,9 @@ def _positions(run: _Run) -> str:
         if r.get("attempts", 0) == 0:
             continue  # no call: nothing was chosen by the model
         n = sizes.get((r.get("round", 1), r["subset_id"]))
-        if n is None:  # later rounds are not in subsets.jsonl; the picks bound n from below
-            n = max(r.get("positions") or [1])
+        if n is None:  # later rounds are not in subsets.jsonl: they show up to K winners
+            k = int(run.labels.max()) + 1 if run.labels is not None else 0
+            n = max([k, *(r.get("positions") or [1])])
         pairs += [(int(p), int(n)) for p in r.get("positions", []) if not r.get("fallback")]
     if not pairs:
         return ""
