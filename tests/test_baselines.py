@@ -170,16 +170,18 @@ def test_user_errors(name: str, kw: dict, match: str, pool: list[PoolItem]) -> N
 def test_cli_writes_selected_like_select(name: str, tmp_path: Path) -> None:
     from selectllm_local.cli import app
 
+    pool = tmp_path / "pool.jsonl"  # 200 rows: embedding the whole sample would dominate CI time
+    pool.write_text("".join(EXAMPLE_POOL.read_text().splitlines(keepends=True)[:200]))
     res = CliRunner().invoke(
         app,
         [
             "baseline",
             name,
-            str(EXAMPLE_POOL),
+            str(pool),
             "--budget",
             "37",
             "--run-dir",
-            str(tmp_path),
+            str(tmp_path / "r"),
             "--json",
         ],
     )
