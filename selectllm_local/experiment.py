@@ -258,6 +258,7 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
     from selectllm_local.config import PlanConfig
 
     plan_dir = cfg.run_dir / "plans" / f"b{cell.budget}-s{cell.seed}"
+    _seed_embedding_cache(cfg.run_dir / "plans", plan_dir)
     plan_cfg = PlanConfig(
         pool=pool_path, budget=cell.budget, seed=cell.seed, run_dir=plan_dir, **cfg.plan
     )
@@ -277,6 +278,27 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
         picks = baseline_run(name, plan_cfg, progress=progress, **opts).indices
     _check_same_pool(cfg, plan_dir)
     return picks
+
+
+def _seed_embedding_cache(plans: Path, plan_dir: Path) -> None:
+    """Give a new plan dir the embeddings another cell already computed (one embed per pool).
+
+    The cache itself checks the model and every row's text hash, so a copy that does not fit is
+    simply not used; the key file is copied last, so a crash leaves no half-valid cache.
+    """
+    from selectllm_local.embedding import CACHE_FILE, CACHE_KEY_FILE
+
+    if (plan_dir / CACHE_KEY_FILE).exists():
+        return
+    for other in sorted(plans.glob("*/" + CACHE_KEY_FILE)):
+        src = other.parent
+        if src == plan_dir or not (src / CACHE_FILE).exists():
+            continue
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / CACHE_FILE, plan_dir / CACHE_FILE)
+        shutil.copyfile(src / CACHE_KEY_FILE, plan_dir / CACHE_KEY_FILE)
+        log.info("re-using the embeddings of %s for %s", src.name, plan_dir.name)
+        return
 
 
 def _check_same_pool(cfg: ExperimentConfig, plan_dir: Path) -> None:
