@@ -13,7 +13,9 @@ from conftest import EXAMPLE_POOL
 CLI = [sys.executable, "-m", "selectllm_local"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
@@ -25,7 +27,9 @@ def test_help_is_fast_and_imports_no_heavy_library() -> None:
         "heavy = [m for m in ('torch', 'vllm', 'faiss', 'transformers', 'sentence_transformers', 'peft', 'numpy') if m in sys.modules];"
         "print(heavy, time.perf_counter() - t)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     heavy, _ = out.rsplit(" ", 1)
     assert heavy == "[]", f"--help imported heavy modules: {heavy}"
     # wall time of the real entry point, interpreter start included
@@ -33,7 +37,9 @@ def test_help_is_fast_and_imports_no_heavy_library() -> None:
     r = run_cli("--help")
     elapsed = time.perf_counter() - t
     assert r.returncode == 0 and "plan" in r.stdout and "select" in r.stdout
-    assert elapsed < 3.0, f"selectllm --help took {elapsed:.2f}s"  # generous bound for a loaded CI box
+    assert elapsed < 3.0, (
+        f"selectllm --help took {elapsed:.2f}s"
+    )  # generous bound for a loaded CI box
 
 
 def test_every_command_has_help() -> None:
@@ -50,7 +56,9 @@ def test_missing_budget_is_a_clear_error() -> None:
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    r = run_cli("plan", str(tmp_path / "nope.jsonl"), "--budget", "3", "--run-dir", str(tmp_path / "run"))
+    r = run_cli(
+        "plan", str(tmp_path / "nope.jsonl"), "--budget", "3", "--run-dir", str(tmp_path / "run")
+    )
     assert r.returncode == 2
     assert "nope.jsonl" in r.stderr and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
@@ -72,7 +80,14 @@ def test_plan_example_budget_137_then_reuses_embeddings(tmp_path: Path) -> None:
     assert s["subsets"]["picks_total"] == 137
     assert s["embeddings"]["cached"] is False
     assert s["pool"]["schema"] == "dolly"
-    for name in ("config.json", "pool.jsonl", "embeddings.npy", "clusters.npy", "subsets.jsonl", "manifest.json"):
+    for name in (
+        "config.json",
+        "pool.jsonl",
+        "embeddings.npy",
+        "clusters.npy",
+        "subsets.jsonl",
+        "manifest.json",
+    ):
         assert (run_dir / name).exists(), name
     subsets = [json.loads(line) for line in (run_dir / "subsets.jsonl").read_text().splitlines()]
     assert sum(x["k"] for x in subsets) == 137
@@ -85,3 +100,38 @@ def test_plan_example_budget_137_then_reuses_embeddings(tmp_path: Path) -> None:
     assert "reused from cache" in r2.stdout
     subsets = [json.loads(line) for line in (run_dir / "subsets.jsonl").read_text().splitlines()]
     assert sum(x["k"] for x in subsets) == 50
+
+
+BAD_INPUTS = {
+    # name: (file name, bytes, text the message must contain)
+    "malformed_json_line": ("pool.jsonl", b'{"instruction": "a"}\n{"instruction": "b"\n', "line 2"),
+    "no_known_fields": (
+        "pool.jsonl",
+        b'{"question": "a"}\n{"question": "b"}\n',
+        "--instruction-field",
+    ),
+    "empty_file": ("pool.jsonl", b"", "empty"),
+    "bad_encoding": ("pool.jsonl", '{"instruction": "caf\u00e9"}\n'.encode("latin-1"), "UTF-8"),
+    "unknown_extension": ("pool.xlsx", b"PK\x03\x04", ".xlsx"),
+}
+
+
+def test_bad_inputs_exit_2_with_a_message_naming_the_problem(tmp_path: Path) -> None:
+    for name, (fname, blob, needle) in BAD_INPUTS.items():
+        path = tmp_path / name / fname
+        path.parent.mkdir()
+        path.write_bytes(blob)
+        r = run_cli("plan", str(path), "--budget", "1", "--run-dir", str(tmp_path / name / "run"))
+        assert r.returncode == 2, (name, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr, name
+        assert fname in r.stderr and needle.lower() in r.stderr.lower(), (name, r.stderr)
+
+
+def test_budget_larger_than_pool_and_skip_bad_rows(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"instruction": "a"}\n{"instruction": "b"\n{"instruction": "c"}\n')
+    r = run_cli(
+        "plan", str(pool), "--budget", "5", "--run-dir", str(tmp_path / "r1"), "--skip-bad-rows"
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--budget 5" in r.stderr and "2 usable" in r.stderr, r.stderr
