@@ -28,7 +28,7 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +354,7 @@ def run_benchmark(
         )
     doc = {
         "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": cfg.machine,
         "environment": benchutil.bench_environment(cfg.machine),
         "model": {

@@ -576,7 +576,7 @@ def finetune(
     )
     from selectllm_local.finetune import finetune as run_finetune
 
-    flags = {
+    flags: dict[str, Any] = {
         "lora_r": lora_r,
         "lora_alpha": lora_alpha,
         "lora_dropout": lora_dropout,

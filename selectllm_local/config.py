@@ -8,11 +8,10 @@ resolved config is saved with every output (``config.json`` in the run directory
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 from selectllm_local.errors import UserError
 

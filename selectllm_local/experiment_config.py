@@ -10,11 +10,10 @@ key to fix. ``configs/paper_dolly.toml`` documents every key.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from selectllm_local.baselines import BASELINES, PERPLEXITY_BANDS
 from selectllm_local.errors import UserError

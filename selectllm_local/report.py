@@ -148,7 +148,7 @@ def plot_positions(positions: list[tuple[int, int]]) -> str:
         expected[1 : n + 1] += 1.0 / n
     x = np.arange(1, n_max + 1)
     fig, ax = _fig()
-    ax.bar(x, [obs[i] for i in x], color=SEL_COLOR, label="picks")
+    ax.bar(x, [obs[int(i)] for i in x], color=SEL_COLOR, label="picks")
     ax.step(x, expected[1:], where="mid", color="black", lw=1.5, label="no position preference")
     ax.set_xlabel("position of the pick in the prompt (1 = shown first)")
     ax.set_ylabel("picks")
