@@ -98,3 +98,14 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free the engine and its (GPU) memory."""
         ...
+
+
+def label_token_ids(tokenizer: Any, labels: list[str]) -> list[int]:
+    """Token id of each label; raises ValueError if a label is not exactly one token."""
+    out = []
+    for lab in labels:
+        ids = tokenizer.encode(lab, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"label {lab!r} is {len(ids)} tokens in this tokenizer, not 1")
+        out.append(ids[0])
+    return out

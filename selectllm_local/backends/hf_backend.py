@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from selectllm_local.backends.base import BackendOptions, Constraint
+from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
 from selectllm_local.backends.progress import progress_bar
 from selectllm_local.backends.vllm_backend import plain_chat
 from selectllm_local.records import Generation
@@ -242,13 +242,8 @@ class HFBackend:
         return [r for r in results if r is not None]
 
     def label_token_ids(self, labels: list[str]) -> list[int]:
-        out = []
-        for lab in labels:
-            ids = self.tokenizer.encode(lab, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(f"label {lab!r} is {len(ids)} tokens in this tokenizer, not 1")
-            out.append(ids[0])
-        return out
+        """Token id of each label; raises ValueError if a label is not exactly one token."""
+        return label_token_ids(self.tokenizer, labels)
 
     def score_labels(
         self,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from selectllm_local.backends.base import BackendOptions, Constraint
+from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
@@ -227,13 +227,7 @@ class VLLMBackend:
 
     def label_token_ids(self, labels: list[str]) -> list[int]:
         """Token id of each label; raises ValueError if a label is not exactly one token."""
-        out = []
-        for lab in labels:
-            ids = self.tokenizer.encode(lab, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(f"label {lab!r} is {len(ids)} tokens in this tokenizer, not 1")
-            out.append(ids[0])
-        return out
+        return label_token_ids(self.tokenizer, labels)
 
     def score_labels(
         self,
