@@ -261,34 +261,6 @@ def train_pool_tokenizer(out_dir: Path | str, texts: list[str], *, vocab_size: i
     this one, trained on the pool itself (digits split, ChatML template, same special tokens), so
     prompt lengths and the shared-prefix fraction match what a trained model would see.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from selectllm_local.tinymodel import build_tokenizer
 
-    from selectllm_local.tinymodel import CHAT_TEMPLATE, SPECIAL_TOKENS
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.model_max_length = 32768
-    fast.save_pretrained(Path(out_dir))
-    return fast
+    return build_tokenizer(out_dir, vocab_size=vocab_size, texts=texts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,13 @@ def _training_corpus() -> list[str]:
     return lines * 3
 
 
-def build_tokenizer(out_dir: Path | str, *, vocab_size: int = 1024) -> Any:
-    """Train a byte-level BPE tokenizer in-process and save it (with chat template) to ``out_dir``."""
+def build_tokenizer(
+    out_dir: Path | str, *, vocab_size: int = 1024, texts: Iterable[str] | None = None
+) -> Any:
+    """Train a byte-level BPE tokenizer in-process and save it (with chat template) to ``out_dir``.
+
+    ``texts`` is the training corpus (default: a small built-in one, enough for tests).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -160,7 +166,7 @@ def build_tokenizer(out_dir: Path | str, *, vocab_size: int = 1024) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    tok.train_from_iterator(texts if texts is not None else _training_corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
