@@ -142,8 +142,31 @@ OfflineOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 
-def _plan_flags(**kw: Any) -> dict[str, Any]:
-    return kw
+# Options every planning command takes (plan, select, baseline): option name -> config field.
+PLAN_OPTIONS = {
+    "pool": "pool",
+    "budget": "budget",
+    "run_dir": "run_dir",
+    "layout": "layout",
+    "k": "n_clusters",
+    "max_k": "max_k",
+    "seed": "seed",
+    "embedder": "embedder",
+    "embed_batch_size": "embed_batch_size",
+    "device": "device",
+    "instruction_field": "instruction_field",
+    "input_field": "input_field",
+    "output_field": "output_field",
+    "category_field": "category_field",
+    "skip_bad_rows": "skip_bad_rows",
+    "tokenizer": "tokenizer",
+    "offline": "offline",
+}
+
+
+def _plan_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """The planning options a command was given (its ``locals()``), keyed by config field."""
+    return {field: options[name] for name, field in PLAN_OPTIONS.items() if name in options}
 
 
 @app.command()
@@ -177,30 +200,7 @@ def plan(
     from selectllm_local.pipeline import plan_run
     from selectllm_local.summaries import print_plan_summary
 
-    cfg = build_config(
-        PlanConfig,
-        config,
-        dict(
-            pool=pool,
-            budget=budget,
-            run_dir=run_dir,
-            layout=layout,
-            n_clusters=k,
-            max_k=max_k,
-            seed=seed,
-            embedder=embedder,
-            embed_batch_size=embed_batch_size,
-            device=device,
-            instruction_field=instruction_field,
-            input_field=input_field,
-            output_field=output_field,
-            category_field=category_field,
-            skip_bad_rows=skip_bad_rows,
-            tokenizer=tokenizer,
-            offline=offline,
-        ),
-        section="plan",
-    )
+    cfg = build_config(PlanConfig, config, _plan_flags(locals()), section="plan")
     outcome = plan_run(cfg, progress=not json_out and sys.stderr.isatty())
     if json_out:
         print(json.dumps(outcome.summary(), indent=2))
@@ -320,9 +320,8 @@ def select(
     cfg = build_config(
         SelectConfig,
         config,
-        dict(
-            pool=pool,
-            budget=budget,
+        _plan_flags(locals())
+        | dict(
             model=model,
             backend=backend,
             mode=mode,
@@ -345,20 +344,6 @@ def select(
             enable_prefix_caching=prefix_caching,
             batch_size=batch_size,
             format=output_format,
-            run_dir=run_dir,
-            layout=layout,
-            n_clusters=k,
-            max_k=max_k,
-            seed=seed,
-            embedder=embedder,
-            embed_batch_size=embed_batch_size,
-            device=device,
-            instruction_field=instruction_field,
-            input_field=input_field,
-            output_field=output_field,
-            category_field=category_field,
-            skip_bad_rows=skip_bad_rows,
-            offline=offline,
         ),
         section="select",
     )
@@ -430,27 +415,7 @@ def baseline(
     from selectllm_local.baselines import baseline_run
     from selectllm_local.config import PlanConfig, build_config
 
-    cfg = build_config(
-        PlanConfig,
-        config,
-        {
-            "pool": pool,
-            "budget": budget,
-            "run_dir": run_dir,
-            "seed": seed,
-            "layout": layout,
-            "n_clusters": k,
-            "max_k": max_k,
-            "embedder": embedder,
-            "device": device,
-            "instruction_field": instruction_field,
-            "input_field": input_field,
-            "output_field": output_field,
-            "skip_bad_rows": skip_bad_rows,
-            "offline": offline,
-        },
-        section="plan",
-    )
+    cfg = build_config(PlanConfig, config, _plan_flags(locals()), section="plan")
     opts: dict[str, Any] = {}
     if name == "length":
         opts["shortest"] = shortest
