@@ -195,10 +195,9 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
     items, _stats = data.load_pool(pool)
     overlap = 0
     if exp.get("exclude_test_from_pool", True):
-        seen = {(t.instruction.strip(), t.input.strip()) for t in tests}
-        kept = [it for it in items if (it.instruction.strip(), it.input.strip()) not in seen]
-        overlap = len(items) - len(kept)
-        items = kept
+        from selectllm_local.splits import remove_test_rows
+
+        items, overlap = remove_test_rows(items, tests, source=str(pool))
     limit = exp.get("pool_limit")
     if limit is not None:
         if not isinstance(limit, int) or limit < 1:

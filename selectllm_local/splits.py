@@ -8,6 +8,7 @@ records unchanged, so they load with the same schema detection as the source.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,3 +106,47 @@ def split_run(
     )
     log.info("split %d rows: %d pool, %d test", len(items), len(pool_items), len(test_items))
     return outcome
+
+
+# -- keeping a shipped test set out of the pool -----------------------------------------------
+
+_CITATION = re.compile(r"\[\d+\]")
+
+
+def normalise_text(text: str) -> str:
+    """Text as compared for test-set overlap: no ``[315]`` markers, one space, case-folded.
+
+    The paper's Dolly test split was made from Dolly 15k with citation markers removed and a few
+    contexts dropped or edited, so an exact (instruction, input) match misses 167 of its 1,000
+    examples; instruction + normalised response finds them.
+    """
+    return " ".join(_CITATION.sub("", text).split()).casefold()
+
+
+def overlap_key(instruction: str, response: str) -> tuple[str, str]:
+    return normalise_text(instruction), normalise_text(response)
+
+
+def remove_test_rows(
+    items: Sequence[PoolItem], tests: Sequence[Any], *, source: str = "the pool"
+) -> tuple[list[PoolItem], int]:
+    """Drop pool rows whose instruction and normalised response equal a test example's.
+
+    ``tests`` are ``evaluate.TestExample``s (``instruction``, ``reference``). Returns the kept rows
+    and how many were removed; warns when fewer rows were removed than there are test examples,
+    since then some test examples may sit in the pool in a form this match does not catch (or
+    the test set was not drawn from this pool at all).
+    """
+    keys = {overlap_key(t.instruction, t.reference) for t in tests}
+    kept = [it for it in items if overlap_key(it.instruction, it.output or "") not in keys]
+    removed = len(items) - len(kept)
+    if removed < len(tests):
+        log.warning(
+            "only %d rows of %s match one of the %d test examples (instruction + response, "
+            "citation markers and case ignored): the other test examples are either not in the "
+            "pool or differ from their pool row in more than that; check the test set's source",
+            removed,
+            source,
+            len(tests),
+        )
+    return kept, removed
