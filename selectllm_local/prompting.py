@@ -13,6 +13,7 @@ are cut to ``max_candidate_tokens`` so a prompt's size is bounded before it is s
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -193,10 +194,20 @@ def numeric_labels(n: int) -> list[str]:
     return [str(i) for i in range(1, n + 1)]
 
 
-def answer_example(k: int, n: int, reasons: bool) -> str:
-    """A format example whose ids are spread over the range (not always the first ones)."""
-    ids = sorted({max(1, min(n, round((j + 1) * n / (k + 1)))) for j in range(k)})
-    ids += [i for i in range(1, n + 1) if i not in ids][: k - len(ids)]
+def answer_example(
+    k: int, n: int, reasons: bool, *, seed: int | str = 0, ordered: bool = False
+) -> str:
+    """A format example with ``k`` distinct ids of ``1..n``, drawn per subset from ``seed``.
+
+    A fixed example (always ``[4, 7, 10]``) is copied by small models, so every prompt gets its
+    own, seeded by (run seed, round, subset): reproducible, but spread evenly over all positions
+    across a run. Sorted only when the grammar demands increasing order (``ordered``).
+    """
+    import random
+
+    ids = random.Random(f"example:{seed}:{n}:{k}").sample(range(1, n + 1), k)
+    if ordered:
+        ids.sort()
     if reasons:
         items = ", ".join(f'{{"id": {i}, "reason": "..."}}' for i in ids)
         return f"[{items}]"
@@ -213,8 +224,14 @@ def render_messages(
     labels: Sequence[str] | None = None,
     mode: str = "ids",
     special_tokens: Sequence[str] = (),
+    ordered: bool = False,
+    seed: int = 0,
 ) -> list[dict[str, str]]:
-    """Render one subset (candidates in ``subset.candidates`` order) into chat messages."""
+    """Render one subset (candidates in ``subset.candidates`` order) into chat messages.
+
+    ``ordered``: the answer grammar demands increasing ids (see ``id_constraint``), so the prompt
+    must ask for them in that order. ``seed`` varies the answer example between runs.
+    """
     n = len(subset.candidates)
     labels = list(labels) if labels is not None else numeric_labels(n)
     if len(labels) < n:
@@ -233,44 +250,123 @@ def render_messages(
         "n": n,
         "mode": mode,
         "reasons": template.reasons,
-        "example": answer_example(subset.k, n, template.reasons),
+        "example": answer_example(
+            subset.k,
+            n,
+            template.reasons,
+            seed=f"{seed}:{subset.round}:{subset.id}",
+            ordered=ordered,
+        ),
+        "ordered": ordered,
         "round": subset.round,
     }
     return template.render(variables)
 
 
-def id_constraint(
-    n: int, k: int, *, reasons: bool = False, max_regex_chars: int = 60_000
-) -> Constraint:
-    """A regex admitting only answers of exactly ``k`` distinct ids in ``1..n``.
+# Largest constraint regex built, in characters. Measured with vLLM 0.x structured outputs
+# (xgrammar) on the CPU engine: see ``ids_grammar_size`` and the figures in the issue-8 notes
+# below; compile time grows with regex length, and ~60k characters compile in well under a second.
+MAX_REGEX_CHARS = 60_000
 
-    Any order is allowed while the regex stays small (a trie over ordered picks: n!/(n-k)!
-    leaves); for larger ``k`` the ids must come in increasing order (C(n, k) leaves); beyond that
-    the regex only bounds each id to the range, and validation catches duplicates.
-    """
-    import math
 
-    def item(i: int) -> str:
-        if reasons:
-            return r'\{"id": ' + str(i) + r', "reason": "[^"\\\n]{1,120}"\}'
-        return str(i)
+class _TooLarge(Exception):
+    pass
 
-    def trie(used: tuple[int, ...], ordered: bool) -> str:
-        lo = (used[-1] + 1) if (ordered and used) else 1
-        hi = n - (k - len(used) - 1) if ordered else n  # leave room for the ids still to come
+
+def _id_item(i: int, reasons: bool) -> str:
+    if reasons:
+        return r'\{"id": ' + str(i) + r', "reason": "[^"\\\n]{1,120}"\}'
+    return str(i)
+
+
+def _any_order(n: int, k: int, reasons: bool, limit: int) -> str:
+    """Trie over ordered picks (n!/(n-k)! leaves): every order, never a repeated id."""
+    size = [0]  # characters emitted so far (exact); stop as soon as it passes ``limit``
+
+    def add(chars: int) -> None:
+        size[0] += chars
+        if size[0] > limit:
+            raise _TooLarge
+
+    def trie(used: tuple[int, ...]) -> str:
         alts = []
-        for i in range(lo, hi + 1):
+        for i in range(1, n + 1):
             if i in used:
                 continue
-            rest = "" if len(used) + 1 == k else ", " + trie((*used, i), ordered)
-            alts.append(item(i) + rest)
+            item = _id_item(i, reasons)
+            if len(used) + 1 == k:
+                add(len(item) + 1)
+                alts.append(item)
+            else:
+                add(len(item) + 3)
+                alts.append(item + ", " + trie((*used, i)))
+        add(4)
         return "(?:" + "|".join(alts) + ")"
 
+    return trie(())
+
+
+def _increasing(n: int, k: int, reasons: bool, limit: int) -> str:
+    """Strictly increasing ids (hence distinct), split at the middle pick.
+
+    ``k`` ids in (lo, hi) = (left half in (lo, m)) m (right half in (m, hi)) over every middle
+    value ``m``: O(n^2) for k = 3 instead of the C(n, k) leaves of a plain trie.
+    """
+    size = [0]
+
+    def add(chars: int) -> None:
+        size[0] += chars
+        if size[0] > limit:
+            raise _TooLarge
+
+    def seq(j: int, lo: int, hi: int) -> str:
+        if j == 0:
+            return ""
+        mid = (j - 1) // 2  # picks left of the middle one
+        alts = []
+        for m in range(lo + 1 + mid, hi - (j - 1 - mid)):
+            left = seq(mid, lo, m)
+            right = seq(j - 1 - mid, m, hi)
+            item = _id_item(m, reasons)
+            add(len(item) + 1 + (2 if left else 0) + (2 if right else 0))
+            alts.append((left + ", " if left else "") + item + (", " + right if right else ""))
+        add(4)
+        return "(?:" + "|".join(alts) + ")"
+
+    return seq(k, 0, n + 1)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ids_grammar(n: int, k: int, reasons: bool, limit: int) -> tuple[str | None, bool]:
+    """(regex or None, whether it demands increasing order), memoised: built once per shape."""
     if k < 1 or k > n:
         raise ValueError(f"cannot pick {k} of {n}")
-    per_node = len(item(n)) + 8
-    for ordered, leaves in ((False, math.perm(n, k)), (True, math.comb(n, k))):
-        if leaves * k * per_node <= max_regex_chars:
-            return Constraint(regex=r"\[" + trie((), ordered) + r"\]")
-    one = "(?:" + "|".join(item(i) for i in range(1, n + 1)) + ")"
-    return Constraint(regex=r"\[" + one + (", " + one) * (k - 1) + r"\]")
+    for build, ordered in ((_any_order, False), (_increasing, True)):
+        try:
+            return r"\[" + build(n, k, reasons, limit) + r"\]", ordered and k > 1
+        except _TooLarge:
+            continue
+    return None, False
+
+
+def id_constraint(
+    n: int, k: int, *, reasons: bool = False, max_regex_chars: int = MAX_REGEX_CHARS
+) -> Constraint | None:
+    """A regex admitting only answers of exactly ``k`` distinct ids in ``1..n``, or None.
+
+    Any order while that regex stays under ``max_regex_chars`` (measured on the regex as built,
+    not estimated); otherwise increasing order only, which the prompt then asks for (see
+    ``ids_ordered``); when even that is too large, None: the answer is generated unconstrained
+    and validation rejects a bad one (retry, then fallback). No returned grammar ever admits a
+    repeated id. Sizes (ids only): (14, 3) any order 6.6k characters; (32, 3) and (51, 3) too
+    large in any order, increasing 7.2k and 19k.
+    """
+    regex, _ordered = _ids_grammar(n, k, reasons, max_regex_chars)
+    return Constraint(regex=regex) if regex is not None else None
+
+
+def ids_ordered(n: int, k: int, *, reasons: bool = False, constrained: bool = True) -> bool:
+    """Whether the answer grammar for (n, k) admits increasing ids only (the prompt must say so)."""
+    if not constrained:
+        return False
+    return _ids_grammar(n, k, reasons, MAX_REGEX_CHARS)[1]

@@ -50,6 +50,7 @@ from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetRe
 log = logging.getLogger(__name__)
 
 MODES = ("generate", "logprobs")
+NO_ANSWER = "no answer: the backend returned nothing for this prompt"
 Key = tuple[int, int]  # (round, subset id)
 
 
@@ -114,6 +115,7 @@ def error_kind(message: str) -> str:
         ("too few", "too_few"),
         ("too many", "too_many"),
         ("not an integer", "not_integer"),
+        ("no answer", "no_answer"),
     ):
         if message.startswith(prefix):
             return kind
@@ -155,6 +157,22 @@ class _Round:
                     "--mode generate."
                 )
 
+    def constraint(self, subset: Subset) -> Any:
+        if not self.cfg.constrained or self.cfg.mode == "logprobs":
+            return None
+        return prompting.id_constraint(len(subset.candidates), subset.k, reasons=self.cfg.reasons)
+
+    def ordered(self, subset: Subset) -> bool:
+        """Whether the grammar admits increasing ids only, so the prompt must ask for that."""
+        if self.cfg.mode == "logprobs":
+            return False
+        return prompting.ids_ordered(
+            len(subset.candidates),
+            subset.k,
+            reasons=self.cfg.reasons,
+            constrained=self.cfg.constrained,
+        )
+
     def max_tokens(self, subset: Subset) -> int:
         if self.cfg.max_tokens:
             return self.cfg.max_tokens
@@ -182,6 +200,8 @@ class _Round:
                 labels=labels,
                 mode="logprobs" if self.cfg.mode == "logprobs" else "ids",
                 special_tokens=self.special,
+                ordered=self.ordered(subset),
+                seed=self.cfg.seed,
             )
             prompt = self.backend.render_chat(messages)
             size = self.backend.count_tokens(prompt)
@@ -221,14 +241,10 @@ def _generate_round(
             break
         temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
         max_tokens = max(ctx.max_tokens(s) for s in todo)
-        constraints = [
-            prompting.id_constraint(len(s.candidates), s.k, reasons=cfg.reasons)
-            if cfg.constrained
-            else None
-            for s in todo
-        ]
+        constraints = [ctx.constraint(s) for s in todo]
         failed: list[Subset] = []
         batch = list(todo)
+        answered: set[int] = set()
 
         def on_output(
             i: int,
@@ -236,8 +252,10 @@ def _generate_round(
             batch: list[Subset] = batch,
             attempt: int = attempt,
             failed: list[Subset] = failed,
+            answered: set[int] = answered,
         ) -> None:
             s = batch[i]
+            answered.add(s.id)
             st = state[s.id]
             st["raw"].append(gen.text)
             st["pt"] += gen.prompt_tokens
@@ -260,6 +278,10 @@ def _generate_round(
             progress=progress,
             on_output=on_output,
         )
+        for s in batch:  # a prompt the backend never answered counts as a failed attempt
+            if s.id not in answered:
+                state[s.id]["errors"].append(NO_ANSWER)
+                failed.append(s)
         if failed:
             log.info("attempt %d: %d of %d answers invalid", attempt + 1, len(failed), len(batch))
         todo = sorted(failed, key=lambda s: s.id)
@@ -305,7 +327,8 @@ def _logprob_round(
     assert ctx.labels is not None
     n_labels, perms = len(ctx.labels), ctx.cfg.permutations
     jobs: list[tuple[Subset, list[int]]] = []  # (subset, display positions shown, 0-based)
-    expected: dict[int, int] = {}
+    expected: dict[int, int] = {}  # counted while appending: linear in the number of jobs
+    job_ids: dict[int, list[int]] = {s.id: [] for s in pending}
     for s in pending:
         n = len(s.candidates)
         n_chunks = math.ceil(n / n_labels)
@@ -314,8 +337,9 @@ def _logprob_round(
             chunk = list(range(a, b))
             for p in range(min(perms, len(chunk))):
                 shift = (p * len(chunk)) // min(perms, len(chunk))
+                job_ids[s.id].append(len(jobs))
                 jobs.append((s, chunk[shift:] + chunk[:shift]))
-        expected[s.id] = sum(1 for j in jobs if j[0].id == s.id)
+                expected[s.id] = expected.get(s.id, 0) + 1
     prompts, labels, sizes = [], [], []
     for s, order in jobs:
         shown = Subset(
@@ -325,39 +349,83 @@ def _logprob_round(
         prompts.append(prompt)
         sizes.append(size)
         labels.append(ctx.labels[: len(order)])
-    sums: dict[int, list[list[float]]] = {s.id: [[] for _ in s.candidates] for s in pending}
-    seen: Counter[int] = Counter()
-    ptoks = {s.id: 0 for s in pending}
+    scores_by_job: dict[int, list[float]] = {}
+    tries = {s.id: 0 for s in pending}
     t0 = time.perf_counter()
+    by_id = {s.id: s for s in pending}
 
-    def on_output(i: int, scores: list[float]) -> None:
-        s, order = jobs[i]
-        norm = max(scores)
-        logz = norm + math.log(sum(math.exp(x - norm) for x in scores))
-        for pos, sc in zip(order, scores, strict=True):
-            sums[s.id][pos].append(sc - logz)
-        ptoks[s.id] += sizes[i]
-        seen[s.id] += 1
-        if seen[s.id] == expected[s.id]:
-            avg = [sum(v) / len(v) for v in sums[s.id]]
-            ranked = sorted(range(len(avg)), key=lambda j: (-avg[j], j))
-            positions = [j + 1 for j in ranked[: s.k]]
-            emit(
-                _result(
-                    s,
-                    positions,
-                    raw=[],
-                    attempts=expected[s.id],
-                    fallback=False,
-                    errors=[],
-                    prompt_tokens=ptoks[s.id],
-                    output_tokens=expected[s.id],
-                    seconds=round(time.perf_counter() - t0, 4),
-                    scores=[round(x, 6) for x in avg],
-                )
+    def finish(s: Subset) -> None:
+        sums: list[list[float]] = [[] for _ in s.candidates]
+        ptoks = 0
+        for j in job_ids[s.id]:
+            for pos, sc in zip(jobs[j][1], scores_by_job[j], strict=True):
+                sums[pos].append(sc)
+            ptoks += sizes[j]
+        avg = [sum(v) / len(v) for v in sums]
+        ranked = sorted(range(len(avg)), key=lambda j: (-avg[j], j))
+        emit(
+            _result(
+                s,
+                [j + 1 for j in ranked[: s.k]],
+                raw=[],
+                attempts=tries[s.id],
+                fallback=False,
+                errors=[NO_ANSWER] * (tries[s.id] - expected[s.id]),
+                prompt_tokens=ptoks,
+                output_tokens=expected[s.id],
+                seconds=round(time.perf_counter() - t0, 4),
+                scores=[round(x, 6) for x in avg],
             )
+        )
 
-    ctx.backend.score_labels(prompts, labels, progress=progress, on_output=on_output)
+    seen: Counter[int] = Counter()
+    todo = list(range(len(jobs)))
+    for _attempt in range(ctx.cfg.retries + 1):
+        if not todo:
+            break
+        batch = list(todo)
+        for j in batch:
+            tries[jobs[j][0].id] += 1
+
+        def on_output(i: int, scores: list[float], batch: list[int] = batch) -> None:
+            j = batch[i]
+            s = jobs[j][0]
+            norm = max(scores)
+            logz = norm + math.log(sum(math.exp(x - norm) for x in scores))
+            scores_by_job[j] = [sc - logz for sc in scores]
+            seen[s.id] += 1
+            if seen[s.id] == expected[s.id]:
+                finish(s)
+
+        ctx.backend.score_labels(
+            [prompts[j] for j in batch],
+            [labels[j] for j in batch],
+            progress=progress,
+            on_output=on_output,
+        )
+        todo = [j for j in batch if j not in scores_by_job]
+        if todo:
+            log.info("%d of %d label-scoring prompts got no answer", len(todo), len(batch))
+    for sid in sorted({jobs[j][0].id for j in todo}):  # never answered: documented fallback
+        s = by_id[sid]
+        positions = fallback_picks(s, [], ctx.cfg.seed)
+        log.warning(
+            "subset %d (round %d): the backend never scored it in %d attempts; fallback picks %s",
+            s.id,
+            s.round,
+            ctx.cfg.retries + 1,
+            positions,
+        )
+        emit(
+            _result(
+                s,
+                positions,
+                raw=[],
+                attempts=ctx.cfg.retries + 1,
+                fallback=True,
+                errors=[NO_ANSWER] * (ctx.cfg.retries + 1),
+            )
+        )
 
 
 def select(

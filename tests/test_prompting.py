@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -116,7 +118,7 @@ def test_custom_template_and_criteria(tmp_path: Path) -> None:
     msgs = _render(tpl)
     assert msgs[0]["content"] == "Rules: - Prefer questions about birds."
     assert msgs[1]["content"].startswith("(1) Explain how a heat pump")
-    assert msgs[1]["content"].endswith("Pick 2 of 4 like [1, 3]")
+    assert re.search(r"Pick 2 of 4 like \[\d, \d\]$", msgs[1]["content"])
     assert tpl.fingerprint != PromptTemplate.load().fingerprint
 
 
@@ -162,17 +164,76 @@ def test_id_regex_admits_exactly_the_valid_answers(n: int, k: int) -> None:
     assert not rx.fullmatch("[" + ", ".join(["1"] * k) + "]") or k == 1
 
 
-def test_large_k_falls_back_to_smaller_grammars() -> None:
-    ordered = re.compile(id_constraint(14, 4).regex)  # too many orders: ascending ids only
-    assert ordered.fullmatch("[1, 5, 9, 14]") and not ordered.fullmatch("[5, 1, 9, 14]")
+def test_paper_setting_allows_any_order_and_no_grammar_admits_a_duplicate() -> None:
+    """(14, 3) is the paper's Dolly 3k prompt: any order (6.6k characters), never forced sorted."""
+    from selectllm_local.prompting import MAX_REGEX_CHARS, ids_ordered
+
+    rx = re.compile(id_constraint(14, 3).regex)
+    assert rx.fullmatch("[9, 2, 14]") and rx.fullmatch("[2, 9, 14]")
+    assert not ids_ordered(14, 3)
+    assert 6000 < len(id_constraint(14, 3).regex) < 7000
+    rng = random.Random(0)
+    for n, k in [(8, 5), (14, 4), (20, 3), (32, 3), (51, 2), (51, 3), (14, 3), (32, 2)]:
+        c = id_constraint(n, k)
+        assert c is not None and len(c.regex) <= MAX_REGEX_CHARS, (n, k)
+        rx = re.compile(c.regex)
+        for _ in range(300):
+            ids = rng.sample(range(1, n + 1), k)
+            ids[rng.randrange(k)] = ids[rng.randrange(k)]  # often a duplicate
+            text = "[" + ", ".join(map(str, ids)) + "]"
+            if len(set(ids)) < k:
+                assert not rx.fullmatch(text), (n, k, text)
+            elif ids_ordered(n, k):
+                assert bool(rx.fullmatch(text)) == (ids == sorted(ids)), (n, k, text)
+            else:
+                assert rx.fullmatch(text), (n, k, text)
+    # (32, 3) and (51, 3) in any order are too large: increasing ids only, and the prompt says so
+    assert ids_ordered(32, 3) and ids_ordered(51, 3) and ids_ordered(14, 4)
+    # nothing small enough exists: no grammar at all (validation rejects duplicates), not a loose one
+    assert id_constraint(51, 5) is None and not ids_ordered(51, 5)
+
+
+def test_ordered_grammar_is_stated_in_the_prompt() -> None:
+    items = [PoolItem(i, f"u{i}", i + 1, f"task number {i}") for i in range(51)]
+    tpl = PromptTemplate.load()
+    for n, ordered in [(51, True), (14, False)]:
+        subset = Subset(id=3, candidates=list(range(n)), k=3, clusters=list(range(n)))
+        msgs = render_messages(
+            tpl, subset, items, max_candidate_tokens=12, count_tokens=words, ordered=ordered
+        )
+        text = msgs[-1]["content"]
+        assert ("in increasing order" in text) == ordered
+        example = [int(x) for x in re.findall(r"for example \[([\d, ]+)\]", text)[0].split(", ")]
+        assert len(set(example)) == 3 and (example == sorted(example) or not ordered)
+
+
+def test_dead_end_free_and_no_empty_alternatives() -> None:
     import regex
 
-    dead_end = regex.compile(id_constraint(8, 5).regex)  # no prefix that cannot be completed
-    assert dead_end.fullmatch("[4", partial=True) and not dead_end.fullmatch("[5", partial=True)
-    assert "(?:)" not in id_constraint(8, 5).regex
-    loose = re.compile(id_constraint(40, 8).regex)  # range only; validation catches duplicates
-    assert loose.fullmatch("[" + ", ".join(["3"] * 8) + "]")
-    assert not loose.fullmatch("[" + ", ".join(["41"] * 8) + "]")
+    dead_end = regex.compile(id_constraint(51, 3).regex)  # increasing: no prefix that cannot end
+    assert dead_end.fullmatch("[49", partial=True) and not dead_end.fullmatch("[50", partial=True)
+    for n, k in [(8, 5), (14, 4), (51, 3), (6, 6)]:
+        assert "(?:)" not in id_constraint(n, k).regex
+
+
+def test_answer_example_varies_per_subset_without_a_favourite_position() -> None:
+    """Small models copy the example: it must not name the same ids in every prompt."""
+    tpl = PromptTemplate.load()
+    items = [PoolItem(i, f"u{i}", i + 1, f"task number {i}") for i in range(14)]
+    examples = []
+    for sid in range(700):
+        subset = Subset(id=sid, candidates=list(range(14)), k=3, clusters=list(range(14)))
+        text = render_messages(tpl, subset, items, max_candidate_tokens=12, count_tokens=words)
+        found = re.findall(r"for example \[([\d, ]+)\]", text[-1]["content"])
+        examples.append(tuple(int(x) for x in found[0].split(", ")))
+    assert len(set(examples)) > 300  # not one constant example
+    hist = Counter(i for ex in examples for i in ex)
+    assert set(hist) == set(range(1, 15))
+    mean = 3 * len(examples) / 14
+    assert max(hist.values()) < 1.35 * mean and min(hist.values()) > 0.65 * mean
+    first = Counter(ex[0] for ex in examples)  # nor a favourite first id
+    assert max(first.values()) < 1.6 * len(examples) / 14
+    assert answer_example(3, 14, False, seed="0:1:5") == answer_example(3, 14, False, seed="0:1:5")
 
 
 def test_reasons_regex_matches_parseable_json() -> None:
