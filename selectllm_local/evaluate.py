@@ -165,18 +165,54 @@ def generate_answers(
         )
     chosen = resolve_backend(backend)
     log.info("generating %d answers with %s", len(examples), chosen)
-    prompts = [e.prompt for e in examples]
     if chosen == "vllm":
         return _generate_vllm(
-            prompts, str(base_model), adapter, max_new_tokens, max_prompt_tokens, seed
+            examples, str(base_model), adapter, max_new_tokens, max_prompt_tokens, seed
         )
     return _generate_hf(
-        prompts, str(base_model), adapter, max_new_tokens, batch_size, max_prompt_tokens, progress
+        examples, str(base_model), adapter, max_new_tokens, batch_size, max_prompt_tokens, progress
     )
 
 
+def fit_prompts(examples: list[TestExample], tok: Any, max_prompt_tokens: int) -> list[str]:
+    """Prompts of at most ``max_prompt_tokens`` tokens, long ones cut in the *input*, as in training.
+
+    Cutting a long prompt from the left would drop the instruction (the task itself) and keep
+    the tail of a long context; ``finetune.fit_to_length`` instead keeps the instruction and the
+    start of the input, so the model is evaluated on the same kind of prompt it was trained on.
+    Only when the instruction alone is too long is the instruction's end cut as well; the
+    ``### Response:`` cue always survives.
+    """
+
+    def count(text: str) -> int:
+        return len(tok(text)["input_ids"])  # as encoded for generation (BOS included)
+
+    out = []
+    for e in examples:
+        prompt = e.prompt
+        if count(prompt) <= max_prompt_tokens:
+            out.append(prompt)
+            continue
+        field, other = ("input", e.instruction) if e.input else ("instruction", "")
+        bare = count(render_prompt(other, "x") if field == "input" else render_prompt("x", ""))
+        keep = max(1, max_prompt_tokens - bare)
+        ids = tok(getattr(e, field), add_special_tokens=False)["input_ids"]
+        while True:
+            text = tok.decode(ids[:keep], skip_special_tokens=True)
+            prompt = render_prompt(other, text) if field == "input" else render_prompt(text, "")
+            if count(prompt) <= max_prompt_tokens or keep <= 1:
+                break
+            keep -= max(1, count(prompt) - max_prompt_tokens)
+        if field == "input" and count(prompt) > max_prompt_tokens:  # instruction alone too long
+            prompt = fit_prompts(
+                [TestExample(e.instruction, "", e.reference)], tok, max_prompt_tokens
+            )[0]
+        out.append(prompt)
+    return out
+
+
 def _generate_hf(
-    prompts: list[str],
+    examples: list[TestExample],
     base_model: str,
     adapter: str | Path | None,
     max_new_tokens: int,
@@ -193,7 +229,7 @@ def _generate_hf(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    tok.truncation_side = "left"  # keep the end of a long prompt: the "### Response:" cue
+    prompts = fit_prompts(examples, tok, max_prompt_tokens)
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     if adapter is not None:
@@ -201,7 +237,7 @@ def _generate_hf(
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model = model.to("cuda" if cuda else "cpu").eval()
-    enc = [tok(p, truncation=True, max_length=max_prompt_tokens)["input_ids"] for p in prompts]
+    enc = [tok(p)["input_ids"] for p in prompts]
     order = np.argsort([len(e) for e in enc], kind="stable")  # similar lengths share a batch
     out = [""] * len(prompts)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -224,7 +260,7 @@ def _generate_hf(
 
 
 def _generate_vllm(
-    prompts: list[str],
+    examples: list[TestExample],
     base_model: str,
     adapter: str | Path | None,
     max_new_tokens: int,
@@ -248,11 +284,7 @@ def _generate_vllm(
         request = LoRARequest("selected", 1, str(adapter))
     llm = vllm.LLM(**kwargs)
     try:
-        tok = llm.get_tokenizer()
-        cut = []
-        for p in prompts:  # keep the end of a long prompt, as the transformers path does
-            ids = tok(p)["input_ids"]
-            cut.append(p if len(ids) <= max_prompt_tokens else tok.decode(ids[-max_prompt_tokens:]))
+        cut = fit_prompts(examples, llm.get_tokenizer(), max_prompt_tokens)
         params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens, seed=seed)
         results = llm.generate(cut, params, lora_request=request, use_tqdm=True)
         return [r.outputs[0].text.strip() for r in results]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_POOL, REPO, requires_gpu
+from conftest import EXAMPLE_POOL, REPO, requires_gpu, requires_vllm
 
 from selectllm_local.errors import UserError
 from selectllm_local.evaluate import evaluate_run, load_testset, score
@@ -146,6 +146,7 @@ def test_unknown_backend_and_missing_adapter(tiny_llama_dir: Path, tmp_path: Pat
 
 @pytest.mark.gpu
 @requires_gpu
+@requires_vllm  # GPU nodes with only the transformers stack skip, with the reason, not fail
 def test_vllm_lora_path_on_gpu(tiny_llama_dir: Path, adapter: Path) -> None:
     from selectllm_local.evaluate import generate_answers
 
@@ -158,3 +159,26 @@ def test_vllm_lora_path_on_gpu(tiny_llama_dir: Path, adapter: Path) -> None:
     }
     out = generate_answers(ex, backend="vllm", **kw)
     assert len(out) == 4 and all(isinstance(x, str) for x in out)
+
+
+def test_long_prompts_are_cut_in_the_input_not_from_the_left(tiny_llama_dir: Path) -> None:
+    """A long context loses its end, as in training; the instruction and the cue always stay."""
+    from transformers import AutoTokenizer
+
+    from selectllm_local.evaluate import TestExample, fit_prompts
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    context = " ".join(f"word{i}" for i in range(600))
+    examples = [
+        TestExample("Summarise the passage about the river delta.", context, "ref"),
+        TestExample("Short task.", "", "ref"),
+        TestExample("Explain " + "very " * 400 + "carefully.", "some input", "ref"),
+    ]
+    long, short, huge = fit_prompts(examples, tok, 96)
+    assert short == examples[1].prompt  # fits: unchanged
+    assert long.startswith("### Instruction:\nSummarise the passage about the river delta.")
+    assert "### Input:\nword0 word1" in long and long.endswith("### Response:\n")
+    assert "word599" not in long
+    assert huge.startswith("### Instruction:\nExplain very") and huge.endswith("### Response:\n")
+    for p in (long, huge):
+        assert 80 <= len(tok(p)["input_ids"]) <= 96
