@@ -73,8 +73,17 @@ def run_experiment(
     ``max_cells`` stops after that many cells have been *run* in this call (finished cells that
     are skipped do not count), which is how a long experiment can be run in slices.
     """
-    t0 = time.perf_counter()
+    from selectllm_local.runstore import run_lock
+
     cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates everything
+    with run_lock(cfg.run_dir):  # two experiments on one folder would redo each other's cells
+        return _run_experiment(cfg, max_cells=max_cells, progress=progress)
+
+
+def _run_experiment(
+    cfg: ExperimentConfig, *, max_cells: int | None, progress: bool
+) -> ExperimentOutcome:
+    t0 = time.perf_counter()
     root = cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
     from selectllm_local.pipeline import environment

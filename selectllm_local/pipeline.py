@@ -200,6 +200,13 @@ def default_k(n: int, budget: int, *, max_k: int) -> int:
 
 def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
     """Stages 1-5: pool -> embeddings -> balanced clusters -> subsets with exact pick counts."""
+    from selectllm_local.runstore import run_lock
+
+    with run_lock(cfg.resolved_run_dir):  # one run per folder (runstore.run_lock)
+        return _plan_run(cfg, progress=progress)
+
+
+def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
     from selectllm_local import clustering, data, embedding, subsets
 
     store = RunStore(cfg.resolved_run_dir)
@@ -449,6 +456,14 @@ def _write_extra_format(fmt: str, rows: list[dict[str, Any]], store: RunStore) -
 
 
 def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
+    """``_select_run`` holding the run directory's lock: a second run on it exits 2."""
+    from selectllm_local.runstore import run_lock
+
+    with run_lock(cfg.resolved_run_dir):
+        return _select_run(cfg, backend=backend, progress=progress)
+
+
+def _select_run(cfg: Any, *, backend: Any, progress: bool) -> SelectOutcome:
     """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
 
     ``cfg`` is a ``SelectConfig``. ``backend`` lets tests and benchmarks reuse a loaded engine
