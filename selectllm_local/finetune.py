@@ -41,7 +41,8 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 @dataclass
 class FinetuneConfig:
-    """LoRA / QLoRA fine-tuning settings (defaults: the SelectLLM paper's recipe)."""
+    """LoRA / QLoRA fine-tuning settings (defaults: the QLoRA recipe; ``configs/paper_dolly.toml``
+    lists where the SelectLLM paper differs)."""
 
     lora_r: int = 64
     """LoRA rank."""
@@ -77,6 +78,12 @@ class FinetuneConfig:
     """Seed for LoRA initialisation, data order and dropout."""
     logging_steps: int = 1
     """Write the training log every this many optimizer steps."""
+    val_fraction: float = 0.0
+    """Share of the records held out (seeded) to measure validation loss each epoch; 0 = none.
+    The paper holds out 20% and stops early on it."""
+    early_stopping_patience: int = 0
+    """Stop after this many epochs without a lower validation loss, keeping the best epoch's
+    adapter (0 = train all epochs). Needs val_fraction > 0."""
 
     def __post_init__(self) -> None:
         def bad(field: str, msg: str) -> UserError:
@@ -113,6 +120,13 @@ class FinetuneConfig:
             raise bad("dtype", f"must be one of {', '.join(DTYPES)} (got {self.dtype!r}).")
         if not self.target_modules:
             raise bad("target_modules", "must name at least one module (or be 'all-linear').")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise bad("val_fraction", f"must be in [0, 1) (got {self.val_fraction!r}).")
+        patience = self.early_stopping_patience
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+            raise bad("early_stopping_patience", f"must be 0 or more (got {patience!r}).")
+        if patience and not self.val_fraction:
+            raise bad("early_stopping_patience", "needs val_fraction > 0 (a validation split).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,6 +253,65 @@ def fit_to_length(
 # -- training ----------------------------------------------------------------------------------
 
 
+def warmup_kwargs(ratio: float, version: str | None = None) -> dict[str, Any]:
+    """The warm-up setting for this transformers version.
+
+    transformers 5 reads a float ``warmup_steps`` in [0, 1) as a share of all steps and warns
+    that ``warmup_ratio`` is deprecated; transformers 4 takes the share as ``warmup_ratio`` and
+    would read a float ``warmup_steps`` as 0 steps. Either way the warm-up is ``ratio`` of training.
+    """
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    major = int(version.split(".")[0])
+    return {"warmup_steps": float(ratio)} if major >= 5 else {"warmup_ratio": float(ratio)}
+
+
+def split_validation(
+    pairs: list[dict[str, str]], fraction: float, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(train, validation): a seeded ``fraction`` of the pairs held out (at least one when > 0)."""
+    if not fraction:
+        return pairs, []
+    if len(pairs) < 2:
+        raise UserError(
+            f"val_fraction {fraction} needs at least 2 records to fine-tune on (got {len(pairs)})."
+        )
+    import random
+
+    n_val = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
+    held = set(random.Random(f"val:{seed}").sample(range(len(pairs)), n_val))
+    train = [p for i, p in enumerate(pairs) if i not in held]
+    return train, [p for i, p in enumerate(pairs) if i in held]
+
+
+def validation_kwargs(config: FinetuneConfig) -> dict[str, Any]:
+    """Trainer arguments: evaluate (and keep the best epoch) when there is a validation split."""
+    if not config.val_fraction:
+        return {"save_strategy": "no"}
+    kw: dict[str, Any] = {"eval_strategy": "epoch", "per_device_eval_batch_size": config.batch_size}
+    if config.early_stopping_patience:
+        kw.update(
+            save_strategy="epoch",
+            save_total_limit=1,
+            load_best_model_at_end=True,  # the adapter kept is the best epoch's, not the last
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+        )
+    else:
+        kw["save_strategy"] = "no"
+    return kw
+
+
+def early_stopping_callbacks(config: FinetuneConfig) -> list[Any]:
+    if not config.early_stopping_patience:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
+
+
 def resolve(config: FinetuneConfig) -> dict[str, Any]:
     """Settings that depend on the machine: device, quantization, dtype, checkpointing."""
     import torch
@@ -335,7 +408,7 @@ def train_lora(
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=float(config.warmup_ratio),  # a float in [0, 1) is a ratio of all steps
+        **warmup_kwargs(config.warmup_ratio),
         max_length=config.max_length,
         completion_only_loss=True,
         gradient_checkpointing=bool(res["gradient_checkpointing"]),
@@ -343,7 +416,7 @@ def train_lora(
         fp16=res["dtype"] == "float16" and res["device"] == "cuda",
         use_cpu=res["device"] == "cpu",
         logging_steps=config.logging_steps,
-        save_strategy="no",
+        **validation_kwargs(config),
         report_to="none",
         seed=config.seed,
         data_seed=config.seed,
@@ -356,6 +429,7 @@ def train_lora(
             f"Every example's instruction is longer than --max-length {config.max_length} tokens "
             "allows; raise --max-length."
         )
+    train_pairs, val_pairs = split_validation(pairs, config.val_fraction, config.seed)
     steps: list[dict[str, Any]] = []
 
     class _LogSteps(TrainerCallback):
@@ -372,10 +446,11 @@ def train_lora(
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(pairs),
+            train_dataset=Dataset.from_list(train_pairs),
+            eval_dataset=Dataset.from_list(val_pairs) if val_pairs else None,
             processing_class=tok,
             peft_config=peft_config,
-            callbacks=[_LogSteps()],
+            callbacks=[_LogSteps(), *early_stopping_callbacks(config)],
         )
         trainer.remove_callback(PrinterCallback)  # it prints to stdout; _LogSteps logs instead
         peft_model = trainer.model
@@ -396,6 +471,11 @@ def train_lora(
         "optimizer_steps": int(trainer.state.global_step),
         "train_loss": float(result.training_loss),
         "losses": [r["loss"] for r in steps if "loss" in r],
+        "train_examples": len(train_pairs),
+        "val_examples": len(val_pairs),
+        "eval_losses": [r["eval_loss"] for r in steps if "eval_loss" in r],
+        "best_eval_loss": trainer.state.best_metric,
+        "epochs_run": float(trainer.state.epoch or 0.0),
         "seconds": round(seconds, 3),
         "trainable_params": int(sum(p.numel() for p in peft_model.parameters() if p.requires_grad)),
         "lora_tensors_changed": sum(lora_before[k] != lora_after[k] for k in lora_before),
@@ -419,6 +499,9 @@ def finetune(
     model is loaded.
     """
     examples = training_examples(records)
+    from selectllm_local.models import resolve_model_path
+
+    base_model = resolve_model_path(base_model, flag="--base-model")  # .gguf / known name
     if not Path(base_model).exists():
         raise UserError(f"Base model {base_model} does not exist: give a local model directory.")
     from selectllm_local.pipeline import environment
@@ -476,6 +559,9 @@ def finetune_in_subprocess(
     from selectllm_local.runstore import write_json, write_jsonl
 
     examples = training_examples(records)  # fail here, before starting a process
+    from selectllm_local.models import resolve_model_path
+
+    base_model = resolve_model_path(base_model, flag="--base-model")  # convert a .gguf once, here
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "train_records.jsonl", _as_records(records))

@@ -174,3 +174,38 @@ def test_qlora_auto_is_nf4_on_cuda(tiny_llama_dir: Path, tmp_path: Path) -> None
         stats["lora_tensors_changed"] == stats["lora_tensors"] and stats["base_weights_unchanged"]
     )
     assert next(model.parameters()).device.type == "cuda"
+
+
+def test_warmup_setting_matches_the_transformers_version() -> None:
+    """transformers 4 would read a float warmup_steps as 0 steps: the ratio goes where it is read."""
+    import transformers
+
+    from selectllm_local.finetune import warmup_kwargs
+
+    assert warmup_kwargs(0.03, "4.57.1") == {"warmup_ratio": 0.03}
+    assert warmup_kwargs(0.03, "5.19.0") == {"warmup_steps": 0.03}
+    args = transformers.TrainingArguments(
+        output_dir="unused", report_to="none", **warmup_kwargs(0.25)
+    )
+    assert args.get_warmup_steps(40) == 10  # a quarter of 40 steps, on the installed version
+
+
+def test_validation_split_and_early_stopping_keep_the_best_epoch(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """The paper's recipe: 20% held out, up to N epochs, stop when validation loss stops falling."""
+    with pytest.raises(UserError, match="--early-stopping-patience"):
+        FinetuneConfig(early_stopping_patience=2)  # no validation split to stop on
+    cfg = FinetuneConfig(
+        lora_r=8, batch_size=4, grad_accum=1, max_length=128, quantization="none",
+        epochs=20, learning_rate=0.5,  # far too high: validation loss soon climbs
+        val_fraction=0.2, early_stopping_patience=1,
+    )  # fmt: skip
+    _model, _tok, stats = train_lora(
+        training_examples(RECORDS), base_model=tiny_llama_dir, config=cfg, work_dir=tmp_path / "w"
+    )
+    assert (stats["train_examples"], stats["val_examples"]) == (9, 2)  # 11 fit in 128 tokens
+    evals = stats["eval_losses"]
+    assert 2 <= len(evals) < 20 and stats["epochs_run"] < 20  # stopped early
+    assert stats["best_eval_loss"] == min(evals)
+    assert evals[-1] > min(evals)  # the last epoch was worse; the kept adapter is the best one's
