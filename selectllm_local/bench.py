@@ -57,7 +57,9 @@ def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str
     from selectllm_local import tinymodel
 
     if cfg.model:
-        path = Path(cfg.model).expanduser()
+        from selectllm_local.models import resolve_model_path
+
+        path = Path(resolve_model_path(cfg.model)).expanduser()
         if not (path / "config.json").is_file():
             raise UserError(f"--model {cfg.model} is not a model folder (no config.json).")
         return str(path), model_shape(path)

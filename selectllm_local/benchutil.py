@@ -100,18 +100,32 @@ def resolve_dtype(dtype: str, device: str | None = None) -> str:
     """
     if dtype != "auto":
         return dtype
-    import torch
 
     device = device or default_device()
     if device.startswith("cuda"):
         return "bfloat16"
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "bfloat16"
-    try:
-        native = bool(torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:  # pragma: no cover - older torch
-        native = False
-    return "bfloat16" if native else "float32"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this x86 CPU has bf16 GEMM instructions (AVX-512 BF16 or AMX-BF16).
+
+    Asks torch first; where its private probes are missing, reads the CPU flags from
+    ``/proc/cpuinfo``.
+    """
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    found = [getattr(torch.cpu, name, None) for name in probes]
+    if any(callable(f) for f in found):
+        return any(bool(f()) for f in found if callable(f))
+    try:  # pragma: no cover - older torch
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # pragma: no cover - not Linux
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags  # pragma: no cover
 
 
 def measure_matmul(

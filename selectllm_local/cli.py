@@ -216,7 +216,10 @@ def select(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", "-m", help="Selector model: local folder (or a hub id, not offline)."
+            "--model",
+            "-m",
+            help="Selector model: local folder, .gguf file, known name (selectllm models), "
+            "or a hub id (not offline).",
         ),
     ] = None,
     backend: Annotated[
@@ -381,7 +384,10 @@ def select(
 def baseline(
     name: Annotated[
         str,
-        typer.Argument(help="random | length | perplexity | kcenter | diversity | cluster-random."),
+        typer.Argument(
+            help="random | length | answer-perplexity (the paper's) | instruction-perplexity "
+            "(old name: perplexity) | kcenter | diversity | cluster-random."
+        ),
     ],
     pool: PoolArg,
     budget: BudgetOpt = None,
@@ -404,7 +410,9 @@ def baseline(
     band: Annotated[str, typer.Option("--band", help="perplexity: high | low | middle.")] = "high",
     scorer_model: Annotated[
         Path | None,
-        typer.Option("--scorer-model", help="perplexity: local causal LM to score with."),
+        typer.Option(
+            "--scorer-model", help="perplexity: local causal LM (folder, .gguf or known name)."
+        ),
     ] = None,
     diversity_sample: Annotated[
         int, typer.Option("--diversity-sample", help="diversity: pool items compared with each.")
@@ -419,7 +427,7 @@ def baseline(
     opts: dict[str, Any] = {}
     if name == "length":
         opts["shortest"] = shortest
-    elif name == "perplexity":
+    elif name.endswith("perplexity"):  # answer-, instruction- and the deprecated alias
         opts["band"] = band
     elif name == "diversity":
         opts["sample_size"] = diversity_sample
@@ -504,7 +512,9 @@ def finetune(
     selected: Annotated[
         Path, typer.Argument(help="selected.jsonl (or any JSONL of instruction/input/output).")
     ],
-    base_model: Annotated[Path, typer.Option("--base-model", help="Local model folder.")],
+    base_model: Annotated[
+        Path, typer.Option("--base-model", help="Local model folder, .gguf file or known name.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder (adapter/, logs).")],
     lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank [64].")] = None,
     lora_alpha: Annotated[int | None, typer.Option("--lora-alpha", help="LoRA alpha [16].")] = None,
@@ -569,7 +579,9 @@ def evaluate(
             help="JSONL of instruction/input/output, or a prompt_format.json + test_gts.json folder."
         ),
     ],
-    base_model: Annotated[Path, typer.Option("--base-model", help="Local model folder.")],
+    base_model: Annotated[
+        Path, typer.Option("--base-model", help="Local model folder, .gguf file or known name.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for predictions.jsonl, scores.json.")],
     adapter: Annotated[
         Path | None, typer.Option("--adapter", help="LoRA adapter folder (from finetune).")
@@ -630,7 +642,10 @@ def bench(
         str | None, typer.Option("--shape", help="Random-weight model shape (see random-model).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="A local model folder instead of a shape.")
+        str | None,
+        typer.Option(
+            "--model", help="A local model folder, .gguf file or known name, not a shape."
+        ),
     ] = None,
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="auto | bfloat16 | float16 | float32.")
@@ -733,6 +748,50 @@ def random_model(
     _console().print(
         f"Wrote a random-weight {shape} model to {path} (not a trained model: for demos and benchmarks)."
     )
+
+
+models_app = typer.Typer(
+    no_args_is_help=False,
+    help="Real small models from the package registry (GGUF, converted once and cached).",
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+@handle_errors
+def models_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List the known packaged models, whether they are cached and where."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from selectllm_local.models import cache_dir, list_models
+
+    rows = list_models()
+    if json_out:
+        print(json.dumps([dict(vars(r), path=str(r.path) if r.path else None,
+                               packages=list(r.packages)) for r in rows], indent=2))  # fmt: skip
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Known models (cache: {cache_dir()})")
+    for col in ("name", "kind", "params", "license", "cached at"):
+        table.add_column(col)
+    for r in rows:
+        where = str(r.path) if r.path else f"not cached: selectllm models fetch {r.name}"
+        table.add_row(r.name, r.kind, r.params, r.license, where)
+    _console().print(table)
+    _console().print("Use one with --model NAME (or --model FILE.gguf for any GGUF file).")
+
+
+@models_app.command("fetch")
+@handle_errors
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="smollm2-135m-instruct | gemma3-270m.")],
+) -> None:
+    """Download a known model's wheels (no dependencies), extract its .gguf, convert and cache it."""
+    from selectllm_local.models import fetch_model
+
+    path = fetch_model(name)
+    _console().print(f"{name} is ready at {path}; use it with --model {name}.")
 
 
 def main() -> None:

@@ -157,6 +157,9 @@ def generate_answers(
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers of base model (+ adapter) for every example, in order."""
+    from selectllm_local.models import resolve_model_path
+
+    base_model = resolve_model_path(base_model, flag="--base-model")  # .gguf / known name
     if not Path(base_model).exists():
         raise UserError(f"Base model {base_model} does not exist: give a local model directory.")
     if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
@@ -272,8 +275,11 @@ def _generate_vllm(
     vllm = require("vllm", feature="Evaluation with --backend vllm", extra="gpu")
     from vllm.lora.request import LoRARequest
 
+    from selectllm_local.backends import resolve_dtype
+
     kwargs: dict[str, Any] = {
         "model": base_model,
+        "dtype": resolve_dtype("auto"),  # float32 on a CPU without native bf16
         "seed": seed,
         "max_model_len": max_prompt_tokens + max_new_tokens,
     }

@@ -369,6 +369,9 @@ def _model_identity(model: str | None) -> dict[str, Any]:
     if model is None:
         return {"model": None}
     path = Path(model).expanduser()
+    if path.is_file():  # a .gguf: its name, size and time stand for its content
+        st = path.stat()
+        return {"model": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if not path.is_dir():
         return {"model": model}
     files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())

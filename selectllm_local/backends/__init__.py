@@ -1,10 +1,14 @@
 """Choose and load an LLM backend: in-process vLLM, Hugging Face transformers, or ``auto``.
 
 ``auto`` takes vLLM when it can be imported (the fast path, CPU or GPU build) and transformers
-otherwise, and logs which. Model locations are checked here, before any engine starts: a local
-path must be a model folder (with ``config.json``) and is loaded with the Hugging Face offline
-switches on, so it never touches the network; a hub id is accepted only when the user gave one
-and did not ask for ``offline``.
+otherwise, and logs which. Model locations are checked here, before any engine starts: a ``.gguf``
+file (or a folder holding one) or a known model's name becomes its cached converted folder
+(``models.resolve_model_path``); a local path must be a model folder (with ``config.json`` and
+weights) and is loaded with the Hugging Face offline switches on, so it never touches the network;
+a hub id is accepted only when the user gave one and did not ask for ``offline``.
+
+``dtype="auto"`` on a CPU means float32 unless the CPU has native bf16 GEMMs
+(``benchutil.resolve_dtype``): elsewhere bf16 runs an emulation path several times slower.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ __all__ = [
     "LazyBackend",
     "load_backend",
     "resolve_backend_name",
+    "resolve_dtype",
     "resolve_model",
 ]
 
@@ -53,14 +59,20 @@ def resolve_backend_name(name: str) -> str:
 def resolve_model(model_path: str, *, offline: bool = False) -> str:
     """Check a model location and set the offline switches for local folders.
 
-    Returns the path (absolute for local folders) or the hub id to load.
+    A ``.gguf`` file, a folder holding one, or a known model's name (``selectllm models``) is
+    first replaced by its converted folder in the cache. Returns the path (absolute for local
+    folders) or the hub id to load.
     """
+    from selectllm_local.models import resolve_model_path
+
+    model_path = resolve_model_path(model_path)
     path = Path(model_path).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UserError(
                 f"--model {model_path} is not a model folder: it has no config.json. Point "
-                "--model at a folder saved by save_pretrained (config.json, weights, tokenizer)."
+                "--model at a folder saved by save_pretrained (config.json, weights, tokenizer) "
+                "or at a .gguf file."
             )
         for var in OFFLINE_VARS:
             os.environ[var] = "1"
@@ -69,7 +81,8 @@ def resolve_model(model_path: str, *, offline: bool = False) -> str:
     if looks_local or not _HUB_ID.match(model_path):
         raise UserError(
             f"--model {model_path} does not exist. Give the folder of a local model (with "
-            "config.json), or a Hugging Face hub id such as Qwen/Qwen2.5-0.5B-Instruct."
+            "config.json), a .gguf file, a known model's name (selectllm models), or a Hugging "
+            "Face hub id such as Qwen/Qwen2.5-0.5B-Instruct."
         )
     if offline or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UserError(
@@ -83,6 +96,21 @@ def resolve_model(model_path: str, *, offline: bool = False) -> str:
     return model_path
 
 
+def resolve_dtype(dtype: str, device: str | None = None) -> str:
+    """``auto`` on a CPU -> float32 unless it has native bf16; on a GPU ``auto`` stays (engine's pick)."""
+    if dtype != "auto":
+        return dtype
+    from selectllm_local.benchutil import default_device
+    from selectllm_local.benchutil import resolve_dtype as hardware_dtype
+
+    device = device or default_device()
+    if device.startswith("cuda"):
+        return dtype
+    resolved = hardware_dtype(dtype, device)
+    log.info("--dtype auto on this CPU: %s", resolved)
+    return resolved
+
+
 def load_backend(
     name: BackendName | str,
     model_path: str,
@@ -94,6 +122,7 @@ def load_backend(
     options = options or BackendOptions()
     resolved = resolve_backend_name(name)
     model = resolve_model(model_path, offline=offline)
+    options = replace(options, dtype=resolve_dtype(options.dtype, options.device))
     if resolved == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise UserError(
