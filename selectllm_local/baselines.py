@@ -5,7 +5,10 @@ order it chose them. They answer different questions about the selection:
 
 - ``random``: is any selection better than none?
 - ``length``: is the LLM just picking long instructions? (``shortest=True`` for the opposite.)
-- ``perplexity``: does a language model's surprise predict usefulness? (band high/low/middle)
+- ``answer-perplexity``: the paper's perplexity baseline: how surprised the base model is by its
+  own greedy answer to each instruction (band high/low/middle).
+- ``instruction-perplexity``: the base model's perplexity of the instruction text itself; not the
+  paper's. ``perplexity``, its old name, still works as a deprecated alias (with a warning).
 - ``kcenter``: does pure embedding coverage (greedy k-center coreset) do as well?
 - ``diversity``: does textual novelty (lowest maximum Rouge-L overlap with the pool) do as well?
 - ``cluster-random``: one random pick per subset of the *same* plan ``select`` uses. The only
@@ -30,7 +33,18 @@ from selectllm_local.records import Plan, PoolItem
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("random", "length", "perplexity", "kcenter", "diversity", "cluster-random")
+BASELINES = (
+    "random",
+    "length",
+    "answer-perplexity",
+    "instruction-perplexity",
+    "kcenter",
+    "diversity",
+    "cluster-random",
+)
+PERPLEXITY_METHODS = ("answer-perplexity", "instruction-perplexity")
+DEPRECATED = {"perplexity": "instruction-perplexity"}  # old name -> what it always computed
+ANSWER_TOKENS = 128  # answer-perplexity: tokens of the base model's greedy answer scored
 NEEDS_EMBEDDINGS = ("kcenter",)
 NEEDS_PLAN = ("cluster-random",)
 PERPLEXITY_BANDS = ("high", "low", "middle")
@@ -61,8 +75,7 @@ def run_baseline(
     ``max_length`` (perplexity), ``sample_size`` (diversity).
     """
     n = len(items)
-    if name not in BASELINES:
-        raise UserError(f"Unknown baseline '{name}'. Choose one of: {', '.join(BASELINES)}.")
+    name = canonical_baseline(name)
     if not 1 <= budget <= n:
         raise UserError(
             f"--budget must be between 1 and the pool size {n} for baseline '{name}' (got {budget})."
@@ -73,8 +86,10 @@ def run_baseline(
     elif name == "length":
         lengths = np.array([len(it.instruction) + len(it.input) for it in items], dtype=np.float64)
         picks = _top(lengths if opts.get("shortest") else -lengths, budget, rng)
-    elif name == "perplexity":
-        picks = _perplexity_pick(items, budget, rng, scorer, **opts)
+    elif name in PERPLEXITY_METHODS:
+        picks = _perplexity_pick(
+            items, budget, rng, scorer, answers=name == "answer-perplexity", **opts
+        )
     elif name == "kcenter":
         if embeddings is None:
             raise UserError(
@@ -114,9 +129,11 @@ def _perplexity_pick(
     rng: np.random.Generator,
     scorer: str | Path | Scorer | None,
     *,
+    answers: bool = False,
     band: str = "high",
     batch_size: int = 16,
     max_length: int = 256,
+    answer_tokens: int = ANSWER_TOKENS,
     progress: bool = True,
     **_: Any,
 ) -> np.ndarray:
@@ -124,11 +141,21 @@ def _perplexity_pick(
         raise UserError(f"--band must be one of {', '.join(PERPLEXITY_BANDS)} (got '{band}').")
     if scorer is None:
         raise UserError(
-            "Baseline 'perplexity' needs a scoring model: give --scorer-model PATH (a local causal LM)."
+            "The perplexity baselines need a scoring model: give --scorer-model PATH (a local "
+            "causal LM, normally the base model to be fine-tuned)."
         )
     texts = [f"{it.instruction}\n{it.input}".strip() for it in items]
     if callable(scorer):
         ppl = np.asarray(scorer(texts), dtype=np.float64)
+    elif answers:
+        ppl = answer_perplexities(
+            items,
+            str(scorer),
+            batch_size=batch_size,
+            answer_tokens=answer_tokens,
+            max_prompt_tokens=max_length,
+            progress=progress,
+        )
     else:
         ppl = perplexities(
             texts, str(scorer), batch_size=batch_size, max_length=max_length, progress=progress
@@ -156,6 +183,9 @@ def perplexities(
     from rich.progress import track
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from selectllm_local.models import resolve_model_path
+
+    model_path = resolve_model_path(model_path, flag="--scorer-model")  # .gguf / known name
     if not Path(model_path).exists():
         raise UserError(
             f"--scorer-model {model_path} does not exist; give a local model directory."
@@ -192,6 +222,99 @@ def perplexities(
             m = mask[:, 1:].float()
             mean_nll = (nll * m).sum(1) / m.sum(1).clamp(min=1)
             out[batch] = torch.exp(mean_nll).cpu().numpy()
+    del model
+    return out
+
+
+def canonical_baseline(name: str) -> str:
+    """The baseline's current name; a deprecated alias warns once per call."""
+    if name in DEPRECATED:
+        log.warning(
+            "baseline '%s' is deprecated: it is '%s' (perplexity of the instruction text, not the "
+            "paper's baseline, which is 'answer-perplexity'); use that name",
+            name,
+            DEPRECATED[name],
+        )
+        return DEPRECATED[name]
+    if name not in BASELINES:
+        raise UserError(f"Unknown baseline '{name}'. Choose one of: {', '.join(BASELINES)}.")
+    return name
+
+
+def answer_perplexities(
+    items: Sequence[PoolItem],
+    model_path: str,
+    *,
+    batch_size: int = 16,
+    answer_tokens: int = ANSWER_TOKENS,
+    max_prompt_tokens: int = 256,
+    progress: bool = True,
+) -> np.ndarray:
+    """Perplexity of the model's own greedy answer to each instruction (the paper's baseline).
+
+    Each instruction is put in the training prompt (``finetune.render_prompt``, a long input cut
+    as in evaluation), the model answers greedily (``answer_tokens`` at most), and the answer's
+    tokens, as generated (not re-tokenised), plus the end-of-text token are scored given the
+    prompt. An empty answer scores the end token alone: the model's surprise at stopping at once.
+    """
+    import torch
+    from rich.progress import track
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selectllm_local.evaluate import TestExample, fit_prompts
+
+    if not Path(model_path).exists():
+        raise UserError(
+            f"--scorer-model {model_path} does not exist; give a local model directory."
+        )
+    tok = AutoTokenizer.from_pretrained(model_path)
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    examples = [TestExample(it.instruction, it.input, "") for it in items]
+    prompts = [tok(p)["input_ids"] for p in fit_prompts(examples, tok, max_prompt_tokens)]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(dev).eval()
+
+    def padded(rows: list[list[int]], left: bool) -> tuple[Any, Any]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            sl = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[j, sl], mask[j, sl] = torch.tensor(r), 1
+        return ids.to(dev), mask.to(dev)
+
+    answers: list[list[int]] = [[] for _ in prompts]
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    out = np.zeros(len(prompts), dtype=np.float64)
+    with torch.inference_mode():
+        for batch in track(batches, description="base-model answers", disable=not progress):
+            ids, mask = padded([prompts[i] for i in batch], left=True)
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=answer_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )[:, ids.shape[1] :].tolist()
+            for j, i in enumerate(batch):
+                row = gen[j]
+                answers[i] = row[: row.index(eos)] if eos in row else row
+        for batch in track(batches, description="answer perplexity", disable=not progress):
+            seqs = [prompts[i] + answers[i] + [eos] for i in batch]
+            ids, mask = padded(seqs, left=False)
+            scored = torch.zeros_like(mask, dtype=torch.float32)  # answer positions only
+            for j, i in enumerate(batch):
+                scored[j, len(prompts[i]) : len(seqs[j])] = 1
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), ids[:, 1:], reduction="none"
+            )
+            m = scored[:, 1:]
+            out[batch] = torch.exp((nll * m).sum(1) / m.sum(1)).cpu().numpy()
     del model
     return out
 
@@ -337,8 +460,7 @@ def baseline_run(
     from selectllm_local import pipeline
     from selectllm_local.runstore import RunStore, write_json, write_jsonl
 
-    if name not in BASELINES:
-        raise UserError(f"Unknown baseline '{name}'. Choose one of: {', '.join(BASELINES)}.")
+    name = canonical_baseline(name)
     t0 = time.perf_counter()
     embeddings = plan = None
     if name in NEEDS_EMBEDDINGS or name in NEEDS_PLAN:
@@ -364,7 +486,7 @@ def baseline_run(
     )
     variant = (
         "-shortest" if opts.get("shortest") else (f"-{opts['band']}" if "band" in opts else "")
-    )
+    )  # (band: only the perplexity baselines are given one)
     out = cfg.resolved_run_dir / "baselines" / f"{name}{variant}-b{cfg.budget}-s{cfg.seed}"
     rows = []
     for rank, idx in enumerate(picks, 1):

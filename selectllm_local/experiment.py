@@ -282,7 +282,7 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
 
         name, _, variant = cell.method.partition(":")
         opts = cfg.baseline_options(name, variant)
-        if name == "perplexity":
+        if "scorer" in opts:  # the perplexity baselines
             opts["scorer"] = _resolve_model(opts["scorer"], cfg.run_dir, role="base")
         picks = baseline_run(name, plan_cfg, progress=progress, **opts).indices
     _check_same_pool(cfg, plan_dir)

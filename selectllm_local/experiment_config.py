@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selectllm_local.baselines import BASELINES, PERPLEXITY_BANDS
+from selectllm_local.baselines import BASELINES, DEPRECATED, PERPLEXITY_BANDS, PERPLEXITY_METHODS
 from selectllm_local.errors import UserError
 from selectllm_local.finetune import FinetuneConfig
 from selectllm_local.records import PoolItem
@@ -38,7 +38,10 @@ EXPERIMENT_KEYS = {
 BASELINE_KEYS = {"perplexity_model", "perplexity_band", "perplexity_batch_size", "diversity_sample"}
 EVALUATE_KEYS = {"backend", "max_new_tokens", "batch_size", "max_prompt_tokens"}
 PLAN_EXCLUDED = {"pool", "budget", "seed", "run_dir"}  # set per cell by the experiment
-VARIANTS = {"length": ("shortest", "longest"), "perplexity": PERPLEXITY_BANDS}
+VARIANTS = {
+    "length": ("shortest", "longest"),
+    **dict.fromkeys((*PERPLEXITY_METHODS, *DEPRECATED), PERPLEXITY_BANDS),
+}
 
 
 @dataclass
@@ -80,7 +83,7 @@ class ExperimentConfig:
         b = self.baselines
         if name == "length":
             return {"shortest": variant == "shortest"}
-        if name == "perplexity":
+        if name in PERPLEXITY_METHODS or name in DEPRECATED:
             return {
                 "scorer": b.get("perplexity_model", self.base_model),
                 "band": variant or b.get("perplexity_band", "high"),
@@ -221,10 +224,11 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
         )
     for m in methods:
         name, _, variant = str(m).partition(":")
-        if name != "select" and name not in BASELINES:
+        if name != "select" and name not in BASELINES and name not in DEPRECATED:
             raise UserError(
                 f"{path}: [experiment] methods: unknown method '{m}'. Known: select, {', '.join(BASELINES)} "
-                "(variants: length:shortest, perplexity:low|middle|high)."
+                "(variants: length:shortest, answer-perplexity:low|middle|high, the same for "
+                "instruction-perplexity)."
             )
         if variant and variant not in VARIANTS.get(name, ()):
             raise UserError(
@@ -265,7 +269,7 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
         "tiny:"
     ):
         baselines["perplexity_model"] = str((here / str(baselines["perplexity_model"])).resolve())
-    if any(str(m).startswith("perplexity") for m in methods):
+    if any("perplexity" in str(m) for m in methods):
         _model_ok(
             str(baselines.get("perplexity_model", base_model)), path, "[baselines] perplexity_model"
         )

@@ -143,9 +143,59 @@ def test_perplexity_with_a_real_model(tiny_llama_dir: Path, pool: list[PoolItem]
     # batching by length must not change a text's perplexity
     single = perplexities(texts[:3], str(tiny_llama_dir), batch_size=1, progress=False)
     np.testing.assert_allclose(ppl[:3], single, rtol=1e-4)
-    high = run_baseline("perplexity", pool[:24], 5, seed=0, scorer=lambda t: ppl, band="high")
-    low = run_baseline("perplexity", pool[:24], 5, seed=0, scorer=lambda t: ppl, band="low")
+    kw = {"seed": 0, "scorer": lambda t: ppl}
+    high = run_baseline("instruction-perplexity", pool[:24], 5, band="high", **kw)
+    low = run_baseline("instruction-perplexity", pool[:24], 5, band="low", **kw)
     assert min(ppl[high]) >= max(ppl[low])
+
+
+def test_old_perplexity_name_is_a_deprecated_alias(
+    pool: list[PoolItem], caplog: pytest.LogCaptureFixture
+) -> None:
+    ppl = np.arange(24, dtype=np.float64)
+    with caplog.at_level("WARNING"):
+        old = run_baseline("perplexity", pool[:24], 5, seed=0, scorer=lambda t: ppl)
+    assert "deprecated" in caplog.text and "answer-perplexity" in caplog.text
+    assert old == run_baseline("instruction-perplexity", pool[:24], 5, seed=0, scorer=lambda t: ppl)
+
+
+def test_answer_perplexity_scores_the_models_own_greedy_answer(
+    tiny_llama_dir: Path, pool: list[PoolItem]
+) -> None:
+    """The paper's baseline: perplexity of the base model's answer given the prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selectllm_local.baselines import answer_perplexities, perplexities
+    from selectllm_local.finetune import render_prompt
+
+    items = pool[:6]
+    ppl = answer_perplexities(
+        items, str(tiny_llama_dir), batch_size=4, answer_tokens=8, progress=False
+    )
+    assert ppl.shape == (6,) and np.all(np.isfinite(ppl)) and np.all(ppl >= 1)
+    # by hand for item 0: greedy answer, then exp(mean NLL) of its tokens + EOS given the prompt
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    short = next(
+        i
+        for i, it in enumerate(items)
+        if len(tok(render_prompt(it.instruction, it.input))["input_ids"]) < 200
+    )
+    prompt = tok(render_prompt(items[short].instruction, items[short].input), return_tensors="pt")
+    n_p = prompt["input_ids"].shape[1]
+    with torch.no_grad():
+        gen = model.generate(
+            **prompt, max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id
+        )
+        a_ids = gen[0, n_p:].tolist()
+        a_ids = a_ids[: a_ids.index(tok.eos_token_id)] if tok.eos_token_id in a_ids else a_ids
+        ids = torch.cat([prompt["input_ids"][0], torch.tensor(a_ids + [tok.eos_token_id])])[None]
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        nll = -logp[torch.arange(n_p - 1, ids.shape[1] - 1), ids[0, n_p:]]
+    np.testing.assert_allclose(ppl[short], float(torch.exp(nll.mean())), rtol=1e-3)
+    texts = [f"{it.instruction}\n{it.input}".strip() for it in items]
+    assert not np.allclose(ppl, perplexities(texts, str(tiny_llama_dir), progress=False))
 
 
 @pytest.mark.parametrize(
@@ -157,7 +207,8 @@ def test_perplexity_with_a_real_model(tiny_llama_dir: Path, pool: list[PoolItem]
         ("kcenter", {}, "embeddings"),
         ("cluster-random", {}, "plan"),
         ("perplexity", {}, "--scorer-model"),
-        ("perplexity", {"band": "odd", "scorer": "x"}, "--band"),
+        ("answer-perplexity", {}, "--scorer-model"),
+        ("instruction-perplexity", {"band": "odd", "scorer": "x"}, "--band"),
     ],
 )
 def test_user_errors(name: str, kw: dict, match: str, pool: list[PoolItem]) -> None:
@@ -207,7 +258,8 @@ def test_all_names_listed() -> None:
     assert set(BASELINES) == {
         "random",
         "length",
-        "perplexity",
+        "answer-perplexity",
+        "instruction-perplexity",
         "kcenter",
         "diversity",
         "cluster-random",
