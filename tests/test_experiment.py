@@ -177,3 +177,11 @@ def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
     cfg = load_experiment_config(p)
     assert len(cfg.methods) == 7 and cfg.seeds == [0, 1, 2] and cfg.finetune.lora_r == 64
     assert cfg.plan["n_clusters"] == 14 and cfg.finetune.quantization == "nf4"
+    # the paper's values (issue 8): validation split + early stopping, q/v LoRA, 4,096 tokens,
+    # 150 new tokens, a 1,000-item diversity sample, perplexity of the base model's answer
+    ft = cfg.finetune
+    assert (ft.epochs, ft.val_fraction, ft.early_stopping_patience) == (20.0, 0.2, 3)
+    assert ft.target_modules == ["q_proj", "v_proj"] and ft.max_length == 4096
+    assert cfg.evaluate["max_new_tokens"] == 150
+    assert cfg.baseline_options("diversity", "") == {"sample_size": 1000}
+    assert "answer-perplexity" in cfg.methods and "perplexity" not in cfg.methods
