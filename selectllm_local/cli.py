@@ -106,9 +106,16 @@ LayoutOpt = Annotated[
 ]
 KOpt = Annotated[
     int | None,
-    typer.Option("--k", help="Candidates per prompt (= clusters) [default: pool/1000, 2..max-k]."),
+    typer.Option(
+        "--k",
+        help="Candidates per prompt (= clusters). Default: the larger of round(pool/1000) (the "
+        "paper's rule, at least 2) and ceil(pool/budget), at most --max-k. --k 14: the paper's "
+        "Dolly layout; --k 51: its Alpaca layout.",
+    ),
 ]
-MaxKOpt = Annotated[int | None, typer.Option("--max-k", help="Cap on the default K [default: 32].")]
+MaxKOpt = Annotated[
+    int | None, typer.Option("--max-k", help="Cap on the default K (default 32; not on --k).")
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed [default: 0].")]
 EmbedderOpt = Annotated[
     str | None,

@@ -43,9 +43,13 @@ class PlanConfig:
     layout: str = "diverse"
     """Subset layout: diverse (one candidate per cluster, the paper), cluster (within one cluster), random."""
     n_clusters: int | None = None
-    """K = candidates per diverse prompt; default round(pool/1000), at least 2, at most max_k."""
+    """K = candidates per diverse prompt. Default (``pipeline.default_k``): the larger of the
+    paper's round(pool/1000) (at least 2) and ceil(pool/budget), which keeps the subsets at most
+    ``budget`` (one round), capped at max_k and the pool. 14 is the paper's Dolly layout, 51 its
+    Alpaca layout."""
     max_k: int = DEFAULT_MAX_K
-    """Cap on the default K so a prompt stays short (the paper's rule gives 1,000 for a 1M pool)."""
+    """Cap on the default K so a prompt stays short (the paper's rule gives 1,000 for a 1M pool);
+    an explicit --k is not capped."""
     seed: int = 0
     """Seed for k-means, layouts and pick allocation."""
     kmeans_iters: int = 20
