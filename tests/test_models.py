@@ -167,7 +167,9 @@ def test_models_command_lists_known_models(cache: Path) -> None:
     assert r.exit_code == 0, r.output
     rows = {row["name"]: row for row in json.loads(r.output)}
     assert set(rows) == {"smollm2-135m-instruct", "gemma3-270m"}
-    assert rows["gemma3-270m"]["path"] is None and rows["smollm2-135m-instruct"]["kind"] == "instruct"
+    assert (
+        rows["gemma3-270m"]["path"] is None and rows["smollm2-135m-instruct"]["kind"] == "instruct"
+    )
     r = CliRunner().invoke(app, ["models", "fetch", "nope"])
     assert r.exit_code == 2 and "Unknown model 'nope'" in r.output
 

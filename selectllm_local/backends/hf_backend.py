@@ -19,7 +19,7 @@ from typing import Any
 
 from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
 from selectllm_local.backends.progress import progress_bar
-from selectllm_local.backends.vllm_backend import plain_chat
+from selectllm_local.backends.vllm_backend import bos_prefix, plain_chat
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class HFBackend:
             or self.tokenizer.model_max_length
         )
         self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self._bos = "" if self._has_template else bos_prefix(self.tokenizer)
         self._vocab: list[str] | None = None
         self.stats: dict[str, float] = {
             "startup_seconds": time.perf_counter() - t0,
@@ -136,7 +137,7 @@ class HFBackend:
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         if not self._has_template:
-            return plain_chat(messages)
+            return plain_chat(messages, self._bos)
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )

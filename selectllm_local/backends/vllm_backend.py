@@ -38,10 +38,21 @@ def _cuda_available() -> bool:
         return False
 
 
-def plain_chat(messages: list[dict[str, str]]) -> str:
+def plain_chat(messages: list[dict[str, str]], bos: str = "") -> str:
     """A neutral prompt for models without a chat template (base models)."""
     parts = [m["content"] for m in messages]
-    return "\n\n".join(parts) + "\n\nAnswer: "
+    return bos + "\n\n".join(parts) + "\n\nAnswer: "
+
+
+def bos_prefix(tokenizer: Any) -> str:
+    """The BOS text a plain prompt must start with, if the tokenizer adds one to plain text.
+
+    Prompts are encoded without special tokens (a chat template writes BOS itself), so a base
+    model without a template would never see its BOS; Gemma 3 then answers with repetitions.
+    """
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer.encode("a") if bos_id is not None else []
+    return str(tokenizer.bos_token) if ids and ids[0] == bos_id else ""
 
 
 class VLLMBackend:
@@ -98,6 +109,7 @@ class VLLMBackend:
             "engine_seconds": 0.0,
         }
         self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self._bos = "" if self._has_template else bos_prefix(self.tokenizer)
         self._encoded: dict[str, list[int]] = {}
         if not self._has_template:
             log.warning("%s has no chat template; prompts use a plain text layout", model_path)
@@ -118,7 +130,7 @@ class VLLMBackend:
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         if not self._has_template:
-            return plain_chat(messages)
+            return plain_chat(messages, self._bos)
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
