@@ -777,16 +777,13 @@ def models_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         print(json.dumps([dict(vars(r), path=str(r.path) if r.path else None,
                                packages=list(r.packages)) for r in rows], indent=2))  # fmt: skip
         return
-    from rich.table import Table
-
-    table = Table(title=f"Known models (cache: {cache_dir()})")
-    for col in ("name", "kind", "params", "license", "cached at"):
-        table.add_column(col)
+    con = _console()
+    con.print(f"Known models (cache: {cache_dir()}):")
     for r in rows:
-        where = str(r.path) if r.path else f"not cached: selectllm models fetch {r.name}"
-        table.add_row(r.name, r.kind, r.params, r.license, where)
-    _console().print(table)
-    _console().print("Use one with --model NAME (or --model FILE.gguf for any GGUF file).")
+        con.print(f"  [bold]{r.name}[/]  {r.kind}, {r.params} parameters, {r.license}")
+        where = f"cached at {r.path}" if r.path else f"not cached: selectllm models fetch {r.name}"
+        con.print(f"      {where}", highlight=False, soft_wrap=True)
+    con.print("Use one with --model NAME (or --model FILE.gguf for any GGUF file).")
 
 
 @models_app.command("fetch")
