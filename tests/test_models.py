@@ -185,3 +185,24 @@ def test_dtype_auto_on_this_cpu_follows_native_bf16() -> None:
         assert resolve_dtype("auto", "cpu") in ("bfloat16", "float32")
     assert resolve_dtype("auto", "cuda") == "auto"  # the engine picks on a GPU
     assert resolve_dtype("float16", "cpu") == "float16"
+
+
+def test_plain_prompt_gets_bos_when_the_tokenizer_adds_one(tiny_model_dir: Path) -> None:
+    """A base model without a chat template (Gemma 3) must still see its BOS in select prompts."""
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers import models as tok_models
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from selectllm_local.backends.vllm_backend import bos_prefix, plain_chat
+
+    vocab = {"<bos>": 0, "<unk>": 1, "a": 2, "Answer:": 3}
+    raw = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    raw.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 0)]
+    )
+    with_bos = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<bos>", unk_token="<unk>")
+    assert bos_prefix(with_bos) == "<bos>"
+    text = plain_chat([{"role": "user", "content": "a"}], bos_prefix(with_bos))
+    assert with_bos.encode(text, add_special_tokens=False)[0] == 0
+    assert bos_prefix(AutoTokenizer.from_pretrained(tiny_model_dir)) == ""  # ChatML: no BOS
