@@ -142,9 +142,9 @@ def resolve_model_path(model: str | Path, *, flag: str = "--model") -> str:
             return str(convert_gguf(gguf))
         if path.is_dir() and not (path / "config.json").is_file():
             raise UserError(
-                f"{flag} {text} is a folder with neither a config.json (a Hugging Face model folder) "
-                "nor a .gguf file. Point it at a folder saved by save_pretrained, at a .gguf file, "
-                "or give a known model's name (selectllm models)."
+                f"{flag} {text} is not a model folder: it has no config.json (a Hugging Face "
+                "model folder) and no .gguf file. Point it at a folder saved by save_pretrained, "
+                "at a .gguf file, or give a known model's name (selectllm models)."
             )
         if path.is_dir() and not has_weights(path):
             raise UserError(

