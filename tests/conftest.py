@@ -109,8 +109,8 @@ def smollm2_vllm(smollm2_dir: Path):
     from selectllm_local.backends import load_backend
     from selectllm_local.backends.base import BackendOptions
 
-    backend = load_backend(
-        "vllm", str(smollm2_dir), BackendOptions(dtype="float32", max_model_len=4096)
-    )
+    # eager: torch.compile of 30 layers costs more than the few prompts the tests send
+    options = BackendOptions(dtype="float32", max_model_len=4096, enforce_eager=True)
+    backend = load_backend("vllm", str(smollm2_dir), options)
     yield backend
     backend.close()
