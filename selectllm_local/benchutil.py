@@ -233,7 +233,7 @@ def bench_environment(machine: str | None = None) -> dict[str, Any]:
     """Versions and machine facts for the JSON's environment block."""
     import torch
 
-    from selectllm_local.pipeline import environment
+    from selectllm_local.rundir import environment
 
     env = environment()
     env.update(

@@ -77,7 +77,7 @@ def run_experiment(
     cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates everything
     root = cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
-    from selectllm_local.pipeline import environment
+    from selectllm_local.rundir import environment
 
     write_json(root / "experiment.json", {"config": cfg.to_dict(), "environment": environment()})
     pool_path = _write_pool(cfg)

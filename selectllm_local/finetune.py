@@ -421,7 +421,7 @@ def finetune(
     examples = training_examples(records)
     if not Path(base_model).exists():
         raise UserError(f"Base model {base_model} does not exist: give a local model directory.")
-    from selectllm_local.pipeline import environment
+    from selectllm_local.rundir import environment
     from selectllm_local.runstore import write_json
 
     out = Path(out_dir)
