@@ -674,20 +674,22 @@ def bench(
     ] = False,
 ) -> None:
     """Benchmark selection throughput against this machine's measured matmul peak."""
-    from selectllm_local import bench as bench_lib
-    from selectllm_local import benchdry, benchout
+    from selectllm_local.bench import config as bench_config
+    from selectllm_local.bench import dry as benchdry
+    from selectllm_local.bench import output as benchout
+    from selectllm_local.bench import run as bench_run
 
     if dry_run:
         est = benchdry.dry_run(pool, shape=shape or "llama-3-8b", model=model, gpu=gpu,
                                utilization=utilization, candidates=candidates, budget=budget)  # fmt: skip
         print(json.dumps(est, indent=2) if json_out else benchdry.format_dry_run(est))
         return
-    cfg = bench_lib.config_from_preset(
+    cfg = bench_config.config_from_preset(
         preset, pool=pool, shape=shape, model=model, dtype=dtype, subsets=subsets,
         candidates=candidates, repeats=repeats, machine=machine,
-        settings=[bench_lib.parse_setting(s) for s in setting] if setting else None,
+        settings=[bench_config.parse_setting(s) for s in setting] if setting else None,
     )  # fmt: skip
-    doc = bench_lib.run_benchmark(cfg, progress=sys.stderr.isatty())
+    doc = bench_run.run_benchmark(cfg, progress=sys.stderr.isatty())
     paths = benchout.write_outputs(doc, out, name or f"select_{preset}")
     if json_out:
         print(json.dumps(doc, indent=2))

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
-from selectllm_local.backends.progress import progress_bar
 from selectllm_local.backends.vllm_backend import plain_chat
+from selectllm_local.progress import progress_bar
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)

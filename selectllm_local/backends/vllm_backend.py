@@ -150,7 +150,7 @@ class VLLMBackend:
         handle: Callable[[int, Any], None],
     ) -> None:
         """Queue every prompt, step the engine, call ``handle(i, output)`` as each finishes."""
-        from selectllm_local.backends.progress import progress_bar
+        from selectllm_local.progress import progress_bar
 
         t0 = time.perf_counter()
         ids = self.llm.enqueue(

@@ -84,12 +84,14 @@ def dry_run(
     dtype_bytes: int = 2,
 ) -> dict[str, Any]:
     """Estimate prompts, tokens, FLOPs and seconds of the selection stage for ``pool``."""
-    from selectllm_local import bench, benchutil, clustering, data, prompting, tinymodel
+    from selectllm_local import clustering, data, hardware, prompting, tinymodel
+    from selectllm_local.bench.model import model_shape
+    from selectllm_local.bench.run import strided_plan
 
     if not 0 < utilization <= 1:
         raise UserError(f"--utilization must be in (0, 1] (got {utilization}).")
     if model:
-        arch = bench.model_shape(model)
+        arch = model_shape(model)
         tokenizer = tokenizer or model
     elif shape in tinymodel.SHAPES:
         arch = dict(tinymodel.SHAPES[shape])
@@ -105,7 +107,7 @@ def dry_run(
     count, render, method = _counter(tokenizer)
     template = prompting.PromptTemplate.load()
     # Every pool row is shown exactly once in round one; a strided layout has the same token total.
-    plan = bench.strided_plan(n_subsets, k_cand, min(picks, k_cand - 1))
+    plan = strided_plan(n_subsets, k_cand, min(picks, k_cand - 1))
     prompt_tokens, shared = [], None
     for s in plan.subsets:
         s.candidates = [c for c in s.candidates if c < n]
@@ -124,10 +126,10 @@ def dry_run(
     cached = (shared or 0) // CACHE_BLOCK * CACHE_BLOCK * max(0, len(prompt_tokens) - 1)
     answer_tokens = 3 + picks * (len(str(k_cand)) + 1)
     if gpu == "measured":
-        peak = benchutil.matmul_peak(benchutil.resolve_dtype("auto"))
-        bandwidth, device = None, f"this machine (measured matmul peak, {benchutil.cpu_model()})"
+        peak = hardware.matmul_peak(hardware.resolve_dtype("auto"))
+        bandwidth, device = None, f"this machine (measured matmul peak, {hardware.cpu_model()})"
     else:
-        spec = benchutil.gpu_spec(gpu)
+        spec = hardware.gpu_spec(gpu)
         peak, bandwidth, device = (
             spec.bf16_dense_tflops * 1e12,
             spec.memory_bandwidth_gbs * 1e9,

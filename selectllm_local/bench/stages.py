@@ -1,6 +1,6 @@
 """Where the time of a real ``select`` goes, stage by stage, on the benchmark's engine.
 
-The settings measured by ``bench.run_benchmark`` time the selection stage alone on a cheap
+The settings measured by ``bench.run.run_benchmark`` time the selection stage alone on a cheap
 subset layout. This runs the whole pipeline once (``pipeline.select_run``: load, embed, cluster,
 plan, select, write) on a pool of the same size built from the same rows, with the engine already
 loaded, and reports ``summary.json``'s seconds per stage plus our code's share of the selection
