@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from selectllm_local import hardware
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem
 
@@ -160,7 +161,7 @@ def perplexities(
         raise UserError(
             f"--scorer-model {model_path} does not exist; give a local model directory."
         )
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = hardware.default_device(device)
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

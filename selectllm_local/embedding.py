@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import hardware
 from .errors import UserError, require
 from .records import text_hash
 from .runstore import RunStore, read_json, save_npy, stable_hash, write_json
@@ -80,13 +81,6 @@ def model_id(name: str = DEFAULT_EMBEDDER) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
-def default_device() -> str:
-    """'cuda' when torch sees a GPU, else 'cpu'."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @functools.lru_cache(maxsize=2)
 def _load(resolved: str, device: str) -> Any:
     st = require("sentence_transformers", feature="Embedding the pool", extra="cpu")
@@ -115,7 +109,7 @@ def embed_texts(
     if batch_size < 1:
         raise UserError(f"--embed-batch-size must be at least 1 (got {batch_size}).")
     resolved = resolve_model(model, offline=offline)
-    device = device or default_device()
+    device = hardware.default_device(device)
     st_model = _load(resolved, device)
     get_dim = (
         getattr(st_model, "get_embedding_dimension", None)

@@ -241,16 +241,11 @@ def fit_to_length(
 
 def resolve(config: FinetuneConfig) -> dict[str, Any]:
     """Settings that depend on the machine: device, quantization, dtype, checkpointing."""
-    import torch
+    from selectllm_local import hardware
 
-    cuda = torch.cuda.is_available()
+    cuda = hardware.cuda_available()
     quant = config.quantization if config.quantization != "auto" else ("nf4" if cuda else "none")
-    if config.dtype != "auto":
-        dtype = config.dtype
-    elif cuda:
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    else:
-        dtype = "float32"
+    dtype = hardware.resolve_dtype(config.dtype, "cuda" if cuda else "cpu", cpu_auto="float32")
     gc = config.gradient_checkpointing if config.gradient_checkpointing is not None else cuda
     return {
         "device": "cuda" if cuda else "cpu",

@@ -123,19 +123,25 @@ def gpu_datasheet() -> GPUSpec | None:
     return match_gpu(name) if name else None
 
 
-def resolve_dtype(dtype: str, device: str | None = None) -> str:
-    """``auto`` -> bfloat16 where the hardware has native bf16 GEMMs, else float32.
+def resolve_dtype(dtype: str, device: str | None = None, *, cpu_auto: str | None = None) -> str:
+    """``auto`` -> the dtype that runs fast here; any other name is returned unchanged.
 
-    AVX2-only x86 CPUs (no AVX-512 BF16, no AMX) run bf16 GEMMs an order of magnitude slower
-    than float32, so a benchmark there in bf16 measures an emulation path, not the machine.
+    On a GPU: bfloat16 where the GPU supports it, else float16. On a CPU: ``cpu_auto`` when the
+    caller has its own reason (training and evaluation want float32's exact sums; the
+    transformers selection backend halves its memory in bfloat16), else bfloat16 where the
+    hardware has native bf16 GEMMs and float32 otherwise: AVX2-only x86 CPUs (no AVX-512 BF16, no
+    AMX) run bf16 GEMMs an order of magnitude slower than float32, so a benchmark there in bf16
+    would measure an emulation path, not the machine.
     """
     if dtype != "auto":
         return dtype
     import torch
 
-    device = device or default_device()
+    device = default_device(device)
     if device.startswith("cuda"):
-        return "bfloat16"
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if cpu_auto is not None:
+        return cpu_auto
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "bfloat16"
     try:
@@ -143,6 +149,14 @@ def resolve_dtype(dtype: str, device: str | None = None) -> str:
     except AttributeError:  # pragma: no cover - older torch
         native = False
     return "bfloat16" if native else "float32"
+
+
+def empty_cache() -> None:
+    """Return cached GPU memory to the driver after an engine is freed (no-op on CPU)."""
+    if cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def measure_matmul(
@@ -155,7 +169,7 @@ def measure_matmul(
     import torch
     import torch.nn.functional as F
 
-    device = device or default_device()
+    device = default_device(device)
     size = size or (8192 if device.startswith("cuda") else 1536)
     tdtype = getattr(torch, dtype)
     gen = torch.Generator(device="cpu").manual_seed(0)

@@ -22,20 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from selectllm_local import hardware
 from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 - no torch, no CUDA
-        return False
 
 
 def plain_chat(messages: list[dict[str, str]]) -> str:
@@ -56,7 +48,7 @@ class VLLMBackend:
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         if not log.isEnabledFor(logging.DEBUG):
             os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        cuda = _cuda_available()
+        cuda = hardware.cuda_available()
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's default is large
         from vllm import LLM
@@ -276,7 +268,4 @@ class VLLMBackend:
         self.llm = None  # type: ignore[assignment]
         del llm
         gc.collect()
-        if _cuda_available():
-            import torch
-
-            torch.cuda.empty_cache()
+        hardware.empty_cache()
