@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from selectllm_local import hardware
-from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
+from selectllm_local.backends.base import BackendOptions, Constraint, fit_prompt, label_token_ids
 from selectllm_local.backends.vllm_backend import plain_chat
 from selectllm_local.progress import progress_bar
 from selectllm_local.records import Generation
@@ -101,7 +101,8 @@ class HFBackend:
         if options.lora_path:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, options.lora_path)
+            # merged into the weights: generation then runs at the base model's speed
+            model = PeftModel.from_pretrained(model, options.lora_path).merge_and_unload()
         self.model = model.to(self.device).eval()
         torch.manual_seed(options.seed)
         self._ctx = int(
@@ -141,6 +142,9 @@ class HFBackend:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
+
+    def fit_prompt(self, text: str, max_tokens: int) -> str:
+        return fit_prompt(self.tokenizer, text, max_tokens)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from selectllm_local import hardware
-from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
+from selectllm_local.backends.base import BackendOptions, Constraint, fit_prompt, label_token_ids
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
@@ -114,6 +114,9 @@ class VLLMBackend:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
+
+    def fit_prompt(self, text: str, max_tokens: int) -> str:
+        return fit_prompt(self.tokenizer, text, max_tokens)
 
     def count_tokens(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
