@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from selectllm_local.config import PlanConfig
+from selectllm_local.config import PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, PoolStats, Subset
 from selectllm_local.rundir import (
@@ -282,28 +282,28 @@ class SelectOutcome:
     files: dict[str, str]
 
 
-def _select_key(cfg: Any, store: RunStore, template_fp: str, backend_name: str) -> str:
-    settings = cfg.selection_settings()
+def _select_key(cfg: SelectConfig, store: RunStore, template_fp: str, backend_name: str) -> str:
+    settings, engine = cfg.selector, cfg.engine
     return stable_hash(
         {
             "subsets": store.stage_info("subsets").get("key"),
-            "model": model_identity(cfg.model),
+            "model": model_identity(engine.model),
             "backend": backend_name,
-            "dtype": cfg.dtype,
-            "max_model_len": cfg.max_model_len,
+            "dtype": engine.dtype,
+            "max_model_len": engine.max_model_len,
             "template": template_fp,
             "settings": {
                 k: str(v) for k, v in settings.__dict__.items() if k not in ("prompt", "criteria")
             },
-            "budget": cfg.budget,
+            "budget": cfg.plan.budget,
         }
     )
 
 
-def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
+def select_run(cfg: SelectConfig, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
     """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
 
-    ``cfg`` is a ``SelectConfig``. ``backend`` lets tests and benchmarks reuse a loaded engine
+    ``cfg`` holds the plan, selector and engine sections. ``backend`` lets tests and benchmarks reuse a loaded engine
     (it is not closed here); otherwise one is loaded on first need and closed at the end.
     Finished subsets are appended to ``responses.jsonl`` as they finish; a re-run with the same
     configuration (same hash) asks the LLM only about the others.
@@ -314,12 +314,12 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     from selectllm_local.runstore import AppendLog
 
     t_total = time.perf_counter()
-    planned = plan_run(cfg, progress=progress)
+    planned = plan_run(cfg.plan, progress=progress)
     store = RunStore(planned.run_dir)
     items, plan = planned.items, planned.plan
-    settings = cfg.selection_settings()
+    settings, eng = cfg.selector, cfg.engine
     template = prompting.PromptTemplate.load(settings.prompt, settings.criteria, settings.reasons)
-    backend_name = backend.name if backend is not None else resolve_backend_name(cfg.backend)
+    backend_name = backend.name if backend is not None else resolve_backend_name(eng.backend)
     key = _select_key(cfg, store, template.fingerprint, backend_name)
 
     responses = store.path("responses.jsonl")
@@ -337,12 +337,12 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     }
 
     def load() -> Any:
-        if not cfg.model:
+        if not eng.model:
             raise UserError(
                 "select needs --model (a local model folder) to ask the LLM; only a budget equal "
                 "to the pool needs none."
             )
-        return load_backend(cfg.backend, cfg.model, cfg.backend_options(), offline=cfg.offline)
+        return load_backend(eng.backend, eng.model, eng, offline=cfg.plan.offline)
 
     engine = backend if backend is not None else LazyBackend(load)
     stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}
@@ -387,16 +387,16 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     summary = {
         "run_dir": str(store.root),
         "pool": len(items),
-        "budget": cfg.budget,
+        "budget": cfg.plan.budget,
         "selected": len(outcome.selected),
-        "model": cfg.model,
+        "model": eng.model,
         "backend": backend_name if real is not None else "none (no LLM call needed)",
         "mode": settings.mode,
         "reasons": settings.reasons,
         "llm_called": outcome.llm_called,
         "note": (
             "budget equals the pool: every instruction is selected, no LLM call was made"
-            if cfg.budget >= len(items)
+            if cfg.plan.budget >= len(items)
             else None
         ),
         "rounds": outcome.rounds,
@@ -424,7 +424,7 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     }
     write_json(store.path("summary.json"), summary)
     conf = read_json(store.path("config.json")) if store.path("config.json").exists() else {}
-    conf["select"] = {**cfg.to_dict(), "model_identity": model_identity(cfg.model), "key": key}
+    conf["select"] = {**cfg.to_dict(), "model_identity": model_identity(eng.model), "key": key}
     write_json(store.path("config.json"), conf)
     store.mark_done("select", key, selected=len(outcome.selected), counts=counts)
     return SelectOutcome(store.root, list(outcome.selected), summary, files)

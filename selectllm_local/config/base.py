@@ -110,6 +110,13 @@ class Section:
         if value not in allowed:
             raise self._bad(name, f"must be one of {', '.join(allowed)} (got {value!r}).")
 
+    def _known_backend(self, name: str) -> None:
+        try:  # the backends own the list of names (a lazy import: backends import this module)
+            from selectllm_local.backends import BACKEND_NAMES  # type: ignore[attr-defined]
+        except ImportError:
+            return
+        self._one_of(name, tuple(BACKEND_NAMES))
+
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
 

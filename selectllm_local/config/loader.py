@@ -42,7 +42,7 @@ RENAMED = {
     "select": "[selector] (mode, temperature, ...) and [engine] (model, backend, dtype, ...)",
     "baselines": "[baseline] (keys: scorer_model, band, scorer_batch_size, diversity_sample)",
 }
-Leaf = tuple[str | None, dataclasses.Field]
+Leaf = tuple[type, dataclasses.Field]  # (the class that declares the setting, its field)
 
 
 def read_toml(
@@ -82,15 +82,15 @@ def check_keys(cls: type | Iterable[str], table: Mapping[str, Any], *, where: st
 
 
 def leaves(cls: type) -> dict[str, list[Leaf]]:
-    """Setting name -> where it lives: ``(section attribute or None, field)``, in field order."""
+    """Setting name -> where it lives: ``(declaring class, field)`` for each section having it."""
     out: dict[str, list[Leaf]] = {}
     types = field_types(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if is_section(types[f.name]):
             for sub in dataclasses.fields(types[f.name]):
-                out.setdefault(sub.name, []).append((f.name, sub))
+                out.setdefault(sub.name, []).append((types[f.name], sub))
         else:
-            out.setdefault(f.name, []).append((None, f))
+            out.setdefault(f.name, []).append((cls, f))
     return out
 
 
@@ -109,7 +109,8 @@ def file_values(path: Path | str | None, cls: type, *, command: str) -> dict[str
     data = read_toml(path)
     known = leaves(cls)
     used = sections_of(cls)
-    out: dict[str, Any] = {}
+    # A command whose subject is a config file (``experiment``) takes the --config file as it.
+    out: dict[str, Any] = {"config": Path(path)} if "config" in known else {}
     for key, value in data.items():
         if not isinstance(value, dict):
             if key not in known:

@@ -178,8 +178,4 @@ class EngineConfig(Section):
             self._at_least("max_model_len", 16)
         if self.max_num_seqs is not None:
             self._at_least("max_num_seqs", 1)
-        try:  # the backends own the list of names (a cycle-free lazy import)
-            from selectllm_local.backends import BACKEND_NAMES  # type: ignore[attr-defined]
-        except ImportError:
-            return
-        self._one_of("backend", tuple(BACKEND_NAMES))
+        self._known_backend("backend")

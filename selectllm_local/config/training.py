@@ -164,3 +164,4 @@ class EvaluateConfig(Section):
         self._at_least("max_new_tokens", 1)
         self._at_least("batch_size", 1)
         self._at_least("max_prompt_tokens", 1)
+        self._known_backend("backend")
