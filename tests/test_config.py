@@ -71,7 +71,10 @@ def test_output_location_aliases(tmp_path: Path) -> None:
     ("text", "named"),
     [
         ("budget = 5\nbudgett = 6\n", "budgett"),
-        ("[plan]\nbudget = 5\nk = 3\n", "[plan] has unknown key(s): k"),
+        (
+            "[plan]\nbudget = 5\nk = 3\n",
+            "[plan] has unknown key(s): k. The key of --k is n_clusters",
+        ),
         ("[engine]\nmodell = 'x'\n", "[engine] has unknown key(s): modell"),
         ("[planning]\nbudget = 5\n", "unknown table [planning]"),
         ("[select]\nmodel = 'x'\n", "[select] is now [selector]"),

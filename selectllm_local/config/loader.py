@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from selectllm_local.config.base import field_types, flag_name, is_section
+from selectllm_local.config.base import field_types, flag_name, flags_of, is_section
 from selectllm_local.config.sections import EngineConfig, PlanConfig, SelectorConfig
 from selectllm_local.config.training import BaselineConfig, EvaluateConfig, FinetuneConfig
 from selectllm_local.errors import UserError
@@ -66,7 +66,13 @@ def _normalise(table: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_keys(cls: type | Iterable[str], table: Mapping[str, Any], *, where: str) -> None:
+def check_keys(
+    cls: type | Iterable[str],
+    table: Mapping[str, Any],
+    *,
+    where: str,
+    hints: Mapping[str, str] | None = None,
+) -> None:
     """Refuse keys that are not fields of ``cls`` (or not in a list of names), naming them."""
     names = (
         [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
@@ -76,9 +82,24 @@ def check_keys(cls: type | Iterable[str], table: Mapping[str, Any], *, where: st
     known = sorted(names)
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise UserError(
-            f"{where} has unknown key(s): {', '.join(unknown)}. Known keys: {', '.join(known)}."
+        hints = hints or (_flag_keys(dataclasses.fields(cls)) if isinstance(cls, type) else {})  # type: ignore[arg-type]
+        hint = "".join(
+            f" The key of --{k.replace('_', '-')} is {hints[k]}." for k in unknown if k in hints
         )
+        raise UserError(
+            f"{where} has unknown key(s): {', '.join(unknown)}.{hint} Known keys: {', '.join(known)}."
+        )
+
+
+def _flag_keys(fields: Iterable[dataclasses.Field]) -> dict[str, str]:
+    """Flags spelled unlike their field (``--k``) as would-be keys -> the real key."""
+    out = {}
+    for f in fields:
+        for flag in flags_of(f):
+            key = flag.split("/")[0].removeprefix("--").replace("-", "_")
+            if key != f.name and flag.startswith("--"):  # long flags only (not -n)
+                out[key] = f.name
+    return out
 
 
 def leaves(cls: type) -> dict[str, list[Leaf]]:
@@ -120,7 +141,8 @@ def file_values(path: Path | str | None, cls: type, *, command: str) -> dict[str
                 )
             out[key] = value
         elif key == command:
-            check_keys(known, value, where=f"Config file {path}: [{key}]")
+            hints = _flag_keys(f for where in known.values() for _, f in where)
+            check_keys(known, value, where=f"Config file {path}: [{key}]", hints=hints)
             out.update(value)
         elif key in SECTIONS:
             check_keys(SECTIONS[key], value, where=f"Config file {path}: [{key}]")
