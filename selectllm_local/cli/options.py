@@ -94,7 +94,7 @@ def _parameter(name: str, where: list[loader.Leaf]) -> inspect.Parameter:
         info: Any = typer.Argument(help=doc, show_default=False, metavar=name.upper())
     else:
         flags = list(flags_of(f))
-        if tp is bool and not f.metadata.get("flags") and default is not False:
+        if tp is bool and not f.metadata.get("flags"):  # --no-x: a flag can undo the file
             flags = [f"{flags[0]}/--no-{flags[0][2:]}"]
         section = getattr(owner, "SECTION", "")
         info = typer.Option(*flags, help=doc, rich_help_panel=PANELS.get(section))
