@@ -168,3 +168,12 @@ def test_pyproject_lists_every_subpackage() -> None:
         for p in (REPO / "selectllm_local").rglob("__init__.py")
     }
     assert on_disk <= listed, on_disk - listed
+
+
+def test_experiment_takes_its_file_as_argument_or_as_config(tmp_path: Path) -> None:
+    text = (REPO / "configs" / "tiny_ci.toml").read_text().replace('"../', f'"{REPO}/')
+    cfg = tmp_path / "e.toml"
+    cfg.write_text(text.replace('methods = ["select"', 'methods = ["nope", "select"'))
+    for args in ([str(cfg)], ["--config", str(cfg)]):
+        r = invoke("experiment", *args, "--run-dir", str(tmp_path / "r"))
+        assert r.exit_code == 2 and "unknown method 'nope'" in r.output, r.output

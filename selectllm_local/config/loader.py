@@ -140,6 +140,8 @@ def file_values(path: Path | str | None, cls: type, *, command: str) -> dict[str
                     f"Known keys: {', '.join(sorted(known))} (or tables {', '.join(sorted(SECTIONS))})."
                 )
             out[key] = value
+        elif key in OWN_TABLES:
+            continue
         elif key == command:
             hints = _flag_keys(f for where in known.values() for _, f in where)
             check_keys(known, value, where=f"Config file {path}: [{key}]", hints=hints)
@@ -150,7 +152,7 @@ def file_values(path: Path | str | None, cls: type, *, command: str) -> dict[str
                 out.update(value)
         elif key in RENAMED:
             raise UserError(f"Config file {path}: the table [{key}] is now {RENAMED[key]}.")
-        elif key not in OWN_TABLES:
+        else:
             raise UserError(
                 f"Config file {path}: unknown table [{key}]. Known tables: "
                 f"{', '.join(sorted([*SECTIONS, *OWN_TABLES, command]))}."
