@@ -149,7 +149,10 @@ def _section(path: Path, raw: dict[str, Any], cls: type, **extra: Any) -> Any:
     if not isinstance(table, dict):
         raise UserError(f"{path}: [{cls.SECTION}] must be a table.")  # type: ignore[attr-defined]
     check_keys(cls, table, where=f"{path}: [{cls.SECTION}]")  # type: ignore[attr-defined]
-    return cls(**{**table, **extra})
+    try:
+        return cls(**{**table, **extra})
+    except UserError as exc:  # name the file too
+        raise UserError(f"{path}: {exc}") from None
 
 
 def _read(path: Path) -> dict[str, Any]:
