@@ -43,9 +43,6 @@ from selectllm_local.runstore import (
 
 log = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN = 4.0  # heuristic for English text when no tokenizer is given
-PROMPT_OVERHEAD_TOKENS = 350  # system message, criteria and answer instructions (default prompt)
-
 
 @dataclass
 class PlanOutcome:
@@ -226,41 +223,10 @@ def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
 def estimate_prompt_tokens(
     plan: Plan, items: list[PoolItem], *, tokenizer: str | None = None
 ) -> dict[str, Any]:
-    """Prompt tokens the selection will read in round one (exact with a tokenizer, else chars/4)."""
-    from selectllm_local import data
+    """Prompt tokens the selection will read in round one (``prompttokens``, the one estimator)."""
+    from selectllm_local.prompttokens import estimate_prompt_tokens as estimate
 
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
-        except OSError as exc:
-            raise UserError(
-                f"--tokenizer {tokenizer}: cannot load a tokenizer from there ({exc})."
-            ) from exc
-
-        def count(text: str) -> int:
-            return len(tok(text, add_special_tokens=False)["input_ids"])
-
-        method = f"tokenizer:{tokenizer}"
-    else:
-
-        def count(text: str) -> int:
-            return int(len(text) / CHARS_PER_TOKEN + 0.5)
-
-        method = f"heuristic: {CHARS_PER_TOKEN:g} characters per token + {PROMPT_OVERHEAD_TOKENS} per prompt"
-    per_item = [count(data.embedding_text(it)) for it in items]
-    calls = [s for s in plan.subsets if s.k < len(s.candidates)]
-    per_prompt = [
-        PROMPT_OVERHEAD_TOKENS + sum(per_item[i] + 6 for i in s.candidates) for s in calls
-    ]
-    return {
-        "method": method,
-        "prompts": len(per_prompt),
-        "total": int(sum(per_prompt)),
-        "mean_per_prompt": float(np.mean(per_prompt)) if per_prompt else 0.0,
-        "max_per_prompt": int(max(per_prompt)) if per_prompt else 0,
-    }
+    return estimate(plan.subsets, items, tokenizer=tokenizer)
 
 
 # -- stage 6: the LLM's selection -------------------------------------------------------------

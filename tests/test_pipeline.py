@@ -47,6 +47,12 @@ def test_plan_reuses_finished_stages(tmp_path: Path) -> None:
     changed = plan_run(PlanConfig(pool=pool, budget=8, n_clusters=5, run_dir=run), progress=False)
     assert changed.reused == {"pool": False, "clusters": False, "subsets": False}
     assert len(changed.items) == len(first.items) + 1
+    est = changed.prompt_tokens_estimate  # the one estimator: the rendered prompts, counted
+    calls = [s for s in changed.plan.subsets if s.k < len(s.candidates)]
+    assert est["prompts"] == len(calls) and est["method"].startswith("heuristic")
+    assert est["max_per_prompt"] <= est["total"] and est["mean_per_prompt"] * len(
+        calls
+    ) == pytest.approx(est["total"])
     summary = json.loads((run / "plan_summary.json").read_text("utf-8"))
     assert summary["budget"] == 8 and summary["clusters"]["k"] == 5
     assert summary["pool"]["kept"] == len(first.items) + 1
