@@ -154,7 +154,6 @@ def perplexities(
 ) -> np.ndarray:
     """Per-text perplexity under a local causal LM (batched by length, right padding)."""
     import torch
-    from rich.progress import track
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not Path(model_path).exists():
@@ -166,7 +165,7 @@ def perplexities(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    dtype = getattr(torch, hardware.resolve_dtype("auto", dev, cpu_auto="float32"))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(dev).eval()
     enc = [
         tok(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
@@ -175,8 +174,13 @@ def perplexities(
     order = np.argsort([len(e) for e in enc], kind="stable")
     out = np.zeros(len(texts), dtype=np.float64)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    with torch.inference_mode():
-        for batch in track(batches, description="perplexity", disable=not progress):
+    from selectllm_local.progress import progress_bar
+
+    with (
+        torch.inference_mode(),
+        progress_bar("perplexity", total=len(texts), enabled=progress) as advance,
+    ):
+        for batch in batches:
             rows = [enc[i] for i in batch]
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
@@ -193,6 +197,7 @@ def perplexities(
             m = mask[:, 1:].float()
             mean_nll = (nll * m).sum(1) / m.sum(1).clamp(min=1)
             out[batch] = torch.exp(mean_nll).cpu().numpy()
+            advance(len(batch))
     del model
     return out
 

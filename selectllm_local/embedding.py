@@ -120,11 +120,9 @@ def embed_texts(
     if not texts:
         return out
     order = np.argsort([-len(t) for t in texts], kind="stable")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from selectllm_local.progress import progress_bar
 
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeRemainingColumn(), disable=not progress) as bar:
-        task = bar.add_task(f"embedding ({device})", total=len(texts))
+    with progress_bar(f"embedding ({device})", total=len(texts), enabled=progress) as advance:
         step = batch_size * 8  # a few batches per call keeps per-call overhead negligible
         for s in range(0, len(texts), step):
             idx = order[s : s + step]
@@ -136,7 +134,7 @@ def embed_texts(
                 normalize_embeddings=True,
             )
             out[idx] = emb
-            bar.advance(task, len(idx))
+            advance(len(idx))
     return out
 
 
