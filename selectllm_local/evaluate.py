@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from selectllm_local.errors import UserError
-from selectllm_local.finetune import as_example, render_prompt
+from selectllm_local.trainset import as_example, render_prompt
 
 if TYPE_CHECKING:
     from selectllm_local.config import EngineConfig, EvaluateConfig

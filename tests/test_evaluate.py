@@ -162,7 +162,7 @@ def test_auto_sends_an_adapter_without_gpu_to_transformers(adapter: Path) -> Non
 
 def test_long_prompts_keep_their_end(hf_backend) -> None:
     """Evaluation cuts long prompts from the left so the '### Response:' cue survives."""
-    from selectllm_local.finetune import render_prompt
+    from selectllm_local.trainset import render_prompt
 
     prompt = render_prompt("word " * 400 + "What is the capital of France?", "")
     fitted = hf_backend.fit_prompt(prompt, 64)
