@@ -40,53 +40,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from selectllm_local import parsing, prompting
+from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetResult
 
 log = logging.getLogger(__name__)
 
-MODES = ("generate", "logprobs")
 Key = tuple[int, int]  # (round, subset id)
 
 
-@dataclass
-class SelectionSettings:
-    """Everything that changes how picks are made (all of it goes into the run's config hash)."""
-
-    mode: str = "generate"
-    reasons: bool = False
-    prompt: Path | None = None
-    criteria: Path | None = None
-    max_candidate_tokens: int = 256
-    min_candidate_tokens: int = 32
-    temperature: float = 0.0
-    retries: int = 1
-    retry_temperature: float = 0.7
-    constrained: bool = True
-    max_tokens: int | None = None  # None: enough for k ids (or k reasons)
-    permutations: int = 1  # logprob mode: cyclic shifts averaged
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UserError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r}).")
-        if self.mode == "logprobs" and self.reasons:
-            raise UserError(
-                "--reasons needs generated text; it cannot be used with --mode logprobs."
-            )
-        if self.retries < 0:
-            raise UserError(f"--retries must be 0 or more (got {self.retries}).")
-        if self.min_candidate_tokens < 1 or self.max_candidate_tokens < self.min_candidate_tokens:
-            raise UserError(
-                f"--max-candidate-tokens must be at least {self.min_candidate_tokens} "
-                f"(got {self.max_candidate_tokens})."
-            )
-        if self.permutations < 1:
-            raise UserError(f"--permutations must be at least 1 (got {self.permutations}).")
+# How picks are asked for: the selector section of the configuration, used as is.
+SelectionSettings = SelectorConfig
 
 
 @dataclass
