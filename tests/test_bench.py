@@ -124,6 +124,19 @@ def test_matmul_peak_is_measured() -> None:
         hardware.gpu_spec("voodoo2")
 
 
+def test_hardware_facts_have_one_answer() -> None:
+    """Device and dtype: explicit choices pass through; ``auto`` follows the device."""
+    gpu = hardware.cuda_available()
+    assert hardware.default_device() == ("cuda" if gpu else "cpu")
+    assert hardware.default_device("cpu") == "cpu"
+    assert hardware.resolve_dtype("float16", "cpu") == "float16"
+    assert hardware.resolve_dtype("auto", "cpu", cpu_auto="float32") == "float32"
+    assert hardware.resolve_dtype("auto", "cpu") in ("bfloat16", "float32")
+    assert (hardware.gpu_name() is None) == (not gpu)
+    facts = hardware.machine_facts()
+    assert facts["cpu_cores"] and facts["torch_threads"] >= 1
+
+
 def test_dry_run_matches_hand_computed_flops(tmp_path: Path) -> None:
     # 10 rows of 40 characters: 10 characters per token by hand under the 4 chars/token heuristic
     pool = tmp_path / "pool.jsonl"
