@@ -12,7 +12,7 @@ import ast
 import dataclasses
 import functools
 import inspect
-import textwrap
+import sys
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,14 +61,24 @@ def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field (``ast``: Python keeps no attribute docstrings)."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass) or klass.__module__ == "builtins":
+        if dataclasses.is_dataclass(klass):
+            docs.update(_module_docs(klass.__module__).get(klass.__qualname__, {}))
+    return docs
+
+
+@functools.cache
+def _module_docs(module: str) -> dict[str, dict[str, str]]:
+    """Field docstrings of every class in a module, parsed once (``--help`` must stay fast)."""
+    try:
+        tree = ast.parse(Path(inspect.getfile(sys.modules[module])).read_text("utf-8"))
+    except (OSError, TypeError, KeyError, SyntaxError):  # pragma: no cover - source not shipped
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
             continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):  # pragma: no cover - source not shipped
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for stmt, nxt in zip(body, body[1:], strict=False):
+        docs = out.setdefault(node.name, {})
+        for stmt, nxt in zip(node.body, node.body[1:], strict=False):
             if (
                 isinstance(stmt, ast.AnnAssign)
                 and isinstance(stmt.target, ast.Name)
@@ -77,7 +87,7 @@ def field_docs(cls: type) -> dict[str, str]:
                 and isinstance(nxt.value.value, str)
             ):
                 docs[stmt.target.id] = " ".join(nxt.value.value.split())
-    return docs
+    return out
 
 
 @functools.cache
