@@ -135,7 +135,7 @@ def test_cluster_random_one_per_subset() -> None:
 
 
 def test_perplexity_with_a_real_model(tiny_llama_dir: Path, pool: list[PoolItem]) -> None:
-    from selectllm_local.baselines import perplexities
+    from selectllm_local.perplexity import perplexities
 
     texts = [f"{it.instruction}\n{it.input}".strip() for it in pool[:24]]
     ppl = perplexities(texts, str(tiny_llama_dir), batch_size=8, progress=False)
@@ -166,8 +166,8 @@ def test_answer_perplexity_scores_the_models_own_greedy_answer(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectllm_local.baselines import answer_perplexities, perplexities
-    from selectllm_local.finetune import render_prompt
+    from selectllm_local.perplexity import answer_perplexities, perplexities
+    from selectllm_local.trainset import render_prompt
 
     items = pool[:6]
     ppl = answer_perplexities(

@@ -14,8 +14,7 @@ import pytest
 from conftest import REPO
 
 from selectllm_local.errors import UserError
-from selectllm_local.experiment import run_experiment
-from selectllm_local.experiment_config import load_experiment_config
+from selectllm_local.experiment import load_experiment_config, run_experiment
 
 TINY = REPO / "configs" / "tiny_ci.toml"
 
@@ -52,7 +51,9 @@ METHODS = 'methods = ["select", "random", "kcenter", "cluster-random"]'
             ('base_model = "tiny:tiny-llama"', 'base_model = "/no/model"'),
             r"\[experiment\] base_model",
         ),
-        (('model = "tiny:tiny-qwen2"', 'modell = "x"'), r"\[select\]"),
+        (('model = "tiny:tiny-qwen2"', 'modell = "x"'), r"\[engine\] has unknown key\(s\): modell"),
+        (("[engine]", "[select]"), r"\[select\] is now \[selector\]"),
+        (("limit = 8 ", "limit = 0 "), r"--limit \(evaluate.limit"),
     ],
 )
 def test_bad_configs_fail_before_heavy_work(tmp_path: Path, replace: tuple, match: str) -> None:
@@ -177,11 +178,13 @@ def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
     cfg = load_experiment_config(p)
     assert len(cfg.methods) == 7 and cfg.seeds == [0, 1, 2] and cfg.finetune.lora_r == 64
     assert cfg.plan["n_clusters"] == 14 and cfg.finetune.quantization == "nf4"
+    assert cfg.engine.backend == "vllm" and cfg.engine.gpu_memory_utilization == 0.85
+    assert cfg.baseline.scorer_batch_size == 32
     # the paper's values (issue 8): validation split + early stopping, q/v LoRA, 4,096 tokens,
     # 150 new tokens, a 1,000-item diversity sample, perplexity of the base model's answer
     ft = cfg.finetune
     assert (ft.epochs, ft.val_fraction, ft.early_stopping_patience) == (20.0, 0.2, 3)
     assert ft.target_modules == ["q_proj", "v_proj"] and ft.max_length == 4096
-    assert cfg.evaluate["max_new_tokens"] == 150
-    assert cfg.baseline_options("diversity", "") == {"sample_size": 1000}
+    assert cfg.evaluate.max_new_tokens == 150
+    assert cfg.baseline.options("diversity") == {"sample_size": 1000}
     assert "answer-perplexity" in cfg.methods and "perplexity" not in cfg.methods

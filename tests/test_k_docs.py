@@ -30,6 +30,6 @@ def test_k_help_readme_and_config_doc_describe_the_current_rule() -> None:
     readme = _flat((REPO / "README.md").read_text())
     assert "ceil(pool/budget), capped at 32 (`--max-k`)" in readme
     assert "`--k 51` its Alpaca layout" in readme
-    doc = _flat((REPO / "selectllm_local" / "config.py").read_text())
-    assert "ceil(pool/budget)" in doc and "51 its Alpaca layout" in doc
+    doc = _flat((REPO / "selectllm_local" / "config" / "sections.py").read_text())
+    assert "ceil(pool/budget)" in doc and "--k 51: its Alpaca layout" in doc
     assert "default round(pool/1000), at least 2, at most max_k" not in doc  # the old rule

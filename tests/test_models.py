@@ -18,9 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from selectllm_local import models
-from selectllm_local.backends import resolve_dtype, resolve_model
+from selectllm_local.backends import resolve_model
 from selectllm_local.cli import app
 from selectllm_local.errors import UserError
+from selectllm_local.hardware import engine_dtype
 
 
 def write_gguf(path: Path, arch: str, *, floats: int = 4096) -> Path:
@@ -180,11 +181,11 @@ def test_dtype_auto_on_this_cpu_follows_native_bf16() -> None:
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     if x86 and flags and "avx512_bf16" not in flags and "amx_bf16" not in flags:
-        assert resolve_dtype("auto", "cpu") == "float32"  # bf16 would be emulated here
+        assert engine_dtype("auto", "cpu") == "float32"  # bf16 would be emulated here
     else:
-        assert resolve_dtype("auto", "cpu") in ("bfloat16", "float32")
-    assert resolve_dtype("auto", "cuda") == "auto"  # the engine picks on a GPU
-    assert resolve_dtype("float16", "cpu") == "float16"
+        assert engine_dtype("auto", "cpu") in ("bfloat16", "float32")
+    assert engine_dtype("auto", "cuda") == "auto"  # the engine picks on a GPU
+    assert engine_dtype("float16", "cpu") == "float16"
 
 
 def test_plain_prompt_gets_bos_when_the_tokenizer_adds_one(tiny_model_dir: Path) -> None:

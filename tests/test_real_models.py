@@ -50,7 +50,7 @@ def run_select(pool: Path, planned: Path, run_dir: Path, model: Path, backend, *
     from selectllm_local.pipeline import select_run
 
     shutil.copytree(planned, run_dir, ignore=shutil.ignore_patterns(".lock"))
-    cfg = SelectConfig(pool=pool, budget=BUDGET, model=str(model), n_clusters=K, seed=0,
+    cfg = SelectConfig.of(pool=pool, budget=BUDGET, model=str(model), n_clusters=K, seed=0,
                        dtype="float32", run_dir=run_dir, backend=backend.name,
                        max_candidate_tokens=CUT, min_candidate_tokens=16, **over)  # fmt: skip
     out = select_run(cfg, backend=backend, progress=False)
@@ -120,12 +120,13 @@ def test_vllm_free_decoding_accounts_for_every_answer(
 def test_transformers_constrained_exact_budget(
     pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path
 ) -> None:
-    from selectllm_local.backends import load_backend, resolve_dtype
+    from selectllm_local.backends import load_backend
     from selectllm_local.backends.base import BackendOptions
+    from selectllm_local.hardware import engine_dtype
 
     backend = load_backend("transformers", str(smollm2_dir), BackendOptions(batch_size=10))
     try:  # dtype auto: float32 unless this CPU has native bf16
-        assert str(backend.model.dtype) == f"torch.{resolve_dtype('auto', 'cpu')}"
+        assert str(backend.model.dtype) == f"torch.{engine_dtype('auto', 'cpu')}"
         out = run_select(pool, planned, tmp_path / "run", smollm2_dir, backend)
     finally:
         backend.close()

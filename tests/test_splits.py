@@ -128,7 +128,7 @@ def test_paper_dolly_test_split_removes_991_rows_of_dolly_15k() -> None:
 def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
     """A pool row that differs from a test example only by citation markers is dropped."""
     from selectllm_local.evaluate import load_testset
-    from selectllm_local.experiment_config import load_experiment_config
+    from selectllm_local.experiment import load_experiment_config
 
     test = load_testset(REPO / "examples" / "testsets" / "dolly")[0]
     rows = [
@@ -143,7 +143,7 @@ def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
     text = (REPO / "configs" / "tiny_ci.toml").read_text()
     text = text.replace('"../examples/dolly_sample_1500.jsonl"', f'"{pool}"')
     text = text.replace('"../examples', f'"{REPO}/examples').replace("pool_limit = 200", "")
-    text = text.replace("test_limit = 8", "test_limit = 1")
+    text = text.replace("limit = 8 ", "limit = 1 ")  # [evaluate] limit: one test example
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text(text)
     cfg = load_experiment_config(cfg_path, run_dir=tmp_path / "run")
