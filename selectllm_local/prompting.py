@@ -226,6 +226,18 @@ def render_messages(
             defuse(candidate_text(item), special_tokens), max_candidate_tokens, count_tokens
         )
         cands.append(Candidate(label, text, cut, idx, item.instruction, item.input))
+    return render_candidates(template, subset, cands, labels, mode)
+
+
+def render_candidates(
+    template: PromptTemplate,
+    subset: Subset,
+    cands: Sequence[Candidate],
+    labels: Sequence[str],
+    mode: str = "ids",
+) -> list[dict[str, str]]:
+    """Render already cut candidates into chat messages (``render_messages`` minus the cutting)."""
+    n = len(subset.candidates)
     variables = {
         "candidates": cands,
         "labels": labels[:n],

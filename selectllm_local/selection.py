@@ -41,10 +41,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from selectllm_local import parsing, prompting
 from selectllm_local.errors import UserError
+from selectllm_local.promptids import PromptBuilder, fast_tokenizer
 from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetResult
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,17 @@ class _Round:
         # Candidates are counted again in later rounds, retries and permutations: remember.
         self.count_tokens = functools.lru_cache(maxsize=1 << 16)(backend.count_tokens)
         self.labels: list[str] | None = None
+        # Backends with a fast tokenizer get prompts assembled from once-tokenized pieces.
+        self.builder: PromptBuilder | None = None
+        if fast_tokenizer(backend) is not None:
+            self.builder = PromptBuilder(
+                self.template,
+                items,
+                backend,
+                special_tokens=self.special,
+                count_tokens=self.count_tokens,
+                mode="logprobs" if cfg.mode == "logprobs" else "ids",
+            )
         if cfg.mode == "logprobs":
             self.labels = [lab for lab in prompting.LETTER_LABELS if backend.count_tokens(lab) == 1]
             if len(self.labels) < 2:
@@ -164,6 +176,16 @@ class _Round:
         per_id = digits + 2 + (140 if self.cfg.reasons else 0)  # reason: <= 120 chars
         return 8 + subset.k * per_id
 
+    def prepare(self, subsets: Sequence[Subset]) -> None:
+        """Tokenize every candidate of a round in one batched call (fast path only)."""
+        if self.builder is not None:
+            idx = [i for s in subsets for i in s.candidates]
+            self.builder.prepare(idx, self.cfg.max_candidate_tokens)
+
+    def constraint(self, subset: Subset) -> Any:
+        """The ids grammar of a subset's shape, built once per (n, k) and run."""
+        return _id_constraint(len(subset.candidates), subset.k, self.cfg.reasons)
+
     def render(self, subset: Subset, labels: Sequence[str] | None = None) -> str:
         """Rendered prompt that fits the context, shrinking candidate text if needed."""
         return self.render_sized(subset, labels)[0]
@@ -173,6 +195,17 @@ class _Round:
         limit = self.backend.max_context - self.max_tokens(subset)
         budget = self.cfg.max_candidate_tokens
         while True:
+            if self.builder is not None:
+                prompt = self.builder.build(subset, labels, budget)
+                size = len(prompt.token_ids)
+                if size <= limit:
+                    if budget < self.cfg.max_candidate_tokens:
+                        log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
+                    return prompt, size
+                if budget <= self.cfg.min_candidate_tokens:
+                    self._too_long(subset, size, budget)
+                budget = max(self.cfg.min_candidate_tokens, budget // 2)
+                continue
             messages = prompting.render_messages(
                 self.template,
                 subset,
@@ -190,14 +223,22 @@ class _Round:
                     log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
                 return prompt, size
             if budget <= self.cfg.min_candidate_tokens:
-                raise UserError(
-                    f"Subset {subset.id} (round {subset.round}, {len(subset.candidates)} "
-                    f"candidates) needs {size} tokens even with candidates cut to {budget} tokens, "
-                    f"but the model accepts {self.backend.max_context} (prompt + answer). Use fewer "
-                    "candidates per prompt (--k), a longer context (--max-model-len), or a lower "
-                    "--min-candidate-tokens."
-                )
+                self._too_long(subset, size, budget)
             budget = max(self.cfg.min_candidate_tokens, budget // 2)
+
+    def _too_long(self, subset: Subset, size: int, budget: int) -> NoReturn:
+        raise UserError(
+            f"Subset {subset.id} (round {subset.round}, {len(subset.candidates)} "
+            f"candidates) needs {size} tokens even with candidates cut to {budget} tokens, "
+            f"but the model accepts {self.backend.max_context} (prompt + answer). Use fewer "
+            "candidates per prompt (--k), a longer context (--max-model-len), or a lower "
+            "--min-candidate-tokens."
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _id_constraint(n: int, k: int, reasons: bool) -> Any:
+    return prompting.id_constraint(n, k, reasons=reasons)
 
 
 def _trivial(subset: Subset) -> SubsetResult:
@@ -210,6 +251,7 @@ def _generate_round(
 ) -> None:
     cfg, backend = ctx.cfg, ctx.backend
     parse = parsing.parse_reasons if cfg.reasons else parsing.parse_ids
+    ctx.prepare(pending)
     prompts = {s.id: ctx.render(s) for s in pending}
     state: dict[int, dict[str, Any]] = {
         s.id: {"raw": [], "errors": [], "pt": 0, "ot": 0, "salvage": [], "t0": time.perf_counter()}
@@ -221,12 +263,7 @@ def _generate_round(
             break
         temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
         max_tokens = max(ctx.max_tokens(s) for s in todo)
-        constraints = [
-            prompting.id_constraint(len(s.candidates), s.k, reasons=cfg.reasons)
-            if cfg.constrained
-            else None
-            for s in todo
-        ]
+        constraints = [ctx.constraint(s) if cfg.constrained else None for s in todo]
         failed: list[Subset] = []
         batch = list(todo)
 

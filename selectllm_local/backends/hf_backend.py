@@ -17,7 +17,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
+from selectllm_local.backends.base import (
+    BackendOptions,
+    Constraint,
+    label_token_ids,
+    prompt_token_ids,
+)
 from selectllm_local.backends.progress import progress_bar
 from selectllm_local.backends.vllm_backend import plain_chat
 from selectllm_local.records import Generation
@@ -110,6 +115,7 @@ class HFBackend:
         )
         self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self._vocab: list[str] | None = None
+        self._gates: dict[str, _RegexGate] = {}
         self.stats: dict[str, float] = {
             "startup_seconds": time.perf_counter() - t0,
             "prompt_tokens": 0,
@@ -146,7 +152,7 @@ class HFBackend:
 
     # -- batching -----------------------------------------------------------------------------
     def _batches(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-        encoded = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        encoded = [prompt_token_ids(p, self.tokenizer) for p in prompts]
         batches = bucket_by_length([len(e) for e in encoded], self.options.batch_size)
         return encoded, batches
 
@@ -168,11 +174,19 @@ class HFBackend:
         """A token gate for small-alphabet regexes (the ids grammar); None otherwise."""
         if c is None or not c.regex or "[^" in c.regex or "." in c.regex.replace("\\.", ""):
             return None
-        alphabet = set(c.regex) - set("\\()|?:*+{}")
-        if self._vocab is None:
-            self._vocab = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
-        cands = [i for i, s in enumerate(self._vocab) if s and set(s) <= alphabet]
-        return _RegexGate(c.regex, cands, self._vocab, int(self.tokenizer.eos_token_id))
+        # One gate per grammar: a run asks the same (n, k) shape many times, and scanning the
+        # vocabulary costs ~20 ms at 32k tokens.
+        gate = self._gates.get(c.regex)
+        if gate is None:
+            alphabet = set(c.regex) - set("\\()|?:*+{}")
+            if self._vocab is None:
+                self._vocab = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
+            cands = [i for i, s in enumerate(self._vocab) if s and set(s) <= alphabet]
+            gate = _RegexGate(c.regex, cands, self._vocab, int(self.tokenizer.eos_token_id))
+            if len(self._gates) > 256:
+                self._gates.clear()
+            self._gates[c.regex] = gate
+        return gate
 
     def generate(
         self,
