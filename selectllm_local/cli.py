@@ -290,7 +290,11 @@ def select(
         typer.Option("--prefix-caching/--no-prefix-caching", help="vLLM prefix caching [on]."),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="transformers: prompts per batch [16].")
+        int | None,
+        typer.Option(
+            "--batch-size",
+            help="transformers: prompts per batch [16 on CPU, from free memory on CUDA].",
+        ),
     ] = None,
     output_format: Annotated[
         str | None,

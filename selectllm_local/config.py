@@ -146,8 +146,9 @@ class SelectConfig(PlanConfig):
     """vLLM: most sequences in flight at once (default: vLLM's)."""
     enable_prefix_caching: bool = True
     """vLLM: reuse the computed shared prompt prefix (system message, criteria)."""
-    batch_size: int = 16
-    """transformers: most prompts per batch (batches group prompts of similar length)."""
+    batch_size: int | None = None
+    """transformers: most prompts per batch (batches group prompts of similar length); None:
+    16 on CPU, sized from free GPU memory and prompt length on CUDA."""
     format: str = "jsonl"
     """Extra output format besides selected.jsonl: jsonl (none), parquet, hf (datasets folder)."""
 
@@ -167,7 +168,7 @@ class SelectConfig(PlanConfig):
             )
         if self.temperature < 0 or self.retry_temperature < 0:
             raise UserError("--temperature and --retry-temperature must be 0 or more.")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {self.batch_size}).")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise UserError("--gpu-memory-utilization must be in (0, 1].")

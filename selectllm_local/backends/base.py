@@ -64,7 +64,7 @@ class BackendOptions:
     max_num_seqs: int | None = None
     enforce_eager: bool = False
     # transformers
-    batch_size: int = 16
+    batch_size: int | None = None  # None: 16 on CPU, sized from free memory on CUDA
     device: str | None = None  # None = cuda if available else cpu
     # LoRA adapter to apply (evaluation of fine-tuned models)
     lora_path: str | None = None
