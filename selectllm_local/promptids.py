@@ -83,6 +83,8 @@ class PromptBuilder:
         self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
         self._units: dict[tuple[int, int], tuple[str, bool, list[int]]] = {}
         self.built = {"fast": 0, "plain": 0, "verified": 0}
+        nl = self._encode(["\n"])[0] if self.enabled else []
+        self._newline: int | None = nl[0] if len(nl) == 1 else None
 
     # -- pieces -------------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> list[list[int]]:
@@ -121,7 +123,7 @@ class PromptBuilder:
             if raw is not None and len(raw) + _SLACK <= budget:
                 self._units[(idx, budget)] = (full, False, raw)
                 continue
-            pending[idx] = prompting.truncate_to_tokens(full, budget, self.count_tokens)
+            pending[idx] = prompting.truncate_to_tokens(full, budget, self._counter(full, raw))
         order = list(pending)
         texts = [pending[i][0] + suffix for i in order]
         for idx, ids in zip(order, self._encode(texts), strict=True):
@@ -130,6 +132,15 @@ class PromptBuilder:
                 ids = self._raw_ids[idx]
             self._units[(idx, budget)] = (text, cut, ids)
         return [self._units[(idx, budget)] for idx in indices]
+
+    def _counter(self, full: str, raw: list[int] | None) -> Callable[[str], int]:
+        """``count_tokens`` that already knows ``full``'s count when ``raw`` (its ids with the
+        newline) ends in the lone newline token: BPE merges never undo, so a newline that stayed
+        alone was never merged, and the tokens before it are exactly those of ``full`` alone."""
+        if raw is None or self._newline is None or not raw or raw[-1] != self._newline:
+            return self.count_tokens
+        known = len(raw) - 1
+        return lambda text: known if text is full else self.count_tokens(text)
 
     def _skeleton(self, subset: Subset, labels: Sequence[str]) -> _Skeleton | None:
         n = len(subset.candidates)
