@@ -627,7 +627,9 @@ def bench(
     preset: Annotated[
         str,
         typer.Option(
-            "--preset", help="tiny (CI, seconds) or cpu (Qwen2.5-0.5B shape, 14 candidates)."
+            "--preset",
+            help="tiny (CI, seconds), cpu (Qwen2.5-0.5B shape, 14 candidates) or gpu "
+            "(Llama-3-8B shape, batch 64, ids + logprobs, one GPU, < 5 min).",
         ),
     ] = "tiny",
     shape: Annotated[
@@ -652,6 +654,13 @@ def bench(
     ] = None,
     repeats: Annotated[
         int | None, typer.Option("--repeats", help="Timed repeats (median reported).")
+    ] = None,
+    stages: Annotated[
+        bool | None,
+        typer.Option(
+            "--stages/--no-stages",
+            help="Also run one real select and split its time: engine vs our code [preset's].",
+        ),
     ] = None,
     machine: Annotated[
         str, typer.Option("--machine", help="Name of the machine, saved with the results.")
@@ -688,7 +697,7 @@ def bench(
         return
     cfg = bench_lib.config_from_preset(
         preset, pool=pool, shape=shape, model=model, dtype=dtype, subsets=subsets,
-        candidates=candidates, repeats=repeats, machine=machine,
+        candidates=candidates, repeats=repeats, machine=machine, stages=stages,
         settings=[bench_lib.parse_setting(s) for s in setting] if setting else None,
     )  # fmt: skip
     doc = bench_lib.run_benchmark(cfg, progress=sys.stderr.isatty())
