@@ -354,6 +354,7 @@ def _logprob_round(
                 jobs.append((s, chunk[shift:] + chunk[:shift]))
         expected[s.id] = sum(1 for j in jobs if j[0].id == s.id)
     prompts, labels, sizes = [], [], []
+    ctx.prepare(pending)
     for s, order in jobs:
         shown = Subset(
             s.id, [s.candidates[i] for i in order], s.k, [s.clusters[i] for i in order], s.round
