@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from selectllm_local import hardware
 from selectllm_local.data import embedding_text, load_pool
 from selectllm_local.embedding import DEFAULT_EMBEDDER, embed_texts
 
@@ -88,7 +89,7 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
-            "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "device": hardware.default_device(args.device),
             "cores": os.cpu_count(),
         },
     }

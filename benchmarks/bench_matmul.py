@@ -29,16 +29,14 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from selectllm_local import benchutil
+    from selectllm_local import hardware
 
-    device = a.device or benchutil.default_device()
-    dtypes = [benchutil.resolve_dtype(d, device) for d in (a.dtype or ["auto"])]
+    device = a.device or hardware.default_device()
+    dtypes = [hardware.resolve_dtype(d, device) for d in (a.dtype or ["auto"])]
     rows = [
-        benchutil.measure_matmul(d, device, s, a.repeats)
-        for d in dtypes
-        for s in (a.size or [None])
+        hardware.measure_matmul(d, device, s, a.repeats) for d in dtypes for s in (a.size or [None])
     ]
-    t = Table(title=f"matmul peak on {device} ({benchutil.cpu_model()})", title_justify="left")
+    t = Table(title=f"matmul peak on {device} ({hardware.cpu_model()})", title_justify="left")
     for c in ("dtype", "size", "best GFLOP/s", "median GFLOP/s"):
         t.add_column(c, justify="right")
     for r in rows:

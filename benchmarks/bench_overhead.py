@@ -75,16 +75,18 @@ def _backend(model_dir: Path, tokenizer: Any) -> Any:
 
 
 def _tokenizer(kind: str, items: list[Any], tmp: Path) -> Any:
-    from selectllm_local import benchutil, data, tinymodel
+    from selectllm_local import data, tinymodel
+    from selectllm_local.bench.model import train_pool_tokenizer
 
     if kind == "tiny":
         return tinymodel.build_tokenizer(tmp / "tok-tiny")
     texts = [data.embedding_text(it) for it in items]
-    return benchutil.train_pool_tokenizer(tmp / "tok-pool", texts)
+    return train_pool_tokenizer(tmp / "tok-pool", texts)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from selectllm_local import bench, benchutil, data, selection, tinymodel
+    from selectllm_local import data, selection, tinymodel
+    from selectllm_local.bench import run as bench
 
     items, _ = data.load_pool(args.pool)
     need = args.subsets * args.candidates
@@ -144,7 +146,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "prompt_tokens_per_prompt": round(ptoks / len(plan.subsets), 1),
         "target_ms_per_prompt": 5.0,
         "profile_top": top,
-        "environment": benchutil.bench_environment(args.machine),
+        "environment": bench.bench_environment(args.machine),
     }
 
 

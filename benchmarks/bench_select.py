@@ -54,7 +54,10 @@ def main() -> None:
 
     from rich.console import Console
 
-    from selectllm_local import bench, benchdry, benchout
+    from selectllm_local.bench import config as benchconfig
+    from selectllm_local.bench import dry as benchdry
+    from selectllm_local.bench import output as benchout
+    from selectllm_local.bench import run as bench
     from selectllm_local.runstore import write_json
 
     if a.dry_run:
@@ -67,8 +70,8 @@ def main() -> None:
             write_json(a.out / f"{a.name}.json", est)
         print(json.dumps(est))
         return
-    settings = [bench.parse_setting(s) for s in a.setting] if a.setting else None
-    cfg = bench.config_from_preset(
+    settings = [benchconfig.parse_setting(s) for s in a.setting] if a.setting else None
+    cfg = benchconfig.config_from_preset(
         a.preset, pool=a.pool, shape=a.shape, model=a.model, dtype=a.dtype, tokenizer=a.tokenizer,
         subsets=a.subsets, candidates=a.candidates, picks=a.picks,
         max_candidate_tokens=a.max_candidate_tokens, warmup=a.warmup, repeats=a.repeats,

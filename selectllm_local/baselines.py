@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from selectllm_local import hardware
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem
 
@@ -153,19 +154,18 @@ def perplexities(
 ) -> np.ndarray:
     """Per-text perplexity under a local causal LM (batched by length, right padding)."""
     import torch
-    from rich.progress import track
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not Path(model_path).exists():
         raise UserError(
             f"--scorer-model {model_path} does not exist; give a local model directory."
         )
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = hardware.default_device(device)
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    dtype = getattr(torch, hardware.resolve_dtype("auto", dev, cpu_auto="float32"))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(dev).eval()
     enc = [
         tok(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
@@ -174,8 +174,13 @@ def perplexities(
     order = np.argsort([len(e) for e in enc], kind="stable")
     out = np.zeros(len(texts), dtype=np.float64)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    with torch.inference_mode():
-        for batch in track(batches, description="perplexity", disable=not progress):
+    from selectllm_local.progress import progress_bar
+
+    with (
+        torch.inference_mode(),
+        progress_bar("perplexity", total=len(texts), enabled=progress) as advance,
+    ):
+        for batch in batches:
             rows = [enc[i] for i in batch]
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
@@ -192,6 +197,7 @@ def perplexities(
             m = mask[:, 1:].float()
             mean_nll = (nll * m).sum(1) / m.sum(1).clamp(min=1)
             out[batch] = torch.exp(mean_nll).cpu().numpy()
+            advance(len(batch))
     del model
     return out
 

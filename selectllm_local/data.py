@@ -7,34 +7,23 @@ parser. Everything after this stage refers to items by ``PoolItem.index`` (0..N-
 duplicates and empty instructions), so the ids are stable for a given file.
 
 Responses are carried along (``output``) for fine-tuning later but are never shown to the selector.
-This module only reads user files; the normalized pool is written by the pipeline's run store.
+This module only reads user files (file formats: ``poolfiles``); the normalized pool is written
+by the pipeline's run store.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .poolfiles import BadRow, open_rows
 from .records import PoolItem, PoolStats, text_hash
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 SCHEMAS: dict[str, dict[str, str | None]] = {
     "dolly": {
         "instruction": "instruction",
@@ -68,13 +57,6 @@ class FieldMap:
         return {k: v for k, v in vars(self).items() if v}
 
 
-class _Rows:
-    """Rows of one file: ``(row_number, record_or_error)``; ``unit`` is 'line' or 'row'."""
-
-    def __init__(self, path: Path, fmt: str, unit: str, it: Iterator[tuple[int, Any]]) -> None:
-        self.path, self.format, self.unit, self.it = path, fmt, unit, it
-
-
 def embedding_text(item: PoolItem) -> str:
     """The text that gets embedded, in the paper's format (the input part only when present)."""
     if item.input:
@@ -91,7 +73,7 @@ def load_pool(
     are recorded in ``PoolStats.bad_rows`` and skipped instead.
     """
     path = Path(path).expanduser()
-    rows = _open_rows(path)
+    rows = open_rows(path)
     fields = fields or FieldMap()
     items: list[PoolItem] = []
     seen: set[str] = set()
@@ -140,7 +122,7 @@ def load_pool(
 
     for row, rec in rows.it:
         counts["read"] += 1
-        if isinstance(rec, _BadRow):
+        if isinstance(rec, BadRow):
             reject(row, rec.error)
             continue
         if not isinstance(rec, dict):
@@ -297,162 +279,3 @@ def _extract(
     )
     category = _text(rec, mapping["category"], "category") or None
     return instruction, inp, output, category
-
-
-# -- formats --------------------------------------------------------------------------------
-
-
-class _BadRow:
-    def __init__(self, error: str) -> None:
-        self.error = error
-
-
-def _open_rows(path: Path) -> _Rows:
-    if not path.exists():
-        raise UserError(
-            f"Pool file not found: {path} (working directory {Path.cwd()}). Check the path."
-        )
-    if path.is_dir():
-        return _datasets_rows(path)
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise UserError(
-            f"{path}: unknown file type '{path.suffix or '(no extension)'}'. Supported: "
-            ".jsonl, .json (a list of objects), .csv, .tsv, .parquet, or a folder saved with "
-            "datasets' save_to_disk. Rename the file to its format's extension."
-        )
-    if fmt == "parquet":
-        return _parquet_rows(path)
-    text = _read_text(path)
-    if not text.strip():
-        raise UserError(f"{path} is empty. Point selectllm at a file with instructions.")
-    if fmt == "csv":
-        return _csv_rows(path, text)
-    if fmt == "json" and text.lstrip()[:1] != "[":
-        fmt = "jsonl"  # a .json file with one object per line
-    if fmt == "json":
-        return _json_list_rows(path, text)
-    return _Rows(path, "jsonl", "line", _jsonl_iter(text))
-
-
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(
-            f"{path}: not valid UTF-8 at byte {exc.start} (line {line}). Convert the file to "
-            f"UTF-8 first, e.g. iconv -f LATIN1 -t UTF-8 '{path}' > pool.utf8{path.suffix}"
-        ) from None
-
-
-def _jsonl_iter(text: str) -> Iterator[tuple[int, Any]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield lineno, _BadRow(f"not valid JSON ({exc.msg} at column {exc.colno})")
-
-
-def _json_list_rows(path: Path, text: str) -> _Rows:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path}, line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg}). A JSON "
-            "pool must be one list of objects; fix the file (a broken list cannot be skipped row "
-            "by row: convert it to JSONL to use --skip-bad-rows)."
-        ) from None
-    if isinstance(data, dict):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) == 1:
-            data = data[lists[0]]
-    if not isinstance(data, list):
-        raise UserError(
-            f"{path}: expected a JSON list of objects, found a {type(data).__name__}. "
-            "Use a list of records or JSONL (one object per line)."
-        )
-    if not data:
-        raise UserError(f"{path} is an empty list. Point selectllm at a file with instructions.")
-    return _Rows(path, "json", "row", iter(enumerate(data)))
-
-
-def _csv_rows(path: Path, text: str) -> _Rows:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delim)
-
-    def it() -> Iterator[tuple[int, Any]]:
-        start = 2
-        while True:
-            try:
-                rec = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield reader.line_num, _BadRow(f"unreadable CSV ({exc})")
-                start = reader.line_num + 1
-                continue
-            if None in rec:
-                yield (
-                    start,
-                    _BadRow(
-                        f"has {len(rec) - 1 + len(rec[None])} fields, the header has {len(rec) - 1}"
-                    ),
-                )
-            else:
-                yield start, rec
-            start = reader.line_num + 1
-
-    if not reader.fieldnames:
-        raise UserError(f"{path} has no header row. The first CSV line must name the fields.")
-    return _Rows(path, "csv", "line", it())
-
-
-def _parquet_rows(path: Path) -> _Rows:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
-        raise UserError(f"{path}: not a readable Parquet file ({exc}).") from None
-    if table.num_rows == 0:
-        raise UserError(f"{path} holds no rows. Point selectllm at a file with instructions.")
-    return _Rows(path, "parquet", "row", _batched(table.to_batches()))
-
-
-def _batched(batches: Any) -> Iterator[tuple[int, Any]]:
-    row = 0
-    for batch in batches:
-        for rec in batch.to_pylist():
-            yield row, rec
-            row += 1
-
-
-def _datasets_rows(path: Path) -> _Rows:
-    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
-    if not any((path / m).exists() for m in markers):
-        raise UserError(
-            f"{path} is a folder but not a Hugging Face dataset saved with save_to_disk (no "
-            "dataset_info.json or state.json). Point at the file, or at the saved dataset folder."
-        )
-    from .errors import require
-
-    datasets = require("datasets", feature="Reading a datasets folder")
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001 - surface the library's reason in one line
-        raise UserError(f"{path}: could not load the saved dataset ({exc}).") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" not in ds:
-            raise UserError(
-                f"{path} holds splits {sorted(ds)} and none is called 'train'. Point at one "
-                f"split's folder, e.g. {path / sorted(ds)[0]}."
-            )
-        ds = ds["train"]
-    if len(ds) == 0:
-        raise UserError(f"{path} holds no rows. Point selectllm at a dataset with instructions.")
-    return _Rows(path, "datasets", "row", _batched(ds.data.to_batches()))

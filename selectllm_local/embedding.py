@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import hardware
 from .errors import UserError, require
 from .records import text_hash
 from .runstore import RunStore, read_json, save_npy, stable_hash, write_json
@@ -80,13 +81,6 @@ def model_id(name: str = DEFAULT_EMBEDDER) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
-def default_device() -> str:
-    """'cuda' when torch sees a GPU, else 'cpu'."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @functools.lru_cache(maxsize=2)
 def _load(resolved: str, device: str) -> Any:
     st = require("sentence_transformers", feature="Embedding the pool", extra="cpu")
@@ -115,7 +109,7 @@ def embed_texts(
     if batch_size < 1:
         raise UserError(f"--embed-batch-size must be at least 1 (got {batch_size}).")
     resolved = resolve_model(model, offline=offline)
-    device = device or default_device()
+    device = hardware.default_device(device)
     st_model = _load(resolved, device)
     get_dim = (
         getattr(st_model, "get_embedding_dimension", None)
@@ -126,11 +120,9 @@ def embed_texts(
     if not texts:
         return out
     order = np.argsort([-len(t) for t in texts], kind="stable")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from selectllm_local.progress import progress_bar
 
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeRemainingColumn(), disable=not progress) as bar:
-        task = bar.add_task(f"embedding ({device})", total=len(texts))
+    with progress_bar(f"embedding ({device})", total=len(texts), enabled=progress) as advance:
         step = batch_size * 8  # a few batches per call keeps per-call overhead negligible
         for s in range(0, len(texts), step):
             idx = order[s : s + step]
@@ -142,7 +134,7 @@ def embed_texts(
                 normalize_embeddings=True,
             )
             out[idx] = emb
-            bar.advance(task, len(idx))
+            advance(len(idx))
     return out
 
 

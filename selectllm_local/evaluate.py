@@ -5,10 +5,11 @@ test prompt (the same Alpaca-style prompt the model was trained on), then agains
 answer the Rouge-L F1 of ``rouge-score`` (its default tokeniser, no stemming) and the cosine
 similarity of all-MiniLM-L6-v2 sentence embeddings (the packaged copy, no hub).
 
-Two generation backends, chosen explicitly (``--backend``): ``transformers`` + peft works
-everywhere (batched greedy decoding, left padding, prompts grouped by length); ``vllm`` serves the
-adapter with ``enable_lora`` / ``LoRARequest`` and is the fast path on a GPU. ``auto`` takes vLLM
-when it is installed and a CUDA GPU is visible, else transformers, and logs which.
+Answers are generated through ``backends`` (the same engines the selection uses; the adapter goes
+in as the engine's ``lora_path``), with the backends' one ``auto`` policy: vLLM when installed,
+except that an adapter without a GPU goes to transformers. Prompts are the raw Alpaca-style text
+(no chat template), truncated from the left to ``max_prompt_tokens`` so the "### Response:" cue
+survives, and decoded greedily. On a CPU the model runs in float32 (exact sums, as in training).
 
 Test sets: a JSONL/JSON list of records (``instruction``/``input``/``output``, or Dolly's
 ``context``/``response``), or the paper's pair of files ``prompt_format.json`` + ``test_gts.json``
@@ -17,22 +18,25 @@ Test sets: a JSONL/JSON list of records (``instruction``/``input``/``output``, o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from selectllm_local.errors import UserError
-from selectllm_local.finetune import as_example, render_prompt
+from selectllm_local.trainset import as_example, render_prompt
+
+if TYPE_CHECKING:
+    from selectllm_local.config import EngineConfig, EvaluateConfig
 
 log = logging.getLogger(__name__)
 
-EVAL_BACKENDS = ("auto", "transformers", "vllm")
 PAPER_FILES = ("prompt_format.json", "test_gts.json")
 _PAPER_PROMPT = re.compile(
     r"### Instruction:\s*(?P<instruction>.*?)\s*(?:### Input:\s*(?P<input>.*?)\s*)?### Response:",
@@ -130,18 +134,31 @@ def _load_records(path: Path) -> list[TestExample]:
 # -- generation --------------------------------------------------------------------------------
 
 
-def resolve_backend(name: str) -> str:
-    import importlib.util
+def resolve_backend(name: str, *, adapter: str | Path | None = None) -> str:
+    """The backends' ``auto`` policy for this evaluation (an adapter counts)."""
+    from selectllm_local.backends import resolve_backend_name
 
-    if name not in EVAL_BACKENDS:
-        raise UserError(f"--backend must be one of {', '.join(EVAL_BACKENDS)} (got '{name}').")
-    if name != "auto":
-        return name
-    import torch
+    return resolve_backend_name(name, lora=adapter is not None)
 
-    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
-        return "vllm"
-    return "transformers"
+
+def engine_options(config: EvaluateConfig, *, adapter: str | Path | None) -> EngineConfig:
+    """The engine section an evaluation runs with (what ``load_backend`` takes)."""
+    from selectllm_local import hardware
+    from selectllm_local.config import EngineConfig
+
+    extra: dict[str, Any] = {}
+    if adapter is not None:
+        rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text("utf-8"))["r"])
+        extra["max_lora_rank"] = max(8, rank)
+    return EngineConfig(
+        backend=resolve_backend(config.backend, adapter=adapter),
+        dtype=hardware.resolve_dtype("auto", cpu_auto="float32"),
+        max_model_len=config.max_prompt_tokens + config.max_new_tokens,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        lora_path=str(adapter) if adapter is not None else None,
+        extra=extra,
+    )
 
 
 def generate_answers(
@@ -149,115 +166,31 @@ def generate_answers(
     *,
     base_model: str | Path,
     adapter: str | Path | None = None,
-    backend: str = "auto",
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    max_prompt_tokens: int = 1024,
-    seed: int = 0,
+    config: EvaluateConfig | None = None,
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers of base model (+ adapter) for every example, in order."""
+    from selectllm_local.backends import load_backend
+    from selectllm_local.config import EvaluateConfig
+
+    config = config or EvaluateConfig()
     if not Path(base_model).exists():
         raise UserError(f"Base model {base_model} does not exist: give a local model directory.")
     if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
         raise UserError(
             f"Adapter {adapter} has no adapter_config.json: give a fine-tuned adapter folder."
         )
-    chosen = resolve_backend(backend)
-    log.info("generating %d answers with %s", len(examples), chosen)
-    prompts = [e.prompt for e in examples]
-    if chosen == "vllm":
-        return _generate_vllm(
-            prompts, str(base_model), adapter, max_new_tokens, max_prompt_tokens, seed
-        )
-    return _generate_hf(
-        prompts, str(base_model), adapter, max_new_tokens, batch_size, max_prompt_tokens, progress
-    )
-
-
-def _generate_hf(
-    prompts: list[str],
-    base_model: str,
-    adapter: str | Path | None,
-    max_new_tokens: int,
-    batch_size: int,
-    max_prompt_tokens: int,
-    progress: bool,
-) -> list[str]:
-    import torch
-    from rich.progress import track
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cuda = torch.cuda.is_available()
-    tok = AutoTokenizer.from_pretrained(str(adapter) if adapter else base_model)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    tok.truncation_side = "left"  # keep the end of a long prompt: the "### Response:" cue
-    dtype = torch.bfloat16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    model = model.to("cuda" if cuda else "cpu").eval()
-    enc = [tok(p, truncation=True, max_length=max_prompt_tokens)["input_ids"] for p in prompts]
-    order = np.argsort([len(e) for e in enc], kind="stable")  # similar lengths share a batch
-    out = [""] * len(prompts)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    with torch.inference_mode():
-        for batch in track(batches, description="evaluate", disable=not progress):
-            padded = tok.pad({"input_ids": [enc[i] for i in batch]}, return_tensors="pt")
-            padded = {k: v.to(model.device) for k, v in padded.items()}
-            gen = model.generate(
-                **padded,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-            width = padded["input_ids"].shape[1]
-            for j, i in enumerate(batch):
-                out[i] = tok.decode(gen[j, width:], skip_special_tokens=True).strip()
-    del model
-    return out
-
-
-def _generate_vllm(
-    prompts: list[str],
-    base_model: str,
-    adapter: str | Path | None,
-    max_new_tokens: int,
-    max_prompt_tokens: int,
-    seed: int,
-) -> list[str]:
-    from selectllm_local.errors import require
-
-    vllm = require("vllm", feature="Evaluation with --backend vllm", extra="gpu")
-    from vllm.lora.request import LoRARequest
-
-    kwargs: dict[str, Any] = {
-        "model": base_model,
-        "seed": seed,
-        "max_model_len": max_prompt_tokens + max_new_tokens,
-    }
-    request = None
-    if adapter is not None:
-        rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text("utf-8"))["r"])
-        kwargs.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
-        request = LoRARequest("selected", 1, str(adapter))
-    llm = vllm.LLM(**kwargs)
+    engine_cfg = engine_options(config, adapter=adapter)
+    log.info("generating %d answers with %s", len(examples), engine_cfg.backend)
+    engine = load_backend(engine_cfg.backend, str(base_model), engine_cfg)
     try:
-        tok = llm.get_tokenizer()
-        cut = []
-        for p in prompts:  # keep the end of a long prompt, as the transformers path does
-            ids = tok(p)["input_ids"]
-            cut.append(p if len(ids) <= max_prompt_tokens else tok.decode(ids[-max_prompt_tokens:]))
-        params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens, seed=seed)
-        results = llm.generate(cut, params, lora_request=request, use_tqdm=True)
-        return [r.outputs[0].text.strip() for r in results]
+        prompts = [engine.fit_prompt(e.prompt, config.max_prompt_tokens) for e in examples]
+        gens = engine.generate(
+            prompts, max_tokens=config.max_new_tokens, seed=config.seed, progress=progress
+        )
     finally:
-        del llm
+        engine.close()
+    return [g.text.strip() for g in gens]
 
 
 # -- scoring -----------------------------------------------------------------------------------
@@ -315,29 +248,22 @@ def evaluate_run(
     base_model: str | Path,
     adapter: str | Path | None,
     out_dir: Path,
-    backend: str = "auto",
-    limit: int | None = None,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    max_prompt_tokens: int = 1024,
-    seed: int = 0,
+    config: EvaluateConfig | None = None,
     progress: bool = True,
 ) -> EvalOutcome:
     """Generate, score and write ``predictions.jsonl`` (per example) and ``scores.json``."""
+    from selectllm_local.config import EvaluateConfig
     from selectllm_local.runstore import write_json, write_jsonl
 
-    examples = load_testset(test_set, limit=limit)
+    config = config or EvaluateConfig()
+    examples = load_testset(test_set, limit=config.limit)
     t0 = time.perf_counter()
-    chosen = resolve_backend(backend)
+    chosen = resolve_backend(config.backend, adapter=adapter)
     preds = generate_answers(
         examples,
         base_model=base_model,
         adapter=adapter,
-        backend=chosen,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        max_prompt_tokens=max_prompt_tokens,
-        seed=seed,
+        config=dataclasses.replace(config, backend=chosen),
         progress=progress,
     )
     scores = score(preds, [e.reference for e in examples])
@@ -367,7 +293,7 @@ def evaluate_run(
             "base_model": str(base_model),
             "adapter": str(adapter) if adapter else None,
             "test_set": str(test_set),
-            "max_new_tokens": max_new_tokens,
+            "max_new_tokens": config.max_new_tokens,
             "seconds": round(seconds, 3),
         },
     )

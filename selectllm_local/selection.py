@@ -11,7 +11,8 @@ Failure policy, per subset, never silent:
 2. up to ``retries`` more attempts, sampled at ``retry_temperature`` with a fixed seed;
 3. **fallback**: the distinct in-range ids of the last answer are kept (in the order given), and
    the rest are drawn from the remaining candidates by a RNG seeded with (seed, round, subset id),
-   so the same run always falls back the same way. The result is flagged ``fallback``.
+   so the same run always falls back the same way. The result is flagged ``fallback``
+   (``picks.py`` holds this and the rest of what is done with an answer: results and counts).
 
 Subsets with ``k >= len(candidates)`` (and a budget equal to the pool) need no call:
 ``attempts = 0``. When round one's winners outnumber the budget, further rounds
@@ -35,106 +36,32 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NoReturn
 
 from selectllm_local import parsing, prompting
+from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
+from selectllm_local.picks import (
+    Key,
+    SelectionOutcome,
+    count_results,
+    done_result,
+    fallback_picks,
+    matches_plan,
+    result_of,
+    trivial_result,
+)
 from selectllm_local.promptids import PromptBuilder, fast_tokenizer
 from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetResult
 
 log = logging.getLogger(__name__)
 
-MODES = ("generate", "logprobs")
-Key = tuple[int, int]  # (round, subset id)
 
-
-@dataclass
-class SelectionSettings:
-    """Everything that changes how picks are made (all of it goes into the run's config hash)."""
-
-    mode: str = "generate"
-    reasons: bool = False
-    prompt: Path | None = None
-    criteria: Path | None = None
-    max_candidate_tokens: int = 256
-    min_candidate_tokens: int = 32
-    temperature: float = 0.0
-    retries: int = 1
-    retry_temperature: float = 0.7
-    constrained: bool = True
-    max_tokens: int | None = None  # None: enough for k ids (or k reasons)
-    permutations: int = 1  # logprob mode: cyclic shifts averaged
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UserError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r}).")
-        if self.mode == "logprobs" and self.reasons:
-            raise UserError(
-                "--reasons needs generated text; it cannot be used with --mode logprobs."
-            )
-        if self.retries < 0:
-            raise UserError(f"--retries must be 0 or more (got {self.retries}).")
-        if self.min_candidate_tokens < 1 or self.max_candidate_tokens < self.min_candidate_tokens:
-            raise UserError(
-                f"--max-candidate-tokens must be at least {self.min_candidate_tokens} "
-                f"(got {self.max_candidate_tokens})."
-            )
-        if self.permutations < 1:
-            raise UserError(f"--permutations must be at least 1 (got {self.permutations}).")
-
-
-@dataclass
-class SelectionOutcome:
-    """All subset results (every round), the final picks and the counts for the summary."""
-
-    results: dict[Key, SubsetResult]
-    subsets: dict[Key, Subset]
-    selected: list[int]  # pool indices, exactly the budget
-    final: dict[int, Key]  # pool index -> the (round, subset) that picked it last
-    rounds: int
-    llm_called: bool
-    counts: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-def error_kind(message: str) -> str:
-    """Stable key for a validation error message (for counts)."""
-    for prefix, kind in (
-        ("empty", "empty"),
-        ("no identifiers", "no_ids"),
-        ("id 0", "zero"),
-        ("id out of range", "out_of_range"),
-        ("duplicate", "duplicate"),
-        ("too few", "too_few"),
-        ("too many", "too_many"),
-        ("not an integer", "not_integer"),
-    ):
-        if message.startswith(prefix):
-            return kind
-    return "other"
-
-
-def fallback_picks(subset: Subset, salvage: Sequence[int], seed: int) -> list[int]:
-    """Documented fallback: salvaged valid ids first, then seeded draws from the rest (1-based)."""
-    n = len(subset.candidates)
-    keep = [p for p in dict.fromkeys(salvage) if 1 <= p <= n][: subset.k]
-    rest = [p for p in range(1, n + 1) if p not in keep]
-    rng = random.Random(f"{seed}:{subset.round}:{subset.id}")
-    return keep + rng.sample(rest, subset.k - len(keep))
-
-
-def _result(subset: Subset, positions: list[int], **kw: Any) -> SubsetResult:
-    picks = [subset.candidates[p - 1] for p in positions]
-    return SubsetResult(
-        subset_id=subset.id, round=subset.round, picks=picks, positions=positions, **kw
-    )
+# How picks are asked for: the selector section of the configuration, used as is.
+SelectionSettings = SelectorConfig
 
 
 class _Round:
@@ -241,11 +168,6 @@ def _id_constraint(n: int, k: int, reasons: bool) -> Any:
     return prompting.id_constraint(n, k, reasons=reasons)
 
 
-def _trivial(subset: Subset) -> SubsetResult:
-    k = min(subset.k, len(subset.candidates))
-    return _result(subset, list(range(1, k + 1)), raw=[], attempts=0, fallback=False, errors=[])
-
-
 def _generate_round(
     pending: list[Subset], ctx: _Round, emit: Callable[[SubsetResult], None], progress: bool
 ) -> None:
@@ -282,7 +204,7 @@ def _generate_round(
             res = parse(gen.text, len(s.candidates), s.k)
             if res.ok:
                 reasons = {s.candidates[p - 1]: r for p, r in res.reasons.items()}
-                emit(_done(s, res.ids, st, attempt + 1, False, reasons))
+                emit(done_result(s, res.ids, st, attempt + 1, False, reasons))
             else:
                 st["errors"].append(res.error)
                 st["salvage"] = res.salvage
@@ -311,29 +233,7 @@ def _generate_round(
             "; ".join(st["errors"]),
             positions,
         )
-        emit(_done(s, positions, st, cfg.retries + 1, True, {}))
-
-
-def _done(
-    s: Subset,
-    positions: list[int],
-    st: dict[str, Any],
-    attempts: int,
-    fallback: bool,
-    reasons: dict[int, str],
-) -> SubsetResult:
-    return _result(
-        s,
-        positions,
-        raw=list(st["raw"]),
-        attempts=attempts,
-        fallback=fallback,
-        errors=list(st["errors"]),
-        prompt_tokens=st["pt"],
-        output_tokens=st["ot"],
-        seconds=round(time.perf_counter() - st["t0"], 4),
-        reasons=reasons,
-    )
+        emit(done_result(s, positions, st, cfg.retries + 1, True, {}))
 
 
 def _logprob_round(
@@ -381,7 +281,7 @@ def _logprob_round(
             ranked = sorted(range(len(avg)), key=lambda j: (-avg[j], j))
             positions = [j + 1 for j in ranked[: s.k]]
             emit(
-                _result(
+                result_of(
                     s,
                     positions,
                     raw=[],
@@ -441,11 +341,11 @@ def select(
             key = (s.round, s.id)
             all_subsets[key] = s
             prev = done.get(key)
-            if prev is not None and _matches(prev, s):
+            if prev is not None and matches_plan(prev, s):
                 results[key] = prev
                 resumed += 1
             elif s.k >= len(s.candidates) or s.k == 0:
-                emit(_trivial(s))
+                emit(trivial_result(s))
             else:
                 pending.append(s)
         if pending:
@@ -490,32 +390,3 @@ def select(
     outcome.counts = count_results(results.values(), called_now=called, resumed=resumed)
     outcome.counts["prompts_sent_this_run"] = prompts_sent[0]
     return outcome
-
-
-def _matches(prev: SubsetResult, s: Subset) -> bool:
-    ok = len(prev.picks) == min(s.k, len(s.candidates)) and set(prev.picks) <= set(s.candidates)
-    if not ok:
-        log.warning("ignoring a stored answer for subset %d round %d: plan changed", s.id, s.round)
-    return ok
-
-
-def count_results(results: Any, *, called_now: int = 0, resumed: int = 0) -> dict[str, Any]:
-    """Counts for the summary: first-try validity, retries, fallbacks, error kinds, tokens."""
-    rs = list(results)
-    asked = [r for r in rs if r.attempts > 0]
-    kinds: Counter[str] = Counter(error_kind(e) for r in rs for e in r.errors)
-    return {
-        "subsets": len(rs),
-        "asked": len(asked),
-        "no_call": len(rs) - len(asked),
-        "valid_first_try": sum(1 for r in asked if not r.errors and not r.fallback),
-        "retried": sum(1 for r in asked if r.errors and not r.fallback),
-        "fallback": sum(1 for r in asked if r.fallback),
-        "invalid_answers": sum(len(r.errors) for r in rs),
-        "errors": dict(sorted(kinds.items())),
-        "sent_this_run": called_now,
-        "resumed": resumed,
-        "prompt_tokens": sum(r.prompt_tokens for r in rs),
-        "output_tokens": sum(r.output_tokens for r in rs),
-        "rounds": len({r.round for r in rs}),
-    }

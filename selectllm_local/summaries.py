@@ -1,4 +1,8 @@
-"""Human summaries printed by the CLI (rich tables over the JSON summaries the pipeline returns)."""
+"""Human summaries the CLI prints: rich renderables over the results the library returns.
+
+The same results are what ``--json`` prints, so what a person reads and what a script parses
+never disagree. Nothing here prints; the CLI does.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,11 @@ def _table(title: str, rows: list[tuple[str, Any]]):  # noqa: ANN202 - rich type
     return t
 
 
-def print_plan_summary(s: dict[str, Any], console: Any) -> None:
+def plan_text(s: dict[str, Any]) -> Any:
+    """Pool, embeddings and clusters, and the prompt plan of a ``plan_run`` summary."""
+    from rich.console import Group
+
+    parts: list[Any] = []
     pool, emb, cl, sub, tok = (
         s["pool"],
         s["embeddings"],
@@ -24,7 +32,7 @@ def print_plan_summary(s: dict[str, Any], console: Any) -> None:
         s["subsets"],
         s["prompt_tokens_estimate"],
     )
-    console.print(
+    parts.append(
         _table(
             "Pool",
             [
@@ -39,7 +47,7 @@ def print_plan_summary(s: dict[str, Any], console: Any) -> None:
             ],
         )
     )
-    console.print(
+    parts.append(
         _table(
             "Embeddings and clusters",
             [
@@ -51,7 +59,7 @@ def print_plan_summary(s: dict[str, Any], console: Any) -> None:
         )
     )
     rounds = sub["rounds_expected"]
-    console.print(
+    parts.append(
         _table(
             "Prompt plan",
             [
@@ -74,4 +82,64 @@ def print_plan_summary(s: dict[str, Any], console: Any) -> None:
         )
     )
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items())
-    console.print(f"[dim]Run directory: {s['run_dir']}  ({secs})[/]")
+    parts.append(f"[dim]Run directory: {s['run_dir']}  ({secs})[/]")
+    return Group(*parts)
+
+
+def select_text(outcome: Any) -> str:
+    """Counts, tokens and files of a ``select_run`` outcome; renders the HTML report on the way."""
+    from selectllm_local.report import render_report
+
+    s = outcome.summary
+    c, tp = s["counts"], s["throughput"]
+    lines = [
+        f"Selected [bold]{s['selected']}[/] of {s['pool']} instructions "
+        f"({s['rounds']} round(s), backend {s['backend']}, mode {s['mode']}).",
+        *([s["note"]] if s.get("note") else []),
+        f"Subsets: {c['subsets']} ({c['no_call']} needed no call, {c['resumed']} resumed), "
+        f"valid first try {c['valid_first_try']}, retried {c['retried']}, fallback {c['fallback']}.",
+        f"Tokens this run: {s['tokens_this_run']['prompt']} prompt, "
+        f"{s['tokens_this_run']['output']} output; {tp['prompts_per_s']} prompts/s, "
+        f"{tp['prompt_tokens_per_s']} prompt tokens/s. Total {s['seconds']['total']} s.",
+        f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.",
+        f"Report: {render_report(outcome.run_dir)} (open it in a browser).",
+    ]
+    return "\n".join(lines)
+
+
+def baseline_text(outcome: Any) -> str:
+    return (
+        f"{outcome.name}: selected {len(outcome.indices)} of {outcome.summary['pool']} "
+        f"instructions -> {outcome.out_dir / 'selected.jsonl'}"
+    )
+
+
+def split_text(outcome: Any) -> str:
+    return (
+        f"{outcome.source_rows} rows -> {outcome.pool_rows} in {outcome.pool_path}, "
+        f"{outcome.test_rows} in {outcome.test_path} (seed {outcome.seed})"
+    )
+
+
+def finetune_text(result: dict[str, Any]) -> str:
+    return f"adapter written to {result['adapter']}; training log {result['train_log']}"
+
+
+def evaluate_text(outcome: Any) -> str:
+    return (
+        f"Rouge-L F1 {outcome.rougeL_f1:.4f}, cosine {outcome.cosine:.4f} on {outcome.n} "
+        f"examples ({outcome.backend}); per-example outputs in {outcome.out_dir / 'predictions.jsonl'}"
+    )
+
+
+def experiment_text(outcome: Any) -> Any:
+    """The results table (when written) and what ran, was skipped or is left."""
+    from rich.console import Group
+    from rich.text import Text
+
+    table = outcome.table_md.read_text("utf-8") if outcome.table_md is not None else ""
+    return Group(
+        Text(table),
+        f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} already done, "
+        f"{len(outcome.cells_pending)} left; table {outcome.table_md}, plot {outcome.plot}",
+    )

@@ -30,12 +30,9 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
 def _has_cuda() -> bool:
-    try:
-        import torch
+    from selectllm_local.hardware import cuda_available
 
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001 - torch missing or broken means no GPU
-        return False
+    return cuda_available()
 
 
 requires_vllm = pytest.mark.skipif(

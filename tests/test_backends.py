@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import HAS_VLLM
+from conftest import EXAMPLE_POOL, HAS_VLLM, requires_vllm
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -66,6 +69,69 @@ def test_local_model_sets_offline_switches(
 
 def test_auto_prefers_vllm_when_installed() -> None:
     assert resolve_backend_name("auto") == ("vllm" if HAS_VLLM else "transformers")
+
+
+def test_one_auto_policy_for_adapters() -> None:
+    """An adapter goes to vLLM only where there is a GPU; the same rule for every command."""
+    from selectllm_local.hardware import cuda_available
+
+    gpu_vllm = HAS_VLLM and cuda_available()
+    assert resolve_backend_name("auto", lora=True) == ("vllm" if gpu_vllm else "transformers")
+    assert resolve_backend_name("transformers", lora=True) == "transformers"
+
+
+def test_fake_backend_is_selectable_by_name() -> None:
+    from selectllm_local.backends import BACKEND_NAMES
+    from selectllm_local.backends.fake import FakeBackend
+
+    assert "fake" in BACKEND_NAMES
+    fake = load_backend("fake", "no-such-model", BackendOptions(extra={"fake": {"block_after": 5}}))
+    assert isinstance(fake, FakeBackend) and fake.block_after == 5
+    gens = fake.generate(["Choose exactly 2 of these"], max_tokens=8)
+    assert gens[0].text == "[1, 2]"
+
+
+def test_known_startup_failure_is_explained() -> None:
+    from selectllm_local.backends.startup import explain_startup_errors
+
+    gloo = (
+        "[enforce fail at gloo/transport/tcp/device.cc:212] ifa != nullptr. "
+        "Unable to find interface for: [127.0.0.1]"
+    )
+    with pytest.raises(UserError, match="loopback") as info:
+        with explain_startup_errors("vllm"):
+            try:
+                raise RuntimeError(gloo)
+            except RuntimeError as exc:
+                raise ValueError("engine core failed") from exc  # the cause is found in the chain
+    assert "ip link set lo up" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(RuntimeError, match="something else"):  # unknown failures keep their type
+        with explain_startup_errors("vllm"):
+            raise RuntimeError("something else")
+
+
+def _net_namespace_available() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+
+
+@requires_vllm
+@pytest.mark.skipif(
+    not _net_namespace_available(),
+    reason="needs `unshare -rn` (user and network namespaces) to start vLLM with loopback down",
+)
+def test_vllm_without_loopback_is_a_one_paragraph_error(tmp_path: Path, tiny_model_dir) -> None:
+    """In a network namespace whose loopback is down vLLM's process group cannot start."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(EXAMPLE_POOL.read_text("utf-8").splitlines()[:30]) + "\n", "utf-8")
+    cmd = ["unshare", "-rn", sys.executable, "-m", "selectllm_local", "select", str(pool),
+           "--model", str(tiny_model_dir), "--budget", "5", "--k", "6", "--backend", "vllm",
+           "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert "Unable to find interface for" in r.stderr and "ip link set lo up" in r.stderr
 
 
 def test_chat_template_and_token_counts(backend) -> None:

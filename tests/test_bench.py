@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import ALPACA, DOLLY, requires_shared_data
 
-from selectllm_local import bench, benchdry, benchout, benchutil
+from selectllm_local import hardware
+from selectllm_local.bench import config as benchconfig
+from selectllm_local.bench import dry as benchdry
+from selectllm_local.bench import output as benchout
+from selectllm_local.bench import run as bench
 from selectllm_local.errors import UserError
 from selectllm_local.tinymodel import SHAPES, non_embedding_params
 
@@ -26,15 +30,15 @@ def _check_png(path: Path) -> tuple[int, int]:
 
 
 def _check_schema(doc: dict, n_settings: int) -> None:
-    assert tuple(doc) == bench.TOP_KEYS
-    assert doc["schema"] == bench.SCHEMA
+    assert tuple(doc) == benchconfig.TOP_KEYS
+    assert doc["schema"] == benchconfig.SCHEMA
     env = doc["environment"]
     for key in ("cpu_model", "cpu_cores", "torch_threads", "gpu_name", "packages", "python"):
         assert key in env
     assert doc["peak"]["flops"] > 1e8  # any machine does more than 0.1 GFLOP/s
     assert len(doc["results"]) == n_settings
     for row in doc["results"]:
-        assert tuple(row) == bench.RESULT_KEYS
+        assert tuple(row) == benchconfig.RESULT_KEYS
         assert row["prompts"] == doc["workload"]["subsets"]
         assert row["prompt_tokens"] > row["prompts"] * 50
         assert row["engine_seconds"] > 0 and row["select_seconds"] >= row["engine_seconds"]
@@ -46,7 +50,7 @@ def _check_schema(doc: dict, n_settings: int) -> None:
 
 @requires_shared_data
 def test_tiny_benchmark_vllm_schema_and_plot(vllm_backend, tmp_path: Path) -> None:
-    cfg = bench.config_from_preset("tiny", pool=DOLLY, machine="CI")
+    cfg = benchconfig.config_from_preset("tiny", pool=DOLLY, machine="CI")
     doc = bench.run_benchmark(cfg, backend=vllm_backend)
     vllm_settings = [s for s in cfg.settings if s.backend == "vllm"]
     _check_schema(doc, len(vllm_settings))
@@ -72,7 +76,7 @@ def test_tiny_benchmark_vllm_schema_and_plot(vllm_backend, tmp_path: Path) -> No
 
 @requires_shared_data
 def test_tiny_benchmark_transformers_padding(hf_backend) -> None:
-    cfg = bench.config_from_preset("tiny", pool=DOLLY, repeats=1, stages=False)
+    cfg = benchconfig.config_from_preset("tiny", pool=DOLLY, repeats=1, stages=False)
     doc = bench.run_benchmark(cfg, backend=hf_backend)
     _check_schema(doc, 1)
     assert doc["stages"] is None
@@ -91,33 +95,46 @@ def test_strided_plan_shows_every_row_once() -> None:
 
 
 def test_parse_setting() -> None:
-    s = bench.parse_setting("transformers:b8:free")
+    s = benchconfig.parse_setting("transformers:b8:free")
     assert (s.backend, s.batch, s.constrained) == ("transformers", 8, False)
-    s = bench.parse_setting("vllm:logprobs:nocache")
+    s = benchconfig.parse_setting("vllm:logprobs:nocache")
     assert (s.mode, s.prefix_caching, s.label) == (
         "logprobs",
         False,
         "vllm logprobs no-prefix-cache",
     )
     with pytest.raises(UserError, match="--setting"):
-        bench.parse_setting("tensorrt")
+        benchconfig.parse_setting("tensorrt")
     with pytest.raises(UserError, match="unknown option"):
-        bench.parse_setting("vllm:fast")
+        benchconfig.parse_setting("vllm:fast")
     with pytest.raises(UserError, match="--preset"):
-        bench.config_from_preset("huge")
+        benchconfig.config_from_preset("huge")
     with pytest.raises(UserError, match="--picks"):
-        bench.BenchConfig(candidates=4, picks=4)
+        benchconfig.BenchConfig(candidates=4, picks=4)
 
 
 def test_matmul_peak_is_measured() -> None:
-    r = benchutil.measure_matmul("float32", "cpu", size=256, repeats=3)
+    r = hardware.measure_matmul("float32", "cpu", size=256, repeats=3)
     assert r.best_flops >= r.median_flops > 1e8
-    assert benchutil.gpu_spec("h100").bf16_dense_tflops == 989.0
-    assert benchutil.match_gpu("NVIDIA H100 80GB HBM3").name == "NVIDIA H100 SXM"
-    assert benchutil.match_gpu("NVIDIA H200").bf16_dense_tflops == 989.0
-    assert benchutil.match_gpu("NVIDIA A100-SXM4-80GB").bf16_dense_tflops == 312.0
+    assert hardware.gpu_spec("h100").bf16_dense_tflops == 989.0
+    assert hardware.match_gpu("NVIDIA H100 80GB HBM3").name == "NVIDIA H100 SXM"
+    assert hardware.match_gpu("NVIDIA H200").bf16_dense_tflops == 989.0
+    assert hardware.match_gpu("NVIDIA A100-SXM4-80GB").bf16_dense_tflops == 312.0
     with pytest.raises(UserError, match="--gpu"):
-        benchutil.gpu_spec("voodoo2")
+        hardware.gpu_spec("voodoo2")
+
+
+def test_hardware_facts_have_one_answer() -> None:
+    """Device and dtype: explicit choices pass through; ``auto`` follows the device."""
+    gpu = hardware.cuda_available()
+    assert hardware.default_device() == ("cuda" if gpu else "cpu")
+    assert hardware.default_device("cpu") == "cpu"
+    assert hardware.resolve_dtype("float16", "cpu") == "float16"
+    assert hardware.resolve_dtype("auto", "cpu", cpu_auto="float32") == "float32"
+    assert hardware.resolve_dtype("auto", "cpu") in ("bfloat16", "float32")
+    assert (hardware.gpu_name() is None) == (not gpu)
+    facts = hardware.machine_facts()
+    assert facts["cpu_cores"] and facts["torch_threads"] >= 1
 
 
 def test_dry_run_matches_hand_computed_flops(tmp_path: Path) -> None:

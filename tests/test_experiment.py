@@ -14,8 +14,7 @@ import pytest
 from conftest import REPO
 
 from selectllm_local.errors import UserError
-from selectllm_local.experiment import run_experiment
-from selectllm_local.experiment_config import load_experiment_config
+from selectllm_local.experiment import load_experiment_config, run_experiment
 
 TINY = REPO / "configs" / "tiny_ci.toml"
 
@@ -52,7 +51,9 @@ METHODS = 'methods = ["select", "random", "kcenter", "cluster-random"]'
             ('base_model = "tiny:tiny-llama"', 'base_model = "/no/model"'),
             r"\[experiment\] base_model",
         ),
-        (('model = "tiny:tiny-qwen2"', 'modell = "x"'), r"\[select\]"),
+        (('model = "tiny:tiny-qwen2"', 'modell = "x"'), r"\[engine\] has unknown key\(s\): modell"),
+        (("[engine]", "[select]"), r"\[select\] is now \[selector\]"),
+        (("limit = 8 ", "limit = 0 "), r"--limit \(evaluate.limit"),
     ],
 )
 def test_bad_configs_fail_before_heavy_work(tmp_path: Path, replace: tuple, match: str) -> None:
@@ -177,3 +178,5 @@ def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
     cfg = load_experiment_config(p)
     assert len(cfg.methods) == 7 and cfg.seeds == [0, 1, 2] and cfg.finetune.lora_r == 64
     assert cfg.plan["n_clusters"] == 14 and cfg.finetune.quantization == "nf4"
+    assert cfg.engine.backend == "vllm" and cfg.engine.gpu_memory_utilization == 0.85
+    assert cfg.baseline.scorer_batch_size == 32 and cfg.evaluate.max_new_tokens == 256

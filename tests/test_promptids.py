@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from conftest import EXAMPLE_POOL
 
-from selectllm_local import bench, data, prompting, tinymodel
+from selectllm_local import data, prompting, tinymodel
 from selectllm_local.backends.base import TokenizedPrompt, prompt_token_ids
+from selectllm_local.bench import run as bench
 from selectllm_local.promptids import PromptBuilder
 
 LLAMA3_STYLE = (

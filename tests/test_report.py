@@ -38,12 +38,14 @@ def _small_pool(tmp: Path, n: int = 120) -> Path:
 @pytest.fixture(scope="module")
 def select_run_dir(tmp_path_factory: pytest.TempPathFactory, vllm_backend, tiny_model_dir) -> Path:
     """A run directory written by the real pipeline (embedder, FAISS, the shared vLLM engine)."""
-    from selectllm_local.config import SelectConfig
+    from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig
     from selectllm_local.pipeline import select_run
 
     tmp = tmp_path_factory.mktemp("report")
-    cfg = SelectConfig(pool=_small_pool(tmp), budget=12, model=str(tiny_model_dir), backend="vllm",
-                       n_clusters=6, max_model_len=4096, run_dir=tmp / "run")  # fmt: skip
+    cfg = SelectConfig(
+        plan=PlanConfig(pool=_small_pool(tmp), budget=12, n_clusters=6, run_dir=tmp / "run"),
+        engine=EngineConfig(backend="vllm", model=str(tiny_model_dir), max_model_len=4096),
+    )
     select_run(cfg, backend=vllm_backend, progress=False)
     return tmp / "run"
 

@@ -115,7 +115,7 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(
     from selectllm_local.config import SelectConfig
     from selectllm_local.pipeline import select_run
 
-    cfg = SelectConfig(pool=pool, budget=40, model=str(tiny_model_dir), backend="vllm", n_clusters=8,
+    cfg = SelectConfig.of(pool=pool, budget=40, model=str(tiny_model_dir), backend="vllm", n_clusters=8,
                        max_model_len=4096, run_dir=tmp_path / "whole")  # fmt: skip
     whole = select_run(cfg, backend=vllm_backend, progress=False)
     assert whole.summary["counts"]["sent_this_run"] == total
@@ -168,15 +168,23 @@ def test_budget_equal_to_pool_needs_no_model(tmp_path: Path) -> None:
     assert r2.returncode == 2 and "needs --model" in r2.stderr
 
 
-def test_ctrl_c_stops_cleanly_with_resume_hint(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_ctrl_c_stops_cleanly_with_resume_hint(tmp_path: Path) -> None:
+    """SIGINT mid-run: exit 130, the finished subsets saved, a hint to resume.
+
+    The run uses the fake backend told to answer two prompts and then wait until a signal
+    interrupts it (``SELECTLLM_FAKE_BLOCK_AFTER``), so the signal always lands mid-run however
+    fast or slow the machine is; the pipeline's handling of Ctrl-C is what is tested here (the
+    engines' resume after a kill is tested above with vLLM).
+    """
     pool = small_pool(tmp_path, 120)
     run = tmp_path / "run"
+    env = {**os.environ, "SELECTLLM_FAKE_BLOCK_AFTER": "2"}
     proc = subprocess.Popen(
-        [*CLI, str(pool), "--model", str(tiny_model_dir), "--budget", "20", "--backend", "transformers",
-         "--k", "6", "--batch-size", "1", "--run-dir", str(run)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*CLI, str(pool), "--model", "fake", "--budget", "20", "--backend", "fake",
+         "--k", "6", "--run-dir", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 300  # a hang guard only: the outcome does not depend on it
     while n_lines(run / "responses.jsonl") < 2:
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline
@@ -185,4 +193,15 @@ def test_ctrl_c_stops_cleanly_with_resume_hint(tmp_path: Path, tiny_model_dir: P
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Run the same command again to resume" in " ".join(err.split())
-    assert n_lines(run / "responses.jsonl") >= 2 and not (run / "selected.jsonl").exists()
+    assert "Traceback" not in err
+    assert n_lines(run / "responses.jsonl") == 2 and not (run / "selected.jsonl").exists()
+
+    again = subprocess.run(
+        [*CLI, str(pool), "--model", "fake", "--budget", "20", "--backend", "fake", "--k", "6",
+         "--run-dir", str(run), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    counts = json.loads(again.stdout)["counts"]
+    assert counts["resumed"] == 2 and counts["sent_this_run"] == counts["subsets"] - 2
+    assert len(selected_indices(run)) == 20

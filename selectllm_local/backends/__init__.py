@@ -1,7 +1,15 @@
-"""Choose and load an LLM backend: in-process vLLM, Hugging Face transformers, or ``auto``.
+"""Choose and load an LLM backend: one registry of names, one ``auto`` policy, for every caller.
 
-``auto`` takes vLLM when it can be imported (the fast path, CPU or GPU build) and transformers
-otherwise, and logs which. Model locations are checked here, before any engine starts: a local
+Why one place: selection, evaluation and the benchmark all generate text; each used to choose and
+start its engine its own way, and ``auto`` meant one thing for ``select`` and another for
+``evaluate``. Now ``LOADERS`` maps each name to its loader and ``resolve_backend_name`` is the only
+``auto`` policy: vLLM when it can be imported (the fast path, CPU or GPU build), except that a LoRA
+adapter is served by vLLM only on a GPU (the CPU build is not tested with adapters), else
+transformers; it logs which. ``fake`` is the scripted backend of ``backends/fake.py``, selectable by
+name so tests of pure logic (retries, Ctrl-C) can run the whole CLI without a model.
+
+Engine start-up failures that have a known cause outside our code (see ``startup.py``) become one
+``UserError`` naming the cause and the fix. Model locations are checked here, before any engine starts: a local
 path must be a model folder (with ``config.json``) and is loaded with the Hugging Face offline
 switches on, so it never touches the network; a hub id is accepted only when the user gave one
 and did not ask for ``offline``.
@@ -13,16 +21,19 @@ import importlib.util
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from selectllm_local.backends.base import Backend, BackendName, BackendOptions, Constraint
+from selectllm_local.backends.startup import explain_startup_errors
 from selectllm_local.errors import UserError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BACKEND_NAMES",
+    "LOADERS",
     "Backend",
     "BackendName",
     "BackendOptions",
@@ -37,17 +48,57 @@ OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve_backend_name(name: str) -> str:
-    """Map ``auto`` to ``vllm`` or ``transformers`` depending on what is installed."""
-    if name not in ("auto", "vllm", "transformers"):
-        raise UserError(f"--backend {name!r} is not known. Use auto, vllm or transformers.")
+def _load_vllm(model: str, options: BackendOptions) -> Backend:
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "--backend vllm needs the vllm package, which is not installed. Install it "
+            "(pip install 'selectllm-local[cpu]' or '[gpu]') or use --backend transformers."
+        )
+    from selectllm_local.backends.vllm_backend import VLLMBackend
+
+    return VLLMBackend(model, options)
+
+
+def _load_transformers(model: str, options: BackendOptions) -> Backend:
+    from selectllm_local.backends.hf_backend import HFBackend
+
+    return HFBackend(model, options)
+
+
+def _load_fake(model: str, options: BackendOptions) -> Backend:
+    from selectllm_local.backends.fake import FakeBackend
+
+    return FakeBackend.from_options(options)
+
+
+LOADERS: Mapping[str, Callable[[str, BackendOptions], Backend]] = {
+    "vllm": _load_vllm,
+    "transformers": _load_transformers,
+    "fake": _load_fake,
+}
+BACKEND_NAMES: tuple[str, ...] = ("auto", *LOADERS)
+"""Every name ``--backend`` accepts, in every command that loads an engine."""
+
+
+def resolve_backend_name(name: str, *, lora: bool = False) -> str:
+    """The one ``auto`` policy (module docstring); other names are checked and returned."""
+    if name not in BACKEND_NAMES:
+        raise UserError(
+            f"--backend {name!r} is not known. Use {', '.join(BACKEND_NAMES[:-1])} "
+            f"or {BACKEND_NAMES[-1]}."
+        )
     if name != "auto":
         return name
-    if importlib.util.find_spec("vllm") is not None:
-        log.info("backend auto: vLLM is installed, using the vllm backend")
-        return "vllm"
-    log.info("backend auto: vLLM is not installed, using the transformers backend")
-    return "transformers"
+    from selectllm_local import hardware
+
+    if importlib.util.find_spec("vllm") is None:
+        log.info("backend auto: vLLM is not installed, using the transformers backend")
+        return "transformers"
+    if lora and not hardware.cuda_available():
+        log.info("backend auto: a LoRA adapter without a GPU, using the transformers backend")
+        return "transformers"
+    log.info("backend auto: vLLM is installed, using the vllm backend")
+    return "vllm"
 
 
 def resolve_model(model_path: str, *, offline: bool = False) -> str:
@@ -90,22 +141,12 @@ def load_backend(
     *,
     offline: bool = False,
 ) -> Backend:
-    """Load ``name`` (auto | vllm | transformers) on ``model_path`` with ``options``."""
+    """Load ``name`` (see ``BACKEND_NAMES``) on ``model_path`` with ``options``."""
     options = options or BackendOptions()
-    resolved = resolve_backend_name(name)
-    model = resolve_model(model_path, offline=offline)
-    if resolved == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError(
-                "--backend vllm needs the vllm package, which is not installed. Install it "
-                "(pip install 'selectllm-local[cpu]' or '[gpu]') or use --backend transformers."
-            )
-        from selectllm_local.backends.vllm_backend import VLLMBackend
-
-        return VLLMBackend(model, options)
-    from selectllm_local.backends.hf_backend import HFBackend
-
-    return HFBackend(model, options)
+    resolved = resolve_backend_name(name, lora=bool(options.lora_path))
+    model = model_path if resolved == "fake" else resolve_model(model_path, offline=offline)
+    with explain_startup_errors(resolved):
+        return LOADERS[resolved](model, options)
 
 
 class LazyBackend:

@@ -10,12 +10,13 @@ scripted fake used only by unit tests of parsing and retry logic.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from selectllm_local.config import EngineConfig
 from selectllm_local.records import Generation
 
-BackendName = Literal["auto", "vllm", "transformers"]
+BackendName = Literal["auto", "vllm", "transformers", "fake"]
 
 
 @dataclass(frozen=True)
@@ -50,25 +51,9 @@ def prompt_token_ids(prompt: str, tokenizer: Any) -> list[int]:
     return list(tokenizer.encode(prompt, add_special_tokens=False))
 
 
-@dataclass
-class BackendOptions:
-    """Options shared by all backends; each backend ignores what it cannot use."""
-
-    dtype: str = "auto"  # "auto" | "bfloat16" | "float16" | "float32"
-    max_model_len: int | None = None  # None = the model's own context length
-    seed: int = 0
-    # vLLM
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85
-    enable_prefix_caching: bool = True
-    max_num_seqs: int | None = None
-    enforce_eager: bool = False
-    # transformers
-    batch_size: int | None = None  # None: 16 on CPU, sized from free memory on CUDA
-    device: str | None = None  # None = cuda if available else cpu
-    # LoRA adapter to apply (evaluation of fine-tuned models)
-    lora_path: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+# What every backend takes: the engine section of the configuration, used as is (no copying of
+# fields). Each backend ignores what it cannot use (vLLM knobs under transformers and back).
+BackendOptions = EngineConfig
 
 
 @runtime_checkable
@@ -86,6 +71,12 @@ class Backend(Protocol):
         ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def fit_prompt(self, text: str, max_tokens: int) -> str:
+        """A raw (non-chat) prompt as the model expects it: with its leading special tokens
+        (BOS where the model uses one) and cut from the left to ``max_tokens`` tokens, so the end
+        of the prompt (the answer cue) survives."""
+        ...
 
     def generate(
         self,
@@ -122,6 +113,22 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free the engine and its (GPU) memory."""
         ...
+
+
+def fit_prompt(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """``Backend.fit_prompt`` for a Hugging Face tokenizer (shared by vLLM and transformers).
+
+    Text is returned unchanged when nothing needs adding or cutting, so no decode/encode round
+    trip can alter it; otherwise the kept tokens are decoded with the special tokens spelled out,
+    which the backends' ``add_special_tokens=False`` encoding reads back as the same ids.
+    """
+    lead = list(tokenizer("")["input_ids"])  # what the tokenizer puts around every text (BOS)
+    ids = list(tokenizer(text)["input_ids"])
+    body = ids[len(lead) :] if lead and ids[: len(lead)] == lead else ids
+    room = max(1, max_tokens - len(lead))
+    if len(body) <= room:
+        return tokenizer.decode(lead) + text if lead else text
+    return str(tokenizer.decode(lead + body[-room:]))
 
 
 def label_token_ids(tokenizer: Any, labels: list[str]) -> list[int]:

@@ -4,14 +4,23 @@ Real behaviour is tested with the real engines (``tests/conftest.py``); this fak
 can say "the first answer is prose with ids out of range, the retry is valid" and check exactly
 how the selection stage counts and records it. It renders chats as plain text and counts tokens
 as whitespace-separated words.
+
+It is also selectable by name (``--backend fake``) so tests of the pipeline's own logic can run the
+whole CLI without a model. ``block_after=n`` (option ``extra["fake"]["block_after"]`` or the
+environment variable ``SELECTLLM_FAKE_BLOCK_AFTER``, for a CLI run in a subprocess) makes it
+deliver ``n`` answers and then wait until a signal interrupts it: a test of Ctrl-C can then send
+SIGINT while the run is certainly in flight, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Callable
+from typing import Any
 
-from selectllm_local.backends.base import Constraint
+from selectllm_local.backends.base import BackendOptions, Constraint
 from selectllm_local.records import Generation
 
 # script(prompt, call_number) -> answer text (str or bytes); call_number counts calls per prompt
@@ -29,8 +38,11 @@ class FakeBackend:
         *,
         max_context: int = 100_000,
         scorer: Callable[[str, list[str]], list[float]] | None = None,
+        block_after: int | None = None,
     ) -> None:
         self.model_path = "fake"
+        self.block_after = block_after
+        self._delivered = 0
         self.script = script or _first_ids
         self.scorer = scorer or (lambda prompt, labels: [-float(i) for i in range(len(labels))])
         self._ctx = max_context
@@ -39,6 +51,23 @@ class FakeBackend:
         self._seen: dict[str, int] = {}
         self.special_tokens: list[str] = ["<|im_start|>", "<|im_end|>"]
         self.stats: dict[str, float] = {"prompt_tokens": 0, "output_tokens": 0}
+
+    @classmethod
+    def from_options(cls, options: BackendOptions) -> FakeBackend:
+        """The fake as ``--backend fake`` loads it: default script, optional ``block_after``."""
+        opts: dict[str, Any] = dict(options.extra.get("fake", {}))
+        env = os.environ.get("SELECTLLM_FAKE_BLOCK_AFTER")
+        if env and "block_after" not in opts:
+            opts["block_after"] = int(env)
+        ctx = options.max_model_len or 100_000
+        return cls(max_context=ctx, block_after=opts.get("block_after"))
+
+    def _delivered_one(self) -> None:
+        """Count a delivered answer; past ``block_after``, wait until a signal interrupts."""
+        self._delivered += 1
+        if self.block_after is not None and self._delivered >= self.block_after:
+            while True:  # ends only by an exception from a signal handler (KeyboardInterrupt)
+                time.sleep(3600)
 
     @property
     def max_context(self) -> int:
@@ -49,6 +78,10 @@ class FakeBackend:
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
+
+    def fit_prompt(self, text: str, max_tokens: int) -> str:
+        words = text.split()
+        return text if len(words) <= max_tokens else " ".join(words[-max_tokens:])
 
     def generate(
         self,
@@ -73,6 +106,7 @@ class FakeBackend:
             out.append(gen)
             if on_output is not None:
                 on_output(i, gen)
+            self._delivered_one()
         return out
 
     def score_labels(

@@ -17,15 +17,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from selectllm_local import hardware
 from selectllm_local.backends.base import (
     BackendOptions,
     Constraint,
+    fit_prompt,
     label_token_ids,
     prompt_token_ids,
 )
 from selectllm_local.backends.batchsize import CPU_BATCH, ModelMemory, gpu_batch_size
-from selectllm_local.backends.progress import progress_bar
 from selectllm_local.backends.vllm_backend import plain_chat
+from selectllm_local.progress import progress_bar
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,7 @@ class HFBackend:
         t0 = time.perf_counter()
         self.model_path = model_path
         self.options = options
-        self.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = hardware.default_device(options.device)
         dtype = _torch_dtype(options.dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
@@ -139,7 +141,8 @@ class HFBackend:
         if options.lora_path:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, options.lora_path)
+            # merged into the weights: generation then runs at the base model's speed
+            model = PeftModel.from_pretrained(model, options.lora_path).merge_and_unload()
         self.model = model.to(self.device).eval()
         torch.manual_seed(options.seed)
         self._ctx = int(
@@ -180,6 +183,9 @@ class HFBackend:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
+
+    def fit_prompt(self, text: str, max_tokens: int) -> str:
+        return fit_prompt(self.tokenizer, text, max_tokens)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -363,17 +369,11 @@ class HFBackend:
             return
         self.model = None
         gc.collect()
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        hardware.empty_cache()
 
 
 def _torch_dtype(name: str, device: str) -> Any:
     import torch
 
-    if name != "auto":
-        return getattr(torch, name)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
+    # bfloat16 on a CPU too: half the memory of float32, and selection answers are short
+    return getattr(torch, hardware.resolve_dtype(name, device, cpu_auto="bfloat16"))

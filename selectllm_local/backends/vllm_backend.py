@@ -22,20 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from selectllm_local.backends.base import BackendOptions, Constraint, label_token_ids
+from selectllm_local import hardware
+from selectllm_local.backends.base import BackendOptions, Constraint, fit_prompt, label_token_ids
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 - no torch, no CUDA
-        return False
 
 
 def plain_chat(messages: list[dict[str, str]]) -> str:
@@ -56,7 +48,7 @@ class VLLMBackend:
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         if not log.isEnabledFor(logging.DEBUG):
             os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        cuda = _cuda_available()
+        cuda = hardware.cuda_available()
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's default is large
         from vllm import LLM
@@ -123,6 +115,9 @@ class VLLMBackend:
             messages, tokenize=False, add_generation_prompt=True
         )
 
+    def fit_prompt(self, text: str, max_tokens: int) -> str:
+        return fit_prompt(self.tokenizer, text, max_tokens)
+
     def count_tokens(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(text) > 512:  # likely a whole prompt, counted to check it fits: keep for generate
@@ -150,7 +145,7 @@ class VLLMBackend:
         handle: Callable[[int, Any], None],
     ) -> None:
         """Queue every prompt, step the engine, call ``handle(i, output)`` as each finishes."""
-        from selectllm_local.backends.progress import progress_bar
+        from selectllm_local.progress import progress_bar
 
         t0 = time.perf_counter()
         ids = self.llm.enqueue(
@@ -276,7 +271,4 @@ class VLLMBackend:
         self.llm = None  # type: ignore[assignment]
         del llm
         gc.collect()
-        if _cuda_available():
-            import torch
-
-            torch.cuda.empty_cache()
+        hardware.empty_cache()

@@ -2,8 +2,8 @@
 
 The estimate renders every round-one prompt of the pool with the real prompt builder (the
 default template and criteria), counts its tokens with the model's tokenizer when one is given,
-else with a documented heuristic (``CHARS_PER_TOKEN`` characters per token, right for English text
-within ~15% with Llama-3 and Qwen tokenizers), and turns tokens into time:
+else with a documented heuristic (both in ``prompttokens``, the one estimator ``plan`` uses too),
+and turns tokens into time:
 
 * prefill FLOPs = 2 x non-embedding parameters x prompt tokens; seconds = FLOPs / (peak x
   utilisation), the peak being the GPU's dense bf16 datasheet figure (or this machine's measured
@@ -24,44 +24,7 @@ from typing import Any
 
 from selectllm_local.errors import UserError
 
-CHARS_PER_TOKEN = 4.0
 CACHE_BLOCK = 16  # vLLM's GPU KV block size (tokens); CPU uses 128
-
-
-def _counter(tokenizer: str | None) -> tuple[Any, Any, str]:
-    """(count_tokens, render_chat, method) from a tokenizer folder, or the heuristic."""
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
-        except OSError as exc:
-            raise UserError(
-                f"--tokenizer {tokenizer}: cannot load a tokenizer there ({exc})."
-            ) from exc
-
-        def count(text: str) -> int:
-            return len(tok.encode(text, add_special_tokens=False))
-
-        def render(messages: list[dict[str, str]]) -> str:
-            if getattr(tok, "chat_template", None):
-                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
-
-        return count, render, f"tokenizer {tokenizer}"
-    import jinja2
-
-    from selectllm_local.tinymodel import CHAT_TEMPLATE
-
-    chat = jinja2.Environment().from_string(CHAT_TEMPLATE)
-
-    def count_h(text: str) -> int:
-        return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
-
-    def render_h(messages: list[dict[str, str]]) -> str:
-        return chat.render(messages=messages, add_generation_prompt=True)
-
-    return count_h, render_h, f"heuristic: {CHARS_PER_TOKEN:g} characters per token, ChatML markup"
 
 
 def _total_params(shape: dict[str, Any], non_emb: int) -> int:
@@ -84,12 +47,14 @@ def dry_run(
     dtype_bytes: int = 2,
 ) -> dict[str, Any]:
     """Estimate prompts, tokens, FLOPs and seconds of the selection stage for ``pool``."""
-    from selectllm_local import bench, benchutil, clustering, data, prompting, tinymodel
+    from selectllm_local import clustering, data, hardware, prompttokens, tinymodel
+    from selectllm_local.bench.model import model_shape
+    from selectllm_local.bench.run import strided_plan
 
     if not 0 < utilization <= 1:
         raise UserError(f"--utilization must be in (0, 1] (got {utilization}).")
     if model:
-        arch = bench.model_shape(model)
+        arch = model_shape(model)
         tokenizer = tokenizer or model
     elif shape in tinymodel.SHAPES:
         arch = dict(tinymodel.SHAPES[shape])
@@ -102,32 +67,28 @@ def dry_run(
     n_subsets = math.ceil(n / k_cand)
     budget = budget or n_subsets
     picks = max(1, round(budget / n_subsets)) if budget >= n_subsets else 1
-    count, render, method = _counter(tokenizer)
-    template = prompting.PromptTemplate.load()
     # Every pool row is shown exactly once in round one; a strided layout has the same token total.
-    plan = bench.strided_plan(n_subsets, k_cand, min(picks, k_cand - 1))
-    prompt_tokens, shared = [], None
+    plan = strided_plan(n_subsets, k_cand, min(picks, k_cand - 1))
+    asked = []
     for s in plan.subsets:
         s.candidates = [c for c in s.candidates if c < n]
         if len(s.candidates) < 2:
             continue
         s.k = min(s.k, len(s.candidates) - 1)
-        msgs = prompting.render_messages(
-            template, s, items, max_candidate_tokens=max_candidate_tokens, count_tokens=count
-        )
-        text = render(msgs)
-        prompt_tokens.append(count(text))
-        if shared is None:  # the rendered system block, common to every prompt
-            shared = count(render(msgs[:1])) if msgs[0]["role"] == "system" else 0
+        asked.append(s)
+    counted = prompttokens.count_prompts(
+        asked, items, tokenizer=tokenizer, max_candidate_tokens=max_candidate_tokens
+    )
+    prompt_tokens, shared, method = counted.per_prompt, counted.shared, counted.method
     tokens = sum(prompt_tokens)
     rounds_factor = 1 + 1 / (k_cand - 1) if budget < n_subsets else 1.0
     cached = (shared or 0) // CACHE_BLOCK * CACHE_BLOCK * max(0, len(prompt_tokens) - 1)
     answer_tokens = 3 + picks * (len(str(k_cand)) + 1)
     if gpu == "measured":
-        peak = benchutil.matmul_peak(benchutil.resolve_dtype("auto"))
-        bandwidth, device = None, f"this machine (measured matmul peak, {benchutil.cpu_model()})"
+        peak = hardware.matmul_peak(hardware.resolve_dtype("auto"))
+        bandwidth, device = None, f"this machine (measured matmul peak, {hardware.cpu_model()})"
     else:
-        spec = benchutil.gpu_spec(gpu)
+        spec = hardware.gpu_spec(gpu)
         peak, bandwidth, device = (
             spec.bf16_dense_tflops * 1e12,
             spec.memory_bandwidth_gbs * 1e9,

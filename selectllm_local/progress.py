@@ -1,4 +1,9 @@
-"""A rich progress bar that costs nothing when disabled (used by backends and selection)."""
+"""The one progress bar: rich, on stderr, transient, and free when disabled.
+
+Why one: embedding, the backends, baselines and the benchmark each drew their own bar (one on
+stdout, which corrupted ``--json`` output when shown); now every long loop asks for ``advance``
+here, so all bars look alike, stay off stdout and vanish when done.
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ layer over all prompt tokens at once, so it is compute-bound; writing the answer
 every weight once per generated token, so it is bandwidth-bound, but with ids-only answers there
 are only a handful of such steps. Selection is therefore prefill-bound and its ceiling is the
 machine's matmul rate: prefill utilisation = 2 x non-embedding parameters x prompt tokens /
-seconds / peak FLOP/s, where the peak is measured in this process (``benchutil.matmul_peak``).
+seconds / peak FLOP/s, where the peak is measured in this process (``hardware.matmul_peak``).
 
 What is measured, per setting (backend, batch, prefix caching, constrained or free decoding,
 generative / reasons / logprob mode): engine start-up (once per engine), then for each repeat a
@@ -32,74 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from selectllm_local.benchconfig import (  # noqa: F401 - re-exported: the public API of bench
-    PRESETS,
-    RESULT_KEYS,
-    SCHEMA,
-    TOP_KEYS,
-    BenchConfig,
-    BenchSetting,
-    config_from_preset,
-    parse_setting,
-)
+from selectllm_local.bench.config import RESULT_KEYS, SCHEMA, BenchConfig, BenchSetting
+from selectllm_local.bench.model import model_shape, prepare_model
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset
 
 log = logging.getLogger(__name__)
-
-
-# -- model -----------------------------------------------------------------------------------------
-def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str, dict[str, Any]]:
-    """Path of the model to benchmark and its shape (building a random-weight one if needed).
-
-    With ``cfg.tokenizer == "pool"`` the model gets a tokenizer trained on ``items``' text.
-    """
-    from selectllm_local import tinymodel
-
-    if cfg.model:
-        path = Path(cfg.model).expanduser()
-        if not (path / "config.json").is_file():
-            raise UserError(f"--model {cfg.model} is not a model folder (no config.json).")
-        return str(path), model_shape(path)
-    if cfg.shape not in tinymodel.SHAPES:
-        raise UserError(
-            f"--shape {cfg.shape!r} is not known. Shapes: {', '.join(tinymodel.SHAPES)}."
-        )
-    tag = f"-tok-{Path(str(cfg.pool)).stem}" if cfg.tokenizer == "pool" else ""
-    out = Path(cfg.cache_dir) / f"{cfg.shape}-seed{cfg.seed}{tag}"
-    if not (out / "selectllm_model.json").is_file():
-        import shutil
-
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        log.info("building a random-weight %s model in %s (once; cached)", cfg.shape, out)
-        tinymodel.build_random_model(tmp, cfg.shape, seed=cfg.seed, dtype="bfloat16")
-        if cfg.tokenizer == "pool":
-            from selectllm_local import benchutil, prompting
-
-            texts = [f"{prompting.candidate_text(it)}\n{it.output or ''}" for it in items]
-            texts += [p.read_text("utf-8") for p in prompting.prompts_dir().rglob("*.*")] * 50
-            benchutil.train_pool_tokenizer(tmp, texts)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return str(out), model_shape(out)
-
-
-def model_shape(path: Path | str) -> dict[str, Any]:
-    """The architecture fields ``tinymodel.non_embedding_params`` needs, read from config.json."""
-    from selectllm_local.runstore import read_json
-
-    c = read_json(Path(path) / "config.json")
-    c = c.get("text_config", c)
-    return {
-        "hidden_size": c["hidden_size"],
-        "intermediate_size": c["intermediate_size"],
-        "num_hidden_layers": c["num_hidden_layers"],
-        "num_attention_heads": c["num_attention_heads"],
-        "num_key_value_heads": c.get("num_key_value_heads", c["num_attention_heads"]),
-        "vocab_size": c.get("vocab_size"),
-        "tie_word_embeddings": bool(c.get("tie_word_embeddings", False)),
-    }
 
 
 # -- workload --------------------------------------------------------------------------------------
@@ -279,11 +217,11 @@ def run_benchmark(
     ``backend``: an already loaded engine to measure instead of starting one per setting (tests
     pass the session's shared vLLM engine); only settings of that backend are measured then.
     """
-    from selectllm_local import benchutil, tinymodel
-    from selectllm_local.backends.progress import progress_bar
+    from selectllm_local import hardware, tinymodel
+    from selectllm_local.progress import progress_bar
 
-    device = benchutil.default_device()
-    dtype = benchutil.resolve_dtype(cfg.dtype, device)
+    device = hardware.default_device()
+    dtype = hardware.resolve_dtype(cfg.dtype, device)
     per_setting = cfg.warmup + cfg.repeats
     items = load_items(cfg.pool, len(cfg.settings) * per_setting * cfg.subsets * cfg.candidates)
     if backend is not None:
@@ -295,16 +233,12 @@ def run_benchmark(
     if not settings:
         raise UserError("No benchmark setting matches the given backend.")
     n_params = tinymodel.non_embedding_params(shape)
-    peak_before = benchutil.measure_matmul(dtype, device)
+    peak_before = hardware.measure_matmul(dtype, device)
     log.info("matmul peak (%s, %s): %.1f GFLOP/s", dtype, device, peak_before.best_flops / 1e9)
     # Re-measured before every setting: on a shared machine the best sample is the closest to
     # what the hardware can do (a peak measured during someone else's job would flatter us).
     samples = [peak_before.best_flops]
-    spec = None
-    if device == "cuda":
-        import torch
-
-        spec = benchutil.match_gpu(torch.cuda.get_device_name(0))
+    spec = hardware.gpu_datasheet() if device == "cuda" else None
 
     rows: list[dict[str, Any]] = []
     stages: dict[str, Any] | None = None
@@ -313,13 +247,13 @@ def run_benchmark(
         groups.setdefault(s.engine_key, []).append(s)
     with progress_bar("benchmark settings", total=len(settings), enabled=progress) as advance:
         for group in groups.values():
-            with benchutil.PeakMemory(device) as mem:
+            with hardware.PeakMemory(device) as mem:
                 eng = backend if backend is not None else _open_backend(group[0], model, cfg, dtype)
                 startup = float(eng.stats.get("startup_seconds", 0.0))
                 try:
                     for s in group:
                         log.info("measuring %s", s.label)
-                        samples.append(benchutil.measure_matmul(dtype, device).best_flops)
+                        samples.append(hardware.measure_matmul(dtype, device).best_flops)
                         row = {
                             "label": s.label,
                             **dataclasses.asdict(s),
@@ -335,13 +269,13 @@ def run_benchmark(
                         rows.append(row)
                         advance(1)
                     if cfg.stages and stages is None:
-                        from selectllm_local.benchstages import select_stages
+                        from selectllm_local.bench.stages import select_stages
 
                         stages = select_stages(cfg, items, eng)
                 finally:
                     if backend is None:
                         eng.close()
-    peak_after = benchutil.measure_matmul(dtype, device)
+    peak_after = hardware.measure_matmul(dtype, device)
     samples.append(peak_after.best_flops)
     peak = max(samples)
     datasheet = spec.bf16_dense_tflops * 1e12 if spec else None
@@ -356,7 +290,7 @@ def run_benchmark(
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": cfg.machine,
-        "environment": benchutil.bench_environment(cfg.machine),
+        "environment": bench_environment(cfg.machine),
         "model": {
             "path": model, "shape": cfg.shape if not cfg.model and backend is None else None,
             "non_embedding_params": n_params, "dtype": dtype, "architecture": shape,
@@ -378,3 +312,23 @@ def run_benchmark(
         "stages": stages,
     }  # fmt: skip
     return doc
+
+
+def bench_environment(machine: str | None = None) -> dict[str, Any]:
+    """Versions and machine facts for the JSON's environment block."""
+    import os
+
+    from selectllm_local import hardware
+    from selectllm_local.rundir import environment
+
+    env = environment()
+    facts = hardware.machine_facts()
+    datasheet = facts.pop("gpu_datasheet", None)
+    env.update(
+        machine=machine or "",
+        **facts,
+        vllm_cpu_kvcache_space=os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
+    )
+    if facts["gpu_name"] is not None:
+        env["gpu_datasheet"] = datasheet
+    return env

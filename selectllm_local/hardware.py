@@ -1,4 +1,10 @@
-"""Measuring the machine: matmul peak, datasheet peaks, memory high-water marks, environment.
+"""Hardware facts, in one place: device, CUDA, GPU datasheet, dtype, matmul peak, memory peaks.
+
+Why one module: every stage that runs a model (embedding, backends, evaluation, fine-tuning,
+baselines, the benchmark) has to answer "is there a GPU, and which dtype runs fast here?". Written
+in each of them, the answers drifted (one checked CUDA, another also wanted vLLM, a third passed a
+device string through). Now they all ask ``cuda_available``, ``default_device`` and
+``resolve_dtype`` here; ``torch`` is imported lazily so importing this module stays cheap.
 
 A throughput number means little until it is compared with what the hardware can do. The
 benchmark therefore measures, in the same process and dtype as the engine, how fast a plain
@@ -86,25 +92,56 @@ class MatmulResult:
     median_flops: float
 
 
-def default_device() -> str:
+def cuda_available() -> bool:
+    """True when torch sees a usable CUDA device (False when torch itself is missing)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency; kept for cheap callers
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def default_device(device: str | None = None) -> str:
+    """``device`` when given, else ``cuda`` if a GPU is usable, else ``cpu``."""
+    if device:
+        return device
+    return "cuda" if cuda_available() else "cpu"
+
+
+def gpu_name() -> str | None:
+    """CUDA's name for device 0 (e.g. 'NVIDIA H100 80GB HBM3'), or None without a GPU."""
+    if not cuda_available():
+        return None
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(torch.cuda.get_device_name(0))
 
 
-def resolve_dtype(dtype: str, device: str | None = None) -> str:
-    """``auto`` -> bfloat16 where the hardware has native bf16 GEMMs, else float32.
+def gpu_datasheet() -> GPUSpec | None:
+    """The datasheet entry of device 0, when there is a GPU and the table knows it."""
+    name = gpu_name()
+    return match_gpu(name) if name else None
 
-    AVX2-only x86 CPUs (no AVX-512 BF16, no AMX) run bf16 GEMMs an order of magnitude slower
-    than float32, so a benchmark there in bf16 measures an emulation path, not the machine.
+
+def resolve_dtype(dtype: str, device: str | None = None, *, cpu_auto: str | None = None) -> str:
+    """``auto`` -> the dtype that runs fast here; any other name is returned unchanged.
+
+    On a GPU: bfloat16 where the GPU supports it, else float16. On a CPU: ``cpu_auto`` when the
+    caller has its own reason (training and evaluation want float32's exact sums; the
+    transformers selection backend halves its memory in bfloat16), else bfloat16 where the
+    hardware has native bf16 GEMMs and float32 otherwise: AVX2-only x86 CPUs (no AVX-512 BF16, no
+    AMX) run bf16 GEMMs an order of magnitude slower than float32, so a benchmark there in bf16
+    would measure an emulation path, not the machine.
     """
     if dtype != "auto":
         return dtype
     import torch
 
-    device = device or default_device()
+    device = default_device(device)
     if device.startswith("cuda"):
-        return "bfloat16"
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if cpu_auto is not None:
+        return cpu_auto
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "bfloat16"
     try:
@@ -112,6 +149,14 @@ def resolve_dtype(dtype: str, device: str | None = None) -> str:
     except AttributeError:  # pragma: no cover - older torch
         native = False
     return "bfloat16" if native else "float32"
+
+
+def empty_cache() -> None:
+    """Return cached GPU memory to the driver after an engine is freed (no-op on CPU)."""
+    if cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def measure_matmul(
@@ -124,7 +169,7 @@ def measure_matmul(
     import torch
     import torch.nn.functional as F
 
-    device = device or default_device()
+    device = default_device(device)
     size = size or (8192 if device.startswith("cuda") else 1536)
     tdtype = getattr(torch, dtype)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -229,38 +274,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_environment(machine: str | None = None) -> dict[str, Any]:
-    """Versions and machine facts for the JSON's environment block."""
+def machine_facts() -> dict[str, Any]:
+    """CPU, threads, load and GPU facts for an output's environment block."""
     import torch
 
-    from selectllm_local.pipeline import environment
-
-    env = environment()
-    env.update(
-        machine=machine or "",
-        cpu_model=cpu_model(),
-        cpu_cores=os.cpu_count(),
-        torch_threads=torch.get_num_threads(),
-        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        gpu_name=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        cuda=torch.version.cuda,
-        vllm_cpu_kvcache_space=os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
-    )
-    if torch.cuda.is_available():
-        spec = match_gpu(env["gpu_name"])
-        env["gpu_datasheet"] = asdict(spec) if spec else None
-    return env
-
-
-# -- tokenizer ----------------------------------------------------------------------------------
-def train_pool_tokenizer(out_dir: Path | str, texts: list[str], *, vocab_size: int = 32000) -> Any:
-    """A byte-level BPE tokenizer trained on ``texts`` (the pool), saved into ``out_dir``.
-
-    ``tinymodel``'s tokenizer learns from a few hundred words, so English costs it ~1 token per
-    2 characters, about twice what a real LLM tokenizer spends. Benchmarks of real shapes swap in
-    this one, trained on the pool itself (digits split, ChatML template, same special tokens), so
-    prompt lengths and the shared-prefix fraction match what a trained model would see.
-    """
-    from selectllm_local.tinymodel import build_tokenizer
-
-    return build_tokenizer(out_dir, vocab_size=vocab_size, texts=texts)
+    name = gpu_name()
+    spec = match_gpu(name) if name else None
+    facts: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "gpu_name": name,
+        "cuda": torch.version.cuda,
+    }
+    if name is not None:
+        facts["gpu_datasheet"] = asdict(spec) if spec else None
+    return facts

@@ -1,6 +1,6 @@
 """Where the time of a real ``select`` goes, stage by stage, on the benchmark's engine.
 
-The settings measured by ``bench.run_benchmark`` time the selection stage alone on a cheap
+The settings measured by ``bench.run.run_benchmark`` time the selection stage alone on a cheap
 subset layout. This runs the whole pipeline once (``pipeline.select_run``: load, embed, cluster,
 plan, select, write) on a pool of the same size built from the same rows, with the engine already
 loaded, and reports ``summary.json``'s seconds per stage plus our code's share of the selection
@@ -20,7 +20,7 @@ from selectllm_local.records import PoolItem
 
 def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str, Any]:
     """Run ``select_run`` on ``cfg.subsets x cfg.candidates`` rows of ``items`` with ``backend``."""
-    from selectllm_local.config import SelectConfig
+    from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig, SelectorConfig
     from selectllm_local.pipeline import select_run
 
     n = cfg.subsets * cfg.candidates
@@ -33,18 +33,26 @@ def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str
                        "response": it.output or "", "category": it.category or ""}  # fmt: skip
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         sel = SelectConfig(
-            pool=pool,
-            budget=cfg.subsets * cfg.picks,
-            model=backend.model_path,
-            backend=backend.name,
-            n_clusters=cfg.candidates,
-            max_candidate_tokens=cfg.max_candidate_tokens,
-            min_candidate_tokens=min(32, cfg.max_candidate_tokens),
-            retries=0,
-            max_tokens=cfg.max_tokens,
-            max_model_len=cfg.max_model_len,
-            seed=cfg.seed,
-            run_dir=Path(tmp) / "run",
+            plan=PlanConfig(
+                pool=pool,
+                budget=cfg.subsets * cfg.picks,
+                n_clusters=cfg.candidates,
+                seed=cfg.seed,
+                run_dir=Path(tmp) / "run",
+            ),
+            selector=SelectorConfig(
+                max_candidate_tokens=cfg.max_candidate_tokens,
+                min_candidate_tokens=min(32, cfg.max_candidate_tokens),
+                retries=0,
+                max_tokens=cfg.max_tokens,
+                seed=cfg.seed,
+            ),
+            engine=EngineConfig(
+                backend=backend.name,
+                model=backend.model_path,
+                max_model_len=cfg.max_model_len,
+                seed=cfg.seed,
+            ),
         )
         out = select_run(sel, backend=backend, progress=False)
     s = out.summary

@@ -23,14 +23,16 @@ Run directory::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from selectllm_local.errors import UserError
-from selectllm_local.experiment_config import ExperimentConfig, load_experiment_config
+from selectllm_local.experiment.config import ExperimentConfig, load_experiment_config
 from selectllm_local.runstore import read_json, stable_hash, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ class ExperimentOutcome:
     plot: Path | None = None
     seconds: float = 0.0
 
+    def summary(self) -> dict[str, Any]:
+        """What ``--json`` prints: the cells and where the results are."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
 
 def run_experiment(
     config_path: Path | str,
@@ -77,7 +83,7 @@ def run_experiment(
     cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates everything
     root = cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
-    from selectllm_local.pipeline import environment
+    from selectllm_local.rundir import environment
 
     write_json(root / "experiment.json", {"config": cfg.to_dict(), "environment": environment()})
     pool_path = _write_pool(cfg)
@@ -98,7 +104,7 @@ def run_experiment(
         _prepare_cell_dir(cell_dir, key)
         _run_cell(cfg, cell, cell_dir, key, pool_path, base_model, progress=progress)
         outcome.cells_run.append(cell.name)
-    from selectllm_local.results import write_results
+    from selectllm_local.experiment.results import write_results
 
     paths = write_results(root, cfg.methods, cfg.budgets, cfg.seeds, cells=[c.name for c in cells])
     outcome.table_md, outcome.results_csv, outcome.summary_csv, outcome.plot = paths
@@ -149,10 +155,11 @@ def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
             "test": cfg.test_key,
             "base_model": cfg.base_model,
             "plan": cfg.plan,
-            "select": cfg.select if cell.method == "select" else None,
-            "baselines": cfg.baselines if cell.method != "select" else None,
+            "selector": cfg.selector.to_dict() if cell.method == "select" else None,
+            "engine": cfg.engine.to_dict() if cell.method == "select" else None,
+            "baseline": cfg.baseline.to_dict() if cell.method != "select" else None,
             "finetune": cfg.finetune.to_dict(),
-            "evaluate": cfg.evaluate,
+            "evaluate": cfg.evaluate.to_dict(),
         }
     )
 
@@ -181,7 +188,7 @@ def _run_cell(
     progress: bool,
 ) -> None:
     from selectllm_local.evaluate import evaluate_run
-    from selectllm_local.finetune import finetune, finetune_in_subprocess
+    from selectllm_local.finetune import finetune_run
 
     timings: dict[str, float] = {}
     sel_path = cell_dir / "selection.json"
@@ -210,9 +217,13 @@ def _run_cell(
     if not (
         (adapter / "adapter_config.json").exists() and (ft_dir / "train_summary.json").exists()
     ):
-        ft_cfg = cfg.finetune_for_seed(cell.seed)
-        run = finetune_in_subprocess if cfg.finetune_subprocess else finetune
-        adapter = run(records, base_model=base_model, out_dir=ft_dir, config=ft_cfg)
+        adapter = finetune_run(
+            records,
+            base_model=base_model,
+            out_dir=ft_dir,
+            config=cfg.finetune.replace(seed=cell.seed),
+            subprocess=cfg.finetune_subprocess,
+        )
     timings["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -220,18 +231,12 @@ def _run_cell(
     if (ev_dir / "scores.json").exists():
         scores = read_json(ev_dir / "scores.json")
     else:
-        ev = cfg.evaluate
         evaluate_run(
             cfg.test_set,
             base_model=base_model,
             adapter=adapter,
             out_dir=ev_dir,
-            backend=ev.get("backend", "auto"),
-            limit=cfg.test_limit,
-            max_new_tokens=int(ev.get("max_new_tokens", 256)),
-            batch_size=int(ev.get("batch_size", 16)),
-            max_prompt_tokens=int(ev.get("max_prompt_tokens", 1024)),
-            seed=cell.seed,
+            config=dataclasses.replace(cfg.evaluate, seed=cell.seed),
             progress=progress,
         )
         scores = read_json(ev_dir / "scores.json")
@@ -265,17 +270,21 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
     if cell.method == "select":
         from selectllm_local.pipeline import select_run
 
-        selector = _resolve_model(cfg.select["model"], cfg.run_dir, role="selector")
+        selector = _resolve_model(str(cfg.engine.model), cfg.run_dir, role="selector")
         selected = select_run(cfg.select_config(plan_cfg, selector), progress=progress)
         picks = [int(i) for i in selected.selected]
     else:
         from selectllm_local.baselines import baseline_run
 
         name, _, variant = cell.method.partition(":")
-        opts = cfg.baseline_options(name, variant)
-        if name == "perplexity":
-            opts["scorer"] = _resolve_model(opts["scorer"], cfg.run_dir, role="base")
-        picks = baseline_run(name, plan_cfg, progress=progress, **opts).indices
+        scorer = _resolve_model(str(cfg.baseline.scorer_model), cfg.run_dir, role="base")
+        picks = baseline_run(
+            name,
+            plan_cfg,
+            scorer=scorer if name == "perplexity" else None,
+            progress=progress,
+            **cfg.baseline.options(name, variant),
+        ).indices
     _check_same_pool(cfg, plan_dir)
     return picks
 

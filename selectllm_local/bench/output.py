@@ -1,6 +1,6 @@
 """Benchmark outputs: a human table, the JSON document and a PNG plot.
 
-The JSON has fixed keys (``bench.TOP_KEYS`` / ``bench.RESULT_KEYS``) so results from different
+The JSON has fixed keys (``bench.config.TOP_KEYS`` / ``RESULT_KEYS``) so results from different
 machines and dates can be compared by a script; the table and the plot are for people.
 """
 

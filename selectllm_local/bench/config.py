@@ -1,6 +1,6 @@
 """Benchmark configuration: settings, presets and the fixed keys of the results JSON.
 
-Kept apart from the measuring code (``bench.py``) so the CLI and scripts can parse options and
+Kept apart from the measuring code (``bench/run.py``) so the CLI and scripts can parse options and
 validate them, with messages naming the flag, before anything heavy is imported.
 """
 

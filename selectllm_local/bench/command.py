@@ -1,0 +1,62 @@
+"""The ``bench`` command as one keyword-only function, so the CLI holds no branching.
+
+Why here: whether to estimate (``dry``) or measure (``run``), which preset to expand and where
+to write the files are the benchmark's decisions, not the command line's. The CLI passes the
+parsed options and prints either the JSON document or the human text returned here.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def bench_command(
+    *,
+    pool: Path,
+    preset: str = "tiny",
+    shape: str | None = None,
+    model: str | None = None,
+    dtype: str | None = None,
+    subsets: int | None = None,
+    candidates: int | None = None,
+    repeats: int | None = None,
+    stages: bool | None = None,
+    machine: str = "",
+    out: Path = Path("benchmarks/results"),
+    name: str | None = None,
+    dry_run: bool = False,
+    gpu: str = "h100",
+    utilization: float = 0.4,
+    budget: int | None = None,
+    setting: list[str] | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, Any], str]:
+    """Estimate (``dry_run``) or measure, write the outputs; return (JSON document, human text)."""
+    from selectllm_local.bench import config, dry, output, run
+
+    if dry_run:
+        est = dry.dry_run(pool, shape=shape or "llama-3-8b", model=model, gpu=gpu,
+                          utilization=utilization, candidates=candidates, budget=budget)  # fmt: skip
+        return est, dry.format_dry_run(est)
+    cfg = config.config_from_preset(
+        preset, pool=pool, shape=shape, model=model, dtype=dtype, subsets=subsets,
+        candidates=candidates, repeats=repeats, machine=machine, stages=stages,
+        settings=[config.parse_setting(s) for s in setting] if setting else None,
+    )  # fmt: skip
+    doc = run.run_benchmark(cfg, progress=progress)
+    paths = output.write_outputs(doc, out, name or f"select_{preset}")
+    return doc, _table_text(output.results_table(doc)) + (
+        f"\nWrote {', '.join(str(p) for p in paths.values())}."
+    )
+
+
+def _table_text(table: Any) -> str:
+    """A rich table rendered to plain text at the terminal's width."""
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=shutil.get_terminal_size().columns, no_color=True).print(table)
+    return buf.getvalue().rstrip("\n")

@@ -1,0 +1,3 @@
+from selectllm_local.cli import main
+
+main()

@@ -1,0 +1,35 @@
+"""``experiment`` (methods x budgets x seeds) and ``report`` (HTML of a run)."""
+
+from __future__ import annotations
+
+from selectllm_local.cli import app
+from selectllm_local.cli.options import command, emit, show_progress
+from selectllm_local.config import ExperimentCommand, ReportCommand
+
+
+@command(app, ExperimentCommand)
+def experiment(cfg: ExperimentCommand, *, json_out: bool) -> None:
+    """Methods x budgets x seeds: select, fine-tune, evaluate; write the results table and plot.
+
+    Resumable: re-running the same command skips finished cells.
+    """
+    from selectllm_local import summaries
+    from selectllm_local.experiment import run_experiment
+
+    outcome = run_experiment(
+        cfg.config, run_dir=cfg.run_dir, max_cells=cfg.max_cells, progress=show_progress(json_out)
+    )
+    emit(outcome.summary(), json_out, lambda: summaries.experiment_text(outcome))
+
+
+@command(app, ReportCommand)
+def report(cfg: ReportCommand, *, json_out: bool) -> None:
+    """Render an HTML report of a run: clusters, picks, lengths, positions, throughput."""
+    from selectllm_local.report import render_report
+
+    path = render_report(cfg.run_dir, cfg.out)
+    emit(
+        {"report": str(path)},
+        json_out,
+        lambda: f"Wrote {path} (self-contained HTML; open it in a browser).",
+    )

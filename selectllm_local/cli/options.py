@@ -1,0 +1,156 @@
+"""Typer options built from the config classes, so each setting is declared once.
+
+``command(app, Config)`` registers a function as a command whose options are the settings of
+``Config`` (its sections and its own fields): the flag spellings and help come from the fields,
+the ``--config`` file is read by the one loader, and a flag counts only when the user gave it
+(click's parameter source), so precedence is defaults < config file < flags. The command function
+receives the built, validated config and ``json_out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from selectllm_local.config import loader
+from selectllm_local.config.base import field_docs, field_types, flags_of
+from selectllm_local.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+# How a value came in when the user gave it (typer vendors click, so compared by name).
+GIVEN = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+PANELS = {"plan": "Planning", "selector": "Selector", "engine": "Engine", "baseline": "Baseline",
+          "finetune": "Fine-tuning", "evaluate": "Evaluation"}  # fmt: skip
+
+
+def console(stderr: bool = False):  # noqa: ANN201 - rich.console.Console (imported lazily)
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn user errors into one paragraph on stderr and their exit code (2); Ctrl-C into 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            from rich.markup import escape
+
+            console(stderr=True).print(
+                f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
+        except KeyboardInterrupt:
+            console(stderr=True).print(
+                "[yellow]Interrupted.[/] Finished work is saved; run the same command again to resume."
+            )
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def show_progress(json_out: bool) -> bool:
+    """Progress bars only for a person watching a terminal (never around JSON output)."""
+    import sys
+
+    return not json_out and sys.stderr.isatty()
+
+
+def emit(result: dict[str, Any], json_out: bool, text: Callable[[], Any]) -> None:
+    """Print ``result`` as JSON, or the human summary ``text()`` builds."""
+    if json_out:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        console().print(text())
+
+
+def _cli_type(tp: Any) -> Any:
+    """The type typer parses: ``X | None`` -> ``X``; ``str | list[str]`` -> ``str``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return tp
+
+
+def _parameter(name: str, where: list[loader.Leaf]) -> inspect.Parameter:
+    owner, f = where[0]
+    tp = _cli_type(field_types(owner)[name])
+    doc = field_docs(owner).get(name, "").replace("[", "\\[")  # not rich markup
+    has_default = f.default is not dataclasses.MISSING
+    default = f.default if has_default else None
+    if f.metadata.get("argument"):
+        info: Any = typer.Argument(help=doc, show_default=False, metavar=name.upper())
+    else:
+        flags = list(flags_of(f))
+        if tp is bool and not f.metadata.get("flags"):  # --no-x: a flag can undo the file
+            flags = [f"{flags[0]}/--no-{flags[0][2:]}"]
+        section = getattr(owner, "SECTION", "")
+        info = typer.Option(*flags, help=doc, rich_help_panel=PANELS.get(section))
+    annotation = tp if default is not None else tp | None
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, info],
+    )
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (a default does not count, whatever its value)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in GIVEN
+
+
+CONTEXT = inspect.Parameter(
+    "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+)
+COMMON = [
+    inspect.Parameter(
+        "config_file", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Path | None, typer.Option(
+            "--config", help="TOML config file: \\[plan], \\[engine]... tables and flag names as keys; flags override it.")],
+    ),
+    inspect.Parameter(
+        "json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
+        annotation=Annotated[bool, typer.Option("--json", help="Print the result as JSON.")],
+    ),
+]  # fmt: skip
+
+
+def command(app: typer.Typer, config_cls: type, *, name: str | None = None) -> Callable[[F], F]:
+    """Register ``fn(cfg, *, json_out)`` as a command taking the settings of ``config_cls``."""
+
+    def register(fn: F) -> F:
+        cmd = name or fn.__name__.replace("_", "-")
+        known = loader.leaves(config_cls)
+        params = [
+            _parameter(n, where)
+            for n, where in known.items()
+            if where[0][1].metadata.get("cli", True)
+        ]
+
+        def run(ctx: typer.Context, **kw: Any) -> Any:
+            values = loader.file_values(kw["config_file"], config_cls, command=cmd)
+            values.update({k: v for k, v in kw.items() if k in known and _given(ctx, k)})
+            return fn(loader.build(config_cls, values), json_out=kw["json_out"])
+
+        signature = inspect.Signature([CONTEXT, *params, *COMMON])
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+        app.command(cmd)(handle_errors(run))
+        return fn
+
+    return register

@@ -1,0 +1,218 @@
+"""What each command takes: the sections it composes plus its own few settings.
+
+The CLI builds one option per setting (``cli/options.py``) and the config loader one key per
+setting, from these classes alone; each library entry point takes the object it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from selectllm_local.config.base import REQUIRED, Section, as_path, setting, to_jsonable
+from selectllm_local.config.sections import EngineConfig, PlanConfig, SelectorConfig
+from selectllm_local.config.training import BaselineConfig, EvaluateConfig, FinetuneConfig
+
+OUTPUT_FORMATS = ("jsonl", "parquet", "hf")
+C = TypeVar("C", bound="Command")
+
+
+class Command(Section):
+    """Base of the command settings: built from flat settings by name (``of``)."""
+
+    @classmethod
+    def of(cls: type[C], **values: Any) -> C:
+        """Build from settings by name, e.g. ``SelectConfig.of(pool=p, budget=8, model=m)``."""
+        from selectllm_local.config.loader import build
+
+        return build(cls, values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+@dataclass
+class SelectConfig(Command):
+    """``select``: the plan stages, then the LLM's picks (``selection.py``) and the outputs."""
+
+    plan: PlanConfig
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    format: str = "jsonl"
+    """Extra output besides selected.jsonl: jsonl (none), parquet, hf (a datasets folder)."""
+
+    def __post_init__(self) -> None:
+        self._one_of("format", OUTPUT_FORMATS)
+
+
+@dataclass
+class BaselineCommand(Command):
+    """``baseline``: a baseline selector on the same pool, plan and budget as ``select``."""
+
+    name: str = setting(REQUIRED, argument=True)
+    """random | length | perplexity | kcenter | diversity | cluster-random."""
+    plan: PlanConfig = setting(REQUIRED)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+
+@dataclass
+class SplitConfig(Command):
+    """``split``: hold out a seeded test set of rows with a response."""
+
+    pool: Path = setting(REQUIRED, argument=True)
+    """Pool file (.jsonl/.json/.csv/.parquet) or a datasets folder."""
+    test: int = setting(REQUIRED, "--test")
+    """Rows to hold out as the test set."""
+    out: Path = setting(REQUIRED, "--out", "--run-dir")
+    """Folder for pool.jsonl and test.jsonl."""
+    seed: int = 0
+    """Random seed."""
+    instruction_field: str | None = None
+    """Source field holding the instruction [default: auto-detected schema]."""
+    input_field: str | None = None
+    """Source field holding the input/context (optional)."""
+    output_field: str | None = None
+    """Source field holding the response."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (reported with their line numbers) instead of stopping."""
+
+    def __post_init__(self) -> None:
+        self.pool, self.out = Path(self.pool), Path(self.out)
+        self._at_least("test", 1)
+
+
+@dataclass
+class FinetuneCommand(Command):
+    """``finetune``: LoRA / QLoRA on selected records."""
+
+    selected: Path = setting(REQUIRED, argument=True)
+    """selected.jsonl (or any JSONL of instruction/input/output records)."""
+    base_model: Path = setting(REQUIRED, "--base-model")
+    """Local folder of the model to fine-tune."""
+    out: Path = setting(REQUIRED, "--out", "--run-dir")
+    """Output folder (adapter/, train_log.jsonl, train_summary.json)."""
+    subprocess: bool = setting(True, "--subprocess/--in-process")
+    """Train in a fresh Python process (all memory of earlier stages surely released)."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        self.selected, self.base_model, self.out = (
+            Path(self.selected),
+            Path(self.base_model),
+            Path(self.out),
+        )
+
+
+@dataclass
+class EvaluateCommand(Command):
+    """``evaluate``: answer a test set with base model + adapter and score the answers."""
+
+    test_set: Path = setting(REQUIRED, argument=True)
+    """JSONL of instruction/input/output, or a folder with prompt_format.json + test_gts.json."""
+    base_model: Path = setting(REQUIRED, "--base-model")
+    """Local folder of the base model."""
+    out: Path = setting(REQUIRED, "--out", "--run-dir")
+    """Folder for predictions.jsonl and scores.json."""
+    adapter: Path | None = None
+    """LoRA adapter folder (from finetune) [default: the base model alone]."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        self.test_set, self.base_model, self.out = (
+            Path(self.test_set),
+            Path(self.base_model),
+            Path(self.out),
+        )
+        self.adapter = as_path(self.adapter)
+
+
+@dataclass
+class ExperimentCommand(Command):
+    """``experiment``: methods x budgets x seeds from one experiment file."""
+
+    config: Path = setting(REQUIRED, argument=True)
+    """Experiment file (TOML; see configs/). Also accepted as --config."""
+    run_dir: Path | None = setting(None, "--run-dir", "--out")
+    """Run directory [default: from the file, or runs/experiment-<name>]."""
+    max_cells: int | None = None
+    """Stop after running this many cells (finished cells that are skipped do not count)."""
+
+    def __post_init__(self) -> None:
+        self.config, self.run_dir = Path(self.config), as_path(self.run_dir)
+        if self.max_cells is not None:
+            self._at_least("max_cells", 0)
+
+
+@dataclass
+class BenchCommand(Command):
+    """``bench``: selection throughput against this machine's measured matmul peak."""
+
+    pool: Path = setting(REQUIRED, "--pool")
+    """Pool whose rows make the prompts (Dolly, Alpaca, ...)."""
+    preset: str = "tiny"
+    """tiny (CI, seconds), cpu (Qwen2.5-0.5B shape, 14 candidates) or gpu (Llama-3-8B shape,
+    batch 64, ids + logprobs, one GPU, < 5 min)."""
+    shape: str | None = None
+    """Random-weight model shape (see random-model) [default: the preset's]."""
+    model: str | None = None
+    """A local model folder instead of a shape."""
+    dtype: str | None = None
+    """auto | bfloat16 | float16 | float32 [default: the preset's]."""
+    subsets: int | None = None
+    """Prompts per repeat [default: the preset's]."""
+    candidates: int | None = None
+    """Candidates per prompt (K) [default: the preset's]."""
+    repeats: int | None = None
+    """Timed repeats (the median is reported) [default: the preset's]."""
+    stages: bool | None = None
+    """Also run one real select and split its time: engine vs our code [default: the preset's]."""
+    machine: str = ""
+    """Name of the machine, saved with the results."""
+    out: Path = setting(Path("benchmarks/results"), "--out", "--run-dir")
+    """Folder for <name>.json and <name>.png."""
+    name: str | None = None
+    """File stem [default: select_<preset>]."""
+    dry_run: bool = False
+    """Estimate prompts, tokens, FLOPs and time; load no model."""
+    gpu: str = "h100"
+    """Dry run: h100, h200, a100, l40s, l4, b200, or measured."""
+    utilization: float = 0.4
+    """Dry run: share of the peak reached."""
+    budget: int | None = setting(None, "--budget", "-n")
+    """Dry run: how many instructions a selection would keep."""
+    setting: list[str] | None = None  # last: the name shadows the helper in this class body
+    """Repeatable: vllm, vllm:free, vllm:logprobs, vllm:reasons, vllm:nocache, transformers:b8."""
+
+    def __post_init__(self) -> None:
+        self.pool, self.out = Path(self.pool), Path(self.out)
+
+
+@dataclass
+class ReportCommand(Command):
+    """``report``: a self-contained HTML report of a run."""
+
+    run_dir: Path = setting(REQUIRED, argument=True)
+    """Run directory of a plan/select run."""
+    out: Path | None = None
+    """HTML file [default: RUN_DIR/report.html]."""
+
+    def __post_init__(self) -> None:
+        self.run_dir, self.out = Path(self.run_dir), as_path(self.out)
+
+
+@dataclass
+class RandomModelCommand(Command):
+    """``random-model``: a random-weight model of a real shape."""
+
+    shape: str = setting(REQUIRED, argument=True)
+    """Shape: tiny-qwen2, tiny-llama, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, llama-3-8b."""
+    out_dir: Path = setting(REQUIRED, argument=True)
+    """Directory to write the model to."""
+    seed: int = 0
+    """Weight seed."""
+    dtype: str = "bfloat16"
+    """bfloat16 | float16 | float32."""
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)

@@ -1,0 +1,199 @@
+"""One loader for every TOML file: ``--config`` files and experiment files use the same tables.
+
+A file holds tables named after the sections (``[plan]``, ``[selector]``, ``[engine]``,
+``[baseline]``, ``[finetune]``, ``[evaluate]``), a table named after the command (``[select]``:
+any of its settings) and, at the top level, plain keys that mean the flag of the same name.
+A key means what its flag means, so a key shared by two sections of a command (``seed``,
+``device``) sets both, exactly as the flag does. Unknown keys and tables are errors naming the
+key and the file; tables of other commands' sections are ignored, so one file can serve
+``plan``, ``select`` and ``experiment``. Precedence: defaults < config file < flags the user gave.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from selectllm_local.config.base import field_types, flag_name, flags_of, is_section
+from selectllm_local.config.sections import EngineConfig, PlanConfig, SelectorConfig
+from selectllm_local.config.training import BaselineConfig, EvaluateConfig, FinetuneConfig
+from selectllm_local.errors import UserError
+
+T = TypeVar("T")
+
+SECTIONS: dict[str, type] = {
+    c.SECTION: c
+    for c in (
+        PlanConfig,
+        SelectorConfig,
+        EngineConfig,
+        BaselineConfig,
+        FinetuneConfig,
+        EvaluateConfig,
+    )
+}
+# Tables that only the experiment reads; any other command skips them.
+OWN_TABLES = ("experiment",)
+# Tables of earlier versions, with what replaced them.
+RENAMED = {
+    "select": "[selector] (mode, temperature, ...) and [engine] (model, backend, dtype, ...)",
+    "baselines": "[baseline] (keys: scorer_model, band, scorer_batch_size, diversity_sample)",
+}
+Leaf = tuple[type, dataclasses.Field]  # (the class that declares the setting, its field)
+
+
+def read_toml(
+    path: Path | str, *, what: str = "Config file", flag: str = "--config"
+) -> dict[str, Any]:
+    """Parse a TOML file into a table with ``-`` in keys read as ``_``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist. Check the {flag} path.")
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not valid TOML: {exc}. Fix the file and retry.") from exc
+    return _normalise(data)
+
+
+def _normalise(table: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k.replace("-", "_"): _normalise(v) if isinstance(v, dict) and k != "extra" else v
+        for k, v in table.items()
+    }
+
+
+def check_keys(
+    cls: type | Iterable[str],
+    table: Mapping[str, Any],
+    *,
+    where: str,
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse keys that are not fields of ``cls`` (or not in a list of names), naming them."""
+    names = (
+        [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        if isinstance(cls, type)
+        else list(cls)
+    )
+    known = sorted(names)
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        hints = hints or (_flag_keys(dataclasses.fields(cls)) if isinstance(cls, type) else {})  # type: ignore[arg-type]
+        hint = "".join(
+            f" The key of --{k.replace('_', '-')} is {hints[k]}." for k in unknown if k in hints
+        )
+        raise UserError(
+            f"{where} has unknown key(s): {', '.join(unknown)}.{hint} Known keys: {', '.join(known)}."
+        )
+
+
+def _flag_keys(fields: Iterable[dataclasses.Field]) -> dict[str, str]:
+    """Flags spelled unlike their field (``--k``) as would-be keys -> the real key."""
+    out = {}
+    for f in fields:
+        for flag in flags_of(f):
+            key = flag.split("/")[0].removeprefix("--").replace("-", "_")
+            if key != f.name and flag.startswith("--"):  # long flags only (not -n)
+                out[key] = f.name
+    return out
+
+
+def leaves(cls: type) -> dict[str, list[Leaf]]:
+    """Setting name -> where it lives: ``(declaring class, field)`` for each section having it."""
+    out: dict[str, list[Leaf]] = {}
+    types = field_types(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if is_section(types[f.name]):
+            for sub in dataclasses.fields(types[f.name]):
+                out.setdefault(sub.name, []).append((types[f.name], sub))
+        else:
+            out.setdefault(f.name, []).append((cls, f))
+    return out
+
+
+def sections_of(cls: type) -> set[str]:
+    """Config-file tables whose keys ``cls`` takes (its own, or those of its nested sections)."""
+    own = getattr(cls, "SECTION", "")
+    types = field_types(cls)
+    nested = {types[f.name].SECTION for f in dataclasses.fields(cls) if is_section(types[f.name])}  # type: ignore[arg-type]
+    return nested | ({own} if own else set())
+
+
+def file_values(path: Path | str | None, cls: type, *, command: str) -> dict[str, Any]:
+    """The settings a config file gives command ``command`` (built from ``cls``), by name."""
+    if path is None:
+        return {}
+    data = read_toml(path)
+    known = leaves(cls)
+    used = sections_of(cls)
+    # A command whose subject is a config file (``experiment``) takes the --config file as it.
+    out: dict[str, Any] = {"config": Path(path)} if "config" in known else {}
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            if key not in known:
+                raise UserError(
+                    f"Config file {path}: unknown key '{key}' for `selectllm {command}`. "
+                    f"Known keys: {', '.join(sorted(known))} (or tables {', '.join(sorted(SECTIONS))})."
+                )
+            out[key] = value
+        elif key in OWN_TABLES:
+            continue
+        elif key == command:
+            hints = _flag_keys(f for where in known.values() for _, f in where)
+            check_keys(known, value, where=f"Config file {path}: [{key}]", hints=hints)
+            out.update(value)
+        elif key in SECTIONS:
+            check_keys(SECTIONS[key], value, where=f"Config file {path}: [{key}]")
+            if key in used:
+                out.update(value)
+        elif key in RENAMED:
+            raise UserError(f"Config file {path}: the table [{key}] is now {RENAMED[key]}.")
+        else:
+            raise UserError(
+                f"Config file {path}: unknown table [{key}]. Known tables: "
+                f"{', '.join(sorted([*SECTIONS, *OWN_TABLES, command]))}."
+            )
+    return out
+
+
+def build(cls: type[T], values: Mapping[str, Any]) -> T:
+    """``cls`` (a section, or a command's composition of sections) from settings by name.
+
+    A name shared by several sections sets each of them; a required setting that is missing is
+    an error naming its flag and its config key.
+    """
+    known = leaves(cls)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"Unknown setting(s) {', '.join(unknown)} for {cls.__name__}.")
+    types = field_types(cls)  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        sec = types[f.name]
+        if is_section(sec):
+            given = {s.name: values[s.name] for s in dataclasses.fields(sec) if s.name in values}
+            _require(sec, given)
+            kwargs[f.name] = sec(**given)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    _require(cls, kwargs)
+    return cls(**kwargs)
+
+
+def _require(cls: type, given: Mapping[str, Any]) -> None:
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.name not in given
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        flags = ", ".join(flag_name(cls, m) for m in missing)
+        raise UserError(
+            f"Missing {flags}: give it on the command line or as '{missing[0]}' in the --config file."
+        )

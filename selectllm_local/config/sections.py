@@ -1,0 +1,183 @@
+"""The selection sections: ``[plan]`` (stages 1-5), ``[selector]`` (how picks are asked for) and
+``[engine]`` (which LLM runs, and how).
+
+Each is exactly what its stage takes: ``pipeline.plan_run`` a :class:`PlanConfig`,
+``selection.select`` a :class:`SelectorConfig`, ``backends.load_backend`` an :class:`EngineConfig`,
+so no settings are copied from one object into another on the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selectllm_local.config.base import REQUIRED, Section, as_path, setting
+
+LAYOUTS = ("diverse", "cluster", "random")
+MODES = ("generate", "logprobs")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+DEFAULT_MAX_K = 32
+
+
+@dataclass
+class PlanConfig(Section):
+    """Stages 1-5: load the pool, embed, cluster, balance, lay out subsets, allocate picks."""
+
+    SECTION = "plan"
+
+    pool: Path = setting(argument=True)
+    """Pool file: JSONL, JSON list, CSV, Parquet, or a datasets folder saved with save_to_disk."""
+    budget: int = setting(REQUIRED, "--budget", "-n")
+    """How many instructions to select in the end (1 .. pool size)."""
+    run_dir: Path | None = setting(None, "--run-dir", "--out")
+    """Run directory [default: runs/<pool file stem>]. Re-running on it resumes and reuses caches."""
+    layout: str = "diverse"
+    """Subset layout: diverse (one candidate per cluster, the paper), cluster (within one cluster), random."""
+    n_clusters: int | None = setting(None, "--k")
+    """K = candidates per diverse prompt [default: round(pool/1000), at least 2, at most --max-k]."""
+    max_k: int = DEFAULT_MAX_K
+    """Cap on the default K so a prompt stays short (the paper's rule gives 1,000 for a 1M pool)."""
+    seed: int = 0
+    """Seed for k-means, layouts, pick allocation and sampled retries."""
+    kmeans_iters: int = 20
+    """FAISS k-means iterations."""
+    embedder: str = DEFAULT_EMBEDDER
+    """Sentence embedding model: the packaged all-MiniLM-L6-v2, a local path, or a hub id."""
+    embed_batch_size: int = 64
+    """Sentences per embedding batch (64 was fastest on a 2-core CPU)."""
+    device: str | None = None
+    """Device (cpu, cuda) for embedding and the transformers backend [default: cuda when available]."""
+    instruction_field: str | None = None
+    """Source field holding the instruction [default: auto-detected schema]."""
+    input_field: str | None = None
+    """Source field holding the input/context (optional)."""
+    output_field: str | None = None
+    """Source field holding the response (optional; never shown to the selector)."""
+    category_field: str | None = None
+    """Source field holding a category label (optional; used in reports)."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (reported with their line numbers) instead of stopping."""
+    tokenizer: str | None = None
+    """Tokenizer (local path) for the prompt-token estimate [default: a chars/4 heuristic]."""
+    offline: bool = setting(False, "--offline/--online")
+    """Refuse any hub id (embedder, tokenizer, model): only local paths and packaged models."""
+
+    def __post_init__(self) -> None:
+        self.pool = Path(self.pool)
+        self.run_dir = as_path(self.run_dir)
+        self._at_least("budget", 1)
+        self._one_of("layout", LAYOUTS)
+        if self.n_clusters is not None:
+            self._at_least("n_clusters", 2)
+        self._at_least("max_k", 2)
+        self._at_least("kmeans_iters", 1)
+        self._at_least("embed_batch_size", 1)
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir if self.run_dir is not None else Path("runs") / self.pool.stem
+
+
+@dataclass
+class SelectorConfig(Section):
+    """Stage 6: how the LLM is asked for its picks (all of it goes into the run's config hash)."""
+
+    SECTION = "selector"
+
+    mode: str = "generate"
+    """generate (the model writes ids) or logprobs (read label log-probabilities: a full ranking)."""
+    reasons: bool = False
+    """Also ask for a one-sentence reason per pick (prompts/select_reasons.j2; generate mode)."""
+    prompt: Path | None = None
+    """Jinja2 prompt template replacing prompts/select_ids.j2 (variables: prompts/README.md)."""
+    criteria: Path | None = None
+    """Criteria file replacing prompts/criteria/default.md (what 'worth annotating' means)."""
+    max_candidate_tokens: int = 256
+    """Candidates longer than this many tokens are cut (and marked) in the prompt."""
+    min_candidate_tokens: int = 32
+    """Floor when candidates are cut further to fit the model's context."""
+    temperature: float = 0.0
+    """Sampling temperature of the first attempt (0 = greedy, reproducible)."""
+    retries: int = 1
+    """Extra attempts for a subset whose answer is invalid, before the recorded fallback."""
+    retry_temperature: float = 0.7
+    """Temperature of retries (seeded)."""
+    constrained: bool = True
+    """Constrain decoding to the answer grammar (vLLM structured outputs; light gate in transformers)."""
+    max_tokens: int | None = None
+    """Answer length limit [default: enough for k ids (or k reasons)]."""
+    permutations: int = 1
+    """Logprob mode: score this many cyclic shifts of each subset and average (position bias)."""
+    seed: int = 0
+    """Seed of sampled retries and of the fallback picks (the --seed of the run)."""
+
+    def __post_init__(self) -> None:
+        self.prompt = as_path(self.prompt)
+        self.criteria = as_path(self.criteria)
+        self._one_of("mode", MODES)
+        if self.mode == "logprobs" and self.reasons:
+            raise self._bad(
+                "reasons", "needs generated text; it cannot be used with --mode logprobs."
+            )
+        self._at_least("retries", 0)
+        self._at_least("min_candidate_tokens", 1)
+        self._at_least("max_candidate_tokens", self.min_candidate_tokens)
+        self._at_least("permutations", 1)
+        self._at_least("temperature", 0)
+        self._at_least("retry_temperature", 0)
+        if self.max_tokens is not None:
+            self._at_least("max_tokens", 1)
+
+
+@dataclass
+class EngineConfig(Section):
+    """The LLM engine: which backend runs which model, and its knobs (what ``load_backend`` takes)."""
+
+    SECTION = "engine"
+
+    backend: str = "auto"
+    """LLM backend: auto (vLLM when installed, else transformers), vllm, transformers."""
+    model: str | None = setting(None, "--model", "-m")
+    """Model: a local folder (never touches the network) or a hub id (not with --offline)."""
+    dtype: str = "auto"
+    """Model dtype: auto, bfloat16, float16, float32."""
+    max_model_len: int | None = None
+    """Context length to run the model with [default: the model's own]."""
+    seed: int = 0
+    """Engine seed (the --seed of the run)."""
+    tensor_parallel_size: int = 1
+    """vLLM: GPUs per model."""
+    gpu_memory_utilization: float = 0.85
+    """vLLM: share of GPU memory the engine may take."""
+    enable_prefix_caching: bool = setting(True, "--prefix-caching/--no-prefix-caching")
+    """vLLM: reuse the computed shared prompt prefix (system message, criteria)."""
+    max_num_seqs: int | None = None
+    """vLLM: most sequences in flight at once [default: vLLM's]."""
+    enforce_eager: bool = False
+    """vLLM: run without CUDA graphs (slower, starts faster)."""
+    batch_size: int | None = None
+    """transformers: most prompts per batch (batches group prompts of similar length) [default:
+    16 on CPU, sized from free GPU memory and prompt length on CUDA]."""
+    device: str | None = None
+    """Device (cpu, cuda) for the transformers backend [default: cuda when available]."""
+    lora_path: str | None = None
+    """LoRA adapter folder applied to the model (evaluation of fine-tuned models)."""
+    extra: dict[str, Any] = setting(default_factory=dict, cli=False)
+    """Backend-specific keyword arguments passed through unchanged (code and config files only)."""
+
+    def __post_init__(self) -> None:
+        self._one_of("dtype", DTYPES)
+        if self.batch_size is not None:
+            self._at_least("batch_size", 1)
+        self._at_least("tensor_parallel_size", 1)
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise self._bad(
+                "gpu_memory_utilization", f"must be in (0, 1] (got {self.gpu_memory_utilization})."
+            )
+        if self.max_model_len is not None:
+            self._at_least("max_model_len", 16)
+        if self.max_num_seqs is not None:
+            self._at_least("max_num_seqs", 1)
+        self._known_backend("backend")

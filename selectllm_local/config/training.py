@@ -1,0 +1,167 @@
+"""The sections that judge a selection: ``[baseline]``, ``[finetune]`` and ``[evaluate]``.
+
+The defaults of :class:`FinetuneConfig` are the SelectLLM paper's QLoRA recipe; those of
+:class:`EvaluateConfig` are the one home of the evaluation defaults (the ``evaluate`` command, the
+experiment and the library all read them from here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from selectllm_local.config.base import Section
+from selectllm_local.config.sections import DTYPES
+
+QUANTIZATIONS = ("auto", "nf4", "none")
+PERPLEXITY_BANDS = ("high", "low", "middle")
+
+
+@dataclass
+class BaselineConfig(Section):
+    """Options of the baseline selectors (each baseline reads the ones it needs)."""
+
+    SECTION = "baseline"
+
+    shortest: bool = False
+    """length: shortest first instead of longest (experiment: write the method as length:shortest)."""
+    band: str = "high"
+    """perplexity: keep the high, low or middle band (experiment: perplexity:low and so on)."""
+    scorer_model: str | None = None
+    """perplexity: local causal LM that scores the pool [experiment default: its base_model]."""
+    scorer_batch_size: int = 16
+    """perplexity: texts per scoring batch."""
+    diversity_sample: int = 500
+    """diversity: pool items each instruction's Rouge-L overlap is measured against."""
+
+    def __post_init__(self) -> None:
+        self._one_of("band", PERPLEXITY_BANDS)
+        self._at_least("scorer_batch_size", 1)
+        self._at_least("diversity_sample", 1)
+
+    def options(self, name: str, variant: str = "") -> dict[str, Any]:
+        """The keyword options baseline ``name`` takes (``variant``: from ``length:shortest``...)."""
+        if name == "length":
+            return {"shortest": variant == "shortest" or (not variant and self.shortest)}
+        if name == "perplexity":
+            return {"band": variant or self.band, "batch_size": self.scorer_batch_size}
+        if name == "diversity":
+            return {"sample_size": self.diversity_sample}
+        return {}
+
+
+@dataclass
+class FinetuneConfig(Section):
+    """LoRA / QLoRA fine-tuning settings (defaults: the SelectLLM paper's recipe)."""
+
+    SECTION = "finetune"
+
+    lora_r: int = 64
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA input."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (AdamW)."""
+    epochs: float = 3.0
+    """Passes over the selected records."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: train for --epochs)."""
+    max_length: int = 1024
+    """Tokens per example (prompt + response); longer examples are cut at the end."""
+    batch_size: int = 4
+    """Examples per device batch."""
+    grad_accum: int = 4
+    """Batches accumulated per optimizer step (effective batch = batch_size x grad_accum)."""
+    warmup_ratio: float = 0.03
+    """Fraction of steps spent warming the learning rate up."""
+    lr_scheduler: str = "constant_with_warmup"
+    """Learning-rate schedule (QLoRA: constant after a short warm-up); any transformers scheduler name."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules that get LoRA adapters: all-linear (QLoRA) or module names, comma-separated."""
+    quantization: str = "auto"
+    """Base-model weights: nf4 (4-bit QLoRA, bitsandbytes), none, or auto (nf4 on CUDA, else none)."""
+    dtype: str = "auto"
+    """Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations to save memory [default: on for CUDA, off on CPU]."""
+    seed: int = 0
+    """Seed for LoRA initialisation, data order and dropout."""
+    logging_steps: int = 1
+    """Write the training log every this many optimizer steps."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "max_length",
+            "batch_size",
+            "grad_accum",
+            "logging_steps",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise self._bad(name, f"must be a positive integer (got {value!r}).")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise self._bad("lora_dropout", f"must be in [0, 1) (got {self.lora_dropout!r}).")
+        if not float(self.learning_rate) > 0:
+            raise self._bad("learning_rate", f"must be positive (got {self.learning_rate!r}).")
+        if not float(self.epochs) > 0:
+            raise self._bad("epochs", f"must be positive (got {self.epochs!r}).")
+        if not isinstance(self.max_steps, int) or (self.max_steps < 1 and self.max_steps != -1):
+            raise self._bad(
+                "max_steps", f"must be a positive integer or -1 (got {self.max_steps!r})."
+            )
+        if not 0.0 <= float(self.warmup_ratio) < 1.0:
+            raise self._bad("warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio!r}).")
+        self._one_of("quantization", QUANTIZATIONS)
+        self._one_of("dtype", DTYPES)
+        if isinstance(self.target_modules, str) and "," in self.target_modules:
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        if not self.target_modules:
+            raise self._bad("target_modules", "must name at least one module (or be all-linear).")
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, where: str = "[finetune]"
+    ) -> FinetuneConfig:
+        """Build from a config-file table, naming unknown keys."""
+        from selectllm_local.config.loader import check_keys
+
+        table = {k.replace("-", "_"): v for k, v in values.items()}
+        check_keys(cls, table, where=where)
+        return cls(**table)
+
+    def replace(self, **changes: Any) -> FinetuneConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class EvaluateConfig(Section):
+    """How a fine-tuned model is scored on the test set (the one home of these defaults)."""
+
+    SECTION = "evaluate"
+
+    backend: str = "auto"
+    """Engine that writes the answers: auto, vllm, transformers."""
+    limit: int | None = None
+    """Score only the first N test examples."""
+    max_new_tokens: int = 256
+    """Answer length limit (tokens)."""
+    batch_size: int = 16
+    """transformers: prompts per batch."""
+    max_prompt_tokens: int = 1024
+    """Longer prompts keep their end (the instruction is at the end)."""
+    seed: int = 0
+    """Sampling seed (answers are greedy; the seed fixes the engine)."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            self._at_least("limit", 1)
+        self._at_least("max_new_tokens", 1)
+        self._at_least("batch_size", 1)
+        self._at_least("max_prompt_tokens", 1)
+        self._known_backend("backend")
