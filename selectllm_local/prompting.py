@@ -243,6 +243,35 @@ def render_messages(
             defuse(candidate_text(item), special_tokens), max_candidate_tokens, count_tokens
         )
         cands.append(Candidate(label, text, cut, idx, item.instruction, item.input))
+    example = subset_example(template, subset, seed=seed, ordered=ordered)
+    return render_candidates(
+        template, subset, cands, labels, mode, ordered=ordered, example=example
+    )
+
+
+def subset_example(template: PromptTemplate, subset: Subset, *, seed: int, ordered: bool) -> str:
+    """The answer example one subset's prompt shows (``answer_example`` seeded per subset)."""
+    n = len(subset.candidates)
+    return answer_example(
+        subset.k, n, template.reasons, seed=f"{seed}:{subset.round}:{subset.id}", ordered=ordered
+    )
+
+
+def render_candidates(
+    template: PromptTemplate,
+    subset: Subset,
+    cands: Sequence[Candidate],
+    labels: Sequence[str],
+    mode: str = "ids",
+    *,
+    ordered: bool = False,
+    example: str,
+) -> list[dict[str, str]]:
+    """Render already cut candidates into chat messages (``render_messages`` minus the cutting).
+
+    ``example``: the answer example shown (``subset_example``; ``promptids`` passes a placeholder
+    so one skeleton serves every subset of a shape)."""
+    n = len(subset.candidates)
     variables = {
         "candidates": cands,
         "labels": labels[:n],
@@ -250,13 +279,7 @@ def render_messages(
         "n": n,
         "mode": mode,
         "reasons": template.reasons,
-        "example": answer_example(
-            subset.k,
-            n,
-            template.reasons,
-            seed=f"{seed}:{subset.round}:{subset.id}",
-            ordered=ordered,
-        ),
+        "example": example,
         "ordered": ordered,
         "round": subset.round,
     }

@@ -19,12 +19,8 @@ Subsets with ``k >= len(candidates)`` (and a budget equal to the pool) need no c
 (``subsets.next_round``) choose among the winners, still in diverse subsets, until the budget is
 met exactly.
 
-Logprob mode reads the label log-probabilities at the answer position instead of generating
-(one forward pass per subset), keeps every candidate's score, and picks the top ``k``. Labels
-are letters checked to be single tokens; a subset larger than the label set is split into
-near-equal chunks scored separately, each chunk's scores normalised over its own labels
-(log-softmax), then merged. ``permutations > 1`` scores cyclic shifts of the candidate order
-and averages, which cancels a preference for early or late positions.
+Logprob mode (``logprobs.py``) reads the label log-probabilities at the answer position instead
+of generating, keeps every candidate's score, and picks the top ``k``.
 
 Context: a prompt is never sent if it cannot fit the model's context with its answer. Candidates
 are truncated to ``max_candidate_tokens``, halved as needed down to ``min_candidate_tokens``;
@@ -35,15 +31,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from selectllm_local import parsing, prompting
 from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
+from selectllm_local.logprobs import logprob_round
 from selectllm_local.picks import (
     NO_ANSWER,
     Key,
@@ -52,9 +47,9 @@ from selectllm_local.picks import (
     done_result,
     fallback_picks,
     matches_plan,
-    result_of,
     trivial_result,
 )
+from selectllm_local.promptids import PromptBuilder, fast_tokenizer
 from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetResult
 
 log = logging.getLogger(__name__)
@@ -74,6 +69,19 @@ class _Round:
         # Candidates are counted again in later rounds, retries and permutations: remember.
         self.count_tokens = functools.lru_cache(maxsize=1 << 16)(backend.count_tokens)
         self.labels: list[str] | None = None
+        # Backends with a fast tokenizer get prompts assembled from once-tokenized pieces.
+        self.builder: PromptBuilder | None = None
+        if fast_tokenizer(backend) is not None:
+            self.builder = PromptBuilder(
+                self.template,
+                items,
+                backend,
+                special_tokens=self.special,
+                count_tokens=self.count_tokens,
+                mode="logprobs" if cfg.mode == "logprobs" else "ids",
+                seed=cfg.seed,
+                ordered=self.ordered,
+            )
         if cfg.mode == "logprobs":
             self.labels = [lab for lab in prompting.LETTER_LABELS if backend.count_tokens(lab) == 1]
             if len(self.labels) < 2:
@@ -82,11 +90,6 @@ class _Round:
                     f"A-Z, a-z are single tokens in {backend.model_path}'s tokenizer. Use "
                     "--mode generate."
                 )
-
-    def constraint(self, subset: Subset) -> Any:
-        if not self.cfg.constrained or self.cfg.mode == "logprobs":
-            return None
-        return prompting.id_constraint(len(subset.candidates), subset.k, reasons=self.cfg.reasons)
 
     def ordered(self, subset: Subset) -> bool:
         """Whether the grammar admits increasing ids only, so the prompt must ask for that."""
@@ -108,6 +111,18 @@ class _Round:
         per_id = digits + 2 + (140 if self.cfg.reasons else 0)  # reason: <= 120 chars
         return 8 + subset.k * per_id
 
+    def prepare(self, subsets: Sequence[Subset]) -> None:
+        """Tokenize every candidate of a round in one batched call (fast path only)."""
+        if self.builder is not None:
+            idx = [i for s in subsets for i in s.candidates]
+            self.builder.prepare(idx, self.cfg.max_candidate_tokens)
+
+    def constraint(self, subset: Subset) -> Any:
+        """The ids grammar of a subset's shape, built once per (n, k) and run (None: none)."""
+        if not self.cfg.constrained or self.cfg.mode == "logprobs":
+            return None
+        return _id_constraint(len(subset.candidates), subset.k, self.cfg.reasons)
+
     def render(self, subset: Subset, labels: Sequence[str] | None = None) -> str:
         """Rendered prompt that fits the context, shrinking candidate text if needed."""
         return self.render_sized(subset, labels)[0]
@@ -117,6 +132,17 @@ class _Round:
         limit = self.backend.max_context - self.max_tokens(subset)
         budget = self.cfg.max_candidate_tokens
         while True:
+            if self.builder is not None:
+                prompt = self.builder.build(subset, labels, budget)
+                size = len(prompt.token_ids)
+                if size <= limit:
+                    if budget < self.cfg.max_candidate_tokens:
+                        log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
+                    return prompt, size
+                if budget <= self.cfg.min_candidate_tokens:
+                    self._too_long(subset, size, budget)
+                budget = max(self.cfg.min_candidate_tokens, budget // 2)
+                continue
             messages = prompting.render_messages(
                 self.template,
                 subset,
@@ -136,14 +162,22 @@ class _Round:
                     log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
                 return prompt, size
             if budget <= self.cfg.min_candidate_tokens:
-                raise UserError(
-                    f"Subset {subset.id} (round {subset.round}, {len(subset.candidates)} "
-                    f"candidates) needs {size} tokens even with candidates cut to {budget} tokens, "
-                    f"but the model accepts {self.backend.max_context} (prompt + answer). Use fewer "
-                    "candidates per prompt (--k), a longer context (--max-model-len), or a lower "
-                    "--min-candidate-tokens."
-                )
+                self._too_long(subset, size, budget)
             budget = max(self.cfg.min_candidate_tokens, budget // 2)
+
+    def _too_long(self, subset: Subset, size: int, budget: int) -> NoReturn:
+        raise UserError(
+            f"Subset {subset.id} (round {subset.round}, {len(subset.candidates)} "
+            f"candidates) needs {size} tokens even with candidates cut to {budget} tokens, "
+            f"but the model accepts {self.backend.max_context} (prompt + answer). Use fewer "
+            "candidates per prompt (--k), a longer context (--max-model-len), or a lower "
+            "--min-candidate-tokens."
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _id_constraint(n: int, k: int, reasons: bool) -> Any:
+    return prompting.id_constraint(n, k, reasons=reasons)
 
 
 def _generate_round(
@@ -151,6 +185,7 @@ def _generate_round(
 ) -> None:
     cfg, backend = ctx.cfg, ctx.backend
     parse = parsing.parse_reasons if cfg.reasons else parsing.parse_ids
+    ctx.prepare(pending)
     prompts = {s.id: ctx.render(s) for s in pending}
     state: dict[int, dict[str, Any]] = {
         s.id: {"raw": [], "errors": [], "pt": 0, "ot": 0, "salvage": [], "t0": time.perf_counter()}
@@ -220,113 +255,6 @@ def _generate_round(
         emit(done_result(s, positions, st, cfg.retries + 1, True, {}))
 
 
-def _logprob_round(
-    pending: list[Subset], ctx: _Round, emit: Callable[[SubsetResult], None], progress: bool
-) -> None:
-    assert ctx.labels is not None
-    n_labels, perms = len(ctx.labels), ctx.cfg.permutations
-    jobs: list[tuple[Subset, list[int]]] = []  # (subset, display positions shown, 0-based)
-    expected: dict[int, int] = {}  # counted while appending: linear in the number of jobs
-    job_ids: dict[int, list[int]] = {s.id: [] for s in pending}
-    for s in pending:
-        n = len(s.candidates)
-        n_chunks = math.ceil(n / n_labels)
-        bounds = [round(j * n / n_chunks) for j in range(n_chunks + 1)]
-        for a, b in zip(bounds, bounds[1:], strict=False):
-            chunk = list(range(a, b))
-            for p in range(min(perms, len(chunk))):
-                shift = (p * len(chunk)) // min(perms, len(chunk))
-                job_ids[s.id].append(len(jobs))
-                jobs.append((s, chunk[shift:] + chunk[:shift]))
-                expected[s.id] = expected.get(s.id, 0) + 1
-    prompts, labels, sizes = [], [], []
-    for s, order in jobs:
-        shown = Subset(
-            s.id, [s.candidates[i] for i in order], s.k, [s.clusters[i] for i in order], s.round
-        )
-        prompt, size = ctx.render_sized(shown, ctx.labels[: len(order)])
-        prompts.append(prompt)
-        sizes.append(size)
-        labels.append(ctx.labels[: len(order)])
-    scores_by_job: dict[int, list[float]] = {}
-    tries = {s.id: 0 for s in pending}
-    t0 = time.perf_counter()
-    by_id = {s.id: s for s in pending}
-
-    def finish(s: Subset) -> None:
-        sums: list[list[float]] = [[] for _ in s.candidates]
-        ptoks = 0
-        for j in job_ids[s.id]:
-            for pos, sc in zip(jobs[j][1], scores_by_job[j], strict=True):
-                sums[pos].append(sc)
-            ptoks += sizes[j]
-        avg = [sum(v) / len(v) for v in sums]
-        ranked = sorted(range(len(avg)), key=lambda j: (-avg[j], j))
-        emit(
-            result_of(
-                s,
-                [j + 1 for j in ranked[: s.k]],
-                raw=[],
-                attempts=tries[s.id],
-                fallback=False,
-                errors=[NO_ANSWER] * (tries[s.id] - expected[s.id]),
-                prompt_tokens=ptoks,
-                output_tokens=expected[s.id],
-                seconds=round(time.perf_counter() - t0, 4),
-                scores=[round(x, 6) for x in avg],
-            )
-        )
-
-    seen: Counter[int] = Counter()
-    todo = list(range(len(jobs)))
-    for _attempt in range(ctx.cfg.retries + 1):
-        if not todo:
-            break
-        batch = list(todo)
-        for j in batch:
-            tries[jobs[j][0].id] += 1
-
-        def on_output(i: int, scores: list[float], batch: list[int] = batch) -> None:
-            j = batch[i]
-            s = jobs[j][0]
-            norm = max(scores)
-            logz = norm + math.log(sum(math.exp(x - norm) for x in scores))
-            scores_by_job[j] = [sc - logz for sc in scores]
-            seen[s.id] += 1
-            if seen[s.id] == expected[s.id]:
-                finish(s)
-
-        ctx.backend.score_labels(
-            [prompts[j] for j in batch],
-            [labels[j] for j in batch],
-            progress=progress,
-            on_output=on_output,
-        )
-        todo = [j for j in batch if j not in scores_by_job]
-        if todo:
-            log.info("%d of %d label-scoring prompts got no answer", len(todo), len(batch))
-    for sid in sorted({jobs[j][0].id for j in todo}):  # never answered: documented fallback
-        s = by_id[sid]
-        positions = fallback_picks(s, [], ctx.cfg.seed)
-        log.warning(
-            "subset %d (round %d): the backend never scored it in %d attempts; fallback picks %s",
-            s.id,
-            s.round,
-            ctx.cfg.retries + 1,
-            positions,
-        )
-        emit(
-            result_of(
-                s,
-                positions,
-                raw=[],
-                attempts=ctx.cfg.retries + 1,
-                fallback=True,
-                errors=[NO_ANSWER] * (ctx.cfg.retries + 1),
-            )
-        )
-
-
 def select(
     plan: Plan,
     items: Sequence[PoolItem],
@@ -383,7 +311,7 @@ def select(
             ctx = ctx or _Round(items, backend, cfg)
             log.info("round %d: asking the LLM about %d subsets", rnd, len(pending))
             called += len(pending)
-            run = _logprob_round if cfg.mode == "logprobs" else _generate_round
+            run = logprob_round if cfg.mode == "logprobs" else _generate_round
             run(pending, ctx, emit, progress)
         winners = [p for s in round_subsets for p in results[(s.round, s.id)].picks]
         if len(winners) == plan.budget:

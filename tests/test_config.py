@@ -144,11 +144,46 @@ def test_shared_setting_sets_every_section_and_required_names_the_flag() -> None
         (PlanConfig, {"pool": "p", "budget": 2, "layout": "zig"}, "--layout"),
         (EngineConfig, {"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization"),
         (EngineConfig, {"dtype": "fp8"}, r"--dtype \(engine.dtype"),
+        (EngineConfig, {"batch_size": 0}, r"--batch-size \(engine.batch_size"),
     ],
 )
 def test_validation_names_the_flag_and_the_key(cls: type, kw: dict, flag: str) -> None:
     with pytest.raises(UserError, match=flag):
         cls(**kw)
+
+
+def test_engine_batch_size_defaults_to_auto_and_the_flag_still_sets_it(tmp_path: Path) -> None:
+    # None: 16 on CPU, sized from free GPU memory on CUDA (backends/batchsize.py).
+    assert EngineConfig().batch_size is None
+    assert SelectConfig.of(pool="p.jsonl", budget=4).engine.batch_size is None
+    assert SelectConfig.of(pool="p.jsonl", budget=4, batch_size=8).engine.batch_size == 8
+    (tmp_path / "c.toml").write_text("[engine]\nbatch_size = 12\n")
+    values = file_values(tmp_path / "c.toml", SelectConfig, command="select")
+    assert build(SelectConfig, {**values, "pool": "p.jsonl", "budget": 4}).engine.batch_size == 12
+
+
+def test_bench_stages_and_gpu_preset_flags_reach_the_benchmark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import inspect
+
+    from selectllm_local.bench import command as bench_command_mod
+    from selectllm_local.config import BenchCommand
+
+    # bench_command takes every BenchCommand setting (the CLI passes them all by name).
+    params = set(inspect.signature(bench_command_mod.bench_command).parameters) - {"progress"}
+    assert params == set(BenchCommand.__dataclass_fields__)
+    seen: list[dict] = []
+
+    def record(**kw: object) -> tuple[dict, str]:
+        seen.append(kw)
+        return {}, ""
+
+    monkeypatch.setattr(bench_command_mod, "bench_command", record)
+    for flags, stages in (([], None), (["--stages"], True), (["--no-stages"], False)):
+        r = invoke("bench", "--pool", str(EXAMPLE_POOL), "--preset", "gpu", *flags)
+        assert r.exit_code == 0, r.output
+        assert (seen[-1]["preset"], seen[-1]["stages"]) == ("gpu", stages)
 
 
 def test_every_setting_has_a_docstring() -> None:

@@ -27,6 +27,30 @@ class Constraint:
     json_schema: dict[str, Any] | None = None
 
 
+class TokenizedPrompt(str):
+    """A rendered prompt that also carries its token ids (``add_special_tokens=False``).
+
+    The selection stage tokenizes each candidate once and assembles a prompt's ids from cached
+    pieces; backends that take token ids (vLLM, transformers) read ``token_ids`` instead of
+    tokenizing the text again. It is still a ``str``, so any backend can treat it as text.
+    """
+
+    token_ids: list[int]
+
+    def __new__(cls, text: str, token_ids: list[int]) -> TokenizedPrompt:
+        obj = super().__new__(cls, text)
+        obj.token_ids = token_ids
+        return obj
+
+
+def prompt_token_ids(prompt: str, tokenizer: Any) -> list[int]:
+    """Token ids of one prompt: carried ones when present, else the tokenizer's."""
+    ids = getattr(prompt, "token_ids", None)
+    if ids is not None:
+        return list(ids)
+    return list(tokenizer.encode(prompt, add_special_tokens=False))
+
+
 # What every backend takes: the engine section of the configuration, used as is (no copying of
 # fields). Each backend ignores what it cannot use (vLLM knobs under transformers and back).
 BackendOptions = EngineConfig

@@ -18,7 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from selectllm_local import hardware
-from selectllm_local.backends.base import BackendOptions, Constraint, fit_prompt, label_token_ids
+from selectllm_local.backends.base import (
+    BackendOptions,
+    Constraint,
+    fit_prompt,
+    label_token_ids,
+    prompt_token_ids,
+)
+from selectllm_local.backends.batchsize import CPU_BATCH, ModelMemory, gpu_batch_size
 from selectllm_local.backends.vllm_backend import bos_prefix, plain_chat
 from selectllm_local.progress import progress_bar
 from selectllm_local.records import Generation
@@ -79,6 +86,39 @@ class _RegexGate:
         return out
 
 
+class _Overlap:
+    """One worker thread that runs each batch's post-processing while the next batch computes.
+
+    Jobs run in submission order; leaving the block waits for all of them and re-raises the
+    first error (a callback that fails, Ctrl-C in a callback) in the caller's thread.
+    """
+
+    def __enter__(self) -> _Overlap:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-post")
+        self._futures: list[Any] = []
+        return self
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._futures.append(self._pool.submit(fn, *args))
+        # Surface a failure early instead of computing more batches after it.
+        done = [f for f in self._futures if f.done()]
+        for f in done:
+            f.result()
+            self._futures.remove(f)
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            for f in self._futures:
+                if exc_type is None:
+                    f.result()
+                else:
+                    f.cancel()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 class HFBackend:
     """``Backend`` over ``AutoModelForCausalLM.generate``."""
 
@@ -113,6 +153,7 @@ class HFBackend:
         self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self._bos = "" if self._has_template else bos_prefix(self.tokenizer)
         self._vocab: list[str] | None = None
+        self._gates: dict[str, _RegexGate] = {}
         self.stats: dict[str, float] = {
             "startup_seconds": time.perf_counter() - t0,
             "prompt_tokens": 0,
@@ -151,10 +192,29 @@ class HFBackend:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     # -- batching -----------------------------------------------------------------------------
-    def _batches(self, prompts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-        encoded = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-        batches = bucket_by_length([len(e) for e in encoded], self.options.batch_size)
+    def _batches(
+        self, prompts: list[str], new_tokens: int = 1
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        encoded = [prompt_token_ids(p, self.tokenizer) for p in prompts]
+        longest = max((len(e) for e in encoded), default=1)
+        batches = bucket_by_length([len(e) for e in encoded], self._batch_size(longest, new_tokens))
         return encoded, batches
+
+    def _batch_size(self, prompt_tokens: int, new_tokens: int) -> int:
+        """``--batch-size`` when given; on CUDA sized from free memory; else ``CPU_BATCH``."""
+        if self.options.batch_size:
+            return int(self.options.batch_size)
+        if not str(self.device).startswith("cuda"):
+            return CPU_BATCH
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(self.device))
+        mem = ModelMemory.from_config(self.model.config, self.model.dtype.itemsize)
+        n = gpu_batch_size(mem, free_bytes=free, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+        log.info(
+            "batch size %d (%.1f GiB free, prompts up to %d tokens)", n, free / 2**30, prompt_tokens
+        )
+        return n
 
     def _pad(self, seqs: list[list[int]]) -> tuple[Any, Any]:
         import torch
@@ -174,11 +234,19 @@ class HFBackend:
         """A token gate for small-alphabet regexes (the ids grammar); None otherwise."""
         if c is None or not c.regex or "[^" in c.regex or "." in c.regex.replace("\\.", ""):
             return None
-        alphabet = set(c.regex) - set("\\()|?:*+{}")
-        if self._vocab is None:
-            self._vocab = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
-        cands = [i for i, s in enumerate(self._vocab) if s and set(s) <= alphabet]
-        return _RegexGate(c.regex, cands, self._vocab, int(self.tokenizer.eos_token_id))
+        # One gate per grammar: a run asks the same (n, k) shape many times, and scanning the
+        # vocabulary costs ~20 ms at 32k tokens.
+        gate = self._gates.get(c.regex)
+        if gate is None:
+            alphabet = set(c.regex) - set("\\()|?:*+{}")
+            if self._vocab is None:
+                self._vocab = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
+            cands = [i for i, s in enumerate(self._vocab) if s and set(s) <= alphabet]
+            gate = _RegexGate(c.regex, cands, self._vocab, int(self.tokenizer.eos_token_id))
+            if len(self._gates) > 256:
+                self._gates.clear()
+            self._gates[c.regex] = gate
+        return gate
 
     def generate(
         self,
@@ -195,13 +263,29 @@ class HFBackend:
 
         constraints = constraints or [None] * len(prompts)
         gates = [self._gate(c) for c in constraints]
-        encoded, batches = self._batches(prompts)
+        encoded, batches = self._batches(prompts, max_tokens)
         results: list[Generation | None] = [None] * len(prompts)
         eos = self.tokenizer.eos_token_id
         stop = {eos, self.tokenizer.pad_token_id}
         t0 = time.perf_counter()
+
+        def finish(batch: list[int], new_ids: Any, advance: Callable[[int], None]) -> None:
+            for r, i in enumerate(batch):
+                new = new_ids[r].tolist()
+                n_out = next((j for j, t in enumerate(new) if t in stop), len(new))
+                text = self.tokenizer.decode(new[:n_out], skip_special_tokens=True)
+                gen = Generation(text, len(encoded[i]), n_out + (n_out < len(new)))
+                self.stats["output_tokens"] += gen.output_tokens
+                results[i] = gen
+                if on_output is not None:
+                    on_output(i, gen)
+            advance(len(batch))
+
         try:
-            with progress_bar("LLM prompts", total=len(prompts), enabled=progress) as advance:
+            with (
+                progress_bar("LLM prompts", total=len(prompts), enabled=progress) as advance,
+                _Overlap() as overlap,
+            ):
                 for batch in batches:
                     ids, mask = self._pad([encoded[i] for i in batch])
                     width = ids.shape[1]
@@ -233,16 +317,8 @@ class HFBackend:
                         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                     with torch.inference_mode():
                         out = self.model.generate(**kwargs)
-                    for r, i in enumerate(batch):
-                        new = out[r, width:].tolist()
-                        n_out = next((j for j, t in enumerate(new) if t in stop), len(new))
-                        text = self.tokenizer.decode(new[:n_out], skip_special_tokens=True)
-                        gen = Generation(text, len(encoded[i]), n_out + (n_out < len(new)))
-                        self.stats["output_tokens"] += gen.output_tokens
-                        results[i] = gen
-                        if on_output is not None:
-                            on_output(i, gen)
-                    advance(len(batch))
+                    # Decoding, parsing and writing this batch's answers overlap the next batch.
+                    overlap.submit(finish, batch, out[:, width:].cpu(), advance)
         finally:
             self.stats["engine_seconds"] += time.perf_counter() - t0
         return [r for r in results if r is not None]
@@ -261,7 +337,11 @@ class HFBackend:
     ) -> list[list[float]]:
         import torch
 
-        token_ids = [self.label_token_ids(labs) for labs in labels]
+        ids_of: dict[tuple[str, ...], list[int]] = {}  # the same label sets, prompt after prompt
+        token_ids = [
+            ids_of.get(tuple(labs)) or ids_of.setdefault(tuple(labs), self.label_token_ids(labs))
+            for labs in labels
+        ]
         encoded, batches = self._batches(prompts)
         results: list[list[float] | None] = [None] * len(prompts)
         t0 = time.perf_counter()

@@ -143,7 +143,7 @@ class VLLMBackend:
 
         out = []
         for p in prompts:
-            ids = self._encoded.pop(p, None)
+            ids = getattr(p, "token_ids", None) or self._encoded.pop(p, None)
             if ids is None:
                 ids = self.tokenizer.encode(p, add_special_tokens=False)
             out.append(TokensPrompt(prompt_token_ids=ids))

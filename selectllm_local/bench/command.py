@@ -23,6 +23,7 @@ def bench_command(
     subsets: int | None = None,
     candidates: int | None = None,
     repeats: int | None = None,
+    stages: bool | None = None,
     machine: str = "",
     out: Path = Path("benchmarks/results"),
     name: str | None = None,
@@ -42,7 +43,7 @@ def bench_command(
         return est, dry.format_dry_run(est)
     cfg = config.config_from_preset(
         preset, pool=pool, shape=shape, model=model, dtype=dtype, subsets=subsets,
-        candidates=candidates, repeats=repeats, machine=machine,
+        candidates=candidates, repeats=repeats, machine=machine, stages=stages,
         settings=[config.parse_setting(s) for s in setting] if setting else None,
     )  # fmt: skip
     doc = run.run_benchmark(cfg, progress=progress)

@@ -138,11 +138,28 @@ PRESETS: dict[str, dict[str, Any]] = {
                   BenchSetting("vllm", mode="logprobs"), BenchSetting("vllm", reasons=True),
                   BenchSetting("vllm", prefix_caching=False), BenchSetting("transformers", batch=8)],
     ),
+    # Issue 10's GPU workload, one command (< 5 min on one H100/H200 with the model build):
+    # Llama-3-8B shape, 96 Dolly prompts of 14 candidates, batch 64, generated ids and logprobs,
+    # on vLLM when installed (else transformers), plus one real `select` split into stages.
+    "gpu": dict(
+        shape="llama-3-8b", subsets=96, candidates=14, warmup=1, repeats=2, stages=True,
+        settings=None,  # resolved by gpu_settings() when the preset is used
+    ),
 }  # fmt: skip
+
+
+def gpu_settings(batch: int = 64) -> list[BenchSetting]:
+    """The gpu preset's settings on the engine this install has (vLLM, else transformers)."""
+    from selectllm_local.backends import resolve_backend_name
+
+    engine = resolve_backend_name("auto")
+    return [BenchSetting(engine, batch=batch), BenchSetting(engine, batch=batch, mode="logprobs")]
 
 
 def config_from_preset(name: str, **overrides: Any) -> BenchConfig:
     if name not in PRESETS:
         raise UserError(f"--preset {name!r} is not known. Presets: {', '.join(PRESETS)}.")
     kw = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if kw.get("settings") is None:
+        kw["settings"] = gpu_settings()
     return BenchConfig(**kw)

@@ -132,7 +132,7 @@ def _open_backend(setting: BenchSetting, model: str, cfg: BenchConfig, dtype: st
         seed=cfg.seed,
         enable_prefix_caching=setting.prefix_caching,
         max_num_seqs=setting.batch if setting.backend == "vllm" else None,
-        batch_size=setting.batch or 16,
+        batch_size=setting.batch,  # None: 16 on CPU, sized from free memory on CUDA
     )
     return load_backend(setting.backend, model, opts)
 

@@ -153,7 +153,8 @@ class BenchCommand(Command):
     pool: Path = setting(REQUIRED, "--pool")
     """Pool whose rows make the prompts (Dolly, Alpaca, ...)."""
     preset: str = "tiny"
-    """tiny (CI, seconds) or cpu (Qwen2.5-0.5B shape, 14 candidates)."""
+    """tiny (CI, seconds), cpu (Qwen2.5-0.5B shape, 14 candidates) or gpu (Llama-3-8B shape,
+    batch 64, ids + logprobs, one GPU, < 5 min)."""
     shape: str | None = None
     """Random-weight model shape (see random-model) [default: the preset's]."""
     model: str | None = None
@@ -166,6 +167,8 @@ class BenchCommand(Command):
     """Candidates per prompt (K) [default: the preset's]."""
     repeats: int | None = None
     """Timed repeats (the median is reported) [default: the preset's]."""
+    stages: bool | None = None
+    """Also run one real select and split its time: engine vs our code [default: the preset's]."""
     machine: str = ""
     """Name of the machine, saved with the results."""
     out: Path = setting(Path("benchmarks/results"), "--out", "--run-dir")

@@ -162,8 +162,9 @@ class EngineConfig(Section):
     """vLLM: most sequences in flight at once [default: vLLM's]."""
     enforce_eager: bool = False
     """vLLM: run without CUDA graphs (slower, starts faster)."""
-    batch_size: int = 16
-    """transformers: most prompts per batch (batches group prompts of similar length)."""
+    batch_size: int | None = None
+    """transformers: most prompts per batch (batches group prompts of similar length) [default:
+    16 on CPU, sized from free GPU memory and prompt length on CUDA]."""
     device: str | None = None
     """Device (cpu, cuda) for the transformers backend [default: cuda when available]."""
     lora_path: str | None = None
@@ -173,7 +174,8 @@ class EngineConfig(Section):
 
     def __post_init__(self) -> None:
         self._one_of("dtype", DTYPES)
-        self._at_least("batch_size", 1)
+        if self.batch_size is not None:
+            self._at_least("batch_size", 1)
         self._at_least("tensor_parallel_size", 1)
         if not 0 < self.gpu_memory_utilization <= 1:
             raise self._bad(

@@ -1,0 +1,256 @@
+"""Selection prompts as token ids, with each candidate tokenized once per run.
+
+Rendering a prompt, counting its tokens to see whether it fits, then tokenizing it again for the
+engine cost about as much CPU time per prompt as an 8B model's prefill on a GPU (issue 10). Only
+the candidates differ between the prompts of a run, so a prompt is assembled from pieces:
+
+* a **skeleton** per (n, k, labels, mode, round): the template and chat template rendered once with
+  placeholders for the candidate texts, cut into the static parts around them, each tokenized once;
+* one **unit** per (candidate, token budget): the defused, cut candidate text plus the newline that
+  follows it in the skeleton, tokenized once (all of a round's candidates in one batched call).
+
+The answer example differs per subset (``prompting.subset_example``: a constant one is copied by
+small models), so the skeleton holds a placeholder for it too; the static part that holds it (the
+tail after the last candidate) is completed with the subset's example and tokenized per prompt
+(cached by text). No seam moves: the placeholder sits inside a part, never at its edge.
+
+Concatenating token ids is exact only where the tokenizer cannot merge across a seam. Every seam
+here sits right after a newline that follows a non-space character and before a non-space
+character: byte-level BPE pre-tokenizers (GPT-2, Llama 3, Qwen) always split there, so no token
+crosses it. Anything else (templates that show candidate fields other than ``label`` and
+``text``, seams of another shape, tokenizers without a fast backend) takes the plain path:
+render, then tokenize the whole prompt once. The first prompt of every skeleton, and every
+``VERIFY_EVERY``-th prompt after it, is also built the plain way and compared token for token;
+a mismatch switches the fast path off for the rest of the run (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from selectllm_local import prompting
+from selectllm_local.backends.base import TokenizedPrompt
+from selectllm_local.records import PoolItem, Subset
+
+log = logging.getLogger(__name__)
+
+VERIFY_EVERY = 64
+_SLOT = re.compile("\ue000(\\d+)\ue001")
+_EXAMPLE = "\ue002"  # placeholder of the per-subset answer example inside a static part
+# Template features that make candidates differ in more than their text: plain path only.
+_PER_CANDIDATE = re.compile(r"\.\s*(truncated|index|instruction|input)\b|\[\s*['\"]")
+# How far a candidate's count with its trailing newline may differ from its count without it.
+_SLACK = 8
+
+
+@dataclass
+class _Skeleton:
+    parts: list[str]  # n + 1 static parts, the seam newline already moved into the units
+    part_ids: list[list[int]]
+    suffix: str  # text glued to the end of every candidate unit ("\n")
+    verified: bool = False
+
+
+def fast_tokenizer(backend: Any) -> Any | None:
+    """The backend's Rust tokenizer (``tokenizers.Tokenizer``) when it has one, else None."""
+    tok = getattr(backend, "tokenizer", None)
+    return getattr(tok, "backend_tokenizer", None) if tok is not None else None
+
+
+def _seam_after(text: str) -> bool:
+    """A seam may follow ``text``: it ends with a newline after a non-space character."""
+    return len(text) >= 2 and text[-1] == "\n" and not text[-2].isspace()
+
+
+class PromptBuilder:
+    """Builds the ``TokenizedPrompt``s of one selection run (one builder per run)."""
+
+    def __init__(
+        self,
+        template: prompting.PromptTemplate,
+        items: Sequence[PoolItem],
+        backend: Any,
+        *,
+        special_tokens: Sequence[str],
+        count_tokens: Callable[[str], int],
+        mode: str,
+        seed: int = 0,
+        ordered: Callable[[Subset], bool] = lambda subset: False,
+    ) -> None:
+        self.template, self.items, self.backend = template, items, backend
+        self.special, self.count_tokens, self.mode = list(special_tokens), count_tokens, mode
+        self.seed, self.ordered = seed, ordered  # the answer example's seed; increasing-ids rule
+        self.tokenizer = backend.tokenizer
+        self._fast: Any = fast_tokenizer(backend)
+        self.enabled = self._fast is not None and not _PER_CANDIDATE.search(template.source)
+        self._skeletons: dict[tuple[Any, ...], _Skeleton | None] = {}
+        self._full: dict[int, str] = {}  # pool index -> defused candidate text
+        self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
+        self._units: dict[tuple[int, int], tuple[str, bool, list[int]]] = {}
+        self._filled: dict[str, list[int]] = {}  # a part completed with an example -> its ids
+        self.built = {"fast": 0, "plain": 0, "verified": 0}
+        nl = self._encode(["\n"])[0] if self.enabled else []
+        self._newline: int | None = nl[0] if len(nl) == 1 else None
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
+
+    def _text(self, idx: int) -> str:
+        text = self._full.get(idx)
+        if text is None:
+            item = self.items[idx]
+            text = prompting.defuse(prompting.candidate_text(item), self.special)
+            self._full[idx] = text
+        return text
+
+    def prepare(self, indices: Sequence[int], budget: int, suffix: str = "\n") -> None:
+        """Tokenize the candidates of many prompts at once (one batched, multi-threaded call)."""
+        if not self.enabled:
+            return
+        todo = sorted({i for i in indices if i not in self._raw_ids})
+        todo = [i for i in todo if len(self._text(i)) <= budget * 12]
+        for i, ids in zip(todo, self._encode([self._text(i) + suffix for i in todo]), strict=True):
+            self._raw_ids[i] = ids
+
+    def _unit_batch(
+        self, indices: Sequence[int], budget: int, suffix: str
+    ) -> list[tuple[str, bool, list[int]]]:
+        """(cut text, truncated, ids of cut text + suffix) per candidate, as ``render_messages``
+        would cut it (``truncate_to_tokens`` with the same counts)."""
+        self.prepare(indices, budget, suffix)
+        pending: dict[int, tuple[str, bool]] = {}
+        for idx in indices:
+            if (idx, budget) in self._units or idx in pending:
+                continue
+            full, raw = self._text(idx), self._raw_ids.get(idx)
+            if raw is not None and len(raw) + _SLACK <= budget:
+                self._units[(idx, budget)] = (full, False, raw)
+                continue
+            pending[idx] = prompting.truncate_to_tokens(full, budget, self._counter(full, raw))
+        order = list(pending)
+        texts = [pending[i][0] + suffix for i in order]
+        for idx, ids in zip(order, self._encode(texts), strict=True):
+            text, cut = pending[idx]
+            if not cut and self._raw_ids.get(idx) is not None:
+                ids = self._raw_ids[idx]
+            self._units[(idx, budget)] = (text, cut, ids)
+        return [self._units[(idx, budget)] for idx in indices]
+
+    def _counter(self, full: str, raw: list[int] | None) -> Callable[[str], int]:
+        """``count_tokens`` that already knows ``full``'s count when ``raw`` (its ids with the
+        newline) ends in the lone newline token: BPE merges never undo, so a newline that stayed
+        alone was never merged, and the tokens before it are exactly those of ``full`` alone."""
+        if raw is None or self._newline is None or not raw or raw[-1] != self._newline:
+            return self.count_tokens
+        known = len(raw) - 1
+        return lambda text: known if text is full else self.count_tokens(text)
+
+    def _skeleton(self, subset: Subset, labels: Sequence[str]) -> _Skeleton | None:
+        n = len(subset.candidates)
+        ordered = self.ordered(subset)
+        key = (n, subset.k, tuple(labels[:n]), subset.round, ordered)
+        if key in self._skeletons:
+            return self._skeletons[key]
+        slots = [
+            prompting.Candidate(lab, f"\ue000{j}\ue001", False, -1, "", "")
+            for j, lab in enumerate(labels[:n])
+        ]
+        text = self.backend.render_chat(
+            prompting.render_candidates(
+                self.template,
+                subset,
+                slots,
+                list(labels),
+                self.mode,
+                ordered=ordered,
+                example=_EXAMPLE,
+            )
+        )
+        pieces = _SLOT.split(text)
+        parts, nums = pieces[0::2], pieces[1::2]
+        skel: _Skeleton | None = None
+        ok = nums == [str(j) for j in range(n)] and not any("\ue000" in p for p in parts)
+        ok = ok and text.count(_EXAMPLE) <= 1 and not any(p.startswith(_EXAMPLE) for p in parts[1:])
+        ok = ok and not any(p.endswith(_EXAMPLE) for p in parts[:-1])
+        if ok and all(_seam_after(p) for p in parts[:-1]):
+            if all(len(p) >= 2 and p[0] == "\n" and not p[1].isspace() for p in parts[1:]):
+                parts = [parts[0]] + [p[1:] for p in parts[1:]]
+                skel = _Skeleton(parts, self._encode(parts), "\n")
+        if skel is None:
+            log.info("prompt template has seams the fast path cannot use: plain tokenization")
+        self._skeletons[key] = skel
+        return skel
+
+    # -- prompts ------------------------------------------------------------------------------
+    def build(self, subset: Subset, labels: Sequence[str] | None, budget: int) -> TokenizedPrompt:
+        """The prompt of ``subset`` with candidates cut to ``budget`` tokens, with its ids."""
+        labels = (
+            list(labels) if labels is not None else prompting.numeric_labels(len(subset.candidates))
+        )
+        skel = self._skeleton(subset, labels) if self.enabled else None
+        if skel is None:
+            return self._plain(subset, labels, budget)
+        units = self._unit_batch(subset.candidates, budget, skel.suffix)
+        if any(not u[0] or u[0][0].isspace() or u[0][-1].isspace() for u in units):
+            return self._plain(subset, labels, budget)
+        example = prompting.subset_example(
+            self.template, subset, seed=self.seed, ordered=self.ordered(subset)
+        )
+        parts = [
+            self._fill(p, ids, example) for p, ids in zip(skel.parts, skel.part_ids, strict=True)
+        ]
+        text_parts, ids = [parts[0][0]], list(parts[0][1])
+        for (text, _cut, uids), (part, pids) in zip(units, parts[1:], strict=True):
+            text_parts += [text, skel.suffix, part]
+            ids += uids
+            ids += pids
+        prompt = TokenizedPrompt("".join(text_parts), ids)
+        self.built["fast"] += 1
+        if not skel.verified or self.built["fast"] % VERIFY_EVERY == 0:
+            skel.verified = True
+            plain = self._plain(subset, labels, budget)
+            self.built["verified"] += 1
+            if plain != prompt or plain.token_ids != prompt.token_ids:
+                log.warning(
+                    "fast prompt tokenization differs from the tokenizer's on subset %d: "
+                    "tokenizing whole prompts for the rest of this run",
+                    subset.id,
+                )
+                self.enabled = False
+                return plain
+        return prompt
+
+    def _fill(self, part: str, ids: list[int], example: str) -> tuple[str, list[int]]:
+        """A static part as this subset shows it: its example filled in (tokenized, cached)."""
+        if _EXAMPLE not in part:
+            return part, ids
+        text = part.replace(_EXAMPLE, example)
+        filled = self._filled.get(text)
+        if filled is None:
+            filled = self._filled[text] = self._encode([text])[0]
+        return text, filled
+
+    def _plain(self, subset: Subset, labels: Sequence[str], budget: int) -> TokenizedPrompt:
+        """Render the whole prompt and tokenize it once (the reference the fast path must match)."""
+        messages = prompting.render_messages(
+            self.template,
+            subset,
+            self.items,
+            max_candidate_tokens=budget,
+            count_tokens=self.count_tokens,
+            labels=labels,
+            mode=self.mode,
+            special_tokens=self.special,
+            ordered=self.ordered(subset),
+            seed=self.seed,
+        )
+        text = self.backend.render_chat(messages)
+        self.built["plain"] += 1
+        return TokenizedPrompt(text, self.tokenizer.encode(text, add_special_tokens=False))

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Regenerate gpu_dry_run_report.json: what `pip install .[gpu]` would install today (needs the
+# package index; installs nothing). Run from the repository root; then run tests/test_gpu_stack.py.
+# The report is trimmed to name, version, requirements and wheel file name per package.
+set -euo pipefail
+tmp=$(mktemp -d)
+pip install --dry-run --ignore-installed --quiet --report "$tmp/report.json" ".[gpu]"
+python - "$tmp/report.json" tests/data/gpu_dry_run_report.json <<'PY'
+import json, sys
+rep = json.load(open(sys.argv[1]))
+keep = {
+    "version": rep.get("version"),
+    "pip_version": rep.get("pip_version"),
+    "environment": rep.get("environment", {}),
+    "install": [
+        {
+            "metadata": {k: it["metadata"].get(k) for k in ("name", "version", "requires_dist")},
+            "url": it.get("download_info", {}).get("url", "").rsplit("/", 1)[-1],
+            "requested_extras": it.get("requested_extras"),
+        }
+        for it in rep["install"]
+    ],
+}
+json.dump(keep, open(sys.argv[2], "w"), indent=1)
+print(f"{len(keep['install'])} packages -> {sys.argv[2]}")
+PY
+rm -rf "$tmp"
