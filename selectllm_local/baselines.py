@@ -31,6 +31,7 @@ import numpy as np
 from selectllm_local.errors import UserError
 from selectllm_local.perplexity import ANSWER_TOKENS, answer_perplexities, perplexities
 from selectllm_local.records import Plan, PoolItem
+from selectllm_local.rundir import item_record
 
 log = logging.getLogger(__name__)
 
@@ -355,23 +356,8 @@ def baseline_run(
     out = cfg.resolved_run_dir / "baselines" / f"{name}{variant}-b{cfg.budget}-s{cfg.seed}"
     rows = []
     for rank, idx in enumerate(picks, 1):
-        it = items[idx]
-        record: dict[str, Any] = (
-            dict(it.raw) if it.raw else {"instruction": it.instruction, "input": it.input}
-        )
-        record["selectllm"] = {
-            "index": idx,
-            "uid": it.uid,
-            "source_row": it.source_row,
-            "instruction": it.instruction,
-            "input": it.input,
-            "output": it.output,
-            "category": it.category,
-            "method": name + variant,
-            "rank": rank,
-            "cluster": int(plan.labels[idx]) if plan is not None else None,
-        }
-        rows.append(record)
+        cluster = int(plan.labels[idx]) if plan is not None else None
+        rows.append(item_record(items[idx], idx, method=name + variant, rank=rank, cluster=cluster))
     write_jsonl(out / "selected.jsonl", rows)
     summary = {
         "method": name + variant,

@@ -137,31 +137,44 @@ def model_identity(model: str | None) -> dict[str, Any]:
     }
 
 
+def item_record(item: PoolItem, index: int, **extra: Any) -> dict[str, Any]:
+    """One output row: the item's original record plus a ``selectllm`` block (index, ids, text,
+    then ``extra`` in order). Shared by ``select`` and the baselines so their files compare."""
+    record: dict[str, Any] = (
+        dict(item.raw) if item.raw else {"instruction": item.instruction, "input": item.input}
+    )
+    record["selectllm"] = {
+        "index": index,
+        "uid": item.uid,
+        "source_row": item.source_row,
+        "instruction": item.instruction,
+        "input": item.input,
+        "output": item.output,
+        "category": item.category,
+        **extra,
+    }
+    return record
+
+
 def selected_rows(items: list[PoolItem], plan: Plan, outcome: Any) -> list[dict[str, Any]]:
     rows = []
     for idx in outcome.selected:
         key = outcome.final[idx]
         res = outcome.results[key]
         pos = res.positions[res.picks.index(idx)]
-        it = items[idx]
-        record = dict(it.raw) if it.raw else {"instruction": it.instruction, "input": it.input}
-        record["selectllm"] = {
-            "index": idx,
-            "uid": it.uid,
-            "source_row": it.source_row,
-            "instruction": it.instruction,
-            "input": it.input,
-            "output": it.output,
-            "category": it.category,
-            "subset_id": res.subset_id,
-            "round": res.round,
-            "cluster": int(plan.labels[idx]),
-            "position": pos,
-            "reason": res.reasons.get(idx),
-            "fallback": res.fallback,
-            "score": res.scores[pos - 1] if res.scores else None,
-        }
-        rows.append(record)
+        rows.append(
+            item_record(
+                items[idx],
+                idx,
+                subset_id=res.subset_id,
+                round=res.round,
+                cluster=int(plan.labels[idx]),
+                position=pos,
+                reason=res.reasons.get(idx),
+                fallback=res.fallback,
+                score=res.scores[pos - 1] if res.scores else None,
+            )
+        )
     return rows
 
 

@@ -133,30 +133,23 @@ class _Round:
         budget = self.cfg.max_candidate_tokens
         while True:
             if self.builder is not None:
-                prompt = self.builder.build(subset, labels, budget)
-                size = len(prompt.token_ids)
-                if size <= limit:
-                    if budget < self.cfg.max_candidate_tokens:
-                        log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
-                    return prompt, size
-                if budget <= self.cfg.min_candidate_tokens:
-                    self._too_long(subset, size, budget)
-                budget = max(self.cfg.min_candidate_tokens, budget // 2)
-                continue
-            messages = prompting.render_messages(
-                self.template,
-                subset,
-                self.items,
-                max_candidate_tokens=budget,
-                count_tokens=self.count_tokens,
-                labels=labels,
-                mode="logprobs" if self.cfg.mode == "logprobs" else "ids",
-                special_tokens=self.special,
-                ordered=self.ordered(subset),
-                seed=self.cfg.seed,
-            )
-            prompt = self.backend.render_chat(messages)
-            size = self.backend.count_tokens(prompt)
+                built = self.builder.build(subset, labels, budget)
+                prompt, size = built, len(built.token_ids)
+            else:
+                messages = prompting.render_messages(
+                    self.template,
+                    subset,
+                    self.items,
+                    max_candidate_tokens=budget,
+                    count_tokens=self.count_tokens,
+                    labels=labels,
+                    mode="logprobs" if self.cfg.mode == "logprobs" else "ids",
+                    special_tokens=self.special,
+                    ordered=self.ordered(subset),
+                    seed=self.cfg.seed,
+                )
+                prompt = self.backend.render_chat(messages)
+                size = self.backend.count_tokens(prompt)
             if size <= limit:
                 if budget < self.cfg.max_candidate_tokens:
                     log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
