@@ -5,7 +5,8 @@ every candidate's score, and picks the top ``k``. Labels are letters checked to 
 a subset larger than the label set is split into near-equal chunks scored separately, each chunk's
 scores normalised over its own labels (log-softmax), then merged. ``permutations > 1`` scores
 cyclic shifts of the candidate order and averages, which cancels a preference for early or late
-positions. Jobs are counted as they are built (linear in their number). A prompt the backend
+positions; ``permutations = 0`` scores every shift (each candidate shown once at each position,
+the full correction, at one prompt per candidate). Jobs are counted as they are built (linear in their number). A prompt the backend
 never answers is sent again (``retries``); a subset still unscored falls back like an invalid
 answer in generate mode, flagged ``fallback`` with ``no answer`` errors.
 """
@@ -41,8 +42,9 @@ def logprob_round(
         bounds = [round(j * n / n_chunks) for j in range(n_chunks + 1)]
         for a, b in zip(bounds, bounds[1:], strict=False):
             chunk = list(range(a, b))
-            for p in range(min(perms, len(chunk))):
-                shift = (p * len(chunk)) // min(perms, len(chunk))
+            shifts = min(perms, len(chunk)) if perms else len(chunk)  # 0: every shift
+            for p in range(shifts):
+                shift = (p * len(chunk)) // shifts
                 job_ids[s.id].append(len(jobs))
                 jobs.append((s, chunk[shift:] + chunk[:shift]))
                 expected[s.id] = expected.get(s.id, 0) + 1
@@ -68,7 +70,7 @@ def logprob_round(
             for pos, sc in zip(jobs[j][1], scores_by_job[j], strict=True):
                 sums[pos].append(sc)
             ptoks += sizes[j]
-        avg = [sum(v) / len(v) for v in sums]
+        avg = [math.fsum(v) / len(v) for v in sums]  # order-free: shifts tie exactly
         ranked = sorted(range(len(avg)), key=lambda j: (-avg[j], j))
         emit(
             result_of(
@@ -98,7 +100,7 @@ def logprob_round(
             j = batch[i]
             s = jobs[j][0]
             norm = max(scores)
-            logz = norm + math.log(sum(math.exp(x - norm) for x in scores))
+            logz = norm + math.log(math.fsum(math.exp(x - norm) for x in scores))
             scores_by_job[j] = [sc - logz for sc in scores]
             seen[s.id] += 1
             if seen[s.id] == expected[s.id]:

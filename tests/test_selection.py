@@ -163,7 +163,9 @@ def test_logprob_mode_ranks_and_permutations_cancel_position_bias() -> None:
 
     def biased(prompt: str, labels: list[str]) -> list[float]:
         shown = [int(t) for t in re.findall(r"Task (\d+):", prompt)]
-        return [-3.0 * pos - (0.1 * t if t not in (5, 6) else 0.0) for pos, t in enumerate(shown)]
+        return [
+            -3.0 * pos - (0.1 * (t + 1) if t not in (5, 6) else 0.0) for pos, t in enumerate(shown)
+        ]
 
     plain = select(
         plan,
@@ -255,6 +257,24 @@ def test_logprob_jobs_are_counted_per_subset_with_chunks_and_permutations() -> N
     assert len(fake.calls) == 1 and len(fake.calls[0]) == 2 * 2 * 3
     assert [out.results[(1, j)].attempts for j in (0, 1)] == [6, 6]
     assert all(len(out.results[(1, j)].scores) == 75 for j in (0, 1))
+
+
+def test_logprob_permutations_zero_shows_every_candidate_at_every_position() -> None:
+    """permutations = 0 is the full correction: one cyclic shift per candidate of each subset."""
+    items = make_items(40)
+    plan = flat_plan(40, 8, 2)  # 5 subsets of 8 candidates
+    fake = FakeBackend(scorer=lambda p, labs: [-0.5 * i for i in range(len(labs))])
+    out = select(
+        plan, items, fake, cfg=SelectionSettings(mode="logprobs", permutations=0), progress=False
+    )
+    check_exact(out, plan, items)
+    assert len(fake.calls[0]) == 5 * 8
+    # A purely positional scorer is cancelled: every candidate averages the same score, so the
+    # picks are the first k by index (the stable tie-break), not the first k shown.
+    for s in plan.subsets:
+        res = out.results[(s.round, s.id)]
+        assert len(set(res.scores)) == 1
+        assert res.picks == s.candidates[:2]
 
 
 def test_too_small_context_truncates_then_fails_clearly() -> None:

@@ -113,7 +113,8 @@ class SelectorConfig(Section):
     max_tokens: int | None = None
     """Answer length limit [default: enough for k ids (or k reasons)]."""
     permutations: int = 1
-    """Logprob mode: score this many cyclic shifts of each subset and average (position bias)."""
+    """Logprob mode: score this many cyclic shifts of each subset and average (position bias);
+    0 = every shift (each candidate once at each position: the full correction, K prompts each)."""
     seed: int = 0
     """Seed of sampled retries and of the fallback picks (the --seed of the run)."""
 
@@ -128,7 +129,7 @@ class SelectorConfig(Section):
         self._at_least("retries", 0)
         self._at_least("min_candidate_tokens", 1)
         self._at_least("max_candidate_tokens", self.min_candidate_tokens)
-        self._at_least("permutations", 1)
+        self._at_least("permutations", 0)
         self._at_least("temperature", 0)
         self._at_least("retry_temperature", 0)
         if self.max_tokens is not None:

@@ -29,13 +29,18 @@ from selectllm_local.config import (
     read_toml,
 )
 from selectllm_local.config.loader import RENAMED
+from selectllm_local.config.sections import MODES
 from selectllm_local.config.training import PERPLEXITY_BANDS
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
 
 PLAN_PER_CELL = {"pool", "budget", "seed", "run_dir"}  # set by each cell, not by the file
 PERPLEXITY_NAMES = ("answer-perplexity", "instruction-perplexity", "perplexity")  # last: deprecated
-VARIANTS = {"length": ("shortest", "longest"), **dict.fromkeys(PERPLEXITY_NAMES, PERPLEXITY_BANDS)}
+VARIANTS = {
+    "select": MODES,
+    "length": ("shortest", "longest"),
+    **dict.fromkeys(PERPLEXITY_NAMES, PERPLEXITY_BANDS),
+}
 
 
 @dataclass
@@ -61,6 +66,19 @@ class ExperimentTable(Section):
     """Name of the experiment [default: the file's stem]."""
     pool_limit: int | None = None
     """Use only the first N usable pool rows."""
+    pool_sample: int | None = None
+    """Use a seeded random sample of N usable pool rows (after test rows are removed), kept in
+    the pool's order; ``sample_seed`` fixes it."""
+    test_sample: int | None = None
+    """Score a seeded random sample of N test examples (``sample_seed``) instead of all of them;
+    the pool is still cleaned against the whole test set."""
+    selection_seed: int | None = None
+    """Select with this seed in every cell (one plan and one selection per budget, shared by all
+    seeds); the cell's seed then varies only the fine-tune and evaluation. Default: each seed
+    selects afresh (its own plan)."""
+    sample_seed: int = 0
+    """Seed of ``pool_sample`` and ``test_sample`` (fixed across cells: every cell sees the same
+    rows)."""
     exclude_test_from_pool: bool = True
     """Drop pool rows matching a test example (instruction and normalised response,
     ``splits.remove_test_rows``)."""
@@ -80,6 +98,9 @@ class ExperimentConfig:
     pool: Path
     pool_items: list[PoolItem]
     test_set: Path
+    test_examples: list[Any]
+    test_sample: int | None
+    selection_seed: int | None
     test_key: str
     test_overlap: int
     base_model: str
@@ -100,14 +121,23 @@ class ExperimentConfig:
             v = getattr(self, f.name)
             d[f.name] = v.to_dict() if isinstance(v, Section) else v
         d.pop("pool_items")
+        d.pop("test_examples")
         d["pool_rows"] = len(self.pool_items)
+        d["test_rows"] = len(self.test_examples)
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
-    def select_config(self, plan: PlanConfig, selector: Path) -> SelectConfig:
+    def selector_for(self, method: str) -> SelectorConfig:
+        """The file's selector, with the mode of a ``select:<mode>`` method."""
+        mode = method.partition(":")[2]
+        return dataclasses.replace(self.selector, mode=mode) if mode else self.selector
+
+    def select_config(
+        self, plan: PlanConfig, selector: Path, method: str = "select"
+    ) -> SelectConfig:
         """One cell's select run: the cell's plan, the file's selector and engine (cell seed)."""
         return SelectConfig(
             plan=plan,
-            selector=dataclasses.replace(self.selector, seed=plan.seed),
+            selector=dataclasses.replace(self.selector_for(method), seed=plan.seed),
             engine=dataclasses.replace(
                 self.engine,
                 model=str(selector),
@@ -132,7 +162,9 @@ def _int_list(path: Path, key: str, value: Any) -> list[int]:
 
 
 def _model(spec: str, here: Path, path: Path, key: str) -> str:
-    """``tiny:<shape>`` as is; a path made absolute (relative to the file) and checked."""
+    """``tiny:<shape>`` as is; a known model's name (``selectllm models``) or a path (relative to
+    the file; a ``.gguf`` file or folder is converted once) made a loadable folder."""
+    from selectllm_local.models import KNOWN_MODELS, resolve_model_path
     from selectllm_local.tinymodel import SHAPES
 
     if spec.startswith("tiny:"):
@@ -140,12 +172,16 @@ def _model(spec: str, here: Path, path: Path, key: str) -> str:
             raise UserError(f"{path}: {key} = '{spec}': unknown shape; known: {', '.join(SHAPES)}.")
         return spec
     resolved = (here / spec).resolve()
-    if not resolved.exists():
+    if not resolved.exists() and spec not in KNOWN_MODELS:
         raise UserError(
-            f"{path}: {key} = '{spec}' does not exist. Give a local model directory (download it "
-            "first), or 'tiny:<shape>' for a random-weight test model."
+            f"{path}: {key} = '{spec}' does not exist. Give a local model directory or .gguf file "
+            f"(download it first), a known model ({', '.join(KNOWN_MODELS)}; selectllm models), "
+            "or 'tiny:<shape>' for a random-weight test model."
         )
-    return str(resolved)
+    try:
+        return resolve_model_path(resolved if resolved.exists() else spec, flag=key)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def _section(path: Path, raw: dict[str, Any], cls: type, **extra: Any) -> Any:
@@ -196,19 +232,26 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
             f"{path}: [experiment] test_set = {exp.test_set!r}: {test_set} does not exist."
         )
     evaluate: EvaluateConfig = _section(path, raw, EvaluateConfig)
-    tests = load_testset(test_set, limit=evaluate.limit)
+    all_tests = load_testset(test_set)
+    tests = all_tests[: evaluate.limit] if evaluate.limit else all_tests
     items, _stats = data.load_pool(pool)
     overlap = 0
-    if exp.exclude_test_from_pool:
+    if exp.exclude_test_from_pool:  # against the whole test set, not only the rows scored
         from selectllm_local.splits import remove_test_rows
 
-        items, overlap = remove_test_rows(items, tests, source=str(pool))
+        items, overlap = remove_test_rows(items, all_tests, source=str(pool))
+    for key in ("pool_limit", "pool_sample", "test_sample"):
+        v = getattr(exp, key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise UserError(f"{path}: [experiment] {key} must be a positive integer (got {v!r}).")
+    if exp.pool_limit is not None and exp.pool_sample is not None:
+        raise UserError(f"{path}: [experiment] give pool_limit or pool_sample, not both.")
     if exp.pool_limit is not None:
-        if not isinstance(exp.pool_limit, int) or exp.pool_limit < 1:
-            raise UserError(
-                f"{path}: [experiment] pool_limit must be a positive integer (got {exp.pool_limit!r})."
-            )
         items = items[: exp.pool_limit]
+    if exp.pool_sample is not None:
+        items = _sample(items, exp.pool_sample, exp.sample_seed)
+    if exp.test_sample is not None:
+        tests = _sample(tests, exp.test_sample, exp.sample_seed)
     items = [dataclasses.replace(it, index=i) for i, it in enumerate(items)]
     missing = [it for it in items if not (it.output and it.output.strip())]
     if missing:
@@ -230,7 +273,7 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
     base_model = _model(exp.base_model, here, path, "[experiment] base_model")
 
     engine: EngineConfig = _section(path, raw, EngineConfig)
-    if "select" in methods:
+    if any(m.partition(":")[0] == "select" for m in methods):
         if not engine.model:
             raise UserError(
                 f"{path}: method 'select' needs [engine] model (a local model directory)."
@@ -261,6 +304,9 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
         pool=pool,
         pool_items=items,
         test_set=test_set,
+        test_examples=tests,
+        test_sample=exp.test_sample,
+        selection_seed=exp.selection_seed,
         test_key=stable_hash([(t.instruction, t.input, t.reference) for t in tests]),
         test_overlap=overlap,
         base_model=base_model,
@@ -277,6 +323,16 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
     )
 
 
+def _sample(rows: list[Any], n: int, seed: int) -> list[Any]:
+    """``n`` rows drawn without replacement by ``seed``, in their original order (all if fewer)."""
+    import numpy as np
+
+    if n >= len(rows):
+        return list(rows)
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
+    return [rows[int(i)] for i in keep]
+
+
 def _methods(path: Path, methods: Any) -> list[str]:
     from selectllm_local.baselines import BASELINES, DEPRECATED
 
@@ -289,8 +345,8 @@ def _methods(path: Path, methods: Any) -> list[str]:
         if name != "select" and name not in BASELINES and name not in DEPRECATED:
             raise UserError(
                 f"{path}: [experiment] methods: unknown method '{m}'. Known: select, {', '.join(BASELINES)} "
-                "(variants: length:shortest, answer-perplexity:low|middle|high, the same for "
-                "instruction-perplexity)."
+                "(variants: select:generate|logprobs, length:shortest, "
+                "answer-perplexity:low|middle|high, the same for instruction-perplexity)."
             )
         if variant and variant not in VARIANTS.get(name, ()):
             raise UserError(

@@ -33,7 +33,7 @@ from typing import Any
 
 from selectllm_local.errors import UserError
 from selectllm_local.experiment.config import ExperimentConfig, load_experiment_config
-from selectllm_local.runstore import read_json, stable_hash, write_json, write_jsonl
+from selectllm_local.runstore import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ def _run_experiment(
 
     write_json(root / "experiment.json", {"config": cfg.to_dict(), "environment": environment()})
     pool_path = _write_pool(cfg)
+    test_set = _write_tests(cfg)
     base_model = _resolve_model(cfg.base_model, root, role="base")
     cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds]
     outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
@@ -111,7 +112,7 @@ def _run_experiment(
             continue
         log.info("cell %d/%d: %s", i, len(cells), cell.name)
         _prepare_cell_dir(cell_dir, key)
-        _run_cell(cfg, cell, cell_dir, key, pool_path, base_model, progress=progress)
+        _run_cell(cfg, cell, cell_dir, key, pool_path, test_set, base_model, progress=progress)
         outcome.cells_run.append(cell.name)
     from selectllm_local.experiment.results import write_results
 
@@ -136,6 +137,18 @@ def _write_pool(cfg: ExperimentConfig) -> Path:
     return path
 
 
+def _write_tests(cfg: ExperimentConfig) -> Path:
+    """The test set as given, or the drawn ``test_sample`` written once as JSONL."""
+    if cfg.test_sample is None:
+        return cfg.test_set
+    path = cfg.run_dir / "data" / "test.jsonl"
+    rows = [{"instruction": t.instruction, "input": t.input, "output": t.reference}
+            for t in cfg.test_examples]  # fmt: skip
+    if not (path.exists() and read_jsonl(path) == rows):
+        write_jsonl(path, rows)
+    return path
+
+
 def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
     """A local model path, or ``tiny:<shape>``: a random-weight model built once in the run dir."""
     if not spec.startswith("tiny:"):
@@ -157,16 +170,18 @@ def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
 def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
     from selectllm_local.runstore import file_hash
 
+    is_select = cell.method.partition(":")[0] == "select"
     return stable_hash(
         {
-            "cell": [cell.method, cell.budget, cell.seed],
+            "cell": [cell.method, cell.budget, cell.seed]
+            + ([] if cfg.selection_seed is None else [f"selection_seed={cfg.selection_seed}"]),
             "pool": file_hash(pool_path),
             "test": cfg.test_key,
             "base_model": cfg.base_model,
             "plan": cfg.plan,
-            "selector": cfg.selector.to_dict() if cell.method == "select" else None,
-            "engine": cfg.engine.to_dict() if cell.method == "select" else None,
-            "baseline": cfg.baseline.to_dict() if cell.method != "select" else None,
+            "selector": cfg.selector_for(cell.method).to_dict() if is_select else None,
+            "engine": cfg.engine.to_dict() if is_select else None,
+            "baseline": None if is_select else cfg.baseline.to_dict(),
             "finetune": cfg.finetune.to_dict(),
             "evaluate": cfg.evaluate.to_dict(),
         }
@@ -192,6 +207,7 @@ def _run_cell(
     cell_dir: Path,
     key: str,
     pool_path: Path,
+    test_set: Path,
     base_model: Path,
     *,
     progress: bool,
@@ -241,7 +257,7 @@ def _run_cell(
         scores = read_json(ev_dir / "scores.json")
     else:
         evaluate_run(
-            cfg.test_set,
+            test_set,
             base_model=base_model,
             adapter=adapter,
             out_dir=ev_dir,
@@ -271,16 +287,17 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
     """Pool indices chosen by ``cell.method`` (select or a baseline) in the shared plan dir."""
     from selectllm_local.config import PlanConfig
 
-    plan_dir = cfg.run_dir / "plans" / f"b{cell.budget}-s{cell.seed}"
+    seed = cell.seed if cfg.selection_seed is None else cfg.selection_seed
+    plan_dir = cfg.run_dir / "plans" / f"b{cell.budget}-s{seed}"
     _seed_embedding_cache(cfg.run_dir / "plans", plan_dir)
     plan_cfg = PlanConfig(
-        pool=pool_path, budget=cell.budget, seed=cell.seed, run_dir=plan_dir, **cfg.plan
+        pool=pool_path, budget=cell.budget, seed=seed, run_dir=plan_dir, **cfg.plan
     )
-    if cell.method == "select":
+    if cell.method.partition(":")[0] == "select":
         from selectllm_local.pipeline import select_run
 
         selector = _resolve_model(str(cfg.engine.model), cfg.run_dir, role="selector")
-        selected = select_run(cfg.select_config(plan_cfg, selector), progress=progress)
+        selected = select_run(cfg.select_config(plan_cfg, selector, cell.method), progress=progress)
         picks = [int(i) for i in selected.selected]
     else:
         from selectllm_local.baselines import baseline_run
