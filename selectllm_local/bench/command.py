@@ -24,6 +24,8 @@ def bench_command(
     candidates: int | None = None,
     repeats: int | None = None,
     stages: bool | None = None,
+    stages_dir: Path | None = None,
+    plan_only: bool = False,
     machine: str = "",
     out: Path = Path("benchmarks/results"),
     name: str | None = None,
@@ -44,8 +46,19 @@ def bench_command(
     cfg = config.config_from_preset(
         preset, pool=pool, shape=shape, model=model, dtype=dtype, subsets=subsets,
         candidates=candidates, repeats=repeats, machine=machine, stages=stages,
+        stages_dir=stages_dir,
         settings=[config.parse_setting(s) for s in setting] if setting else None,
     )  # fmt: skip
+    if plan_only:
+        from selectllm_local.bench.stages import plan_stages
+
+        per_setting = cfg.warmup + cfg.repeats
+        need = len(cfg.settings) * per_setting * cfg.subsets * cfg.candidates
+        planned = plan_stages(cfg, run.load_items(cfg.pool, need))
+        return {"planned": str(planned)}, (
+            f"Planned {planned}. Copy it to the GPU node and run the same command there with "
+            "--stages instead of --plan-only: the select reuses the plan (no embedder, no FAISS)."
+        )
     doc = run.run_benchmark(cfg, progress=progress)
     paths = output.write_outputs(doc, out, name or f"select_{preset}")
     return doc, _table_text(output.results_table(doc)) + (

@@ -105,6 +105,7 @@ class BenchConfig:
     max_model_len: int = 4096
     tokenizer: str = "toy"  # shapes only: "toy" (tinymodel's) | "pool" (BPE trained on the pool)
     stages: bool = False  # also run one full pipeline.select_run and report seconds per stage
+    stages_dir: Path | None = None  # run dir of that select (kept; planned stages reused)
     settings: list[BenchSetting] = field(default_factory=lambda: [BenchSetting()])
     machine: str = ""
     seed: int = 0

@@ -18,51 +18,76 @@ from typing import Any
 from selectllm_local.records import PoolItem
 
 
-def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str, Any]:
-    """Run ``select_run`` on ``cfg.subsets x cfg.candidates`` rows of ``items`` with ``backend``."""
+def stages_config(
+    cfg: Any, items: Sequence[PoolItem], run_dir: Path, backend: str, model: str
+) -> Any:
+    """The ``select`` run of ``select_stages``: pool file written into ``run_dir``."""
     from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig, SelectorConfig
-    from selectllm_local.pipeline import select_run
 
     n = cfg.subsets * cfg.candidates
     rows = items[len(items) - n :] if len(items) >= n else items
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pool = run_dir / "bench_pool.jsonl"
+    with open(pool, "w", encoding="utf-8") as fh:
+        for it in rows:
+            rec = {"instruction": it.instruction, "context": it.input,
+                   "response": it.output or "", "category": it.category or ""}  # fmt: skip
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return SelectConfig(
+        plan=PlanConfig(
+            pool=pool,
+            budget=cfg.subsets * cfg.picks,
+            n_clusters=cfg.candidates,
+            seed=cfg.seed,
+            run_dir=run_dir,
+        ),
+        selector=SelectorConfig(
+            max_candidate_tokens=cfg.max_candidate_tokens,
+            min_candidate_tokens=min(32, cfg.max_candidate_tokens),
+            retries=0,
+            max_tokens=cfg.max_tokens,
+            seed=cfg.seed,
+        ),
+        engine=EngineConfig(
+            backend=backend, model=model, max_model_len=cfg.max_model_len, seed=cfg.seed
+        ),
+    )
+
+
+def plan_stages(cfg: Any, items: Sequence[PoolItem]) -> Path:
+    """Plan ``cfg.stages_dir`` (pool, embeddings, clusters, subsets) without loading a model.
+
+    For a GPU node without the embedder or FAISS: plan here, copy the folder over, and the
+    ``select`` of ``select_stages`` reuses every planned stage there.
+    """
+    from selectllm_local.pipeline import plan_run
+
+    sel = stages_config(cfg, items, Path(cfg.stages_dir), "auto", "")
+    plan_run(sel.plan, progress=False)
+    return Path(cfg.stages_dir)
+
+
+def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str, Any]:
+    """Run ``select_run`` on ``cfg.subsets x cfg.candidates`` rows of ``items`` with ``backend``,
+    in ``cfg.stages_dir`` when given (a planned one is reused), else in a temporary folder."""
+    from selectllm_local.pipeline import select_run
+
     with tempfile.TemporaryDirectory(prefix="selectllm-bench-") as tmp:
-        pool = Path(tmp) / "pool.jsonl"
-        with open(pool, "w", encoding="utf-8") as fh:
-            for it in rows:
-                rec = {"instruction": it.instruction, "context": it.input,
-                       "response": it.output or "", "category": it.category or ""}  # fmt: skip
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        sel = SelectConfig(
-            plan=PlanConfig(
-                pool=pool,
-                budget=cfg.subsets * cfg.picks,
-                n_clusters=cfg.candidates,
-                seed=cfg.seed,
-                run_dir=Path(tmp) / "run",
-            ),
-            selector=SelectorConfig(
-                max_candidate_tokens=cfg.max_candidate_tokens,
-                min_candidate_tokens=min(32, cfg.max_candidate_tokens),
-                retries=0,
-                max_tokens=cfg.max_tokens,
-                seed=cfg.seed,
-            ),
-            engine=EngineConfig(
-                backend=backend.name,
-                model=backend.model_path,
-                max_model_len=cfg.max_model_len,
-                seed=cfg.seed,
-            ),
-        )
+        run_dir = Path(cfg.stages_dir) if cfg.stages_dir else Path(tmp) / "run"
+        if cfg.stages_dir:  # a second measurement must not resume the first one's answers
+            for name in ("responses.jsonl", "selected.jsonl", "summary.json"):
+                (run_dir / name).unlink(missing_ok=True)
+        sel = stages_config(cfg, items, run_dir, backend.name, backend.model_path)
         out = select_run(sel, backend=backend, progress=False)
     s = out.summary
     seconds = dict(s["seconds"])
     seconds["our_code_in_select"] = round(max(0.0, seconds["select"] - seconds["engine"]), 3)
     seconds["model_load"] = float(backend.stats.get("startup_seconds", 0.0))
     return {
-        "rows": len(rows),
+        "rows": min(len(items), cfg.subsets * cfg.candidates),
         "subsets": s["counts"]["subsets"],
         "seconds": seconds,
         "tokens": s["tokens_this_run"],
         "throughput": s["throughput"],
+        "plan_reused": bool(cfg.stages_dir),
     }

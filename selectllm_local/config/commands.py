@@ -169,6 +169,11 @@ class BenchCommand(Command):
     """Timed repeats (the median is reported) [default: the preset's]."""
     stages: bool | None = None
     """Also run one real select and split its time: engine vs our code [default: the preset's]."""
+    stages_dir: Path | None = None
+    """Run directory of the --stages select, kept; stages planned there before are reused."""
+    plan_only: bool = False
+    """Only plan --stages-dir (pool, embeddings, clusters, subsets) and stop, loading no LLM: for
+    a GPU node without the embedder or FAISS, plan here and copy the folder over."""
     machine: str = ""
     """Name of the machine, saved with the results."""
     out: Path = setting(Path("benchmarks/results"), "--out", "--run-dir")
@@ -188,6 +193,9 @@ class BenchCommand(Command):
 
     def __post_init__(self) -> None:
         self.pool, self.out = Path(self.pool), Path(self.out)
+        self.stages_dir = as_path(self.stages_dir)
+        if self.plan_only and self.stages_dir is None:
+            raise self._bad("plan_only", "needs --stages-dir (the folder to plan).")
 
 
 @dataclass
