@@ -291,6 +291,7 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     """
     from selectllm_local import prompting, selection
     from selectllm_local.backends import LazyBackend, load_backend, resolve_backend_name
+    from selectllm_local.compare import run_position_bias
     from selectllm_local.records import SubsetResult
     from selectllm_local.runstore import AppendLog
 
@@ -382,6 +383,9 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
         ),
         "rounds": outcome.rounds,
         "counts": counts,
+        "position_bias": run_position_bias(
+            store.root, mode=settings.mode, permutations=settings.permutations
+        ),
         "tokens_this_run": {
             "prompt": int(delta.get("prompt_tokens", 0)),
             "output": int(delta.get("output_tokens", 0)),

@@ -270,26 +270,44 @@ def _content(run: _Run, sel: list[int]) -> str:
 
 
 def _positions(run: _Run) -> str:
-    pairs: list[tuple[int, int]] = []
-    sizes = {(s.get("round", 1), s["id"]): len(s["candidates"]) for s in run.subsets}
-    for r in run.responses:
-        if r.get("attempts", 0) == 0:
-            continue  # no call: nothing was chosen by the model
-        n = sizes.get((r.get("round", 1), r["subset_id"]))
-        if n is None:  # later rounds are not in subsets.jsonl: they show up to K winners
-            k = int(run.labels.max()) + 1 if run.labels is not None else 0
-            n = max([k, *(r.get("positions") or [1])])
-        pairs += [(int(p), int(n)) for p in r.get("positions", []) if not r.get("fallback")]
-    if not pairs:
+    from selectllm_local.compare import run_position_bias
+
+    s = run.summary or {}
+    bias = s["position_bias"] if "position_bias" in s else run_position_bias(run.root)
+    pairs = position_pairs_of(run)
+    if bias is None or not pairs:
         return ""
-    first = sum(1 for p, _ in pairs if p == 1) / len(pairs)
-    blind = float(np.mean([1 / n for _, n in pairs]))
+    rows = "".join(
+        f"<tr><td class='n'>{r['position']}</td><td class='n'>{r['picks']}</td>"
+        f"<td class='n'>{100 * r['share']:.1f}%</td><td class='n'>{r['expected']:.1f}</td>"
+        f"<td class='n'>{100 * r['expected_share']:.1f}%</td></tr>"
+        for r in bias["positions"]
+    )
+    table = (
+        "<table><tr><th>position</th><th>picks</th><th>share</th><th>expected picks</th>"
+        f"<th>expected share</th></tr>{rows}</table>"
+    )
     text = (
-        f"<p>{len(pairs)} model picks (fallback picks excluded). Position 1 took {100 * first:.1f}% "
-        f"of them; with no position preference it would take {100 * blind:.1f}%.</p>"
+        f"<p>{bias['picks']} model picks (no-call subsets and fallback picks excluded); position: "
+        f"{_esc(bias['basis'])}. Expected: a position-blind model, whose pick in a subset of n "
+        f"candidates falls on each position with probability 1/n. Chi-square goodness of fit: "
+        f"{bias['chi2']:.1f} on {bias['df']} degrees of freedom, p = {bias['p_value']:.3g}.</p>"
+    )
+    flag = (
+        f"<p class='note'><b>{_esc(bias['warning'])}</b><br>Rule: {_esc(bias['rule'])}.</p>"
+        if bias["warning"]
+        else f"<p>No position bias flagged ({_esc(bias['rule'])}).</p>"
     )
     return _section("Position of the pick (does the model prefer early candidates?)", text,
-                    _img(plot_positions(pairs), "positions"))  # fmt: skip
+                    flag, table, _img(plot_positions(pairs), "positions"))  # fmt: skip
+
+
+def position_pairs_of(run: _Run) -> list[tuple[int, int]]:
+    """(position, subset size) of every model pick of the run (``diagnostics.position_pairs``)."""
+    from selectllm_local.diagnostics import position_pairs
+
+    k = int(run.labels.max()) + 1 if run.labels is not None else 0
+    return position_pairs(run.subsets, run.responses, k)
 
 
 def _answers(run: _Run) -> str:

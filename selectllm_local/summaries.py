@@ -101,10 +101,88 @@ def select_text(outcome: Any) -> str:
         f"Tokens this run: {s['tokens_this_run']['prompt']} prompt, "
         f"{s['tokens_this_run']['output']} output; {tp['prompts_per_s']} prompts/s, "
         f"{tp['prompt_tokens_per_s']} prompt tokens/s. Total {s['seconds']['total']} s.",
+        *_position_markup(s.get("position_bias"), s.get("llm_called", True)),
         f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.",
         f"Report: {render_report(outcome.run_dir)} (open it in a browser).",
     ]
     return "\n".join(lines)
+
+
+def _position_markup(bias: dict[str, Any] | None, llm_called: bool) -> list[str]:
+    """The position-bias lines of a summary, the warning in bold yellow."""
+    from rich.markup import escape
+
+    from selectllm_local.diagnostics import position_lines
+
+    if bias is None and not llm_called:
+        return []
+    return [
+        f"[bold yellow]{escape(line)}[/]" if line.startswith("Warning:") else escape(line)
+        for line in position_lines(bias)
+    ]
+
+
+def compare_text(result: dict[str, Any]) -> Any:
+    """Overlap with its random expectation, then both selections' diagnostics side by side."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+
+    a, b, ov, pool = result["a"], result["b"], result["overlap"], result["same_pool"]
+    parts: list[Any] = [
+        f"A: {escape(a['run_dir'])} ({escape(a['name'])})",
+        f"B: {escape(b['run_dir'])} ({escape(b['name'])})",
+        f"Same pool of {pool['rows']} rows (checked by {pool['checked_by']}).",
+        f"[bold]Overlap: {ov['intersection']} of {ov['a']} and {ov['b']} picks shared "
+        f"(Jaccard {ov['jaccard']:.3f}).[/] Two independent random selections of these sizes "
+        f"share {ov['expected_intersection']:.1f} on average (|A|·|B|/N): "
+        + (f"{ov['ratio_to_random']:.2f}x chance." if ov["ratio_to_random"] is not None else "-"),
+    ]
+    t = Table(title="Diagnostics", title_justify="left", box=None, pad_edge=False)
+    for col in ("", "A", "B", "pool"):
+        t.add_column(col, style="bold cyan" if not col else None)
+    for row in _diagnostic_rows(a, b):
+        t.add_row(*(escape(str(x)) for x in row))
+    parts.append(t)
+    for tag, d in (("A", a), ("B", b)):
+        if d["position_bias"] and d["position_bias"]["warning"]:
+            parts.append(f"[bold yellow]{tag}: {escape(d['position_bias']['warning'])}[/]")
+    return Group(*parts)
+
+
+def _diagnostic_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    def pos(d: dict[str, Any], what: str) -> str:
+        pb = d["position_bias"]
+        if pb is None:
+            return "-"
+        if what == "flag":
+            return "yes" if pb["position_bias"] else "no"
+        if what == "p":
+            return f"{pb['p_value']:.3g}"
+        first = pb["positions"][0]
+        return f"{first['share']:.0%} (exp {first['expected_share']:.0%})"
+
+    def pref(d: dict[str, Any], group: str, key: str) -> Any:
+        p = d["preferences"]
+        return "-" if p is None or p[group] is None else p[group][key]
+
+    def shares(d: dict[str, Any], group: str) -> str:
+        g = (d["preferences"] or {}).get(group)
+        return "-" if g is None else f"{g['covered']} of {g['of']}, TV {g['total_variation']:.3f}"
+
+    pool_len = (a["preferences"] or b["preferences"] or {}).get("length_words") or {}
+    return [
+        ("picks", str(a["selected"]), str(b["selected"]), str(a["pool"])),
+        ("position bias flagged", pos(a, "flag"), pos(b, "flag"), ""),
+        ("position chi-square p", pos(a, "p"), pos(b, "p"), ""),
+        ("position 1 share", pos(a, "first"), pos(b, "first"), ""),
+        ("mean words (instr.+input)", str(pref(a, "length_words", "selected_mean")),
+         str(pref(b, "length_words", "selected_mean")), str(pool_len.get("pool_mean", "-"))),
+        ("median words", str(pref(a, "length_words", "selected_median")),
+         str(pref(b, "length_words", "selected_median")), str(pool_len.get("pool_median", "-"))),
+        ("categories covered, TV vs pool", shares(a, "categories"), shares(b, "categories"), ""),
+        ("clusters covered, TV vs pool", shares(a, "clusters"), shares(b, "clusters"), ""),
+    ]  # fmt: skip
 
 
 def baseline_text(outcome: Any) -> str:

@@ -38,7 +38,7 @@ def test_help_is_fast_and_imports_no_heavy_library() -> None:
 
 
 def test_every_command_has_help() -> None:
-    for cmd in ("plan", "select", "baseline", "split", "experiment", "bench", "report"):
+    for cmd in ("plan", "select", "baseline", "split", "experiment", "bench", "report", "compare"):
         r = run_cli(cmd, "--help")
         assert r.returncode == 0, (cmd, r.stderr)
         assert "Usage" in r.stdout

@@ -57,7 +57,7 @@ def main_callback(
 
 
 # The command groups register themselves on ``app`` (import order = order in --help).
-from selectllm_local.cli import select, train, experiment, bench, models  # noqa: E402, F401, I001
+from selectllm_local.cli import select, compare, train, experiment, bench, models  # noqa: E402, F401, I001
 
 
 def main() -> None:

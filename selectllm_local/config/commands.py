@@ -212,6 +212,19 @@ class ReportCommand(Command):
 
 
 @dataclass
+class CompareCommand(Command):
+    """``compare``: two selections of one pool, their overlap and diagnostics."""
+
+    run_dir_a: Path = setting(REQUIRED, argument=True)
+    """A finished select run directory or a baseline's output folder."""
+    run_dir_b: Path = setting(REQUIRED, argument=True)
+    """Another selection of the same pool (select run directory or baseline folder)."""
+
+    def __post_init__(self) -> None:
+        self.run_dir_a, self.run_dir_b = Path(self.run_dir_a), Path(self.run_dir_b)
+
+
+@dataclass
 class RandomModelCommand(Command):
     """``random-model``: a random-weight model of a real shape."""
 

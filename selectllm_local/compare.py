@@ -1,0 +1,168 @@
+"""Two selections of one pool side by side (``selectllm compare``), and a run's diagnostics.
+
+Why apart from ``diagnostics``: that module holds the measures (pure functions over rows); this
+one finds and checks the files a finished selection leaves, for a ``select`` run directory or a
+``baseline`` output folder (``RUN_DIR/baselines/NAME-bB-sS``, whose pool and clusters are two
+levels up), and refuses, as a user error, a folder that is not a finished selection or two
+selections of different pools. Uses: agreement (logprobs vs generate on one plan), stability
+(two seeds), and how far the LLM's picks are from a baseline's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selectllm_local import diagnostics
+from selectllm_local.errors import UserError
+from selectllm_local.runstore import read_json, read_jsonl, stable_hash
+
+WHAT_TO_PASS = (
+    "Pass the --run-dir of a finished `selectllm select` run, or a baseline's output folder "
+    "(RUN_DIR/baselines/NAME-bBUDGET-sSEED)."
+)
+
+
+@dataclass
+class Selection:
+    """The files of one finished selection: its summary, picks and (when found) the pool."""
+
+    root: Path
+    kind: str  # "select" | "baseline"
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    pool_root: Path | None  # the folder holding pool.jsonl and clusters.npy
+    pool: list[dict[str, Any]] | None
+
+    @property
+    def indices(self) -> list[int]:
+        return [int(r["selectllm"]["index"]) for r in self.rows]
+
+    @property
+    def uids(self) -> dict[int, str]:
+        return {int(r["selectllm"]["index"]): str(r["selectllm"].get("uid")) for r in self.rows}
+
+    @property
+    def pool_size(self) -> int:
+        return int(self.summary["pool"])
+
+    def labels(self) -> np.ndarray | None:
+        p = self.pool_root / "clusters.npy" if self.pool_root else None
+        return np.load(p) if p is not None and p.exists() else None
+
+    def pool_fingerprint(self) -> str | None:
+        return stable_hash([r.get("uid") for r in self.pool]) if self.pool is not None else None
+
+    def name(self) -> str:
+        s = self.summary
+        if self.kind == "baseline":
+            return f"baseline {s.get('method')} (seed {s.get('seed')})"
+        return f"select, mode {s.get('mode')}, model {s.get('model')}"
+
+
+def load_selection(path: Path | str) -> Selection:
+    """Read a finished selection's folder; a missing or unfinished one is a ``UserError``."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"Run directory {root} does not exist. {WHAT_TO_PASS}")
+    missing = [n for n in ("selected.jsonl", "summary.json") if not (root / n).is_file()]
+    if missing:
+        raise UserError(
+            f"{root} is not a finished selection: it has no {' and no '.join(missing)} (a plan-only "
+            "run, an interrupted select, or another folder). Run select (or baseline) on it to the "
+            f"end first. {WHAT_TO_PASS}"
+        )
+    summary = read_json(root / "summary.json")
+    rows = read_jsonl(root / "selected.jsonl")
+    if not isinstance(summary, dict) or not isinstance(summary.get("pool"), int):
+        raise UserError(
+            f"{root / 'summary.json'} is not the summary of a select or baseline run (no 'pool' "
+            f"count). {WHAT_TO_PASS}"
+        )
+    for n, r in enumerate(rows, 1):
+        if not isinstance(r.get("selectllm"), dict) or "index" not in r["selectllm"]:
+            raise UserError(
+                f"{root / 'selected.jsonl'} line {n} has no selectllm.index (the pool index every "
+                f"selectllm output row carries). {WHAT_TO_PASS}"
+            )
+    kind = "baseline" if "method" in summary else "select"
+    pool_root = None
+    for cand in (root, root.parent.parent if root.parent.name == "baselines" else None):
+        if cand is not None and (cand / "pool.jsonl").is_file():
+            pool_root = cand
+            break
+    pool = read_jsonl(pool_root / "pool.jsonl") if pool_root is not None else None
+    return Selection(root, kind, summary, rows, pool_root, pool)
+
+
+def run_position_bias(
+    root: Path, *, mode: str | None = None, permutations: int | None = None
+) -> dict[str, Any] | None:
+    """Position bias of a select run directory's model picks (``diagnostics.position_bias``).
+
+    ``mode`` and ``permutations`` default to what ``summary.json`` and ``config.json`` recorded.
+    """
+    summary = read_json(root / "summary.json") if (root / "summary.json").exists() else {}
+    config = read_json(root / "config.json") if (root / "config.json").exists() else {}
+    if mode is None:
+        mode = str(summary.get("mode") or "generate")
+    if permutations is None:
+        selector = (config.get("select") or {}).get("selector") or {}
+        permutations = int(selector.get("permutations") or 1)
+    k = 0
+    if (root / "clusters.npy").exists():
+        k = int(np.load(root / "clusters.npy").max()) + 1
+    elif (root / "plan_summary.json").exists():
+        k = int(read_json(root / "plan_summary.json").get("clusters", {}).get("k") or 0)
+    pairs = diagnostics.position_pairs(
+        read_jsonl(root / "subsets.jsonl"), read_jsonl(root / "responses.jsonl"), k
+    )
+    return diagnostics.position_bias(pairs, mode=mode, permutations=permutations)
+
+
+def selection_diagnostics(sel: Selection) -> dict[str, Any]:
+    """Position bias (select runs) and preferences (when the pool is found) of one selection."""
+    bias = None
+    if sel.kind == "select":
+        bias = sel.summary.get("position_bias")
+        if bias is None and "position_bias" not in sel.summary:  # written before diagnostics
+            bias = run_position_bias(sel.root)
+    prefs = diagnostics.preferences(sel.pool, sel.indices, sel.labels()) if sel.pool else None
+    return {
+        "run_dir": str(sel.root),
+        "kind": sel.kind,
+        "name": sel.name(),
+        "selected": len(sel.rows),
+        "pool": sel.pool_size,
+        "position_bias": bias,
+        "preferences": prefs,
+    }
+
+
+def compare_runs(a: Path | str, b: Path | str) -> dict[str, Any]:
+    """Overlap of two selections of one pool (with the random expectation) and both diagnostics.
+
+    The pools must match: by the ids of every pool row when both ``pool.jsonl`` files are found,
+    else by the pool size and the ids of the rows both selections hold.
+    """
+    sa, sb = load_selection(a), load_selection(b)
+    fa, fb = sa.pool_fingerprint(), sb.pool_fingerprint()
+    ua, ub = sa.uids, sb.uids
+    clash = [i for i in set(ua) & set(ub) if ua[i] != ub[i]]
+    if sa.pool_size != sb.pool_size or (fa and fb and fa != fb) or clash:
+        raise UserError(
+            f"{sa.root} and {sb.root} select from different pools ({sa.pool_size} and "
+            f"{sb.pool_size} rows{', different row ids' if fa != fb or clash else ''}). An overlap "
+            "means something only within one pool: compare runs made from the same pool file "
+            "with the same field mapping."
+        )
+    verified = "pool.jsonl of both" if fa and fb else "pool size and the shared rows' ids"
+    return {
+        "a": selection_diagnostics(sa),
+        "b": selection_diagnostics(sb),
+        "overlap": diagnostics.overlap(sa.indices, sb.indices, sa.pool_size),
+        "same_pool": {"rows": sa.pool_size, "fingerprint": fa or fb, "checked_by": verified},
+    }
