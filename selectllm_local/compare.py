@@ -111,7 +111,7 @@ def run_position_bias(
         mode = str(summary.get("mode") or "generate")
     if permutations is None:
         selector = (config.get("select") or {}).get("selector") or {}
-        permutations = int(selector.get("permutations") or 1)
+        permutations = int(selector.get("permutations", 1))  # 0: every shift
     k = 0
     if (root / "clusters.npy").exists():
         k = int(np.load(root / "clusters.npy").max()) + 1

@@ -147,10 +147,11 @@ def position_bias(
     warning = None
     if flagged:
         top = max(over, key=lambda r: r["picks"] / max(expected[r["position"]], 1e-12))
-        if mode == "logprobs" and permutations > 1:
+        if mode == "logprobs" and permutations != 1:  # 0: every shift
+            orders = f"{permutations} orders" if permutations else "every cyclic order"
             hint = (
                 f"the ranking still favours the candidates listed at that place after averaging "
-                f"{permutations} orders; check the model before fine-tuning on this selection"
+                f"{orders}; check the model before fine-tuning on this selection"
             )
         elif mode == "logprobs":
             hint = f"try --permutations {n_max}"

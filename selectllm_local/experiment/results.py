@@ -43,6 +43,7 @@ def collect(root: Path, cells: list[str]) -> list[dict[str, Any]]:
                         "cosine",
                         "n_test",
                         "train_loss",
+                        "seconds",
                     )
                 }
             )
@@ -141,15 +142,106 @@ def plot(summary: list[dict[str, Any]], methods: list[str], budgets: list[int], 
     plt.close(fig)
 
 
+def selections_text(
+    root: Path, methods: list[str], budgets: list[int], seeds: list[int], selection_seed: int | None
+) -> str:
+    """What the methods picked, before any training: pairwise overlap against the overlap two
+    random selections would have, and the position bias of the LLM selections."""
+    from selectllm_local.compare import run_position_bias
+    from selectllm_local.diagnostics import overlap
+    from selectllm_local.experiment.runner import Cell, plan_dir_of
+
+    key = root / "data" / "pool.key.json"
+    pool_size = int(read_json(key)["rows"]) if key.exists() else 0
+    lines: list[str] = []
+    for b in budgets:
+        for seed in [selection_seed] if selection_seed is not None else seeds:
+            picks: dict[str, list[int]] = {}
+            for m in methods:
+                cell_seeds = seeds if selection_seed is not None else [seed]
+                for s in cell_seeds:  # with a shared selection, any finished seed's picks
+                    p = root / "cells" / Cell(m, b, s).name / "selection.json"
+                    if p.exists():
+                        picks[m] = read_json(p)["indices"]
+                        break
+            done = [m for m in methods if m in picks]
+            if len(done) < 2 or not pool_size:
+                continue
+            lines += [
+                f"### Overlap of the selections (budget {b}, selection seed {seed}, pool {pool_size})",
+                "",
+                "Two independent random selections of these sizes would share |A|·|B|/N rows.",
+                "",
+                "| A | B | shared | random expectation | ratio | Jaccard |",
+                "|---|---|---|---|---|---|",
+            ]
+            for i, a in enumerate(done):
+                for m in done[i + 1 :]:
+                    o = overlap(picks[a], picks[m], pool_size)
+                    lines.append(
+                        f"| {a} | {m} | {o['intersection']} | {o['expected_intersection']:.1f} | "
+                        f"{o['ratio_to_random']:.2f} | {o['jaccard']:.3f} |"
+                    )
+            lines.append("")
+            biased = []
+            for m in (m for m in done if m.partition(":")[0] == "select"):
+                run = plan_dir_of(root, m, b, seed)
+                if (run / "responses.jsonl").exists() and (run / "subsets.jsonl").exists():
+                    d = run_position_bias(run)
+                    if d is not None:
+                        top = max(d["positions"], key=lambda r: r["share"])
+                        biased.append(
+                            f"| {m} | {d['picks']} | {top['position']}: {top['share']:.0%} "
+                            f"(exp {top['expected_share']:.0%}) | {d['p_value']:.3g} | "
+                            f"{'yes' if d['position_bias'] else 'no'} |"
+                        )
+            if biased:
+                lines += [
+                    f"### Position of the LLM's picks (budget {b}, selection seed {seed})",
+                    "",
+                    "| method | model picks | most picked position | chi-square p | flagged |",
+                    "|---|---|---|---|---|",
+                    *biased,
+                    "",
+                ]
+    return "\n".join(lines)
+
+
+def times_text(rows: list[dict[str, Any]], methods: list[str]) -> str:
+    """Mean wall seconds per stage and method (``done.json`` ``seconds``)."""
+    stages = ("selection", "finetune", "evaluate")
+    lines = [
+        "### Wall time per cell (mean seconds over seeds)",
+        "",
+        "| method | " + " | ".join(stages) + " | total |",
+        "|---|" + "---|" * (len(stages) + 1),
+    ]
+    for m in methods:
+        secs = [r["seconds"] for r in rows if r["method"] == m and r.get("seconds")]
+        if not secs:
+            continue
+        means = [sum(float(x.get(st, 0.0)) for x in secs) / len(secs) for st in stages]
+        lines.append(f"| {m} | " + " | ".join(f"{v:.0f}" for v in means) + f" | {sum(means):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(
-    root: Path, methods: list[str], budgets: list[int], seeds: list[int], *, cells: list[str]
+    root: Path,
+    methods: list[str],
+    budgets: list[int],
+    seeds: list[int],
+    *,
+    cells: list[str],
+    selection_seed: int | None = None,
 ) -> tuple[Path, Path, Path, Path]:
     """Write results.csv, summary.csv, results.md and results.png into ``root``."""
     rows = collect(root, cells)
     summary = summarise(rows, methods, budgets)
-    _write_csv(root / "results.csv", rows)
+    _write_csv(root / "results.csv", [{k: v for k, v in r.items() if k != "seconds"} for r in rows])
     _write_csv(root / "summary.csv", summary)
     md = markdown_table(summary, methods, budgets, len(seeds))
+    md += "\n" + selections_text(root, methods, budgets, seeds, selection_seed)
+    md += "\n" + times_text(rows, methods)
     missing = len(cells) - len(rows)
     head = f"# Results: {len(rows)} of {len(cells)} cells done" + (
         f" ({missing} still to run: re-run the same command to finish them)" if missing else ""

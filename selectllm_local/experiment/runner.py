@@ -17,6 +17,7 @@ Run directory::
     models/                       tiny random models (``tiny:<shape>``), built once
     data/pool.jsonl               the pool used (limit applied, test rows removed)
     plans/b<budget>-s<seed>/      plan_run / select_run / baseline_run directories
+    plans/b<budget>-s<seed>-select-<mode>/  the same plan, selected by a select:<mode> method
     cells/<method>/b<budget>-s<seed>/{selection.json, finetune/, eval/, done.json}
     results.csv, summary.csv, results.md, results.png
 """
@@ -116,7 +117,14 @@ def _run_experiment(
         outcome.cells_run.append(cell.name)
     from selectllm_local.experiment.results import write_results
 
-    paths = write_results(root, cfg.methods, cfg.budgets, cfg.seeds, cells=[c.name for c in cells])
+    paths = write_results(
+        root,
+        cfg.methods,
+        cfg.budgets,
+        cfg.seeds,
+        cells=[c.name for c in cells],
+        selection_seed=cfg.selection_seed,
+    )
     outcome.table_md, outcome.results_csv, outcome.summary_csv, outcome.plot = paths
     outcome.seconds = time.perf_counter() - t0
     return outcome
@@ -288,7 +296,7 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
     from selectllm_local.config import PlanConfig
 
     seed = cell.seed if cfg.selection_seed is None else cfg.selection_seed
-    plan_dir = cfg.run_dir / "plans" / f"b{cell.budget}-s{seed}"
+    plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, seed)
     _seed_embedding_cache(cfg.run_dir / "plans", plan_dir)
     plan_cfg = PlanConfig(
         pool=pool_path, budget=cell.budget, seed=seed, run_dir=plan_dir, **cfg.plan
@@ -313,6 +321,15 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
         ).indices
     _check_same_pool(cfg, plan_dir)
     return picks
+
+
+def plan_dir_of(root: Path, method: str, budget: int, seed: int) -> Path:
+    """The run directory a cell selects in: one per (budget, seed), shared by ``select`` and the
+    baselines; a ``select:<mode>`` variant gets its own copy of the same plan (same pool,
+    embeddings and seed, so the same clusters and subsets) so that each mode's run stays whole."""
+    name, _, variant = method.partition(":")
+    suffix = f"-select-{variant}" if name == "select" and variant else ""
+    return root / "plans" / f"b{budget}-s{seed}{suffix}"
 
 
 def _seed_embedding_cache(plans: Path, plan_dir: Path) -> None:
