@@ -25,6 +25,7 @@ from selectllm_local.config import PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, PoolStats, Subset
 from selectllm_local.rundir import (
+    engine_usage,
     environment,
     load_pool_stage,
     model_identity,
@@ -364,7 +365,6 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     stats = dict(getattr(real, "stats", {}) or {})
     delta = {k: stats.get(k, 0) - stats_before.get(k, 0) for k in stats if k != "startup_seconds"}
     startup = 0.0 if backend is not None else float(stats.get("startup_seconds", 0.0))
-    engine_s = float(delta.get("engine_seconds", 0.0)) or 1e-9
     counts = outcome.counts
     summary = {
         "run_dir": str(store.root),
@@ -386,17 +386,7 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
         "position_bias": run_position_bias(
             store.root, mode=settings.mode, permutations=settings.permutations
         ),
-        "tokens_this_run": {
-            "prompt": int(delta.get("prompt_tokens", 0)),
-            "output": int(delta.get("output_tokens", 0)),
-            "cached_prompt": int(delta.get("cached_prompt_tokens", 0)),
-            "padding": int(delta.get("padding_tokens", 0)),
-        },
-        "throughput": {
-            "prompts_per_s": round(counts["prompts_sent_this_run"] / engine_s, 3),
-            "prompt_tokens_per_s": round(delta.get("prompt_tokens", 0) / engine_s, 1),
-            "output_tokens_per_s": round(delta.get("output_tokens", 0) / engine_s, 1),
-        },
+        **engine_usage(delta, counts["prompts_sent_this_run"]),
         "seconds": {
             **{k: round(v, 3) for k, v in planned.seconds.items()},
             "model_load": round(startup, 3),

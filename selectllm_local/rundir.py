@@ -203,3 +203,26 @@ def write_extra_format(fmt: str, rows: list[dict[str, Any]], store: RunStore) ->
     path = store.path("selected_hf")
     datasets.Dataset.from_list(flat).save_to_disk(str(path))
     return str(path)
+
+
+def engine_usage(delta: dict[str, Any], prompts: int) -> dict[str, Any]:
+    """``tokens_this_run`` and ``throughput`` of a summary from the engine's counter deltas;
+    rates are None when the engine reported no time (no LLM call, or an engine that keeps none)."""
+    secs = float(delta.get("engine_seconds", 0.0))
+
+    def rate(n: float) -> float | None:
+        return round(n / secs, 3) if secs > 0 else None
+
+    return {
+        "tokens_this_run": {
+            "prompt": int(delta.get("prompt_tokens", 0)),
+            "output": int(delta.get("output_tokens", 0)),
+            "cached_prompt": int(delta.get("cached_prompt_tokens", 0)),
+            "padding": int(delta.get("padding_tokens", 0)),
+        },
+        "throughput": {
+            "prompts_per_s": rate(prompts),
+            "prompt_tokens_per_s": rate(delta.get("prompt_tokens", 0)),
+            "output_tokens_per_s": rate(delta.get("output_tokens", 0)),
+        },
+    }

@@ -99,8 +99,13 @@ def select_text(outcome: Any) -> str:
         f"Subsets: {c['subsets']} ({c['no_call']} needed no call, {c['resumed']} resumed), "
         f"valid first try {c['valid_first_try']}, retried {c['retried']}, fallback {c['fallback']}.",
         f"Tokens this run: {s['tokens_this_run']['prompt']} prompt, "
-        f"{s['tokens_this_run']['output']} output; {tp['prompts_per_s']} prompts/s, "
-        f"{tp['prompt_tokens_per_s']} prompt tokens/s. Total {s['seconds']['total']} s.",
+        f"{s['tokens_this_run']['output']} output"
+        + (
+            f"; {tp['prompts_per_s']} prompts/s, {tp['prompt_tokens_per_s']} prompt tokens/s"
+            if tp.get("prompts_per_s") is not None
+            else ""
+        )
+        + f". Total {s['seconds']['total']} s.",
         *_position_markup(s.get("position_bias"), s.get("llm_called", True)),
         f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.",
         f"Report: {render_report(outcome.run_dir)} (open it in a browser).",
