@@ -101,6 +101,15 @@ def select_text(outcome: Any) -> str:
         f"Tokens this run: {s['tokens_this_run']['prompt']} prompt, "
         f"{s['tokens_this_run']['output']} output; {tp['prompts_per_s']} prompts/s, "
         f"{tp['prompt_tokens_per_s']} prompt tokens/s. Total {s['seconds']['total']} s.",
+        *(
+            [
+                f"Ray: {s['ray']['actors']} actors, {s['ray']['shards']} shards, "
+                f"{s['ray']['shards_requeued']} re-queued, {s['ray']['actor_restarts']} actor "
+                "restarts."
+            ]
+            if s.get("ray")
+            else []
+        ),
         f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.",
         f"Report: {render_report(outcome.run_dir)} (open it in a browser).",
     ]
