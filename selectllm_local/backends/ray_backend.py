@@ -6,7 +6,7 @@ exactly as in one process (it loads the model's tokenizer, not its weights), cut
 (``ray_actor.ShardServer``, one per GPU, or per ``--ray-cpus-per-actor`` CPUs), each holding one
 of our backends with the same ``EngineConfig``. A ``ray.wait`` loop keeps two shards in flight per
 actor (one computing, one queued) and calls ``on_output`` for every prompt of a shard as the shard
-comes back, so the caller appends to ``responses.jsonl`` as in one process: kill and resume,
+comes back (``ray_dispatch``), so the caller appends to ``responses.jsonl`` as in one process: kill and resume,
 retries and fallbacks are the selection stage's, untouched.
 
 Failures: actors are created with ``max_restarts`` (``--ray-max-restarts``) and no task retries:
@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -35,7 +34,6 @@ from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT_PER_ACTOR = 2
 SHARDS_PER_ACTOR = 4  # default shard size: each actor gets about this many shards per call
 MAX_SHARD = 256
 
@@ -88,11 +86,13 @@ class RayBackend:
         offline: bool = False,
     ) -> None:  # fmt: skip
         from selectllm_local.backends.fake import FakeBackend
-        from selectllm_local.backends.ray_actor import ShardServer
 
         assert options.ray is not None
         t0 = time.perf_counter()
         self.ray = ray = connect(options.ray)
+        from selectllm_local.backends.ray_actor import ShardServer
+        from selectllm_local.backends.ray_dispatch import ShardDispatcher
+
         self.name, self.model_path, self.options = backend, resolved_model, options
         self._face: Any = (
             FakeBackend.from_options(options)
@@ -134,8 +134,7 @@ class RayBackend:
             raise
         self._ctx = min(int(i["max_context"]) for i in infos)
         self.gpus_per_actor, self.cpus_per_actor, self.n_actors = gpus, cpus, n
-        self.counters = {"shards": 0, "shards_requeued": 0, "actor_restarts": 0,
-                         "prompts_unanswered": 0}  # fmt: skip
+        self.dispatcher = ShardDispatcher(ray, self.actors, int(options.ray_max_restarts))
         self.stats: dict[str, float] = {
             "startup_seconds": time.perf_counter() - t0,
             "prompt_tokens": 0,
@@ -182,7 +181,7 @@ class RayBackend:
             "actors": self.n_actors,
             "gpus_per_actor": self.gpus_per_actor,
             "cpus_per_actor": self.cpus_per_actor,
-            **self.counters,
+            **self.dispatcher.counters,
             "actor_seconds": round(self.stats["actor_seconds"], 3),
         }
 
@@ -249,68 +248,23 @@ class RayBackend:
         what: str,
     ) -> None:
         """Serve prompts ``0..n-1`` in shards; ``deliver`` each result as its shard returns."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
         from selectllm_local.progress import progress_bar
 
         size = self._shard_size(n)
-        queue = deque(list(range(s, min(s + size, n))) for s in range(0, n, size))
-        self.counters["shards"] += len(queue)
-        tries: dict[int, int] = {}  # shard (its first index) -> failed attempts
-        busy = [0] * len(self.actors)
-        up = [True] * len(self.actors)  # False from an actor's failure until its next success
-        deaths = [0] * len(self.actors)
-        in_flight: dict[Any, tuple[int, list[int]]] = {}
+        shards = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
         t0 = time.perf_counter()
         with progress_bar(what, total=n, enabled=progress) as advance:
-            while queue or in_flight:
-                alive = [a for a in range(len(self.actors)) if deaths[a] <= self._max_restarts]
-                if not alive:
-                    raise UserError(
-                        f"All {len(self.actors)} Ray actors died more than --ray-max-restarts "
-                        f"{self._max_restarts} times each. Finished subsets are saved; see the "
-                        "actors' logs (ray logs, or the driver's stderr), fix the cause and run "
-                        "the same command again to resume."
-                    )
-                for a in sorted(alive, key=lambda a: busy[a]):
-                    while queue and busy[a] < IN_FLIGHT_PER_ACTOR:
-                        shard = queue.popleft()
-                        in_flight[submit(self.actors[a], shard)] = (a, shard)
-                        busy[a] += 1
-                ready, _ = self.ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    a, shard = in_flight.pop(ref)
-                    busy[a] -= 1
-                    try:
-                        results, stats = self.ray.get(ref)
-                    except (RayActorError, ActorUnavailableError) as exc:
-                        if up[a]:
-                            up[a] = False
-                            deaths[a] += 1
-                            self.counters["actor_restarts"] += int(deaths[a] <= self._max_restarts)
-                        tries[shard[0]] = tries.get(shard[0], 0) + 1
-                        if tries[shard[0]] > self._max_restarts:
-                            log.warning("a shard of %d prompts failed %d times; its prompts count "
-                                        "as unanswered", len(shard), tries[shard[0]])  # fmt: skip
-                            self.counters["prompts_unanswered"] += len(shard)
-                            advance(len(shard))
-                            continue
-                        log.warning("Ray actor %d failed (%s); re-queueing its shard of %d "
-                                    "prompts", a, type(exc).__name__, len(shard))  # fmt: skip
-                        self.counters["shards_requeued"] += 1
-                        queue.appendleft(shard)
-                        continue
-                    up[a] = True
-                    for k, v in stats.items():
-                        self.stats[k] = self.stats.get(k, 0.0) + v
-                    for i, r in zip(shard, results, strict=True):
-                        deliver(i, r)
-                    advance(len(shard))
-        self.stats["engine_seconds"] += time.perf_counter() - t0
 
-    @property
-    def _max_restarts(self) -> int:
-        return int(self.options.ray_max_restarts)
+            def delivered(shard: list[int], result: Any) -> None:
+                results, stats = result
+                for k, v in stats.items():
+                    self.stats[k] = self.stats.get(k, 0.0) + v
+                for i, r in zip(shard, results, strict=True):
+                    deliver(i, r)
+                advance(len(shard))
+
+            self.dispatcher.run(shards, submit, delivered, lambda shard: advance(len(shard)))
+        self.stats["engine_seconds"] += time.perf_counter() - t0
 
     def close(self) -> None:
         """End the actors (and free their GPUs); the cluster itself is left running."""
