@@ -31,9 +31,10 @@ pytestmark = pytest.mark.skipif(
 CLI = [sys.executable, "-m", "selectllm_local", "select"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_address() -> Any:
-    """One local Ray cluster for the session (2 CPUs: two 1-CPU actors), shut down after."""
+    """One local Ray cluster (2 CPUs: two 1-CPU actors) for every Ray test: they all live in this
+    module, and it is shut down after them, so the rest of the suite runs without Ray's daemons."""
     import ray
 
     ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
@@ -192,17 +193,18 @@ def test_ray_not_installed_exits_2_naming_the_extra(tmp_path: Path) -> None:
 
 
 def test_embed_on_ray_writes_the_same_cache(ray_address: str, tmp_path: Path) -> None:
-    from selectllm_local import data, embedding
+    from selectllm_local import embedding
     from selectllm_local.runstore import RunStore, read_json
 
-    rows = [json.loads(x) for x in EXAMPLE_POOL.read_text("utf-8").splitlines()[:200]]
+    rows = [json.loads(x) for x in EXAMPLE_POOL.read_text("utf-8").splitlines()[:128]]
     texts = [r["instruction"] + "\n" + r.get("context", "") for r in rows]
-    assert data  # the stage module exists; texts are built like data.embedding_text
-    local, _ = embedding.load_or_embed(RunStore(tmp_path / "a"), texts, progress=False)
-    on_ray, cached = embedding.load_or_embed(
-        RunStore(tmp_path / "b"), texts, progress=False, ray_address=ray_address, batch_size=16
+    local, _ = embedding.load_or_embed(
+        RunStore(tmp_path / "a"), texts, progress=False, batch_size=8
     )
-    assert not cached and on_ray.shape == local.shape == (200, 384)
+    on_ray, cached = embedding.load_or_embed(
+        RunStore(tmp_path / "b"), texts, progress=False, ray_address=ray_address, batch_size=8
+    )  # 2 chunks of 64 rows: 2 workers
+    assert not cached and on_ray.shape == local.shape == (128, 384)
     np.testing.assert_allclose(on_ray, local, atol=1e-5)
     key_a = read_json(tmp_path / "a" / "embeddings.key.json")
     key_b = read_json(tmp_path / "b" / "embeddings.key.json")
