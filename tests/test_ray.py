@@ -196,15 +196,15 @@ def test_embed_on_ray_writes_the_same_cache(ray_address: str, tmp_path: Path) ->
     from selectllm_local import embedding
     from selectllm_local.runstore import RunStore, read_json
 
-    rows = [json.loads(x) for x in EXAMPLE_POOL.read_text("utf-8").splitlines()[:128]]
+    rows = [json.loads(x) for x in EXAMPLE_POOL.read_text("utf-8").splitlines()[:96]]
     texts = [r["instruction"] + "\n" + r.get("context", "") for r in rows]
     local, _ = embedding.load_or_embed(
         RunStore(tmp_path / "a"), texts, progress=False, batch_size=8
     )
     on_ray, cached = embedding.load_or_embed(
         RunStore(tmp_path / "b"), texts, progress=False, ray_address=ray_address, batch_size=8
-    )  # 2 chunks of 64 rows: 2 workers
-    assert not cached and on_ray.shape == local.shape == (128, 384)
+    )  # chunks of 64 rows (embed_texts' 8 x batch size): 2 chunks, 2 workers
+    assert not cached and on_ray.shape == local.shape == (96, 384)
     np.testing.assert_allclose(on_ray, local, atol=1e-5)
     key_a = read_json(tmp_path / "a" / "embeddings.key.json")
     key_b = read_json(tmp_path / "b" / "embeddings.key.json")
