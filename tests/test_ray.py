@@ -58,7 +58,10 @@ def response_keys(run: Path) -> Counter[tuple[int, int]]:
     return Counter((r["round"], r["subset_id"]) for r in rows)
 
 
-def select(pool: Path, run: Path, model: str, backend: str, **settings: Any) -> Any:
+def select(
+    pool: Path, run: Path, model: str, backend: str, engine: Any = None, **settings: Any
+) -> Any:
+    """``select_run`` on the tiny model; ``engine``: a loaded backend to reuse."""
     from selectllm_local.config import SelectConfig
     from selectllm_local.pipeline import select_run
 
@@ -66,33 +69,50 @@ def select(pool: Path, run: Path, model: str, backend: str, **settings: Any) -> 
         pool=pool, budget=10, run_dir=run, model=model, backend=backend, n_clusters=6,
         batch_size=4, **settings,
     )  # fmt: skip
-    return select_run(cfg, progress=False)
+    return select_run(cfg, backend=engine, progress=False)
+
+
+def picks(run: Path) -> list[int]:
+    lines = (run / "selected.jsonl").read_text("utf-8").splitlines()
+    return [json.loads(line)["selectllm"]["index"] for line in lines]
 
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """The reference: the same selection in one process (transformers backend, greedy)."""
+    """The reference: the same selections in one process (transformers backend, greedy), in
+    generate mode (``run``) and logprob mode (``lp``)."""
     base = tmp_path_factory.mktemp("ray-ref")
     pool = small_pool(base, 60)
     select(pool, base / "run", str(tiny_model_dir), "transformers")
+    select(pool, base / "lp", str(tiny_model_dir), "transformers", mode="logprobs")
     return base
 
 
 def test_select_on_ray_matches_one_process(
     ray_address: str, one_process: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    pool = one_process / "pool60.jsonl"
-    out = select(
-        pool, tmp_path / "run", str(tiny_model_dir), "transformers",
-        ray=ray_address, ray_actors=2, ray_shard_size=2,
-    )  # fmt: skip
+    """Generate mode (``generate`` on the actors) and logprob mode (``score_labels``) on one
+    pair of actors give the one-process selections."""
+    from selectllm_local.backends import load_backend
+    from selectllm_local.config import EngineConfig
+
+    pool, model = one_process / "pool60.jsonl", str(tiny_model_dir)
+    options = EngineConfig(batch_size=4, ray=ray_address, ray_actors=2, ray_shard_size=2)
+    engine = load_backend("transformers", model, options)
+    try:
+        out = select(pool, tmp_path / "run", model, "transformers", engine)
+        ray = dict(out.summary["ray"])
+        lp = select(pool, tmp_path / "lp", model, "transformers", engine, mode="logprobs")
+    finally:
+        engine.close()
     ref = (one_process / "run" / "selected.jsonl").read_bytes()
     assert (tmp_path / "run" / "selected.jsonl").read_bytes() == ref
-    ray = out.summary["ray"]
     assert ray["actors"] == 2 and ray["shards"] == 5  # 10 subsets, 2 prompts per shard
     assert ray["shards_requeued"] == 0 and ray["actor_restarts"] == 0
     assert set(response_keys(tmp_path / "run").values()) == {1}
-    assert out.summary["counts"]["subsets"] == 10
+    assert out.summary["counts"]["subsets"] == 10 and out.summary["backend"] == "transformers"
+    assert picks(tmp_path / "lp") == picks(one_process / "lp")
+    assert lp.summary["ray"]["shards"] > ray["shards"]  # the label-scoring prompts went too
 
 
 def test_actor_killed_midway_is_restarted_and_its_shards_requeued(
