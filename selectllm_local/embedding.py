@@ -182,10 +182,13 @@ def load_or_embed(
     device: str | None = None,
     progress: bool = True,
     offline: bool = False,
+    ray_address: str | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Embeddings of ``texts``, reusing every cached row whose text hash matches.
 
     Returns ``(embeddings, cached)`` where ``cached`` is True when nothing had to be embedded.
+    With ``ray_address`` the missing rows are embedded with Ray Data on that cluster
+    (``embedding_ray``); the cache files are the same.
     """
     mid = model_id(model)
     hashes = [text_hash(t) for t in texts]
@@ -200,14 +203,16 @@ def load_or_embed(
         return np.asarray(old[1], dtype=np.float32), True
     new = None
     if missing or old is None:
-        new = embed_texts(
-            [texts[i] for i in missing],
-            model=model,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-            offline=offline,
+        todo = [texts[i] for i in missing]
+        opts: dict[str, Any] = dict(
+            model=model, batch_size=batch_size, device=device, progress=progress, offline=offline
         )
+        if ray_address is not None:
+            from selectllm_local.embedding_ray import embed_texts_ray
+
+            new = embed_texts_ray(todo, address=ray_address, **opts)
+        else:
+            new = embed_texts(todo, **opts)
     dim = old[1].shape[1] if old is not None else new.shape[1]  # type: ignore[union-attr]
     emb = np.empty((len(texts), dim), dtype=np.float32)
     if missing and new is not None:

@@ -160,6 +160,7 @@ def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
         device=cfg.device,
         progress=progress,
         offline=cfg.offline,
+        ray_address=cfg.ray if cfg.embed_on_ray else None,
     )
     seconds["embed"] = time.perf_counter() - t
     emb_key = (
@@ -297,6 +298,10 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     from selectllm_local.runstore import AppendLog
 
     t_total = time.perf_counter()
+    if cfg.engine.ray and backend is None:  # a bad address fails now, not after the embedding
+        from selectllm_local.raycluster import connect
+
+        connect(cfg.engine.ray)
     planned = plan_run(cfg.plan, progress=progress)
     store = RunStore(planned.run_dir)
     items, plan = planned.items, planned.plan
@@ -397,6 +402,8 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
         },
         "files": files,
     }
+    if real is not None and hasattr(real, "ray_summary"):
+        summary["ray"] = real.ray_summary()
     write_json(store.path("summary.json"), summary)
     conf = read_json(store.path("config.json")) if store.path("config.json").exists() else {}
     conf["select"] = {**cfg.to_dict(), "model_identity": model_identity(eng.model), "key": key}

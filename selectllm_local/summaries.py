@@ -106,6 +106,15 @@ def select_text(outcome: Any) -> str:
             else ""
         )
         + f". Total {s['seconds']['total']} s.",
+        *(
+            [
+                f"Ray: {s['ray']['actors']} actors, {s['ray']['shards']} shards, "
+                f"{s['ray']['shards_requeued']} re-queued, {s['ray']['actor_restarts']} actor "
+                "restarts."
+            ]
+            if s.get("ray")
+            else []
+        ),
         *_position_markup(s.get("position_bias"), s.get("llm_called", True)),
         f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.",
         f"Report: {render_report(outcome.run_dir)} (open it in a browser).",

@@ -5,7 +5,8 @@ start its engine its own way, and ``auto`` meant one thing for ``select`` and an
 ``evaluate``. Now ``LOADERS`` maps each name to its loader and ``resolve_backend_name`` is the only
 ``auto`` policy: vLLM when it can be imported (the fast path, CPU or GPU build), except that a LoRA
 adapter is served by vLLM only on a GPU (the CPU build is not tested with adapters), else
-transformers; it logs which. ``fake`` is the scripted backend of ``backends/fake.py``, selectable by
+transformers; it logs which. With ``options.ray`` set, the chosen backend is served by Ray
+actors (``ray_backend.RayBackend``, same protocol). ``fake`` is the scripted backend of ``backends/fake.py``, selectable by
 name so tests of pure logic (retries, Ctrl-C) can run the whole CLI without a model.
 
 Engine start-up failures that have a known cause outside our code (see ``startup.py``) become one
@@ -157,6 +158,11 @@ def load_backend(
     options = options or BackendOptions()
     resolved = resolve_backend_name(name, lora=bool(options.lora_path))
     model = model_path if resolved == "fake" else resolve_model(model_path, offline=offline)
+    if options.ray:  # the same backend, served by Ray actors (each resolves dtype on its node)
+        from selectllm_local.backends.ray_backend import RayBackend
+
+        with explain_startup_errors(resolved):
+            return RayBackend(resolved, model_path, model, options, offline=offline)
     if resolved != "fake":
         from selectllm_local import hardware
 

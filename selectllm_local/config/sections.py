@@ -67,6 +67,12 @@ class PlanConfig(Section):
     """Tokenizer (local path) for the prompt-token estimate [default: a chars/4 heuristic]."""
     offline: bool = setting(False, "--offline/--online")
     """Refuse any hub id (embedder, tokenizer, model): only local paths and packaged models."""
+    ray: str | None = None
+    """Ray cluster: local (start one on this machine), auto (the cluster this node joined with
+    `ray start`), or the head's address (host:6379, ray://host:10001). select serves the
+    prompts on Ray actors; with --embed-on-ray the pool is embedded with Ray Data [default: no Ray]."""
+    embed_on_ray: bool = False
+    """Embed the pool with Ray Data on the --ray cluster (pays off from ~100k rows; same cache)."""
 
     def __post_init__(self) -> None:
         self.pool = Path(self.pool)
@@ -78,6 +84,10 @@ class PlanConfig(Section):
         self._at_least("max_k", 2)
         self._at_least("kmeans_iters", 1)
         self._at_least("embed_batch_size", 1)
+        if self.embed_on_ray and not self.ray:
+            raise self._bad(
+                "embed_on_ray", "needs a cluster: give --ray (local, auto or an address)."
+            )
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -170,6 +180,19 @@ class EngineConfig(Section):
     """Device (cpu, cuda) for the transformers backend [default: cuda when available]."""
     lora_path: str | None = None
     """LoRA adapter folder applied to the model (evaluation of fine-tuned models)."""
+    ray: str | None = None
+    """Ray cluster serving the prompts: local, auto or the head's address (see the plan's --ray)."""
+    ray_actors: int | None = None
+    """Ray: actors serving prompts, each with its own engine [default: one per GPU of the
+    cluster (--ray-gpus-per-actor each), else one per --ray-cpus-per-actor CPUs]."""
+    ray_gpus_per_actor: float | None = None
+    """Ray: GPUs per actor [default: --tensor-parallel-size on a GPU cluster, else 0]."""
+    ray_cpus_per_actor: float = 1.0
+    """Ray: CPUs per actor (on a CPU cluster, also the actor's torch threads)."""
+    ray_max_restarts: int = 2
+    """Ray: restarts of a dead actor (its shards are re-queued); also how often one shard may fail."""
+    ray_shard_size: int | None = None
+    """Ray: prompts per shard [default: about a quarter of an actor's share of a call, at most 256]."""
     extra: dict[str, Any] = setting(default_factory=dict, cli=False)
     """Backend-specific keyword arguments passed through unchanged (code and config files only)."""
 
@@ -187,3 +210,12 @@ class EngineConfig(Section):
         if self.max_num_seqs is not None:
             self._at_least("max_num_seqs", 1)
         self._known_backend("backend")
+        if self.ray_actors is not None:
+            self._at_least("ray_actors", 1)
+        if self.ray_gpus_per_actor is not None:
+            self._at_least("ray_gpus_per_actor", 0)
+        if self.ray_cpus_per_actor <= 0:
+            raise self._bad("ray_cpus_per_actor", f"must be > 0 (got {self.ray_cpus_per_actor}).")
+        self._at_least("ray_max_restarts", 0)
+        if self.ray_shard_size is not None:
+            self._at_least("ray_shard_size", 1)
