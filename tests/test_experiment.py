@@ -54,6 +54,9 @@ METHODS = 'methods = ["select", "random", "kcenter", "cluster-random"]'
         (('model = "tiny:tiny-qwen2"', 'modell = "x"'), r"\[engine\] has unknown key\(s\): modell"),
         (("[engine]", "[select]"), r"\[select\] is now \[selector\]"),
         (("limit = 8 ", "limit = 0 "), r"--limit \(evaluate.limit"),
+        ((METHODS, 'methods = ["select:guess"]'), r"'select:guess' has an unknown variant"),
+        (("pool_limit = 200 ", "pool_sample = 0 "), r"pool_sample must be a positive integer"),
+        (("pool_limit = 200 ", "pool_limit = 200\npool_sample = 50 "), "not both"),
     ],
 )
 def test_bad_configs_fail_before_heavy_work(tmp_path: Path, replace: tuple, match: str) -> None:
@@ -61,6 +64,38 @@ def test_bad_configs_fail_before_heavy_work(tmp_path: Path, replace: tuple, matc
     with pytest.raises(UserError, match=match):
         run_experiment(cfg, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_samples_are_seeded_fixed_and_cleaned_against_the_whole_test_set(tmp_path: Path) -> None:
+    """pool_sample / test_sample draw the same rows every time (sample_seed), in file order; the
+    pool is cleaned against all test examples, not only the sampled ones."""
+    from selectllm_local.experiment.runner import plan_dir_of
+
+    cfg_path = _config(
+        tmp_path,
+        ("pool_limit = 200 ", "pool_sample = 300\ntest_sample = 5\nselection_seed = 0 "),
+        (METHODS, 'methods = ["select:logprobs", "select:generate", "random"]'),
+        ("limit = 8 ", "# no limit "),
+    )
+    a, b = load_experiment_config(cfg_path), load_experiment_config(cfg_path)
+    assert len(a.pool_items) == 300 and len(a.test_examples) == 5
+    assert [i.uid for i in a.pool_items] == [i.uid for i in b.pool_items]
+    assert a.test_examples == b.test_examples
+    rows = [it.source_row for it in a.pool_items]
+    assert rows == sorted(rows)  # the sample keeps the file's order
+    full = load_experiment_config(_config(tmp_path, ("limit = 8 ", "# no limit "), name="f.toml"))
+    assert a.test_overlap == full.test_overlap  # same rows removed as with every test example
+    other = _config(
+        tmp_path, ("pool_limit = 200 ", "pool_sample = 300\nsample_seed = 1 "), name="o.toml"
+    )
+    assert {i.uid for i in load_experiment_config(other).pool_items} != {
+        i.uid for i in a.pool_items
+    }
+    assert a.selector_for("select:logprobs").mode == "logprobs"
+    assert a.selector_for("select").mode == a.selector.mode
+    root = tmp_path / "r"
+    assert plan_dir_of(root, "select:logprobs", 8, 0).name == "b8-s0-select-logprobs"
+    assert plan_dir_of(root, "random", 8, 0) == plan_dir_of(root, "select", 8, 0)
 
 
 def test_pool_without_responses_is_refused(tmp_path: Path) -> None:
