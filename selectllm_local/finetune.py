@@ -44,6 +44,19 @@ log = logging.getLogger(__name__)
 # -- training ----------------------------------------------------------------------------------
 
 
+def length_grouping_kwargs(on: bool) -> dict[str, Any]:
+    """Length-grouped batches for this transformers version (``train_sampling_strategy`` in
+    transformers 5.x, the ``group_by_length`` flag before)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "train_sampling_strategy" in names:
+        return {"train_sampling_strategy": "group_by_length" if on else "random"}
+    return {"group_by_length": on}
+
+
 def warmup_kwargs(ratio: float, version: str | None = None) -> dict[str, Any]:
     """The warm-up setting for this transformers version.
 
@@ -177,6 +190,7 @@ def train_lora(
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
         **warmup_kwargs(config.warmup_ratio),
+        **length_grouping_kwargs(config.group_by_length),
         max_length=config.max_length,
         completion_only_loss=True,
         gradient_checkpointing=bool(res["gradient_checkpointing"]),
