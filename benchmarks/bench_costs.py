@@ -175,7 +175,9 @@ def main() -> None:
     load_start, t_start = loadavg(), time.perf_counter()
     sel = measure_selection(a.pool, a.model, a.subsets, a.repeats, a.machine)
     by = {r["label"]: r for r in sel["results"]}
-    ft = measure_finetune(a.pool, model, a.train_examples, skip=10_000)
+    print({k: round(r["prompt_tokens_per_s"], 1) for k, r in by.items()}, flush=True)  # a crash
+    ft = measure_finetune(a.pool, model, a.train_examples, skip=10_000)  # later keeps these
+    print({"finetune_tokens_per_s": round(ft["tokens_per_s"], 2)}, flush=True)
     ev = measure_evaluation(a.test_set, model, a.eval_examples, a.max_new_tokens)
     load_end = loadavg()
 

@@ -99,6 +99,7 @@ def estimate_experiment(
     counted: dict[int, Any] = {}  # round one's tokens depend on K only
     seeds = 1 if cfg.selection_seed is not None else len(cfg.seeds)
     backend = str(cfg.engine.backend)
+    seqs = (cfg.engine.batch_size or 8) if backend == "transformers" else VLLM_MAX_SEQS
     for method in selectors:
         assert sel_size is not None
         sel = cfg.selector_for(method)
@@ -118,7 +119,7 @@ def estimate_experiment(
             terms = budget_terms(n, k, budget)
             tokens = counted[k].tokens * terms.rounds_factor * passes
             prompts = len(counted[k].per_prompt) * terms.rounds_factor * passes
-            steps = 0.0 if logprobs else math.ceil(prompts / VLLM_MAX_SEQS) * terms.answer_tokens
+            steps = 0.0 if logprobs else math.ceil(prompts / seqs) * terms.answer_tokens
             cpu = c.cpu(key, tokens, sel_size.non_embedding_params)
             gpu_s = c.compute(2 * sel_size.non_embedding_params * tokens)
             gpu_s += c.decode(steps, sel_size.total_params)
@@ -142,8 +143,8 @@ def estimate_experiment(
                 answer_tok = n * ANSWER_TOKENS * c.fill
                 scored = prompt_tok * 2 + answer_tok  # prefill to answer, then prompt + answer
                 cpu = c.cpu("evaluate_output_tokens_per_s", answer_tok, scorer.non_embedding_params)
-                cpu2 = c.cpu(
-                    "selection_transformers_prompt_tokens_per_s", scored,
+                cpu2 = c.cpu(  # the generation rate includes its prefill; scoring is a forward pass
+                    "selection_transformers_prompt_tokens_per_s", prompt_tok + answer_tok,
                     scorer.non_embedding_params,
                 )  # fmt: skip
                 cpu = None if cpu is None or cpu2 is None else cpu + cpu2
@@ -244,6 +245,7 @@ def estimate_experiment(
         "cpu": {"label": CPU_LABEL, "rates": rates_from or None},
         "gpu": {
             "label": GPU_LABEL,
+            "key": gpu,
             "device": c.spec.name,
             "utilization": utilization,
             "bf16_dense_tflops": c.spec.bf16_dense_tflops,
@@ -285,7 +287,7 @@ def format_estimate(est: dict[str, Any]) -> str:
             f"{'its tokenizer' if m['tokens_counted_with'] == m['model'] else 'the heuristic'}."
         )
     width = max(len(s["name"]) for s in est["stages"]) + 2
-    head = f"{'stage':<{width}}{'runs':>5}  {'this CPU (1)':>13}  {'one GPU (2)':>12}  work"
+    head = f"{'stage':<{width}}{'runs':>5}  {'this CPU (1)':>13}  {'one ' + gpu['key'].upper() + ' (2)':>12}  work"
     lines += ["", head, "-" * len(head)]
     for s in est["stages"]:
         lines.append(
