@@ -152,7 +152,7 @@ def main() -> None:
     p.add_argument("--subsets", type=int, default=8, help="selection prompts per repeat")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--train-examples", type=int, default=32)
-    p.add_argument("--eval-examples", type=int, default=24)
+    p.add_argument("--eval-examples", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--machine", default="")
     p.add_argument("--note", default="", help="free text saved with the figures")
