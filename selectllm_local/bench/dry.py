@@ -19,10 +19,13 @@ winners, at most 1/(K-1) more tokens in total, and are added as that bound.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selectllm_local.errors import UserError
+from selectllm_local.records import PoolItem
 
 CACHE_BLOCK = 16  # vLLM's GPU KV block size (tokens); CPU uses 128
 
@@ -30,6 +33,88 @@ CACHE_BLOCK = 16  # vLLM's GPU KV block size (tokens); CPU uses 128
 def _total_params(shape: dict[str, Any], non_emb: int) -> int:
     emb = (shape.get("vocab_size") or 0) * shape["hidden_size"]
     return non_emb + emb * (1 if shape.get("tie_word_embeddings") else 2)
+
+
+@dataclass
+class RoundOne:
+    """Round one of a selection over a pool: every row shown once, K candidates per prompt."""
+
+    candidates: int
+    subsets: int
+    budget: int
+    picks: int
+    per_prompt: list[int]
+    shared: int
+    method: str
+    rounds_factor: float  # later tournament rounds, as a bound (1 when one round suffices)
+    answer_tokens: int  # generated ids per prompt
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.per_prompt)
+
+
+@dataclass
+class BudgetTerms:
+    """What the budget changes in a selection of ``n`` rows with K candidates per prompt."""
+
+    subsets: int
+    picks: int  # picks asked per prompt in round one
+    rounds_factor: float  # later tournament rounds (budget < subsets), as a bound
+    answer_tokens: int  # generated ids per prompt
+
+
+def budget_terms(n: int, k_cand: int, budget: int | None) -> BudgetTerms:
+    n_subsets = math.ceil(n / k_cand)
+    budget = budget or n_subsets
+    picks = max(1, round(budget / n_subsets)) if budget >= n_subsets else 1
+    return BudgetTerms(
+        subsets=n_subsets,
+        picks=picks,
+        rounds_factor=1 + 1 / (k_cand - 1) if budget < n_subsets else 1.0,
+        answer_tokens=3 + picks * (len(str(k_cand)) + 1),
+    )
+
+
+def round_one(
+    items: Sequence[PoolItem],
+    *,
+    candidates: int | None = None,
+    budget: int | None = None,
+    tokenizer: str | None = None,
+    max_candidate_tokens: int = 256,
+) -> RoundOne:
+    """Prompts and tokens of round one over ``items`` (real prompt builder, strided layout)."""
+    from selectllm_local import clustering, prompttokens
+    from selectllm_local.bench.run import strided_plan
+
+    n = len(items)
+    k_cand = min(candidates or clustering.choose_k(n), n)
+    terms = budget_terms(n, k_cand, budget)
+    n_subsets, picks = terms.subsets, terms.picks
+    # Every pool row is shown exactly once in round one; a strided layout has the same token total.
+    plan = strided_plan(n_subsets, k_cand, min(picks, k_cand - 1))
+    asked = []
+    for s in plan.subsets:
+        s.candidates = [c for c in s.candidates if c < n]
+        if len(s.candidates) < 2:
+            continue
+        s.k = min(s.k, len(s.candidates) - 1)
+        asked.append(s)
+    counted = prompttokens.count_prompts(
+        asked, items, tokenizer=tokenizer, max_candidate_tokens=max_candidate_tokens
+    )
+    return RoundOne(
+        candidates=k_cand,
+        subsets=n_subsets,
+        budget=budget or n_subsets,
+        picks=picks,
+        per_prompt=counted.per_prompt,
+        shared=counted.shared or 0,
+        method=counted.method,
+        rounds_factor=terms.rounds_factor,
+        answer_tokens=terms.answer_tokens,
+    )
 
 
 def dry_run(
@@ -47,9 +132,8 @@ def dry_run(
     dtype_bytes: int = 2,
 ) -> dict[str, Any]:
     """Estimate prompts, tokens, FLOPs and seconds of the selection stage for ``pool``."""
-    from selectllm_local import clustering, data, hardware, prompttokens, tinymodel
+    from selectllm_local import data, hardware, tinymodel
     from selectllm_local.bench.model import model_shape
-    from selectllm_local.bench.run import strided_plan
 
     if not 0 < utilization <= 1:
         raise UserError(f"--utilization must be in (0, 1] (got {utilization}).")
@@ -62,28 +146,14 @@ def dry_run(
         raise UserError(f"--shape {shape!r} is not known. Shapes: {', '.join(tinymodel.SHAPES)}.")
     non_emb = tinymodel.non_embedding_params(arch)
     items, _ = data.load_pool(pool)
-    n = len(items)
-    k_cand = min(candidates or clustering.choose_k(n), n)
-    n_subsets = math.ceil(n / k_cand)
-    budget = budget or n_subsets
-    picks = max(1, round(budget / n_subsets)) if budget >= n_subsets else 1
-    # Every pool row is shown exactly once in round one; a strided layout has the same token total.
-    plan = strided_plan(n_subsets, k_cand, min(picks, k_cand - 1))
-    asked = []
-    for s in plan.subsets:
-        s.candidates = [c for c in s.candidates if c < n]
-        if len(s.candidates) < 2:
-            continue
-        s.k = min(s.k, len(s.candidates) - 1)
-        asked.append(s)
-    counted = prompttokens.count_prompts(
-        asked, items, tokenizer=tokenizer, max_candidate_tokens=max_candidate_tokens
-    )
-    prompt_tokens, shared, method = counted.per_prompt, counted.shared, counted.method
-    tokens = sum(prompt_tokens)
-    rounds_factor = 1 + 1 / (k_cand - 1) if budget < n_subsets else 1.0
+    r = round_one(
+        items, candidates=candidates, budget=budget, tokenizer=tokenizer,
+        max_candidate_tokens=max_candidate_tokens,
+    )  # fmt: skip
+    n, k_cand, budget, picks = len(items), r.candidates, r.budget, r.picks
+    prompt_tokens, shared, method = r.per_prompt, r.shared, r.method
+    tokens, rounds_factor, answer_tokens = r.tokens, r.rounds_factor, r.answer_tokens
     cached = (shared or 0) // CACHE_BLOCK * CACHE_BLOCK * max(0, len(prompt_tokens) - 1)
-    answer_tokens = 3 + picks * (len(str(k_cand)) + 1)
     if gpu == "measured":
         peak = hardware.matmul_peak(hardware.resolve_dtype("auto"))
         bandwidth, device = None, f"this machine (measured matmul peak, {hardware.cpu_model()})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from selectllm_local.cli import app
 from selectllm_local.cli.options import command, emit, show_progress
 from selectllm_local.config import ExperimentCommand, ReportCommand
@@ -11,9 +13,19 @@ from selectllm_local.config import ExperimentCommand, ReportCommand
 def experiment(cfg: ExperimentCommand, *, json_out: bool) -> None:
     """Methods x budgets x seeds: select, fine-tune, evaluate; write the results table and plot.
 
-    Resumable: re-running the same command skips finished cells.
+    Resumable: re-running the same command skips finished cells. --dry-run estimates the time
+    instead, on this CPU and on one GPU, loading no model.
     """
     from selectllm_local import summaries
+
+    if cfg.dry_run:
+        from selectllm_local.experiment.estimate import estimate_experiment, format_estimate
+
+        est = estimate_experiment(
+            cfg.config, rates=cfg.rates, gpu=cfg.gpu, utilization=cfg.utilization, pool=cfg.pool
+        )
+        print(json.dumps(est, indent=2) if json_out else format_estimate(est))
+        return
     from selectllm_local.experiment import run_experiment
 
     outcome = run_experiment(

@@ -139,11 +139,26 @@ class ExperimentCommand(Command):
     """Run directory [default: from the file, or runs/experiment-<name>]."""
     max_cells: int | None = None
     """Stop after running this many cells (finished cells that are skipped do not count)."""
+    dry_run: bool = False
+    """Check the file and estimate the time of every stage on this CPU and on one GPU; load no
+    model, write nothing (model folders that are not here are sized from their names)."""
+    rates: Path | None = None
+    """Dry run: rates measured by benchmarks/bench_costs.py [default:
+    benchmarks/results/costs_cpu2_smollm2.json when run from the repository]."""
+    gpu: str = "h100"
+    """Dry run: the GPU of the second column: h100, h200, a100, l40s, l4, b200."""
+    utilization: float = 0.4
+    """Dry run: share of the GPU's datasheet peak reached by prefill and training."""
+    pool: Path | None = None
+    """Dry run: this pool file instead of the experiment file's (e.g. a local copy of Dolly)."""
 
     def __post_init__(self) -> None:
         self.config, self.run_dir = Path(self.config), as_path(self.run_dir)
+        self.rates, self.pool = as_path(self.rates), as_path(self.pool)
         if self.max_cells is not None:
             self._at_least("max_cells", 0)
+        if self.pool is not None and not self.dry_run:
+            raise self._bad("pool", "only goes with --dry-run; a real run uses the file's pool.")
 
 
 @dataclass

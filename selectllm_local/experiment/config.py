@@ -161,9 +161,10 @@ def _int_list(path: Path, key: str, value: Any) -> list[int]:
     return list(dict.fromkeys(value))
 
 
-def _model(spec: str, here: Path, path: Path, key: str) -> str:
+def _model(spec: str, here: Path, path: Path, key: str, *, required: bool = True) -> str:
     """``tiny:<shape>`` as is; a known model's name (``selectllm models``) or a path (relative to
-    the file; a ``.gguf`` file or folder is converted once) made a loadable folder."""
+    the file; a ``.gguf`` file or folder is converted once) made a loadable folder. With
+    ``required=False`` (a dry run) a model that is not here is returned as its resolved path."""
     from selectllm_local.models import KNOWN_MODELS, resolve_model_path
     from selectllm_local.tinymodel import SHAPES
 
@@ -172,6 +173,11 @@ def _model(spec: str, here: Path, path: Path, key: str) -> str:
             raise UserError(f"{path}: {key} = '{spec}': unknown shape; known: {', '.join(SHAPES)}.")
         return spec
     resolved = (here / spec).resolve()
+    if not required and not resolved.exists():
+        try:  # a known model in the cache; else the path as written
+            return resolve_model_path(spec, flag=key) if spec in KNOWN_MODELS else str(resolved)
+        except UserError:
+            return spec
     if not resolved.exists() and spec not in KNOWN_MODELS:
         raise UserError(
             f"{path}: {key} = '{spec}' does not exist. Give a local model directory or .gguf file "
@@ -209,8 +215,19 @@ def _read(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> ExperimentConfig:
-    """Read and validate everything (files, models, methods, budgets, recipe) up front."""
+def load_experiment_config(
+    path: Path,
+    *,
+    run_dir: Path | str | None = None,
+    require_models: bool = True,
+    pool: Path | str | None = None,
+) -> ExperimentConfig:
+    """Read and validate everything (files, models, methods, budgets, recipe) up front.
+
+    For a dry run (nothing loaded, nothing written): ``require_models=False`` accepts model
+    folders that are not on this machine, and ``pool`` replaces the file's pool (e.g. a local copy
+    of Dolly); a real run passes neither.
+    """
     from selectllm_local import data
     from selectllm_local.evaluate import load_testset
     from selectllm_local.runstore import stable_hash
@@ -224,9 +241,13 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
     for key in ("pool", "test_set", "base_model"):
         if not getattr(exp, key):
             raise UserError(f"{path}: [experiment] {key} is missing.")
-    pool, test_set = (here / exp.pool).resolve(), (here / exp.test_set).resolve()
+    test_set = (here / exp.test_set).resolve()
+    pool = Path(pool).resolve() if pool is not None else (here / exp.pool).resolve()
     if not pool.exists():
-        raise UserError(f"{path}: [experiment] pool = {exp.pool!r}: {pool} does not exist.")
+        raise UserError(
+            f"{path}: [experiment] pool = {exp.pool!r}: {pool} does not exist. Download it, or for "
+            "a dry run point --pool at a copy."
+        )
     if not test_set.exists():
         raise UserError(
             f"{path}: [experiment] test_set = {exp.test_set!r}: {test_set} does not exist."
@@ -270,7 +291,8 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
             f"usable rows{' after pool_limit' if exp.pool_limit else ''}"
             f"{f' ({overlap} test rows removed)' if overlap else ''}."
         )
-    base_model = _model(exp.base_model, here, path, "[experiment] base_model")
+    need = require_models
+    base_model = _model(exp.base_model, here, path, "[experiment] base_model", required=need)
 
     engine: EngineConfig = _section(path, raw, EngineConfig)
     if any(m.partition(":")[0] == "select" for m in methods):
@@ -278,10 +300,10 @@ def load_experiment_config(path: Path, *, run_dir: Path | str | None = None) -> 
             raise UserError(
                 f"{path}: method 'select' needs [engine] model (a local model directory)."
             )
-        engine.model = _model(engine.model, here, path, "[engine] model")
+        engine.model = _model(engine.model, here, path, "[engine] model", required=need)
     baseline: BaselineConfig = _section(path, raw, BaselineConfig)
     baseline.scorer_model = (
-        _model(baseline.scorer_model, here, path, "[baseline] scorer_model")
+        _model(baseline.scorer_model, here, path, "[baseline] scorer_model", required=need)
         if baseline.scorer_model
         else base_model
     )

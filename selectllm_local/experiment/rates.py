@@ -1,0 +1,131 @@
+"""Inputs of the experiment estimate (``estimate.py``): measured rates, model sizes, and the
+conversion of work (tokens, FLOPs, decode steps) into seconds on this CPU and on one GPU.
+
+Measured rates come from ``benchmarks/bench_costs.py`` (SmolLM2-135M on this machine) and are
+scaled by model size: rate x measured non-embedding params / params (first-order: compute
+scales with parameters; memory, threads and engine overheads do not). GPU seconds use the
+datasheet (``hardware.GPUS``): FLOPs / (dense bf16 peak x utilisation) for compute-bound work,
+steps x bf16 weight bytes / memory bandwidth for decode. They are estimates, not measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from selectllm_local.errors import UserError
+
+DEFAULT_RATES = Path("benchmarks/results/costs_cpu2_smollm2.json")
+RATE_KEYS = (
+    "non_embedding_params",
+    "selection_vllm_prompt_tokens_per_s",
+    "selection_vllm_logprobs_prompt_tokens_per_s",
+    "selection_transformers_prompt_tokens_per_s",
+    "finetune_tokens_per_s",
+    "evaluate_output_tokens_per_s",
+    "evaluate_answer_fill",
+)
+GPU_LABEL = "estimate, not measured"
+CPU_LABEL = "scaled from measured SmolLM2-135M rates"
+
+
+@dataclass
+class ModelSize:
+    """A model's parameters and where the figure came from."""
+
+    spec: str
+    non_embedding_params: float
+    total_params: float
+    source: str
+    tokenizer: str | None  # a local folder to count tokens with, if the model is here
+
+
+def model_size(spec: str) -> ModelSize:
+    """Size of a model folder (config.json), a ``tiny:`` shape, or a folder named by its size."""
+    from selectllm_local import tinymodel
+    from selectllm_local.bench.dry import _total_params
+    from selectllm_local.bench.model import model_shape
+
+    path, name = Path(spec), Path(spec).name.lower()
+    shape, source, tokenizer = None, "", None
+    if (path / "config.json").is_file():
+        shape, source, tokenizer = model_shape(path), "config.json", str(path)
+    elif spec.startswith("tiny:"):
+        shape, source = dict(tinymodel.SHAPES[spec[5:]]), f"shape {spec[5:]}"
+    else:
+        known = [s for s in tinymodel.SHAPES if s in name]
+        if known:
+            shape, source = dict(tinymodel.SHAPES[known[0]]), f"shape {known[0]} (from the name)"
+    if shape is not None:
+        non = tinymodel.non_embedding_params(shape)
+        return ModelSize(spec, non, _total_params(shape, non), source, tokenizer)
+    m = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)([bm])(?![a-z])", name)
+    if not m:
+        raise UserError(
+            f"Model {spec} is not here and its name gives no size: download it, or name the folder "
+            "with its size (e.g. Llama-2-7b-hf) for the dry run."
+        )
+    n = float(m.group(1)) * (1e9 if m.group(2) == "b" else 1e6)
+    return ModelSize(spec, n, n, f"'{m.group(0)}' in the folder name", None)
+
+
+def load_rates(path: Path | str | None) -> tuple[dict[str, float] | None, str]:
+    """The measured rates (``rates`` block of bench_costs.py's JSON) and where they came from.
+
+    No ``path``: the committed file when present (run from the repository), else none.
+    """
+    if path is None:
+        if not DEFAULT_RATES.is_file():
+            return None, ""
+        path = DEFAULT_RATES
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--rates {path}: cannot read it as JSON ({exc}). Give the file "
+            "benchmarks/bench_costs.py writes."
+        ) from None
+    rates = doc.get("rates", doc) if isinstance(doc, dict) else None
+    if not isinstance(rates, dict):
+        raise UserError(f"--rates {path}: expected a JSON object with a 'rates' block.")
+    bad = [k for k in RATE_KEYS if not isinstance(rates.get(k), int | float) or not rates[k] > 0]
+    if bad:
+        raise UserError(
+            f"--rates {path}: missing or non-positive key(s) {', '.join(bad)} in its rates block. "
+            "Measure them with python benchmarks/bench_costs.py."
+        )
+    load = doc.get("load", {}) if isinstance(doc, dict) else {}
+    where = f"{path}, {doc.get('machine') or 'unnamed machine'}"
+    if load.get("loadavg_start"):
+        where += f", load average {load['loadavg_start'][0]:g} on {load.get('cpus')} CPUs"
+    return {k: float(rates[k]) for k in RATE_KEYS}, where
+
+
+class Costs:
+    """Turns work (tokens, FLOPs, decode steps) into seconds on the two columns."""
+
+    def __init__(self, rates: dict[str, float] | None, gpu: str, utilization: float) -> None:
+        from selectllm_local import hardware
+
+        if not 0 < utilization <= 1:
+            raise UserError(f"--utilization must be in (0, 1] (got {utilization}).")
+        self.rates, self.spec, self.utilization = rates, hardware.gpu_spec(gpu), utilization
+
+    def cpu(self, key: str, tokens: float, params: float) -> float | None:
+        """Seconds for ``tokens`` at the measured ``key`` rate scaled to ``params``."""
+        if self.rates is None:
+            return None
+        return tokens / (self.rates[key] * self.rates["non_embedding_params"] / params)
+
+    def compute(self, flops: float) -> float:
+        return flops / (self.spec.bf16_dense_tflops * 1e12 * self.utilization)
+
+    def decode(self, steps: float, total_params: float) -> float:
+        return steps * total_params * 2 / (self.spec.memory_bandwidth_gbs * 1e9)
+
+    @property
+    def fill(self) -> float:
+        return self.rates["evaluate_answer_fill"] if self.rates else 1.0
