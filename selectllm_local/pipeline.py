@@ -296,6 +296,7 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     from selectllm_local.compare import run_position_bias
     from selectllm_local.records import SubsetResult
     from selectllm_local.runstore import AppendLog
+    from selectllm_local.testhooks import hold_after
 
     t_total = time.perf_counter()
     if cfg.engine.ray and backend is None:  # a bad address fails now, not after the embedding
@@ -337,14 +338,14 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     t_sel = time.perf_counter()
     try:
         with AppendLog(responses) as log_file:
+            hold = hold_after("subsets")  # a test's stop point (testhooks); a no-op otherwise
+
+            def record(r: SubsetResult) -> None:
+                log_file.append({"key": key, **r.to_dict()})
+                hold()
+
             outcome = selection.select(
-                plan,
-                items,
-                engine,
-                cfg=settings,
-                done=done,
-                on_result=lambda r: log_file.append({"key": key, **r.to_dict()}),
-                progress=progress,
+                plan, items, engine, cfg=settings, done=done, on_result=record, progress=progress
             )
     except KeyboardInterrupt:
         n_done = len(read_jsonl(responses))

@@ -21,6 +21,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+HANG_GUARD = 1800  # seconds: the limit on waiting for a subprocess; a guard against a hang only,
+# far beyond any run's length on a loaded 2-core machine, so no outcome depends on speed
 SHARED_DATA = REPO.parent / "shared" / "data"
 DOLLY = SHARED_DATA / "dolly" / "databricks-dolly-15k.jsonl"
 ALPACA = SHARED_DATA / "alpaca_original" / "alpaca_data.json"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import HANG_GUARD, REPO
 
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import load_experiment_config, run_experiment
@@ -165,7 +165,9 @@ def test_max_cells_then_resume_runs_only_the_rest(tmp_path: Path) -> None:
 def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:
     cfg = _small(tmp_path)
     run = tmp_path / "r"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # The run holds after its first finished cell (testhooks) until the kill.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "SELECTLLM_HOLD_AFTER_CELLS": "1"}  # fmt: skip
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -182,8 +184,8 @@ def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:
         start_new_session=True,
     )
     # Wait for the first finished cell however slow the machine is (the deadline only guards
-    # against a hang); a cell takes seconds, so the kill lands before the next one finishes.
-    deadline = time.time() + 1800
+    # against a hang); the run then holds, so no second cell can finish before the kill.
+    deadline = time.time() + HANG_GUARD
     try:
         while not list(run.glob("cells/*/*/done.json")):
             assert proc.poll() is None, "the experiment exited before finishing a cell"
@@ -196,6 +198,7 @@ def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:
         str(p.parent.relative_to(run / "cells")) for p in run.glob("cells/*/*/done.json")
     )
     assert 1 <= len(done_at_kill) < 4, "kill the run while cells remain"
+    assert len(done_at_kill) == 1  # held after the first cell
     out = run_experiment(cfg, run_dir=run, progress=False)
     assert sorted(out.cells_skipped) == done_at_kill
     assert len(out.cells_run) == 4 - len(done_at_kill)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE_POOL, HAS_RAY, RAY_MISSING, needs
+from conftest import EXAMPLE_POOL, HANG_GUARD, HAS_RAY, RAY_MISSING, needs
 
 pytestmark = needs(HAS_RAY, RAY_MISSING)
 CLI = [sys.executable, "-m", "selectllm_local", "select"]
@@ -148,7 +148,7 @@ def test_driver_sigkill_then_resume_sends_only_unfinished(ray_address: str, tmp_
         [*args, "--run-dir", str(run)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 1800  # a hang guard only: the outcome does not depend on it
+    deadline = time.monotonic() + HANG_GUARD  # a hang guard only: the outcome does not depend on it
     while n_lines(run / "responses.jsonl") < 4:
         assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
         assert time.monotonic() < deadline
@@ -158,7 +158,7 @@ def test_driver_sigkill_then_resume_sends_only_unfinished(ray_address: str, tmp_
     assert n_lines(run / "responses.jsonl") == 4 and not (run / "selected.jsonl").exists()
 
     again = subprocess.run(
-        [*args, "--run-dir", str(run), "--json"], capture_output=True, text=True, timeout=1800
+        [*args, "--run-dir", str(run), "--json"], capture_output=True, text=True, timeout=HANG_GUARD
     )
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads(again.stdout)
@@ -183,7 +183,7 @@ def test_unreachable_address_exits_2_without_traceback(tmp_path: Path) -> None:
     res = subprocess.run(
         [*CLI, str(pool), "--model", "fake", "--backend", "fake", "--budget", "5",
          "--ray", "127.0.0.1:9", "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=HANG_GUARD,
     )  # fmt: skip
     err = " ".join(res.stderr.split())
     assert res.returncode == 2, res.stderr[-2000:]
@@ -200,7 +200,7 @@ def test_ray_not_installed_exits_2_naming_the_extra(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-c", code, "select", str(pool), "--model", "fake", "--backend", "fake",
          "--budget", "5", "--ray", "local", "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=HANG_GUARD,
     )  # fmt: skip
     err = " ".join(res.stderr.split())
     assert res.returncode == 2, res.stderr[-2000:]

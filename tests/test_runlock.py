@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_POOL
+from conftest import EXAMPLE_POOL, HANG_GUARD
 
 from selectllm_local.errors import UserError
 from selectllm_local.runstore import LOCK_FILE, run_lock
@@ -33,7 +33,7 @@ def test_second_select_on_a_locked_run_dir_exits_2_naming_the_holder(tmp_path: P
         proc = subprocess.run(
             [sys.executable, "-m", "selectllm_local", "select", str(EXAMPLE_POOL), "--budget",
              "5", "--run-dir", str(run_dir), "--model", "/nonexistent"],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=HANG_GUARD,
         )  # fmt: skip
         assert proc.returncode == 2, proc.stderr
         msg = " ".join(proc.stderr.split())

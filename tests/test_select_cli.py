@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import EXAMPLE_POOL, requires_vllm
+from conftest import EXAMPLE_POOL, HANG_GUARD, requires_vllm
 
 CLI = [sys.executable, "-m", "selectllm_local", "select"]
 
@@ -81,25 +81,33 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(
             "--max-model-len", "4096", "--max-num-seqs", "2"]  # fmt: skip
     run = tmp_path / "killed"
     responses = run / "responses.jsonl"
+    # The run holds after its 4th written subset (testhooks) until the kill, however fast or
+    # slow the machine; the deadline only guards against a hang.
+    env = {**os.environ, "SELECTLLM_HOLD_AFTER_SUBSETS": "4"}
     proc = subprocess.Popen(
-        [*CLI, *args, "--run-dir", str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 400
+        [*CLI, *args, "--run-dir", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + HANG_GUARD
     while n_lines(responses) < 4:
         assert proc.poll() is None, (
             "select finished before it could be killed: " + proc.stdout.read().decode()[-2000:]
         )
-        assert time.monotonic() < deadline, "no subset finished in time"
+        assert time.monotonic() < deadline, "no subset finished in 30 minutes"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = n_lines(responses)
     total = len((run / "subsets.jsonl").read_text("utf-8").splitlines())
     assert 4 <= finished < total, (finished, total)
+    assert finished == 4  # held: nothing was written after the 4th row
     assert not (run / "selected.jsonl").exists()
 
     again = subprocess.run(
-        [*CLI, *args, "--run-dir", str(run), "--json"], capture_output=True, text=True, timeout=600
+        [*CLI, *args, "--run-dir", str(run), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads(again.stdout)
@@ -136,7 +144,7 @@ def test_transformers_select_with_network_blocked(tmp_path: Path, tiny_model_dir
            "--k", "6", "--run-dir", str(tmp_path / "run"), "--format", "parquet", "--json"]  # fmt: skip
     if os.geteuid() == 0 and shutil.which("unshare"):
         cmd = ["unshare", "-n", *cmd]  # a network namespace with no interfaces up, as well
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not net_log.exists(), "network access attempted: " + net_log.read_text()
     summary = json.loads(r.stdout)
@@ -154,7 +162,7 @@ def test_budget_equal_to_pool_needs_no_model(tmp_path: Path) -> None:
     pool = small_pool(tmp_path, 25)
     r = subprocess.run([*CLI, str(pool), "--budget", "25", "--k", "5", "--run-dir", str(tmp_path / "run"), "--json",
                         "--format", "hf"],
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+                       capture_output=True, text=True, timeout=HANG_GUARD)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout)
     assert s["selected"] == 25 and not s["llm_called"] and "no LLM call" in s["note"]
@@ -164,7 +172,7 @@ def test_budget_equal_to_pool_needs_no_model(tmp_path: Path) -> None:
     ds = datasets.load_from_disk(str(tmp_path / "run" / "selected_hf"))
     assert ds.num_rows == 25 and "selectllm_subset_id" in ds.column_names
     r2 = subprocess.run([*CLI, str(pool), "--budget", "5", "--k", "5", "--run-dir", str(tmp_path / "run")],
-                        capture_output=True, text=True, timeout=600)  # fmt: skip
+                        capture_output=True, text=True, timeout=HANG_GUARD)  # fmt: skip
     assert r2.returncode == 2 and "needs --model" in r2.stderr
 
 
@@ -184,13 +192,13 @@ def test_ctrl_c_stops_cleanly_with_resume_hint(tmp_path: Path) -> None:
          "--k", "6", "--run-dir", str(run)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 1800  # a hang guard only: the outcome does not depend on it
+    deadline = time.monotonic() + HANG_GUARD  # a hang guard only: the outcome does not depend on it
     while n_lines(run / "responses.jsonl") < 2:
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 130, err[-2000:]
     assert "Run the same command again to resume" in " ".join(err.split())
     assert "Traceback" not in err
@@ -199,7 +207,7 @@ def test_ctrl_c_stops_cleanly_with_resume_hint(tmp_path: Path) -> None:
     again = subprocess.run(
         [*CLI, str(pool), "--model", "fake", "--budget", "20", "--backend", "fake", "--k", "6",
          "--run-dir", str(run), "--json"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=HANG_GUARD,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     counts = json.loads(again.stdout)["counts"]

@@ -35,6 +35,7 @@ from typing import Any
 from selectllm_local.errors import UserError
 from selectllm_local.experiment.config import ExperimentConfig, load_experiment_config
 from selectllm_local.runstore import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from selectllm_local.testhooks import hold_after
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def _run_experiment(
     base_model = _resolve_model(cfg.base_model, root, role="base")
     cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds]
     outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
+    hold = hold_after("cells")
     for i, cell in enumerate(cells, 1):
         cell_dir = root / "cells" / cell.name
         key = _cell_key(cfg, cell, pool_path)
@@ -115,6 +117,7 @@ def _run_experiment(
         _prepare_cell_dir(cell_dir, key)
         _run_cell(cfg, cell, cell_dir, key, pool_path, test_set, base_model, progress=progress)
         outcome.cells_run.append(cell.name)
+        hold()  # a test's stop point (testhooks); a no-op otherwise
     from selectllm_local.experiment.results import write_results
 
     paths = write_results(
