@@ -196,7 +196,7 @@ def test_plain_prompt_gets_bos_when_the_tokenizer_adds_one(tiny_model_dir: Path)
     from tokenizers import models as tok_models
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from selectllm_local.backends.vllm_backend import bos_prefix, plain_chat
+    from selectllm_local.backends.base import bos_prefix, plain_chat
 
     vocab = {"<bos>": 0, "<unk>": 1, "a": 2, "Answer:": 3}
     raw = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))

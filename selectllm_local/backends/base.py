@@ -140,3 +140,56 @@ def label_token_ids(tokenizer: Any, labels: list[str]) -> list[int]:
             raise ValueError(f"label {lab!r} is {len(ids)} tokens in this tokenizer, not 1")
         out.append(ids[0])
     return out
+
+
+def plain_chat(messages: list[dict[str, str]], bos: str = "") -> str:
+    """A neutral prompt for models without a chat template (base models)."""
+    parts = [m["content"] for m in messages]
+    return bos + "\n\n".join(parts) + "\n\nAnswer: "
+
+
+def bos_prefix(tokenizer: Any) -> str:
+    """The BOS text a plain prompt must start with, if the tokenizer adds one to plain text.
+
+    Prompts are encoded without special tokens (a chat template writes BOS itself), so a base
+    model without a template would never see its BOS; Gemma 3 then answers with repetitions.
+    """
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer.encode("a") if bos_id is not None else []
+    return str(tokenizer.bos_token) if ids and ids[0] == bos_id else ""
+
+
+class ChatTokenizer:
+    """The tokenizer half of the protocol over a Hugging Face tokenizer: chat rendering, token
+    counts, fitting and label ids. The vLLM and transformers backends and the Ray driver (which
+    holds a tokenizer, not the weights) share it, so all three render the same prompts."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._has_template = bool(getattr(tokenizer, "chat_template", None))
+        self._bos = "" if self._has_template else bos_prefix(tokenizer)
+
+    @property
+    def special_tokens(self) -> list[str]:
+        toks = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
+        toks.update(
+            str(t) for t in (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values()
+        )
+        return sorted(toks)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        if not self._has_template:
+            return plain_chat(messages, self._bos)
+        return str(
+            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+
+    def fit_prompt(self, text: str, max_tokens: int) -> str:
+        return fit_prompt(self.tokenizer, text, max_tokens)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def label_token_ids(self, labels: list[str]) -> list[int]:
+        """Token id of each label; raises ValueError if a label is not exactly one token."""
+        return label_token_ids(self.tokenizer, labels)

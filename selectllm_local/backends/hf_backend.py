@@ -20,13 +20,11 @@ from typing import Any
 from selectllm_local import hardware
 from selectllm_local.backends.base import (
     BackendOptions,
+    ChatTokenizer,
     Constraint,
-    fit_prompt,
-    label_token_ids,
     prompt_token_ids,
 )
 from selectllm_local.backends.batchsize import CPU_BATCH, ModelMemory, gpu_batch_size
-from selectllm_local.backends.vllm_backend import bos_prefix, plain_chat
 from selectllm_local.progress import progress_bar
 from selectllm_local.records import Generation
 
@@ -119,7 +117,7 @@ class _Overlap:
             self._pool.shutdown(wait=True)
 
 
-class HFBackend:
+class HFBackend(ChatTokenizer):
     """``Backend`` over ``AutoModelForCausalLM.generate``."""
 
     name = "transformers"
@@ -150,8 +148,7 @@ class HFBackend:
             or getattr(self.model.config, "max_position_embeddings", None)
             or self.tokenizer.model_max_length
         )
-        self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self._bos = "" if self._has_template else bos_prefix(self.tokenizer)
+        ChatTokenizer.__init__(self, self.tokenizer)
         self._vocab: list[str] | None = None
         self._gates: dict[str, _RegexGate] = {}
         self.stats: dict[str, float] = {
@@ -171,25 +168,6 @@ class HFBackend:
     @property
     def max_context(self) -> int:
         return self._ctx
-
-    @property
-    def special_tokens(self) -> list[str]:
-        toks = set(self.tokenizer.all_special_tokens)
-        toks.update(str(t) for t in self.tokenizer.added_tokens_decoder.values())
-        return sorted(toks)
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        if not self._has_template:
-            return plain_chat(messages, self._bos)
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-
-    def fit_prompt(self, text: str, max_tokens: int) -> str:
-        return fit_prompt(self.tokenizer, text, max_tokens)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     # -- batching -----------------------------------------------------------------------------
     def _batches(
@@ -322,10 +300,6 @@ class HFBackend:
         finally:
             self.stats["engine_seconds"] += time.perf_counter() - t0
         return [r for r in results if r is not None]
-
-    def label_token_ids(self, labels: list[str]) -> list[int]:
-        """Token id of each label; raises ValueError if a label is not exactly one token."""
-        return label_token_ids(self.tokenizer, labels)
 
     def score_labels(
         self,

@@ -27,55 +27,23 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from selectllm_local.backends.base import BackendOptions, Constraint, fit_prompt
+from selectllm_local.backends.base import BackendOptions, ChatTokenizer, Constraint
 from selectllm_local.errors import UserError
 from selectllm_local.raycluster import connect, forwarded_env, unwrap_task_error
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
 
+
+def _auto_tokenizer(model_path: str) -> Any:
+    """The model's tokenizer alone: the driver renders prompts, the actors hold the weights."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
 SHARDS_PER_ACTOR = 4  # default shard size: each actor gets about this many shards per call
 MAX_SHARD = 256
-
-
-class _TokenizerSide:
-    """What the driver needs of a backend without its weights: chat template and tokenizer
-    (the same code as ``VLLMBackend`` and ``HFBackend``)."""
-
-    def __init__(self, model_path: str) -> None:
-        from transformers import AutoTokenizer
-
-        from selectllm_local.backends.vllm_backend import bos_prefix
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self._bos = "" if self._has_template else bos_prefix(self.tokenizer)
-
-    @property
-    def special_tokens(self) -> list[str]:
-        toks = set(self.tokenizer.all_special_tokens)
-        toks.update(str(t) for t in self.tokenizer.added_tokens_decoder.values())
-        return sorted(toks)
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        from selectllm_local.backends.vllm_backend import plain_chat
-
-        if not self._has_template:
-            return plain_chat(messages, self._bos)
-        return str(
-            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        )
-
-    def fit_prompt(self, text: str, max_tokens: int) -> str:
-        return fit_prompt(self.tokenizer, text, max_tokens)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def label_token_ids(self, labels: list[str]) -> list[int]:
-        from selectllm_local.backends.base import label_token_ids
-
-        return label_token_ids(self.tokenizer, labels)
 
 
 class RayBackend:
@@ -97,7 +65,7 @@ class RayBackend:
         self._face: Any = (
             FakeBackend.from_options(options)
             if backend == "fake"
-            else _TokenizerSide(resolved_model)
+            else ChatTokenizer(_auto_tokenizer(resolved_model))
         )
         res = ray.cluster_resources()
         cluster_gpus, cluster_cpus = float(res.get("GPU", 0)), float(res.get("CPU", 0))

@@ -23,31 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 from selectllm_local import hardware
-from selectllm_local.backends.base import BackendOptions, Constraint, fit_prompt, label_token_ids
+from selectllm_local.backends.base import BackendOptions, ChatTokenizer, Constraint
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
 
 
-def plain_chat(messages: list[dict[str, str]], bos: str = "") -> str:
-    """A neutral prompt for models without a chat template (base models)."""
-    parts = [m["content"] for m in messages]
-    return bos + "\n\n".join(parts) + "\n\nAnswer: "
-
-
-def bos_prefix(tokenizer: Any) -> str:
-    """The BOS text a plain prompt must start with, if the tokenizer adds one to plain text.
-
-    Prompts are encoded without special tokens (a chat template writes BOS itself), so a base
-    model without a template would never see its BOS; Gemma 3 then answers with repetitions.
-    """
-    bos_id = getattr(tokenizer, "bos_token_id", None)
-    ids = tokenizer.encode("a") if bos_id is not None else []
-    return str(tokenizer.bos_token) if ids and ids[0] == bos_id else ""
-
-
-class VLLMBackend:
+class VLLMBackend(ChatTokenizer):
     """``Backend`` over an in-process ``vllm.LLM``."""
 
     name = "vllm"
@@ -100,8 +83,7 @@ class VLLMBackend:
             "padding_tokens": 0,
             "engine_seconds": 0.0,
         }
-        self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        self._bos = "" if self._has_template else bos_prefix(self.tokenizer)
+        ChatTokenizer.__init__(self, self.tokenizer)
         self._encoded: dict[str, list[int]] = {}
         if not self._has_template:
             log.warning("%s has no chat template; prompts use a plain text layout", model_path)
@@ -111,24 +93,6 @@ class VLLMBackend:
     @property
     def max_context(self) -> int:
         return int(self.llm.llm_engine.model_config.max_model_len)
-
-    @property
-    def special_tokens(self) -> list[str]:
-        toks = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
-        toks.update(
-            str(t) for t in (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values()
-        )
-        return sorted(toks)
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        if not self._has_template:
-            return plain_chat(messages, self._bos)
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-
-    def fit_prompt(self, text: str, max_tokens: int) -> str:
-        return fit_prompt(self.tokenizer, text, max_tokens)
 
     def count_tokens(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -231,10 +195,6 @@ class VLLMBackend:
         if prompts:
             self._run(prompts, params, progress, handle)
         return [r for r in results if r is not None]
-
-    def label_token_ids(self, labels: list[str]) -> list[int]:
-        """Token id of each label; raises ValueError if a label is not exactly one token."""
-        return label_token_ids(self.tokenizer, labels)
 
     def score_labels(
         self,
