@@ -84,7 +84,7 @@ class PromptBuilder:
         self.template, self.items, self.backend = template, items, backend
         self.special, self.count_tokens, self.mode = list(special_tokens), count_tokens, mode
         self.seed, self.ordered = seed, ordered  # the answer example's seed; increasing-ids rule
-        self.tokenizer = backend.tokenizer
+        self.tokenizer = getattr(backend, "tokenizer", None)
         self._fast: Any = fast_tokenizer(backend)
         self.enabled = self._fast is not None and not _PER_CANDIDATE.search(template.source)
         self._skeletons: dict[tuple[Any, ...], _Skeleton | None] = {}
@@ -189,8 +189,10 @@ class PromptBuilder:
         return skel
 
     # -- prompts ------------------------------------------------------------------------------
-    def build(self, subset: Subset, labels: Sequence[str] | None, budget: int) -> TokenizedPrompt:
-        """The prompt of ``subset`` with candidates cut to ``budget`` tokens, with its ids."""
+    def build(self, subset: Subset, labels: Sequence[str] | None, budget: int) -> str:
+        """The prompt of ``subset`` with candidates cut to ``budget`` tokens: a
+        ``TokenizedPrompt`` carrying its ids, or plain text where the backend has no fast
+        tokenizer."""
         labels = (
             list(labels) if labels is not None else prompting.numeric_labels(len(subset.candidates))
         )
@@ -217,7 +219,7 @@ class PromptBuilder:
             skel.verified = True
             plain = self._plain(subset, labels, budget)
             self.built["verified"] += 1
-            if plain != prompt or plain.token_ids != prompt.token_ids:
+            if plain != prompt or getattr(plain, "token_ids", None) != prompt.token_ids:
                 log.warning(
                     "fast prompt tokenization differs from the tokenizer's on subset %d: "
                     "tokenizing whole prompts for the rest of this run",
@@ -237,7 +239,7 @@ class PromptBuilder:
             filled = self._filled[text] = self._encode([text])[0]
         return text, filled
 
-    def _plain(self, subset: Subset, labels: Sequence[str], budget: int) -> TokenizedPrompt:
+    def _plain(self, subset: Subset, labels: Sequence[str], budget: int) -> str:
         """Render the whole prompt and tokenize it once (the reference the fast path must match)."""
         messages = prompting.render_messages(
             self.template,
@@ -253,4 +255,6 @@ class PromptBuilder:
         )
         text = self.backend.render_chat(messages)
         self.built["plain"] += 1
+        if self._fast is None or self.tokenizer is None:  # the backend tokenizes the text itself
+            return text
         return TokenizedPrompt(text, self.tokenizer.encode(text, add_special_tokens=False))

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from selectllm_local import parsing, prompting
+from selectllm_local.backends.base import TokenizedPrompt
 from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
 from selectllm_local.logprobs import logprob_round
@@ -49,7 +50,7 @@ from selectllm_local.picks import (
     matches_plan,
     trivial_result,
 )
-from selectllm_local.promptids import PromptBuilder, fast_tokenizer
+from selectllm_local.promptids import PromptBuilder
 from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetResult
 
 log = logging.getLogger(__name__)
@@ -69,19 +70,18 @@ class _Round:
         # Candidates are counted again in later rounds, retries and permutations: remember.
         self.count_tokens = functools.lru_cache(maxsize=1 << 16)(backend.count_tokens)
         self.labels: list[str] | None = None
-        # Backends with a fast tokenizer get prompts assembled from once-tokenized pieces.
-        self.builder: PromptBuilder | None = None
-        if fast_tokenizer(backend) is not None:
-            self.builder = PromptBuilder(
-                self.template,
-                items,
-                backend,
-                special_tokens=self.special,
-                count_tokens=self.count_tokens,
-                mode="logprobs" if cfg.mode == "logprobs" else "ids",
-                seed=cfg.seed,
-                ordered=self.ordered,
-            )
+        # The one renderer: backends with a fast tokenizer get prompts assembled from
+        # once-tokenized pieces, the others whole rendered text (PromptBuilder._plain).
+        self.builder = PromptBuilder(
+            self.template,
+            items,
+            backend,
+            special_tokens=self.special,
+            count_tokens=self.count_tokens,
+            mode="logprobs" if cfg.mode == "logprobs" else "ids",
+            seed=cfg.seed,
+            ordered=self.ordered,
+        )
         if cfg.mode == "logprobs":
             self.labels = [lab for lab in prompting.LETTER_LABELS if backend.count_tokens(lab) == 1]
             if len(self.labels) < 2:
@@ -113,9 +113,8 @@ class _Round:
 
     def prepare(self, subsets: Sequence[Subset]) -> None:
         """Tokenize every candidate of a round in one batched call (fast path only)."""
-        if self.builder is not None:
-            idx = [i for s in subsets for i in s.candidates]
-            self.builder.prepare(idx, self.cfg.max_candidate_tokens)
+        idx = [i for s in subsets for i in s.candidates]
+        self.builder.prepare(idx, self.cfg.max_candidate_tokens)
 
     def constraint(self, subset: Subset) -> Any:
         """The ids grammar of a subset's shape, built once per (n, k) and run (None: none)."""
@@ -132,24 +131,12 @@ class _Round:
         limit = self.backend.max_context - self.max_tokens(subset)
         budget = self.cfg.max_candidate_tokens
         while True:
-            if self.builder is not None:
-                built = self.builder.build(subset, labels, budget)
-                prompt, size = built, len(built.token_ids)
-            else:
-                messages = prompting.render_messages(
-                    self.template,
-                    subset,
-                    self.items,
-                    max_candidate_tokens=budget,
-                    count_tokens=self.count_tokens,
-                    labels=labels,
-                    mode="logprobs" if self.cfg.mode == "logprobs" else "ids",
-                    special_tokens=self.special,
-                    ordered=self.ordered(subset),
-                    seed=self.cfg.seed,
-                )
-                prompt = self.backend.render_chat(messages)
-                size = self.backend.count_tokens(prompt)
+            prompt = self.builder.build(subset, labels, budget)
+            size = (
+                len(prompt.token_ids)
+                if isinstance(prompt, TokenizedPrompt)
+                else self.backend.count_tokens(prompt)
+            )
             if size <= limit:
                 if budget < self.cfg.max_candidate_tokens:
                     log.info("subset %d: candidates cut to %d tokens to fit", subset.id, budget)
