@@ -27,6 +27,36 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 DOLLY = SHARED_DATA / "dolly" / "databricks-dolly-15k.jsonl"
 ALPACA = SHARED_DATA / "alpaca_original" / "alpaca_data.json"
 EXAMPLE_POOL = REPO / "examples" / "dolly_sample_1500.jsonl"
+TINY_CI = REPO / "configs" / "tiny_ci.toml"
+
+
+def small_pool(tmp_path: Path, rows: int) -> Path:
+    """The first ``rows`` lines of the example pool, as a pool file in ``tmp_path``."""
+    lines = EXAMPLE_POOL.read_text("utf-8").splitlines()[:rows]
+    path = tmp_path / f"pool{rows}.jsonl"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
+def n_lines(path: Path) -> int:
+    """Complete lines of a JSONL file (a torn last line does not count); 0 if it is absent."""
+    if not path.exists():
+        return 0
+    return sum(
+        1 for line in path.read_text("utf-8").splitlines(keepends=True) if line.endswith("\n")
+    )
+
+
+def tiny_experiment_config(tmp_path: Path, *replace: tuple[str, str], name: str = "c.toml") -> Path:
+    """``configs/tiny_ci.toml`` with absolute example paths and each (old, new) replaced."""
+    text = TINY_CI.read_text().replace('"../examples', f'"{REPO}/examples')
+    for old, new in replace:
+        assert old in text, old
+        text = text.replace(old, new)
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 HAS_RAY = importlib.util.find_spec("ray") is not None

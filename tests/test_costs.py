@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, TINY_CI, tiny_experiment_config
 from typer.testing import CliRunner
 
 from selectllm_local.cli import app
@@ -19,7 +19,7 @@ from selectllm_local.experiment import load_experiment_config
 from selectllm_local.experiment.estimate import estimate_experiment, format_estimate
 from selectllm_local.experiment.rates import RATE_KEYS, Costs, model_size
 
-TINY = REPO / "configs" / "tiny_ci.toml"
+TINY = TINY_CI
 RATES = {
     "non_embedding_params": 1e8,
     "selection_vllm_prompt_tokens_per_s": 1000.0,
@@ -35,16 +35,6 @@ def _rates(tmp_path: Path, **change: object) -> Path:
     rates = {**RATES, **change}
     p = tmp_path / "rates.json"
     p.write_text(json.dumps({"machine": "test", "rates": {k: v for k, v in rates.items() if v}}))
-    return p
-
-
-def _config(tmp_path: Path, *replace: tuple[str, str], name: str = "c.toml") -> Path:
-    text = TINY.read_text().replace('"../examples', f'"{REPO}/examples')
-    for old, new in replace:
-        assert old in text, old
-        text = text.replace(old, new)
-    p = tmp_path / name
-    p.write_text(text)
     return p
 
 
@@ -66,7 +56,7 @@ def test_doubling_the_budget_doubles_fine_tune_time(tmp_path: Path) -> None:
     rates = _rates(tmp_path)
     est = {}
     for b in (8, 16):
-        cfg = _config(
+        cfg = tiny_experiment_config(
             tmp_path,
             ('methods = ["select", "random", "kcenter", "cluster-random"]', 'methods = ["random"]'),
             ("budgets = [8, 16]", f"budgets = [{b}]"),
@@ -88,7 +78,7 @@ def test_logprob_permutations_zero_multiplies_selection_by_k(tmp_path: Path) -> 
     rates = _rates(tmp_path)
     est = {}
     for perms in (1, 0):
-        cfg = _config(
+        cfg = tiny_experiment_config(
             tmp_path,
             ('methods = ["select", "random", "kcenter", "cluster-random"]',
              'methods = ["select:logprobs"]'),
@@ -110,7 +100,7 @@ def test_logprob_permutations_zero_multiplies_selection_by_k(tmp_path: Path) -> 
 
 
 def test_missing_model_folder_sized_from_its_name_only_in_a_dry_run(tmp_path: Path) -> None:
-    cfg = _config(
+    cfg = tiny_experiment_config(
         tmp_path, ('base_model = "tiny:tiny-llama"', 'base_model = "../models/Llama-2-7b-hf"')
     )
     with pytest.raises(UserError, match=r"\[experiment\] base_model"):

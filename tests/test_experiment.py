@@ -11,22 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, REPO
+from conftest import HANG_GUARD, REPO, TINY_CI, tiny_experiment_config
 
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import load_experiment_config, run_experiment
 
-TINY = REPO / "configs" / "tiny_ci.toml"
-
-
-def _config(tmp_path: Path, *replace: tuple[str, str], name: str = "c.toml") -> Path:
-    text = TINY.read_text().replace('"../examples', f'"{REPO}/examples')
-    for old, new in replace:
-        assert old in text, old
-        text = text.replace(old, new)
-    p = tmp_path / name
-    p.write_text(text)
-    return p
+TINY = TINY_CI
 
 
 METHODS = 'methods = ["select", "random", "kcenter", "cluster-random"]'
@@ -60,7 +50,7 @@ METHODS = 'methods = ["select", "random", "kcenter", "cluster-random"]'
     ],
 )
 def test_bad_configs_fail_before_heavy_work(tmp_path: Path, replace: tuple, match: str) -> None:
-    cfg = _config(tmp_path, replace)
+    cfg = tiny_experiment_config(tmp_path, replace)
     with pytest.raises(UserError, match=match):
         run_experiment(cfg, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -71,21 +61,26 @@ def test_samples_are_seeded_fixed_and_cleaned_against_the_whole_test_set(tmp_pat
     pool is cleaned against all test examples, not only the sampled ones."""
     from selectllm_local.experiment.runner import plan_dir_of
 
-    cfg_path = _config(
+    cfg_path = tiny_experiment_config(
         tmp_path,
         ("pool_limit = 200 ", "pool_sample = 300\ntest_sample = 5\nselection_seed = 0 "),
         (METHODS, 'methods = ["select:logprobs", "select:generate", "random"]'),
         ("limit = 8 ", "# no limit "),
     )
-    a, b = load_experiment_config(cfg_path), load_experiment_config(cfg_path)
+    a, b = (
+        load_experiment_config(cfg_path),
+        load_experiment_config(cfg_path),
+    )
     assert len(a.pool_items) == 300 and len(a.test_examples) == 5
     assert [i.uid for i in a.pool_items] == [i.uid for i in b.pool_items]
     assert a.test_examples == b.test_examples
     rows = [it.source_row for it in a.pool_items]
     assert rows == sorted(rows)  # the sample keeps the file's order
-    full = load_experiment_config(_config(tmp_path, ("limit = 8 ", "# no limit "), name="f.toml"))
+    full = load_experiment_config(
+        tiny_experiment_config(tmp_path, ("limit = 8 ", "# no limit "), name="f.toml")
+    )
     assert a.test_overlap == full.test_overlap  # same rows removed as with every test example
-    other = _config(
+    other = tiny_experiment_config(
         tmp_path, ("pool_limit = 200 ", "pool_sample = 300\nsample_seed = 1 "), name="o.toml"
     )
     assert {i.uid for i in load_experiment_config(other).pool_items} != {
@@ -107,7 +102,7 @@ def test_pool_without_responses_is_refused(tmp_path: Path) -> None:
     pool.write_text(
         "".join(json.dumps({"instruction": r["instruction"]}) + "\n" for r in rows[:300])
     )
-    cfg = _config(
+    cfg = tiny_experiment_config(
         tmp_path, (f'pool = "{REPO}/examples/dolly_sample_1500.jsonl"', f'pool = "{pool}"')
     )
     with pytest.raises(UserError, match=r"\[experiment\] pool .* 200 of 200 rows have no response"):
@@ -119,7 +114,7 @@ def test_cli_bad_config_exit_2(tmp_path: Path) -> None:
 
     from selectllm_local.cli import app
 
-    cfg = _config(tmp_path, (METHODS, 'methods = ["nope"]'))
+    cfg = tiny_experiment_config(tmp_path, (METHODS, 'methods = ["nope"]'))
     res = CliRunner().invoke(app, ["experiment", str(cfg), "--run-dir", str(tmp_path / "r")])
     assert res.exit_code == 2 and "unknown method 'nope'" in res.output
 
@@ -146,7 +141,7 @@ def test_tiny_ci_experiment_end_to_end(tmp_path: Path) -> None:
 
 
 def _small(tmp_path: Path) -> Path:
-    return _config(
+    return tiny_experiment_config(
         tmp_path,
         (METHODS, 'methods = ["random", "length"]'),
         ("budgets = [8, 16]", "budgets = [8]"),

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE_POOL, HANG_GUARD, HAS_RAY, RAY_MISSING, needs
+from conftest import EXAMPLE_POOL, HANG_GUARD, HAS_RAY, RAY_MISSING, n_lines, needs, small_pool
 
 pytestmark = needs(HAS_RAY, RAY_MISSING)
 CLI = [sys.executable, "-m", "selectllm_local", "select"]
@@ -36,17 +36,6 @@ def ray_address() -> Any:
     ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
-
-
-def small_pool(tmp_path: Path, rows: int) -> Path:
-    lines = EXAMPLE_POOL.read_text("utf-8").splitlines()[:rows]
-    path = tmp_path / f"pool{rows}.jsonl"
-    path.write_text("\n".join(lines) + "\n", "utf-8")
-    return path
-
-
-def n_lines(path: Path) -> int:
-    return len(path.read_text("utf-8").splitlines()) if path.exists() else 0
 
 
 def response_keys(run: Path) -> Counter[tuple[int, int]]:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import EXAMPLE_POOL, HANG_GUARD, requires_vllm
+from conftest import HANG_GUARD, n_lines, requires_vllm, small_pool
 
 CLI = [sys.executable, "-m", "selectllm_local", "select"]
 
@@ -50,21 +50,6 @@ def getaddrinfo(host, *args, **kwargs):
     return _gai(host, *args, **kwargs)
 socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
 """
-
-
-def small_pool(tmp_path: Path, rows: int) -> Path:
-    lines = EXAMPLE_POOL.read_text("utf-8").splitlines()[:rows]
-    path = tmp_path / f"pool{rows}.jsonl"
-    path.write_text("\n".join(lines) + "\n", "utf-8")
-    return path
-
-
-def n_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    return sum(
-        1 for line in path.read_text("utf-8").splitlines(keepends=True) if line.endswith("\n")
-    )
 
 
 def selected_indices(run_dir: Path) -> list[int]:
