@@ -37,7 +37,7 @@ DEFAULT_POOL = ROOT / "examples" / "dolly_sample_1500.jsonl"
 KEYS = [
     "benchmark", "label", "tokenizer", "vocab_size", "mode", "prompts", "candidates",
     "max_candidate_tokens", "repeats", "ms_per_prompt_median", "ms_per_prompt_all",
-    "cpu_ms_per_prompt_median", "load_average_before",
+    "cpu_ms_per_prompt_median", "load_average_before", "tokenizers_parallelism",
     "prompt_tokens_per_prompt", "target_ms_per_prompt", "profile_top", "environment",
 ]  # fmt: skip
 
@@ -143,6 +143,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "ms_per_prompt_all": [round(t, 3) for t in timed],
         "cpu_ms_per_prompt_median": round(statistics.median(cpu_times[1:]), 3),
         "load_average_before": load0,
+        # as `selectllm` runs it: unset = the Rust tokenizer's batches use every core
+        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset"),
         "prompt_tokens_per_prompt": round(ptoks / len(plan.subsets), 1),
         "target_ms_per_prompt": 5.0,
         "profile_top": top,

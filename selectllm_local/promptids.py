@@ -111,13 +111,29 @@ class PromptBuilder:
         return text
 
     def prepare(self, indices: Sequence[int], budget: int, suffix: str = "\n") -> None:
-        """Tokenize the candidates of many prompts at once (one batched, multi-threaded call)."""
+        """Tokenize and cut the candidates of many prompts at once: each tokenizer call covers
+        the whole round (batched and multi-threaded in Rust), none is made per prompt."""
         if not self.enabled:
             return
         todo = sorted({i for i in indices if i not in self._raw_ids})
         todo = [i for i in todo if len(self._text(i)) <= budget * 12]
         for i, ids in zip(todo, self._encode([self._text(i) + suffix for i in todo]), strict=True):
             self._raw_ids[i] = ids
+        pending = []
+        for idx in dict.fromkeys(indices):
+            if (idx, budget) in self._units:
+                continue
+            full, raw = self._text(idx), self._raw_ids.get(idx)
+            if raw is not None and len(raw) + _SLACK <= budget:
+                self._units[(idx, budget)] = (full, False, raw)
+            else:
+                pending.append(idx)
+        cuts = self._truncate([self._text(i) for i in pending], pending, budget)
+        texts = [text + suffix for text, _cut in cuts]
+        for idx, (text, cut), ids in zip(pending, cuts, self._encode(texts), strict=True):
+            if not cut and self._raw_ids.get(idx) is not None:
+                ids = self._raw_ids[idx]
+            self._units[(idx, budget)] = (text, cut, ids)
 
     def _unit_batch(
         self, indices: Sequence[int], budget: int, suffix: str
@@ -125,32 +141,43 @@ class PromptBuilder:
         """(cut text, truncated, ids of cut text + suffix) per candidate, as ``render_messages``
         would cut it (``truncate_to_tokens`` with the same counts)."""
         self.prepare(indices, budget, suffix)
-        pending: dict[int, tuple[str, bool]] = {}
-        for idx in indices:
-            if (idx, budget) in self._units or idx in pending:
-                continue
-            full, raw = self._text(idx), self._raw_ids.get(idx)
-            if raw is not None and len(raw) + _SLACK <= budget:
-                self._units[(idx, budget)] = (full, False, raw)
-                continue
-            pending[idx] = prompting.truncate_to_tokens(full, budget, self._counter(full, raw))
-        order = list(pending)
-        texts = [pending[i][0] + suffix for i in order]
-        for idx, ids in zip(order, self._encode(texts), strict=True):
-            text, cut = pending[idx]
-            if not cut and self._raw_ids.get(idx) is not None:
-                ids = self._raw_ids[idx]
-            self._units[(idx, budget)] = (text, cut, ids)
         return [self._units[(idx, budget)] for idx in indices]
 
-    def _counter(self, full: str, raw: list[int] | None) -> Callable[[str], int]:
-        """``count_tokens`` that already knows ``full``'s count when ``raw`` (its ids with the
-        newline) ends in the lone newline token: BPE merges never undo, so a newline that stayed
-        alone was never merged, and the tokens before it are exactly those of ``full`` alone."""
-        if raw is None or self._newline is None or not raw or raw[-1] != self._newline:
-            return self.count_tokens
-        known = len(raw) - 1
-        return lambda text: known if text is full else self.count_tokens(text)
+    def _truncate(
+        self, texts: list[str], indices: list[int], budget: int
+    ) -> list[tuple[str, bool]]:
+        """``prompting.truncate_to_tokens`` of every text, its steps counted in one batched call
+        per step. A full text whose ids (with the newline) end in the lone newline token has a
+        known count: BPE merges never undo, so a newline that stayed alone was never merged and
+        the tokens before it are exactly those of the text alone."""
+        if not texts:
+            return []
+        mark = len(self._fast.encode(prompting.TRUNCATION_MARK, add_special_tokens=False))
+        steps = [prompting.truncation(t, budget, mark) for t in texts]
+        asks = {j: next(g) for j, g in enumerate(steps)}
+        done: dict[int, tuple[str, bool]] = {}
+        while asks:
+            counts: dict[int, int] = {}
+            for j, ask in asks.items():
+                raw = self._raw_ids.get(indices[j])
+                if (
+                    ask is texts[j]
+                    and raw
+                    and self._newline is not None
+                    and raw[-1] == self._newline
+                ):
+                    counts[j] = len(raw) - 1
+            rest = [j for j in asks if j not in counts]
+            found = self._fast.encode_batch([asks[j] for j in rest], add_special_tokens=False)
+            counts.update(zip(rest, map(len, found), strict=True))
+            nxt = {}
+            for j in asks:
+                try:
+                    nxt[j] = steps[j].send(counts[j])
+                except StopIteration as stop:
+                    done[j] = stop.value
+            asks = nxt
+        return [done[j] for j in range(len(texts))]
 
     def _skeleton(self, subset: Subset, labels: Sequence[str]) -> _Skeleton | None:
         n = len(subset.candidates)

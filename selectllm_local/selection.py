@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from selectllm_local import parsing, prompting
+from selectllm_local import grammar, parsing, prompting
 from selectllm_local.backends.base import TokenizedPrompt
 from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
@@ -95,7 +95,7 @@ class _Round:
         """Whether the grammar admits increasing ids only, so the prompt must ask for that."""
         if self.cfg.mode == "logprobs":
             return False
-        return prompting.ids_ordered(
+        return grammar.ids_ordered(
             len(subset.candidates),
             subset.k,
             reasons=self.cfg.reasons,
@@ -157,7 +157,7 @@ class _Round:
 
 @functools.lru_cache(maxsize=256)
 def _id_constraint(n: int, k: int, reasons: bool) -> Any:
-    return prompting.id_constraint(n, k, reasons=reasons)
+    return grammar.id_constraint(n, k, reasons=reasons)
 
 
 def _generate_round(
