@@ -161,6 +161,13 @@ def test_budget_equal_to_pool_needs_no_model(tmp_path: Path) -> None:
     assert r2.returncode == 2 and "needs --model" in r2.stderr
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """Give the child Ctrl-C's default action. A test run started in the background (``cmd &``,
+    ``nohup``, some CI runners) inherits SIGINT ignored, an ignored signal stays ignored across
+    exec, and Python then installs no KeyboardInterrupt handler: the child would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_with_resume_hint(tmp_path: Path) -> None:
     """SIGINT mid-run: exit 130, the finished subsets saved, a hint to resume.
 
@@ -176,6 +183,7 @@ def test_ctrl_c_stops_cleanly_with_resume_hint(tmp_path: Path) -> None:
         [*CLI, str(pool), "--model", "fake", "--budget", "20", "--backend", "fake",
          "--k", "6", "--run-dir", str(run)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_sigint_as_at_a_terminal,
     )  # fmt: skip
     deadline = time.monotonic() + HANG_GUARD  # a hang guard only: the outcome does not depend on it
     while n_lines(run / "responses.jsonl") < 2:
