@@ -21,7 +21,8 @@ import sys, time
 from selectllm_local.runstore import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
-    time.sleep(600)
+    while True:  # held until the test kills this process, however slow the machine is
+        time.sleep(3600)
 """
 
 
@@ -59,7 +60,7 @@ def test_lock_of_a_killed_process_is_taken_over(
                 pass
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        proc.wait(timeout=HANG_GUARD)
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == proc.pid  # left behind
     with caplog.at_level("INFO", logger="selectllm_local.runstore"), run_lock(run_dir):
         assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()
