@@ -107,8 +107,11 @@ def test_missing_model_folder_sized_from_its_name_only_in_a_dry_run(tmp_path: Pa
         load_experiment_config(cfg)  # a real run still needs the folder
     est = estimate_experiment(cfg, rates=_rates(tmp_path))
     base = est["models"]["base_model"]
-    assert base["non_embedding_params"] == 7e9 and "'7b'" in base["size_from"]
+    assert base["non_embedding_params"] == 6_476_005_376  # Llama-2-7B's published shape
+    assert base["size_from"] == "shape llama-2-7b (from the name)"
     assert model_size("/x/Qwen2.5-7B-Instruct").source.startswith("shape qwen2.5-7b")
+    mistral = model_size("/x/Mistral-7B-v0.1")  # no shape known: the size in the name
+    assert mistral.non_embedding_params == 7e9 and "'7b'" in mistral.source
     with pytest.raises(UserError, match="name gives no size"):
         model_size("/x/my-model")
 
