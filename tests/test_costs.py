@@ -174,3 +174,73 @@ def test_without_a_rates_file_only_the_gpu_column_is_filled(
     assert est["total_cpu_seconds"] is None and est["total_gpu_seconds"] > 0
     text = format_estimate(est)
     assert "no rates file" in text and "estimate, not measured" in text
+
+
+def _gpu_rates(tmp_path: Path, **rates: float) -> Path:
+    p = tmp_path / "gpu_rates.json"
+    doc = {"machine": "1x test GPU", "rates": {"non_embedding_params": 1e9, **rates}}
+    p.write_text(json.dumps(doc))
+    return p
+
+
+def test_gpu_rates_replace_the_datasheet_for_the_stages_they_measured(tmp_path: Path) -> None:
+    cfg = tiny_experiment_config(
+        tmp_path,
+        ('methods = ["select", "random", "kcenter", "cluster-random"]', 'methods = ["random"]'),
+        ("max_steps = 3\n", ""),
+    )
+    rates = _rates(tmp_path)
+    plain = estimate_experiment(cfg, rates=rates)
+    slow = _gpu_rates(tmp_path, finetune_tokens_per_s=1000.0)
+    est = estimate_experiment(cfg, rates=rates, gpu_rates=slow)
+    ft, ev = _stage(est, "fine-tune"), _stage(est, "evaluation")
+    assert ft["gpu_measured"] and not ev["gpu_measured"]
+    assert ev["gpu_seconds"] == _stage(plain, "evaluation")["gpu_seconds"]  # datasheet kept
+    # 1e9 measured params at 1,000 tokens/s; the tiny base model is far smaller, so it trains
+    # faster by the ratio of parameters; twice the rate halves the time.
+    fast = estimate_experiment(
+        cfg, rates=rates, gpu_rates=_gpu_rates(tmp_path, finetune_tokens_per_s=2000.0)
+    )
+    assert _stage(fast, "fine-tune")["gpu_seconds"] == pytest.approx(ft["gpu_seconds"] / 2)
+    table = format_estimate(est)
+    assert "*  scaled from rates measured on a GPU" in table and "1x test GPU" in table
+    assert "fine-tune 1,000 trained tokens/s" in table
+    assert "*" not in format_estimate(plain).split("(1)")[0]
+
+
+def test_gpu_evaluation_rate_scales_with_batches_and_answer_cap() -> None:
+    measured = {"non_embedding_params": 1e9, "evaluate_answers_per_s": 2.0,
+                "evaluate_batch_size": 16.0, "evaluate_max_new_tokens": 100.0}  # fmt: skip
+    c = Costs(None, "h100", 0.4, measured)
+    # measured: 16 answers per 8 s = 100 steps of 0.08 s; 64 answers in batches of 16 = 32 s
+    assert c.gpu_answers(64, 16, 100, 1e9) == pytest.approx(32.0)
+    assert c.gpu_answers(64, 32, 100, 1e9) == pytest.approx(16.0)  # half the batches
+    assert c.gpu_answers(64, 16, 50, 2e9) == pytest.approx(32.0)  # half the steps, 2x params
+    assert Costs(None, "h100", 0.4, {"non_embedding_params": 1e9}).gpu_answers(1, 1, 1, 1) is None
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ("not json", "cannot read it as JSON"),
+        ({"rates": {"finetune_tokens_per_s": 10}}, "non_embedding_params"),
+        ({"rates": {"non_embedding_params": 1e9}}, "no GPU rate in it"),
+        ({"rates": {"non_embedding_params": 1e9, "evaluate_answers_per_s": 1}},
+         "needs evaluate_batch_size and evaluate_max_new_tokens"),
+    ],
+)  # fmt: skip
+def test_bad_gpu_rates_file_names_the_flag(tmp_path: Path, doc: object, message: str) -> None:
+    p = tmp_path / "bad.json"
+    p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    cfg = tiny_experiment_config(tmp_path)
+    with pytest.raises(UserError, match=message) as err:
+        estimate_experiment(cfg, rates=_rates(tmp_path), gpu_rates=p)
+    assert str(err.value).startswith(f"--gpu-rates {p}")
+
+
+def test_committed_gpu_rates_load(tmp_path: Path) -> None:
+    from selectllm_local.experiment.rates import load_gpu_rates
+
+    rates, where = load_gpu_rates(REPO / "benchmarks/results/costs_gpu_h200_llama2-7b.json")
+    assert rates is not None and "H200" in where
+    assert {"finetune_tokens_per_s", "evaluate_answers_per_s"} <= set(rates)

@@ -22,8 +22,9 @@ def experiment(cfg: ExperimentCommand, *, json_out: bool) -> None:
         from selectllm_local.experiment.estimate import estimate_experiment, format_estimate
 
         est = estimate_experiment(
-            cfg.config, rates=cfg.rates, gpu=cfg.gpu, utilization=cfg.utilization, pool=cfg.pool
-        )
+            cfg.config, rates=cfg.rates, gpu=cfg.gpu, utilization=cfg.utilization, pool=cfg.pool,
+            gpu_rates=cfg.gpu_rates,
+        )  # fmt: skip
         print(json.dumps(est, indent=2) if json_out else format_estimate(est))
         return
     from selectllm_local.experiment import run_experiment

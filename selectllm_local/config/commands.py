@@ -149,12 +149,17 @@ class ExperimentCommand(Command):
     """Dry run: the GPU of the second column: h100, h200, a100, l40s, l4, b200."""
     utilization: float = 0.4
     """Dry run: share of the GPU's datasheet peak reached by prefill and training."""
+    gpu_rates: Path | None = None
+    """Dry run: rates measured on a GPU node by benchmarks/bench_costs.py (e.g.
+    benchmarks/results/costs_gpu_h200_llama2-7b.json): the stages it measured use them, scaled by
+    model size, instead of the datasheet (marked * in the table)."""
     pool: Path | None = None
     """Dry run: this pool file instead of the experiment file's (e.g. a local copy of Dolly)."""
 
     def __post_init__(self) -> None:
         self.config, self.run_dir = Path(self.config), as_path(self.run_dir)
         self.rates, self.pool = as_path(self.rates), as_path(self.pool)
+        self.gpu_rates = as_path(self.gpu_rates)
         if self.max_cells is not None:
             self._at_least("max_cells", 0)
         if self.pool is not None and not self.dry_run:

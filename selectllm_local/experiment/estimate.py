@@ -8,7 +8,9 @@ Each stage's work is counted from the file and the pool, then turned into time t
   ``--rates``), scaled by model size: rate x measured non-embedding params / params. Compute
   scales with parameters, so the scaling is first-order only (memory, threads and the engine's
   overheads do not scale with it);
-* **one GPU** (``--gpu``, default H100): datasheet figures, *an estimate, not measured*. Prefill,
+* **one GPU** (``--gpu``, default H100): datasheet figures, *an estimate, not measured*, except
+  for the stages a ``--gpu-rates`` file measured on a GPU node (marked ``*``; scaled by model
+  size like the CPU rates). Prefill,
   scoring and training are compute-bound: FLOPs / (dense bf16 peak x ``--utilization``), with
   2 x params FLOPs per token forward and 6 x params per training token. Decode is bandwidth-bound:
   each engine step reads every weight once (bf16), steps = ceil(sequences / batch) x tokens.
@@ -38,7 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selectllm_local.experiment.rates import CPU_LABEL, GPU_LABEL, Costs, load_rates, model_size
+from selectllm_local.experiment.rates import (
+    CPU_LABEL,
+    GPU_LABEL,
+    GPU_MEASURED_LABEL,
+    Costs,
+    load_gpu_rates,
+    load_rates,
+    model_size,
+)
 
 VLLM_MAX_SEQS = 256  # vLLM's default max_num_seqs: sequences decoded per engine step
 
@@ -51,6 +61,7 @@ class Stage:
     cpu_seconds: float | None
     gpu_seconds: float
     tokens: float = 0.0  # all runs: prompt tokens (selection, scoring) or trained/generated tokens
+    gpu_measured: bool = False  # gpu_seconds scaled from --gpu-rates, not the datasheet
 
 
 def _k(cfg: Any, budget: int) -> int:
@@ -76,6 +87,7 @@ def estimate_experiment(
     gpu: str = "h100",
     utilization: float = 0.4,
     pool: Path | str | None = None,
+    gpu_rates: Path | str | None = None,
 ) -> dict[str, Any]:
     """Estimated seconds per stage and in total for the experiment file ``config``."""
     from selectllm_local.bench.dry import budget_terms, round_one
@@ -85,7 +97,8 @@ def estimate_experiment(
 
     cfg = load_experiment_config(Path(config), require_models=False, pool=pool)
     measured, rates_from = load_rates(rates)
-    c = Costs(measured, gpu, utilization)
+    gpu_measured, gpu_rates_from = load_gpu_rates(gpu_rates)
+    c = Costs(measured, gpu, utilization, gpu_measured)
     items, tests = cfg.pool_items, cfg.test_examples
     n, cells_per_method = len(items), len(cfg.budgets) * len(cfg.seeds)
     base = model_size(cfg.base_model)
@@ -121,13 +134,17 @@ def estimate_experiment(
             prompts = len(counted[k].per_prompt) * terms.rounds_factor * passes
             steps = 0.0 if logprobs else math.ceil(prompts / seqs) * terms.answer_tokens
             cpu = c.cpu(key, tokens, sel_size.non_embedding_params)
+            gpu_m = None
+            if backend == "transformers":  # measured on the node's transformers backend
+                gpu_m = c.gpu_measured(key, tokens, sel_size.non_embedding_params)
             gpu_s = c.compute(2 * sel_size.non_embedding_params * tokens)
             gpu_s += c.decode(steps, sel_size.total_params)
             stages.append(Stage(
                 f"selection {method} b{budget}", seeds,
                 f"{prompts:,.0f} prompts, {tokens:,.0f} tokens ({passes} pass"
                 f"{'es' if passes > 1 else ''}, K={k})",
-                None if cpu is None else cpu * seeds, gpu_s * seeds, tokens * seeds,
+                None if cpu is None else cpu * seeds, (gpu_m or gpu_s) * seeds, tokens * seeds,
+                gpu_measured=gpu_m is not None,
             ))  # fmt: skip
 
     # -- perplexity baselines: every pool row, once per cell --------------------------------------
@@ -176,7 +193,7 @@ def estimate_experiment(
         for it in items
     )
     mean_all = sum(per_row) / n
-    ft_cpu, ft_gpu, ft_tokens = 0.0, 0.0, 0.0
+    ft_cpu, ft_gpu, ft_tokens, ft_measured = 0.0, 0.0, 0.0, "finetune_tokens_per_s" in c.gpu_rates
     for method in cfg.methods:
         for budget in cfg.budgets:
             name, _, variant = method.partition(":")
@@ -196,13 +213,16 @@ def estimate_experiment(
             cpu = c.cpu("finetune_tokens_per_s", train + val / 3, base.non_embedding_params)
             ft_cpu += (cpu or 0.0) * len(cfg.seeds)
             flops = 6 * base.non_embedding_params * train + 2 * base.non_embedding_params * val
-            ft_gpu += c.compute(flops) * len(cfg.seeds)
+            measured_s = c.gpu_measured(
+                "finetune_tokens_per_s", train + val / 3, base.non_embedding_params
+            )
+            ft_gpu += (measured_s if measured_s is not None else c.compute(flops)) * len(cfg.seeds)
     cells = len(cfg.methods) * cells_per_method
     bound = "up to " if ft.early_stopping_patience else ""
     span = f"{ft.max_steps} steps" if ft.max_steps > 0 else f"{bound}{ft.epochs:g} epochs"
     stages.append(Stage(
         "fine-tune", cells, f"{ft_tokens:,.0f} tokens ({span}, mean {mean_all:.0f} per example)",
-        ft_cpu if measured else None, ft_gpu, ft_tokens,
+        ft_cpu if measured else None, ft_gpu, ft_tokens, gpu_measured=ft_measured,
     ))  # fmt: skip
 
     ev = cfg.evaluate
@@ -212,10 +232,14 @@ def estimate_experiment(
     batch = VLLM_MAX_SEQS if ev.backend in ("vllm", "auto") else ev.batch_size
     gpu_s = c.compute(2 * base.non_embedding_params * prompt_tok)
     gpu_s += c.decode(math.ceil(len(tests) / batch) * ev.max_new_tokens, base.total_params)
+    gpu_m = None
+    if ev.backend == "transformers":  # the node's measurement is of the transformers backend
+        gpu_m = c.gpu_answers(len(tests), batch, ev.max_new_tokens, base.non_embedding_params)
     stages.append(Stage(
         "evaluation", cells,
         f"{len(tests):,} answers of <= {ev.max_new_tokens} tokens (fill {c.fill:.0%})",
-        None if cpu is None else cpu * cells, gpu_s * cells, (prompt_tok + out_tok) * cells,
+        None if cpu is None else cpu * cells, (gpu_m or gpu_s) * cells,
+        (prompt_tok + out_tok) * cells, gpu_measured=gpu_m is not None,
     ))  # fmt: skip
 
     models = {"base_model": base}
@@ -250,6 +274,11 @@ def estimate_experiment(
             "utilization": utilization,
             "bf16_dense_tflops": c.spec.bf16_dense_tflops,
             "memory_bandwidth_gbs": c.spec.memory_bandwidth_gbs,
+            "measured": (
+                {"label": GPU_MEASURED_LABEL, "rates": gpu_rates_from, **c.gpu_rates}
+                if gpu_measured
+                else None
+            ),
         },  # fmt: skip
         "stages": [vars(s) for s in stages],
         "total_cpu_seconds": sum(s.cpu_seconds or 0 for s in stages) if measured else None,
@@ -287,16 +316,16 @@ def format_estimate(est: dict[str, Any]) -> str:
             f"{'its tokenizer' if m['tokens_counted_with'] == m['model'] else 'the heuristic'}."
         )
     width = max(len(s["name"]) for s in est["stages"]) + 2
-    head = f"{'stage':<{width}}{'runs':>5}  {'this CPU (1)':>13}  {'one ' + gpu['key'].upper() + ' (2)':>12}  work"
+    head = f"{'stage':<{width}}{'runs':>5}  {'this CPU (1)':>13}  {'one ' + gpu['key'].upper() + ' (2) ':>13}  work"
     lines += ["", head, "-" * len(head)]
     for s in est["stages"]:
         lines.append(
             f"{s['name']:<{width}}{s['runs']:>5}  {_duration(s['cpu_seconds']):>13}  "
-            f"{_duration(s['gpu_seconds']):>12}  {s['detail']}"
+            f"{_duration(s['gpu_seconds']) + ('*' if s['gpu_measured'] else ' '):>13}  {s['detail']}"
         )
     lines.append(
         f"{'total':<{width}}{'':>5}  {_duration(est['total_cpu_seconds']):>13}  "
-        f"{_duration(est['total_gpu_seconds']):>12}"
+        f"{_duration(est['total_gpu_seconds']) + ' ':>13}"
     )
     rates = est["cpu"]["rates"]
     lines += [
@@ -310,6 +339,30 @@ def format_estimate(est: dict[str, Any]) -> str:
         f"(2) one {gpu['device']}: {gpu['label']}: {gpu['bf16_dense_tflops']:g} TFLOP/s bf16 "
         f"datasheet x {gpu['utilization']:.0%} for prefill and training, "
         f"{gpu['memory_bandwidth_gbs']:,.0f} GB/s for decode.",
+        *_measured_note(gpu.get("measured")),
         f"Not counted: {est['not_counted']}.",
     ]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _measured_note(m: dict[str, Any] | None) -> list[str]:
+    """Footnote of the rows marked * (scaled from --gpu-rates instead of the datasheet)."""
+    if not m:
+        return []
+    parts = []
+    if "finetune_tokens_per_s" in m:
+        parts.append(f"fine-tune {m['finetune_tokens_per_s']:,.0f} trained tokens/s")
+    if "evaluate_answers_per_s" in m:
+        parts.append(
+            f"evaluation {m['evaluate_answers_per_s']:.2f} answers/s (transformers, batch "
+            f"{m['evaluate_batch_size']:.0f}, {m['evaluate_max_new_tokens']:.0f} new tokens)"
+        )
+    if "selection_transformers_prompt_tokens_per_s" in m:
+        parts.append(
+            f"selection {m['selection_transformers_prompt_tokens_per_s']:,.0f} prompt tokens/s "
+            "(transformers)"
+        )
+    return [
+        f"*  {m['label']} ({m['rates']}; {m['non_embedding_params'] / 1e9:.2f}B params): "
+        f"{'; '.join(parts)}; scaled by model size. Unmarked rows of (2) stay datasheet estimates."
+    ]

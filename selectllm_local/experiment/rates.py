@@ -11,6 +11,7 @@ steps x bf16 weight bytes / memory bandwidth for decode. They are estimates, not
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,14 @@ RATE_KEYS = (
     "evaluate_answer_fill",
 )
 GPU_LABEL = "estimate, not measured"
+GPU_MEASURED_LABEL = "scaled from rates measured on a GPU"
+# What a GPU rates file may hold (bench_costs.py --shape ... --stages finetune evaluate on the
+# node): each present key replaces the datasheet for its stage.
+GPU_RATE_KEYS = (
+    "finetune_tokens_per_s",
+    "evaluate_answers_per_s",
+    "selection_transformers_prompt_tokens_per_s",
+)
 CPU_LABEL = "scaled from measured SmolLM2-135M rates"
 
 
@@ -104,15 +113,84 @@ def load_rates(path: Path | str | None) -> tuple[dict[str, float] | None, str]:
     return {k: float(rates[k]) for k in RATE_KEYS}, where
 
 
+def load_gpu_rates(path: Path | str | None) -> tuple[dict[str, float] | None, str]:
+    """Rates measured on a GPU node (``bench_costs.py --shape ... --config ...`` there) and
+    where they came from; each stage without its key keeps the datasheet estimate."""
+    if path is None:
+        return None, ""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--gpu-rates {path}: cannot read it as JSON ({exc}). Give the file "
+            "benchmarks/bench_costs.py writes on the GPU node."
+        ) from None
+    rates = doc.get("rates") if isinstance(doc, dict) else None
+    if not isinstance(rates, dict) or not _positive(rates, "non_embedding_params"):
+        raise UserError(
+            f"--gpu-rates {path}: expected a 'rates' block with non_embedding_params "
+            "(the file benchmarks/bench_costs.py writes)."
+        )
+    got = {k: float(rates[k]) for k in GPU_RATE_KEYS if _positive(rates, k)}
+    if "evaluate_answers_per_s" in got:
+        need = ("evaluate_batch_size", "evaluate_max_new_tokens")
+        if not all(_positive(rates, k) for k in need):
+            raise UserError(
+                f"--gpu-rates {path}: evaluate_answers_per_s needs {' and '.join(need)} beside "
+                "it (measure again with this version of benchmarks/bench_costs.py)."
+            )
+        got.update({k: float(rates[k]) for k in need})
+    if not got:
+        raise UserError(
+            f"--gpu-rates {path}: no GPU rate in it (one of {', '.join(GPU_RATE_KEYS)})."
+        )
+    got["non_embedding_params"] = float(rates["non_embedding_params"])
+    env = doc.get("environment") or {}
+    model = (doc.get("model") or {}).get("name", "")
+    where = f"{path}, {doc.get('machine') or env.get('gpu_name') or 'unnamed GPU'}"
+    return got, where + (f", {model}" if model else "")
+
+
+def _positive(rates: dict[str, object], key: str) -> bool:
+    v = rates.get(key)
+    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+
+
 class Costs:
     """Turns work (tokens, FLOPs, decode steps) into seconds on the two columns."""
 
-    def __init__(self, rates: dict[str, float] | None, gpu: str, utilization: float) -> None:
+    def __init__(
+        self,
+        rates: dict[str, float] | None,
+        gpu: str,
+        utilization: float,
+        gpu_rates: dict[str, float] | None = None,
+    ) -> None:
         from selectllm_local import hardware
 
         if not 0 < utilization <= 1:
             raise UserError(f"--utilization must be in (0, 1] (got {utilization}).")
         self.rates, self.spec, self.utilization = rates, hardware.gpu_spec(gpu), utilization
+        self.gpu_rates = gpu_rates or {}
+
+    def gpu_measured(self, key: str, tokens: float, params: float) -> float | None:
+        """Seconds for ``tokens`` at the GPU-measured ``key`` rate scaled to ``params``; None
+        when the GPU rates file has no such rate (the caller keeps the datasheet)."""
+        if key not in self.gpu_rates:
+            return None
+        return tokens / (self.gpu_rates[key] * self.gpu_rates["non_embedding_params"] / params)
+
+    def gpu_answers(self, answers: int, batch: int, new_tokens: int, params: float) -> float | None:
+        """Seconds for greedy answers on the transformers backend from the measured decode step:
+        the measured run took ceil(answers / batch) x max_new_tokens steps; steps scale with the
+        batches and the answer cap, step time with parameters (a step reads every weight)."""
+        r = self.gpu_rates
+        if "evaluate_answers_per_s" not in r:
+            return None
+        b, m = r["evaluate_batch_size"], r["evaluate_max_new_tokens"]
+        step = b / (r["evaluate_answers_per_s"] * m)  # seconds per step, batches always full
+        return math.ceil(answers / batch) * new_tokens * step * params / r["non_embedding_params"]
 
     def cpu(self, key: str, tokens: float, params: float) -> float | None:
         """Seconds for ``tokens`` at the measured ``key`` rate scaled to ``params``."""
