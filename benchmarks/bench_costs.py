@@ -14,6 +14,11 @@ With the real SmolLM2-135M-Instruct in float32 (``selectllm models fetch smollm2
 * **evaluation**: answers/s and generated tokens/s of greedy answers on the transformers backend
   (the experiment's evaluation engine), base model, max_new_tokens as in the experiment.
 
+On a GPU node, ``--shape llama-2-7b --config configs/paper_dolly.toml --stages finetune evaluate``
+measures an experiment's own recipe (its [finetune] section for one epoch without a validation
+split, its [evaluate] section on the transformers backend with the fresh adapter) on a
+random-weight model of that shape built on the GPU; ``--dry-run --gpu-rates FILE`` reads the result.
+
 The machine may be shared: the load average is read from /proc/loadavg at start and end and
 saved with the figures. ``selectllm experiment CONFIG --dry-run`` scales these rates by model size
 (``experiment/estimate.py``). Prints a table and ends with one JSON line.
