@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from selectllm_local.errors import UserError
 
@@ -90,13 +91,7 @@ def load_rates(path: Path | str | None) -> tuple[dict[str, float] | None, str]:
             return None, ""
         path = DEFAULT_RATES
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"--rates {path}: cannot read it as JSON ({exc}). Give the file "
-            "benchmarks/bench_costs.py writes."
-        ) from None
+    doc = _read_json(path, "--rates")
     rates = doc.get("rates", doc) if isinstance(doc, dict) else None
     if not isinstance(rates, dict):
         raise UserError(f"--rates {path}: expected a JSON object with a 'rates' block.")
@@ -119,13 +114,7 @@ def load_gpu_rates(path: Path | str | None) -> tuple[dict[str, float] | None, st
     if path is None:
         return None, ""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"--gpu-rates {path}: cannot read it as JSON ({exc}). Give the file "
-            "benchmarks/bench_costs.py writes on the GPU node."
-        ) from None
+    doc = _read_json(path, "--gpu-rates")
     rates = doc.get("rates") if isinstance(doc, dict) else None
     if not isinstance(rates, dict) or not _positive(rates, "non_embedding_params"):
         raise UserError(
@@ -150,6 +139,16 @@ def load_gpu_rates(path: Path | str | None) -> tuple[dict[str, float] | None, st
     model = (doc.get("model") or {}).get("name", "")
     where = f"{path}, {doc.get('machine') or env.get('gpu_name') or 'unnamed GPU'}"
     return got, where + (f", {model}" if model else "")
+
+
+def _read_json(path: Path, flag: str) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{flag} {path}: cannot read it as JSON ({exc}). Give the file "
+            "benchmarks/bench_costs.py writes."
+        ) from None
 
 
 def _positive(rates: dict[str, object], key: str) -> bool:
