@@ -155,6 +155,21 @@ def test_max_cells_then_resume_runs_only_the_rest(tmp_path: Path) -> None:
     assert "3 of 4 cells done" in (tmp_path / "r" / "results.md").read_text()
     second = run_experiment(cfg, run_dir=tmp_path / "r", progress=False)
     assert second.cells_skipped == first.cells_run and second.cells_run == first.cells_pending
+    # A cell whose stages finished in an earlier run reuses them and keeps their recorded times.
+    cell = tmp_path / "r" / "cells" / first.cells_run[0]
+    before = json.loads((cell / "done.json").read_text())
+    adapter = cell / "finetune" / "adapter" / "adapter_config.json"
+    mtime = adapter.stat().st_mtime_ns
+    (cell / "done.json").unlink()
+    third = run_experiment(cfg, run_dir=tmp_path / "r", progress=False)
+    assert third.cells_run == [first.cells_run[0]]
+    after = json.loads((cell / "done.json").read_text())
+    assert after["reused"] == ["finetune", "evaluate"] and adapter.stat().st_mtime_ns == mtime
+    train = json.loads((cell / "finetune" / "train_summary.json").read_text())
+    scores = json.loads((cell / "eval" / "scores.json").read_text())
+    assert after["seconds"]["finetune"] == round(train["seconds"], 3) > 0
+    assert after["seconds"]["evaluate"] == round(scores["seconds"], 3) > 0
+    assert after["rougeL_f1"] == before["rougeL_f1"]
 
 
 def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:

@@ -247,12 +247,15 @@ def _run_cell(
     timings["selection"] = time.perf_counter() - t
     records = [cfg.pool_items[i] for i in picks]
 
+    # A stage finished by an earlier run is reused, and its time is the one that run recorded
+    # (the trainer's and the evaluation's own seconds), not the instant of reading it back.
+    reused: list[str] = []
     t = time.perf_counter()
     ft_dir = cell_dir / "finetune"
     adapter = ft_dir / "adapter"
-    if not (
-        (adapter / "adapter_config.json").exists() and (ft_dir / "train_summary.json").exists()
-    ):
+    if (adapter / "adapter_config.json").exists() and (ft_dir / "train_summary.json").exists():
+        reused.append("finetune")
+    else:
         adapter = finetune_run(
             records,
             base_model=base_model,
@@ -266,6 +269,7 @@ def _run_cell(
     ev_dir = cell_dir / "eval"
     if (ev_dir / "scores.json").exists():
         scores = read_json(ev_dir / "scores.json")
+        reused.append("evaluate")
     else:
         evaluate_run(
             test_set,
@@ -278,6 +282,10 @@ def _run_cell(
         scores = read_json(ev_dir / "scores.json")
     timings["evaluate"] = time.perf_counter() - t
     train = read_json(ft_dir / "train_summary.json")
+    earlier = {"finetune": train.get("seconds"), "evaluate": scores.get("seconds")}
+    for stage in reused:
+        if isinstance(earlier[stage], int | float):
+            timings[stage] = float(earlier[stage])
     write_json(
         cell_dir / "done.json",
         {
@@ -290,6 +298,7 @@ def _run_cell(
             "n_test": scores["n"],
             "train_loss": train.get("train_loss"),
             "seconds": {k: round(v, 3) for k, v in timings.items()},
+            "reused": reused,
         },
     )
 
