@@ -29,7 +29,7 @@ Work per stage (``runs`` = how often the stage runs):
 
 Token counts use the model's tokenizer when its folder is here, else 4 characters per token.
 A model folder that is not here is sized from a known shape in its name (``qwen2.5-7b``) or the
-size in its name (``Llama-2-7b-hf`` -> 7e9 parameters). Not counted: planning (embedding,
+size in its name (``Mistral-7B-v0.1`` -> 7e9 parameters). Not counted: planning (embedding,
 k-means), model loading and engine start-up.
 """
 
