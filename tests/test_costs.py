@@ -223,6 +223,7 @@ def test_gpu_evaluation_rate_scales_with_batches_and_answer_cap() -> None:
     ("doc", "message"),
     [
         ("not json", "cannot read it as JSON"),
+        (None, "no such file"),
         ({"rates": {"finetune_tokens_per_s": 10}}, "non_embedding_params"),
         ({"rates": {"non_embedding_params": 1e9}}, "no GPU rate in it"),
         ({"rates": {"non_embedding_params": 1e9, "evaluate_answers_per_s": 1}},
@@ -231,7 +232,8 @@ def test_gpu_evaluation_rate_scales_with_batches_and_answer_cap() -> None:
 )  # fmt: skip
 def test_bad_gpu_rates_file_names_the_flag(tmp_path: Path, doc: object, message: str) -> None:
     p = tmp_path / "bad.json"
-    p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    if doc is not None:
+        p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
     cfg = tiny_experiment_config(tmp_path)
     with pytest.raises(UserError, match=message) as err:
         estimate_experiment(cfg, rates=_rates(tmp_path), gpu_rates=p)

@@ -95,9 +95,9 @@ def estimate_experiment(
     from selectllm_local.perplexity import ANSWER_TOKENS
     from selectllm_local.trainset import render_prompt
 
-    cfg = load_experiment_config(Path(config), require_models=False, pool=pool)
-    measured, rates_from = load_rates(rates)
+    measured, rates_from = load_rates(rates)  # a bad rates file fails before the pool is read
     gpu_measured, gpu_rates_from = load_gpu_rates(gpu_rates)
+    cfg = load_experiment_config(Path(config), require_models=False, pool=pool)
     c = Costs(measured, gpu, utilization, gpu_measured)
     items, tests = cfg.pool_items, cfg.test_examples
     n, cells_per_method = len(items), len(cfg.budgets) * len(cfg.seeds)

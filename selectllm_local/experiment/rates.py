@@ -142,6 +142,10 @@ def load_gpu_rates(path: Path | str | None) -> tuple[dict[str, float] | None, st
 
 
 def _read_json(path: Path, flag: str) -> Any:
+    if not path.is_file():
+        raise UserError(
+            f"{flag} {path}: no such file. Give the JSON file benchmarks/bench_costs.py writes."
+        )
     try:
         return json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
