@@ -27,9 +27,11 @@ saved with the figures. ``selectllm experiment CONFIG --dry-run`` scales these r
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -246,7 +248,8 @@ def main() -> None:
     from selectllm_local.models import resolve_model_path
     from selectllm_local.runstore import write_json
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-costs-"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-costs-"))  # a built model can take 13 GB: removed
+    atexit.register(shutil.rmtree, tmp, True)  # at exit, also after an error
     t_start, load_start = time.perf_counter(), loadavg()
     if a.shape:
         t0 = time.perf_counter()
