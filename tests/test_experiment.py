@@ -195,11 +195,11 @@ def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:
     )
     # Wait for the first finished cell however slow the machine is (the deadline only guards
     # against a hang); the run then holds, so no second cell can finish before the kill.
-    deadline = time.time() + HANG_GUARD
+    deadline = time.monotonic() + HANG_GUARD
     try:
         while not list(run.glob("cells/*/*/done.json")):
             assert proc.poll() is None, "the experiment exited before finishing a cell"
-            assert time.time() < deadline, "no cell finished in 30 minutes"
+            assert time.monotonic() < deadline, "no cell finished in 30 minutes"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

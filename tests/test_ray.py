@@ -143,7 +143,7 @@ def test_driver_sigkill_then_resume_sends_only_unfinished(ray_address: str, tmp_
         assert time.monotonic() < deadline
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=120)
+    proc.wait(timeout=HANG_GUARD)
     assert n_lines(run / "responses.jsonl") == 4 and not (run / "selected.jsonl").exists()
 
     again = subprocess.run(

@@ -95,7 +95,7 @@ def load_rates(path: Path | str | None) -> tuple[dict[str, float] | None, str]:
     rates = doc.get("rates", doc) if isinstance(doc, dict) else None
     if not isinstance(rates, dict):
         raise UserError(f"--rates {path}: expected a JSON object with a 'rates' block.")
-    bad = [k for k in RATE_KEYS if not isinstance(rates.get(k), int | float) or not rates[k] > 0]
+    bad = [k for k in RATE_KEYS if not _positive(rates, k)]
     if bad:
         raise UserError(
             f"--rates {path}: missing or non-positive key(s) {', '.join(bad)} in its rates block. "
