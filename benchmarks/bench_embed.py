@@ -30,7 +30,7 @@ from selectllm_local import hardware
 from selectllm_local.data import embedding_text, load_pool
 from selectllm_local.embedding import DEFAULT_EMBEDDER, embed_texts
 
-DOLLY = Path(__file__).resolve().parents[2] / "shared/data/dolly/databricks-dolly-15k.jsonl"
+DOLLY = Path(__file__).resolve().parents[1] / "data" / "dolly" / "databricks-dolly-15k.jsonl.gz"
 
 
 def main() -> None:

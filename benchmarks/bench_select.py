@@ -1,8 +1,8 @@
 """Selection throughput vs this machine's measured matmul peak (see benchmarks/README.md).
 
-    python benchmarks/bench_select.py --preset tiny --pool ../shared/data/dolly/databricks-dolly-15k.jsonl
-    python benchmarks/bench_select.py --preset cpu --pool DOLLY --subsets 16 --machine "2-core CPU"
-    python benchmarks/bench_select.py --dry-run --pool ALPACA --shape llama-3-8b --gpu h100 --utilization 0.4
+    python benchmarks/bench_select.py --preset tiny --pool data/dolly/databricks-dolly-15k.jsonl.gz
+    python benchmarks/bench_select.py --preset cpu --pool data/dolly/databricks-dolly-15k.jsonl.gz --subsets 16 --machine "2-core CPU"
+    python benchmarks/bench_select.py --dry-run --pool alpaca_data.json --shape llama-3-8b --gpu h100 --utilization 0.4
 
 Prints a table, writes <out>/<name>.json and <name>.png, and ends with one JSON line.
 """

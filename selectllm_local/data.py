@@ -14,6 +14,7 @@ by the pipeline's run store.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,23 @@ def embedding_text(item: PoolItem) -> str:
     return f"### Instruction: {item.instruction}\n\n### Response:"
 
 
+# (instruction, input, output) -> why the row must go, or None to keep it
+Exclude = Callable[[str, str, str | None], str | None]
+
+
 def load_pool(
-    path: str | Path, *, fields: FieldMap | None = None, skip_bad_rows: bool = False
+    path: str | Path,
+    *,
+    fields: FieldMap | None = None,
+    skip_bad_rows: bool = False,
+    exclude: Exclude | None = None,
 ) -> tuple[list[PoolItem], PoolStats]:
     """Read a pool file or ``datasets`` folder; drop duplicates and empty instructions, counted.
 
-    Raises :class:`UserError` for anything the user can fix; with ``skip_bad_rows`` malformed rows
-    are recorded in ``PoolStats.bad_rows`` and skipped instead.
+    ``exclude`` (e.g. ``splits.TestOverlap``) sees every row before de-duplication, so a row it
+    rejects never hides a duplicate of itself; it keeps its own counts. Raises
+    :class:`UserError` for anything the user can fix; with ``skip_bad_rows`` malformed rows are
+    recorded in ``PoolStats.bad_rows`` and skipped instead.
     """
     path = Path(path).expanduser()
     rows = open_rows(path)
@@ -78,7 +89,7 @@ def load_pool(
     items: list[PoolItem] = []
     seen: set[str] = set()
     bad: list[dict[str, Any]] = []
-    counts = {"read": 0, "duplicates": 0, "empty": 0}
+    counts = {"read": 0, "duplicates": 0, "empty": 0, "excluded": 0}
     mapping: dict[str, str | None] | None = None
     schema = "custom"
     keys_seen: set[str] = set()
@@ -101,6 +112,9 @@ def load_pool(
             return
         if not instruction:
             counts["empty"] += 1
+            return
+        if exclude is not None and exclude(instruction, inp, output) is not None:
+            counts["excluded"] += 1
             return
         uid = text_hash(" ".join(instruction.split()) + "\n\n" + " ".join(inp.split()))
         if uid in seen:
@@ -153,6 +167,12 @@ def load_pool(
             raise UserError(f"{path} holds no rows. Point selectllm at a file with instructions.")
         _no_fields(path, keys_seen, fields)
     assert mapping is not None
+    if not items and counts["excluded"]:
+        raise UserError(
+            f"{path}: all {counts['excluded']} rows with an instruction are test examples (or "
+            "share a test example's prompt), so no pool is left. Point the pool and the test set "
+            "at different data."
+        )
     if not items:
         raise UserError(
             f"{path}: none of its {n_read} {rows.unit}s has a non-empty instruction in field "
@@ -171,8 +191,10 @@ def load_pool(
         bad_rows=bad,
     )
     log.info(
-        "pool %s: %d rows (%s, %s schema), kept %d, %d duplicates, %d empty, %d bad rows",
-        path, n_read, rows.format, schema, len(items), counts["duplicates"], counts["empty"], len(bad),
+        "pool %s: %d rows (%s, %s schema), kept %d, %d excluded, %d duplicates, %d empty, "
+        "%d bad rows",
+        path, n_read, rows.format, schema, len(items), counts["excluded"], counts["duplicates"],
+        counts["empty"], len(bad),
     )  # fmt: skip
     return items, stats
 

@@ -1,4 +1,5 @@
-"""Pool files, row by row: JSONL, a JSON list, CSV/TSV, Parquet, or a saved datasets folder.
+"""Pool files, row by row: JSONL, a JSON list, CSV/TSV (each optionally gzip-compressed, e.g.
+``pool.jsonl.gz``), Parquet, or a saved datasets folder.
 
 Why apart from ``data``: ``data`` decides what a record means (schemas, fields, duplicates);
 this module only turns a file into numbered rows, and a row it cannot parse into a ``BadRow``
@@ -9,8 +10,10 @@ Each reader keeps the unit users count in (a line for JSONL and CSV, a row other
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,20 +50,22 @@ def open_rows(path: Path) -> Rows:
         )
     if path.is_dir():
         return _datasets_rows(path)
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
+    suffix, gz = format_suffix(path)
+    fmt = SUFFIXES.get(suffix)
+    if fmt is None or (gz and fmt == "parquet"):
         raise UserError(
-            f"{path}: unknown file type '{path.suffix or '(no extension)'}'. Supported: "
-            ".jsonl, .json (a list of objects), .csv, .tsv, .parquet, or a folder saved with "
-            "datasets' save_to_disk. Rename the file to its format's extension."
+            f"{path}: unknown file type '{suffix + ('.gz' if gz else '') or '(no extension)'}'. "
+            "Supported: .jsonl, .json (a list of objects), .csv, .tsv (each also gzip-compressed, "
+            "e.g. .jsonl.gz), .parquet, or a folder saved with datasets' save_to_disk. Rename the "
+            "file to its format's extension."
         )
     if fmt == "parquet":
         return _parquet_rows(path)
-    text = _read_text(path)
+    text = _read_text(path, gz=gz)
     if not text.strip():
         raise UserError(f"{path} is empty. Point selectllm at a file with instructions.")
     if fmt == "csv":
-        return _csv_rows(path, text)
+        return _csv_rows(path, text, delimiter="\t" if suffix == ".tsv" else ",")
     if fmt == "json" and text.lstrip()[:1] != "[":
         fmt = "jsonl"  # a .json file with one object per line
     if fmt == "json":
@@ -68,15 +73,39 @@ def open_rows(path: Path) -> Rows:
     return Rows(path, "jsonl", "line", _jsonl_iter(text))
 
 
-def _read_text(path: Path) -> str:
+def format_suffix(path: Path) -> tuple[str, bool]:
+    """The format's extension (lower case) and whether a ``.gz`` follows it:
+    ``pool.jsonl.gz`` -> ``(".jsonl", True)``."""
+    name = Path(path.name.lower())
+    if name.suffix == ".gz":
+        return Path(name.stem).suffix, True
+    return name.suffix, False
+
+
+def _read_text(path: Path, *, gz: bool = False) -> str:
     data = path.read_bytes()
+    if gz:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise UserError(
+                f"{path}: not a readable gzip file ({exc}). Re-compress it with gzip, or give "
+                "the uncompressed file."
+            ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
+        ext = "".join(Path(path.name).suffixes[-2:])
+        fix = (
+            f"gunzip -c '{path}' | iconv -f LATIN1 -t UTF-8 | gzip > pool.utf8{ext}"
+            if gz
+            else f"iconv -f LATIN1 -t UTF-8 '{path}' > pool.utf8{path.suffix}"
+        )
+        where = "uncompressed byte" if gz else "byte"
         raise UserError(
-            f"{path}: not valid UTF-8 at byte {exc.start} (line {line}). Convert the file to "
-            f"UTF-8 first, e.g. iconv -f LATIN1 -t UTF-8 '{path}' > pool.utf8{path.suffix}"
+            f"{path}: not valid UTF-8 at {where} {exc.start} (line {line}). Convert the file to "
+            f"UTF-8 first, e.g. {fix}"
         ) from None
 
 
@@ -113,10 +142,9 @@ def _json_list_rows(path: Path, text: str) -> Rows:
     return Rows(path, "json", "row", iter(enumerate(data)))
 
 
-def _csv_rows(path: Path, text: str) -> Rows:
+def _csv_rows(path: Path, text: str, *, delimiter: str) -> Rows:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delim)
+    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
 
     def it() -> Iterator[tuple[int, Any]]:
         start = 2

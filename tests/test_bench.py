@@ -48,7 +48,6 @@ def _check_schema(doc: dict, n_settings: int) -> None:
         assert row["peak_rss_bytes"] is None or row["peak_rss_bytes"] > 10 * 2**20
 
 
-@requires_shared_data
 def test_tiny_benchmark_vllm_schema_and_plot(vllm_backend, tmp_path: Path) -> None:
     cfg = benchconfig.config_from_preset("tiny", pool=DOLLY, machine="CI")
     doc = bench.run_benchmark(cfg, backend=vllm_backend)
@@ -74,7 +73,6 @@ def test_tiny_benchmark_vllm_schema_and_plot(vllm_backend, tmp_path: Path) -> No
     assert table.row_count == len(vllm_settings)
 
 
-@requires_shared_data
 def test_tiny_benchmark_transformers_padding(hf_backend) -> None:
     cfg = benchconfig.config_from_preset("tiny", pool=DOLLY, repeats=1, stages=False)
     doc = bench.run_benchmark(cfg, backend=hf_backend)

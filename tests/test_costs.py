@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED_DATA, TINY_CI, tiny_experiment_config
+from conftest import REPO, TINY_CI, tiny_experiment_config
 from typer.testing import CliRunner
 
 from selectllm_local.cli import app
@@ -119,17 +119,7 @@ def test_missing_model_folder_sized_from_its_name_only_in_a_dry_run(tmp_path: Pa
 def test_cli_dry_run_of_the_smollm2_experiment_prints_both_columns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = REPO / "experiments" / "smollm2_dolly.toml"
-    if not (SHARED_DATA / "dolly" / "databricks-dolly-15k.jsonl").is_file():
-        text = cfg.read_text()
-        text = text.replace(
-            "../../shared/data/dolly/databricks-dolly-15k.jsonl",
-            str(REPO / "examples" / "dolly_sample_1500.jsonl"),
-        ).replace(
-            "../../shared/data/selectllm_testsets/dolly", str(REPO / "examples/testsets/dolly")
-        )
-        cfg = tmp_path / "smollm2.toml"
-        cfg.write_text(text)
+    cfg = REPO / "experiments" / "smollm2_dolly.toml"  # its data ship with the repository
     rates = _rates(tmp_path)
     monkeypatch.chdir(tmp_path)  # the default run directory is relative to here
     before = sorted(tmp_path.iterdir())

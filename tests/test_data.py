@@ -104,6 +104,86 @@ def test_parquet(tmp_path: Path) -> None:
     assert stats.format == "parquet" and stats.schema == "dolly" and stats.kept == 3
 
 
+def _gzip(path: Path) -> Path:
+    import gzip
+
+    gz = path.with_name(path.name + ".gz")
+    gz.write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+    return gz
+
+
+def _same_load(plain: Path, **kw) -> None:
+    """The .gz copy loads exactly like the plain file: items, ids, rows, format and schema."""
+    a, sa = load_pool(plain, **kw)
+    b, sb = load_pool(_gzip(plain), **kw)
+    assert [(i.uid, i.source_row, i.instruction, i.input, i.output, i.raw) for i in a] == [
+        (i.uid, i.source_row, i.instruction, i.input, i.output, i.raw) for i in b
+    ]
+    assert (sa.format, sa.schema, sa.rows_read, sa.duplicates, sa.empty) == (
+        sb.format, sb.schema, sb.rows_read, sb.duplicates, sb.empty,
+    )  # fmt: skip
+    assert sb.path.endswith(".gz") and len(a) > 0
+
+
+def test_gzip_jsonl_json_csv_tsv_load_like_the_plain_files(tmp_path: Path) -> None:
+    _same_load(write_jsonl(tmp_path / "pool.jsonl", DOLLY_ROWS))
+    (tmp_path / "alpaca.json").write_text(json.dumps(ALPACA_ROWS, indent=2), "utf-8")
+    _same_load(tmp_path / "alpaca.json")
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS))
+    _same_load(tmp_path / "lines.json")  # a .json.gz holding JSON lines
+    (tmp_path / "pool.csv").write_text(
+        'instruction,input,output\n"Multi\nline question",,yes\nSecond,ctx,no\n', "utf-8"
+    )
+    _same_load(tmp_path / "pool.csv")
+    (tmp_path / "pool.tsv").write_text("prompt\tanswer\nWhat is 2+2?\t4\n", "utf-8")
+    _same_load(tmp_path / "pool.tsv", fields=FieldMap(instruction="prompt", output="answer"))
+    items, stats = load_pool(tmp_path / "pool.csv.gz")
+    assert stats.format == "csv" and items[1].source_row == 4 and items[1].input == "ctx"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("bad.jsonl", json.dumps(ALPACA_ROWS[0]) + '\n{"instruction": "oops",\n', "line 2"),
+        ("bad.json", '[{"instruction": "a"},\n {"instruction": }]', "line 2"),
+        ("bad.csv", "instruction,output\nfine,yes\ntoo,many,fields\n", "line 3"),
+    ],
+)
+def test_gzip_errors_name_file_and_line(
+    tmp_path: Path, name: str, content: str, where: str
+) -> None:
+    plain = tmp_path / name
+    plain.write_text(content, "utf-8")
+    gz = _gzip(plain)
+    with pytest.raises(UserError) as err:
+        load_pool(gz)
+    msg = str(err.value)
+    assert str(gz) in msg and where in msg
+
+
+def test_gzip_broken_or_not_utf8_or_parquet(tmp_path: Path) -> None:
+    import gzip
+
+    broken = tmp_path / "pool.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"instruction": "a"}\n' * 50)[:-20])  # truncated
+    with pytest.raises(UserError, match=r"pool\.jsonl\.gz: not a readable gzip file"):
+        load_pool(broken)
+    plain_text = tmp_path / "text.jsonl.gz"
+    plain_text.write_text('{"instruction": "not compressed"}\n')
+    with pytest.raises(UserError, match="not a readable gzip file"):
+        load_pool(plain_text)
+    latin = tmp_path / "latin1.jsonl.gz"
+    latin.write_bytes(gzip.compress(b'{"instruction": "ok"}\n{"instruction": "caf\xe9"}\n'))
+    with pytest.raises(UserError) as err:
+        load_pool(latin)
+    msg = str(err.value)
+    assert str(latin) in msg and "byte 42" in msg and "line 2" in msg and "gunzip -c" in msg
+    pq = tmp_path / "pool.parquet.gz"
+    pq.write_bytes(gzip.compress(b"x"))
+    with pytest.raises(UserError, match=r"unknown file type '\.parquet\.gz'"):
+        load_pool(pq)
+
+
 def test_datasets_folder_and_dict(tmp_path: Path) -> None:
     import datasets
 
@@ -257,11 +337,16 @@ def test_csv_row_with_extra_fields(tmp_path: Path) -> None:
 # -- real pools -----------------------------------------------------------------------------
 
 
-@requires_shared_data
-def test_real_dolly_and_alpaca() -> None:
+def test_real_dolly_shipped_gz() -> None:
     items, stats = load_pool(DOLLY)
+    assert DOLLY.name.endswith(".jsonl.gz") and stats.format == "jsonl"
     assert stats.schema == "dolly" and stats.rows_read == 15014
     assert stats.kept + stats.duplicates + stats.empty == 15014 and stats.kept > 14500
     assert len({i.uid for i in items}) == len(items)
+    assert items[-1].source_row == 15014  # lines counted in the decompressed text
+
+
+@requires_shared_data
+def test_real_alpaca() -> None:
     items, stats = load_pool(ALPACA)
     assert stats.schema == "alpaca" and stats.rows_read == 52002 and stats.kept > 51000

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DOLLY, requires_shared_data
+from conftest import DOLLY
 
 from selectllm_local import embedding
 from selectllm_local.clustering import balanced_clusters, choose_k
@@ -125,7 +125,6 @@ def test_cache_is_keyed_by_model_and_survives_damage(tmp_path: Path) -> None:
     assert not cached and emb.shape == (2, 384)
 
 
-@requires_shared_data
 def test_real_dolly_sample_embeds_and_plans(tmp_path: Path) -> None:
     """600 real Dolly instructions: embed, balance, plan; each instruction in one subset."""
     items, _ = load_pool(DOLLY)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import DOLLY, EXAMPLE_POOL, REPO, requires_shared_data
+from conftest import DOLLY, DOLLY_TESTSET, EXAMPLE_POOL, REPO, tiny_experiment_config
 from typer.testing import CliRunner
 
 from selectllm_local.errors import UserError
@@ -82,47 +82,168 @@ def test_cli_refuses_test_as_large_as_pool(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--test" in res.output
 
 
-# -- test-set leak (issue 8, 3.1) ---------------------------------------------------------------
+# -- test-set leak (issue 8, 3.1; issue 18) -----------------------------------------------------
 
 
-def test_overlap_ignores_citation_markers_case_and_spacing(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Paris[12] is big.[3]", "paris is big."),
+        ("North America[b] is a continent[c].", "north america is a continent."),
+        ("It won[note 3] twice[nb 1][n. 2].", "it won twice."),
+        ("A claim[citation needed] here[when?].", "a claim here."),
+        ("Tags [clarification needed] [dubious \u2013 discuss] [edit]", "tags"),
+        ("  Spacing\n\tand   CASE  ", "spacing and case"),
+        ("[name] and [BRAND] stay", "[name] and [brand] stay"),  # not citation markers
+    ],
+)
+def test_normaliser_strips_every_citation_marker(text: str, expected: str) -> None:
+    from selectllm_local.splits import normalise_text
+
+    assert normalise_text(text) == expected
+
+
+def _ex(instruction: str, input_text: str, reference: str):
     from selectllm_local.evaluate import TestExample
+
+    return TestExample(instruction, input_text, reference)
+
+
+def test_overlap_rules_and_counts(caplog: pytest.LogCaptureFixture) -> None:
     from selectllm_local.splits import remove_test_rows
 
     pool = [
         PoolItem(0, "0", 1, "Who wrote Hamlet?", "ctx A", "Shakespeare wrote it.[12]  In 1600."),
-        PoolItem(1, "1", 2, "Who wrote Hamlet?", "other ctx", "someone else"),
-        PoolItem(2, "2", 3, "Name a colour.", "", "Red"),
+        PoolItem(1, "1", 2, "WHO wrote Hamlet?", "", "Marlowe, some say.[b]"),  # same prompt
+        PoolItem(2, "2", 3, "Who wrote Hamlet?", "other ctx", "someone else"),
+        PoolItem(3, "3", 4, "Summarise this.", "Long passage.[4]", "Short."),  # reworded task
+        PoolItem(4, "4", 5, "Name a colour.", "", "Red"),
+        PoolItem(5, "5", 6, "Name a colour.", "", "Short."),  # same answer, other prompt: stays
     ]
-    # The test copy lost its context and its marker: an exact (instruction, input) match misses it.
+    # The first test copy lost its context and its marker: an exact (instruction, input) match
+    # misses it; its prompt (no input) is also that of row 1, which answers differently.
     tests = [
-        TestExample("Who wrote Hamlet?", "", "shakespeare wrote it. in 1600."),
-        TestExample("Unrelated?", "", "x"),
+        _ex("Who wrote Hamlet?", "", "shakespeare wrote it. in 1600."),
+        _ex("What does the passage say?", "Long passage.", "Short."),
     ]
-    with caplog.at_level("WARNING"):
-        kept, removed = remove_test_rows(pool, tests)
-    assert removed == 1 and [it.index for it in kept] == [1, 2]
-    assert "only 1 rows" in caplog.text and "2 test examples" in caplog.text
+    with caplog.at_level("INFO"):
+        kept, overlap = remove_test_rows(pool, tests)
+    assert [it.index for it in kept] == [2, 4, 5]
+    assert overlap.removed == {"same_pair": 1, "same_prompt": 1, "same_input_answer": 1}
+    assert overlap.total == 3 and overlap.tests_found == 2
+    assert "2 of 2 test examples found" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # every example found
 
 
-@requires_shared_data
-def test_paper_dolly_test_split_removes_991_rows_of_dolly_15k() -> None:
-    """The shipped Dolly test split vs Dolly 15k: 991 rows leave the pool (833 by exact match)."""
-    from selectllm_local import data
-    from selectllm_local.evaluate import load_testset
+def test_warning_only_when_some_test_examples_match() -> None:
+    """The warning means something: it fires when part of the test set is in the pool and part
+    is not, never when all of it is found or none of it (a test set from elsewhere)."""
+    import logging
+
     from selectllm_local.splits import remove_test_rows
 
-    tests = load_testset(REPO / "examples" / "testsets" / "dolly")
-    items, _ = data.load_pool(DOLLY)
-    kept, removed = remove_test_rows(items, tests)
-    assert (len(items), len(tests), removed) == (14823, 1000, 991)
-    # the longest-first baseline's favourites: no test answer may survive among them
-    refs = {" ".join(t.reference.split()).casefold() for t in tests}
-    longest = sorted(kept, key=lambda it: -len(it.output or ""))[:3000]
-    leaked = [it for it in longest if " ".join((it.output or "").split()).casefold() in refs]
-    assert leaked == []
+    pool = [PoolItem(0, "0", 1, "Q one", "", "A one"), PoolItem(1, "1", 2, "Q two", "", "A two")]
+
+    def warnings(tests) -> list[str]:
+        handler = _Records()
+        logging.getLogger("selectllm_local.splits").addHandler(handler)
+        try:
+            remove_test_rows(pool, tests)
+        finally:
+            logging.getLogger("selectllm_local.splits").removeHandler(handler)
+        return [r.getMessage() for r in handler.records if r.levelno >= logging.WARNING]
+
+    assert warnings([_ex("Q one", "", "A one"), _ex("Q two", "", "A two")]) == []
+    assert warnings([_ex("Elsewhere", "", "x"), _ex("Other", "", "y")]) == []
+    partial = warnings([_ex("Q one", "", "A one"), _ex("Edited Q two", "", "A two, edited")])
+    assert len(partial) == 1 and "1 of the 2 test examples match no row" in partial[0]
+
+
+class _Records:
+    """A logging handler that keeps the records (caplog's level depends on other tests)."""
+
+    level = 0
+
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def handle(self, record) -> None:
+        self.records.append(record)
+
+
+def test_test_rows_leave_before_deduplication(tmp_path: Path) -> None:
+    """A prompt held twice whose second copy is the test example: both copies go, neither is
+    counted as a duplicate, and de-duplication cannot keep the first copy."""
+    from selectllm_local import data
+    from selectllm_local.splits import TestOverlap
+
+    rows = [
+        {"instruction": "Why are plants green?", "context": "", "response": "Chlorophyll."},
+        {"instruction": "Name a river.", "context": "", "response": "Nile."},
+        {"instruction": "Why are plants  green?", "context": "", "response": "They reflect green."},
+        {"instruction": "Name a river.", "context": "", "response": "Danube."},  # a duplicate
+    ]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items, stats = data.load_pool(pool)  # without the test set: the first copy is kept
+    assert [it.output for it in items] == ["Chlorophyll.", "Nile."] and stats.duplicates == 2
+    leak = TestOverlap([_ex("why are plants green?", "", "They reflect green.")])
+    items, stats = data.load_pool(pool, exclude=leak)
+    assert [it.output for it in items] == ["Nile."]
+    assert leak.removed == {"same_pair": 1, "same_prompt": 1, "same_input_answer": 0}
+    assert stats.duplicates == 1 and stats.kept == 1
+    with pytest.raises(UserError, match="are test examples"):
+        data.load_pool(pool, exclude=TestOverlap([_ex("Why are plants green?", "", "x"),
+                                                   _ex("Name a river.", "", "y")]))  # fmt: skip
+
+
+def _surviving_test_prompts(items: list[PoolItem], tests: list) -> list[str]:
+    """Test examples still in ``items``, by the code's own normaliser: the same prompt
+    (instruction + input) or the same instruction + response."""
+    from selectllm_local.splits import pair_key, prompt_key
+
+    prompts = {prompt_key(it.instruction, it.input) for it in items}
+    pairs = {pair_key(it.instruction, it.output or "") for it in items}
+    return [
+        t.instruction
+        for t in tests
+        if prompt_key(t.instruction, t.input) in prompts
+        or pair_key(t.instruction, t.reference) in pairs
+    ]
+
+
+def test_no_paper_test_prompt_survives_in_the_dolly_experiment_pool(tmp_path: Path) -> None:
+    """The shipped Dolly 15k and the shipped 1,000-row test split, through the experiment's own
+    pool building: none of the 1,000 test prompts is left (before: 12 were, by this normaliser)."""
+    from selectllm_local.evaluate import load_testset
+    from selectllm_local.experiment import load_experiment_config
+
+    tests = load_testset(DOLLY_TESTSET)
+    assert len(tests) == 1000
+    cfg_path = tiny_experiment_config(
+        tmp_path, (f'"{EXAMPLE_POOL}"', f'"{DOLLY}"'), ("pool_limit = 200", "")
+    )
+    cfg = load_experiment_config(cfg_path, run_dir=tmp_path / "run")
+    assert _surviving_test_prompts(cfg.pool_items, tests) == []
+    assert cfg.test_removed == {"same_pair": 1001, "same_prompt": 21, "same_input_answer": 1}
+    assert cfg.test_overlap == 1023 and len(cfg.pool_items) == 15014 - 1023 - 173
+    # the same check fails on the pool with only the de-duplication: it can tell
+    from selectllm_local import data
+
+    everything, _ = data.load_pool(DOLLY)
+    assert len(_surviving_test_prompts(everything, tests)) == 1000
+
+
+def test_smollm2_experiment_pool_is_leak_free() -> None:
+    """The shipped experiment config, as a dry run loads it: its sampled pool holds no test
+    prompt either, and it reads the shipped data (no path outside the repository)."""
+    from selectllm_local.evaluate import load_testset
+    from selectllm_local.experiment import load_experiment_config
+
+    cfg = load_experiment_config(REPO / "experiments" / "smollm2_dolly.toml", require_models=False)
+    assert cfg.pool == DOLLY and cfg.test_set == DOLLY_TESTSET
+    assert 0 < len(cfg.pool_items) <= 15014 - 1023 and cfg.test_overlap == 1023
+    assert _surviving_test_prompts(cfg.pool_items, load_testset(DOLLY_TESTSET)) == []
 
 
 def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
@@ -148,3 +269,4 @@ def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
     cfg_path.write_text(text)
     cfg = load_experiment_config(cfg_path, run_dir=tmp_path / "run")
     assert cfg.test_overlap == 1 and len(cfg.pool_items) == 40
+    assert cfg.test_removed["same_pair"] == 1

@@ -63,7 +63,7 @@ class SplitConfig(Command):
     """``split``: hold out a seeded test set of rows with a response."""
 
     pool: Path = setting(REQUIRED, argument=True)
-    """Pool file (.jsonl/.json/.csv/.parquet) or a datasets folder."""
+    """Pool file (.jsonl/.json/.csv/.tsv, each also .gz; .parquet) or a datasets folder."""
     test: int = setting(REQUIRED, "--test")
     """Rows to hold out as the test set."""
     out: Path = setting(REQUIRED, "--out", "--run-dir")

@@ -80,8 +80,8 @@ class ExperimentTable(Section):
     """Seed of ``pool_sample`` and ``test_sample`` (fixed across cells: every cell sees the same
     rows)."""
     exclude_test_from_pool: bool = True
-    """Drop pool rows matching a test example (instruction and normalised response,
-    ``splits.remove_test_rows``)."""
+    """Drop pool rows holding a test example: the same instruction and response, or the same
+    instruction and input (``splits.TestOverlap``; citation markers, spacing and case ignored)."""
     run_dir: str | None = None
     """Run directory [default: runs/experiment-<name>]."""
     finetune_subprocess: bool = True
@@ -103,6 +103,8 @@ class ExperimentConfig:
     selection_seed: int | None
     test_key: str
     test_overlap: int
+    test_removed: dict[str, int]
+    """Pool rows removed as test examples, by reason (``splits.TestOverlap``)."""
     base_model: str
     methods: list[str]
     budgets: list[int]
@@ -255,12 +257,14 @@ def load_experiment_config(
     evaluate: EvaluateConfig = _section(path, raw, EvaluateConfig)
     all_tests = load_testset(test_set)
     tests = all_tests[: evaluate.limit] if evaluate.limit else all_tests
-    items, _stats = data.load_pool(pool)
-    overlap = 0
-    if exp.exclude_test_from_pool:  # against the whole test set, not only the rows scored
-        from selectllm_local.splits import remove_test_rows
+    from selectllm_local.splits import TestOverlap
 
-        items, overlap = remove_test_rows(items, all_tests, source=str(pool))
+    # against the whole test set, not only the rows scored; before de-duplication
+    leak = TestOverlap(all_tests if exp.exclude_test_from_pool else [])
+    items, _stats = data.load_pool(pool, exclude=leak if exp.exclude_test_from_pool else None)
+    if exp.exclude_test_from_pool:
+        leak.report(str(pool))
+    overlap = leak.total
     for key in ("pool_limit", "pool_sample", "test_sample"):
         v = getattr(exp, key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -331,6 +335,7 @@ def load_experiment_config(
         selection_seed=exp.selection_seed,
         test_key=stable_hash([(t.instruction, t.input, t.reference) for t in tests]),
         test_overlap=overlap,
+        test_removed=dict(leak.removed),
         base_model=base_model,
         methods=methods,
         budgets=budgets,

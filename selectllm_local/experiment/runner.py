@@ -142,9 +142,15 @@ def _write_pool(cfg: ExperimentConfig) -> Path:
     rows = [it.raw for it in cfg.pool_items]
     key = stable_hash([it.uid for it in cfg.pool_items])
     marker = cfg.run_dir / "data" / "pool.key.json"
-    if not (path.exists() and marker.exists() and read_json(marker).get("key") == key):
+    removed = {"total": cfg.test_overlap, **cfg.test_removed}
+    log.info(
+        "experiment pool: %d rows; test rows removed: %s",
+        len(rows), ", ".join(f"{k} {v}" for k, v in removed.items()),
+    )  # fmt: skip
+    info = {"key": key, "rows": len(rows), "test_rows_removed": removed}
+    if not (path.exists() and marker.exists() and read_json(marker) == info):
         write_jsonl(path, rows)
-        write_json(marker, {"key": key, "rows": len(rows), "test_rows_removed": cfg.test_overlap})
+        write_json(marker, info)
     return path
 
 
