@@ -23,9 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def split_pool(
-    items: Sequence[PoolItem], *, test_size: int, seed: int
+    items: Sequence[PoolItem],
+    *,
+    test_size: int,
+    seed: int,
+    removed: dict[str, int] | None = None,
 ) -> tuple[list[PoolItem], list[PoolItem]]:
-    """Split into (pool, test): ``test_size`` seeded random rows with a response, the rest pool.
+    """Split into (pool, test): ``test_size`` seeded random rows with a response, the rest pool,
+    less the rows that hold a test prompt in another spelling (case, spacing, citation markers:
+    :class:`TestOverlap`); ``removed`` receives their counts by reason.
 
     Both lists keep the source order. Refuses a test set that would leave the pool empty.
     """
@@ -46,9 +52,37 @@ def split_pool(
         )
     rng = np.random.default_rng(seed)
     test_idx = set(rng.choice(labelled, size=test_size, replace=False).tolist())
-    pool = [it for i, it in enumerate(items) if i not in test_idx]
     test = [it for i, it in enumerate(items) if i in test_idx]
+    overlap = TestOverlap([_AsTest(it) for it in test])
+    pool = [
+        it
+        for i, it in enumerate(items)
+        if i not in test_idx and overlap(it.instruction, it.input, it.output) is None
+    ]
+    if overlap.total:
+        log.info("split: %d pool rows dropped as test prompts (%s)", overlap.total, overlap.removed)
+    if removed is not None:
+        removed.update(overlap.removed)
     return pool, test
+
+
+@dataclass(frozen=True)
+class _AsTest:
+    """A drawn pool row seen as a test example (the fields ``TestOverlap`` reads)."""
+
+    item: PoolItem
+
+    @property
+    def instruction(self) -> str:
+        return self.item.instruction
+
+    @property
+    def input(self) -> str:
+        return self.item.input
+
+    @property
+    def reference(self) -> str:
+        return self.item.output or ""
 
 
 @dataclass
@@ -81,7 +115,8 @@ def split_run(
     if not Path(pool).exists():
         raise UserError(f"Pool file {pool} does not exist. Check the path (POOL argument).")
     items, stats = data.load_pool(Path(pool), fields=fields, skip_bad_rows=skip_bad_rows)
-    pool_items, test_items = split_pool(items, test_size=test_size, seed=seed)
+    removed: dict[str, int] = {}
+    pool_items, test_items = split_pool(items, test_size=test_size, seed=seed, removed=removed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "pool.jsonl", (it.raw for it in pool_items))
@@ -102,6 +137,7 @@ def split_run(
             "schema": stats.schema,
             "duplicates_dropped": stats.duplicates,
             "empty_dropped": stats.empty,
+            "test_prompts_dropped_from_pool": removed,
         },
     )
     log.info("split %d rows: %d pool, %d test", len(items), len(pool_items), len(test_items))

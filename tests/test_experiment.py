@@ -219,9 +219,7 @@ def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
     text = (REPO / "configs" / "paper_dolly.toml").read_text()
     for path in ("../models/Llama-2-7b-hf", "../models/Qwen2.5-7B-Instruct"):
         text = text.replace(f'"{path}"', '"tiny:tiny-llama"')
-    text = text.replace(
-        '"../data/databricks-dolly-15k.jsonl"', f'"{REPO}/examples/dolly_sample_1500.jsonl"'
-    )
+    text = text.replace('"../data/', f'"{REPO}/data/')  # the shipped Dolly 15k
     text = text.replace('"../examples', f'"{REPO}/examples').replace(
         "[1000, 2000, 3000]", "[100, 200]"
     )

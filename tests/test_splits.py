@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
-from selectllm_local.splits import split_pool
+from selectllm_local.splits import prompt_key, split_pool
 
 
 def _items(n: int, labelled_every: int = 1) -> list[PoolItem]:
@@ -50,6 +50,25 @@ def test_test_rows_have_a_reference() -> None:
 def test_refusals(size: int, match: str) -> None:
     with pytest.raises(UserError, match=match):
         split_pool(_items(100, labelled_every=3), test_size=size, seed=0)
+
+
+def test_split_drops_pool_rows_holding_a_drawn_test_prompt() -> None:
+    """Rows that de-duplication keeps apart (case, citation markers) but that hold the same
+    prompt as a drawn test row leave the pool; nothing else does."""
+    items = _items(60)
+    twins = [
+        PoolItem(60 + i, f"t{i}", 61 + i, f"Q{i}[{i + 1}]", output=f"other answer {i}")
+        for i in range(60)
+    ]  # "Q0[1]" normalises to "q0", the prompt of item 0, with another answer
+    removed: dict[str, int] = {}
+    pool, test = split_pool(items + twins, test_size=20, seed=0, removed=removed)
+    drawn = [it.uid.removeprefix("t") for it in test]  # i for item i and its twin alike
+    one_of_pair = {i for i in drawn if drawn.count(i) == 1}  # the other copy was not drawn
+    assert one_of_pair and removed == {"same_pair": 0, "same_prompt": len(one_of_pair),
+                                       "same_input_answer": 0}  # fmt: skip
+    assert len(pool) == 120 - 20 - len(one_of_pair)
+    test_prompts = {prompt_key(it.instruction, it.input) for it in test}
+    assert not [it for it in pool if prompt_key(it.instruction, it.input) in test_prompts]
 
 
 def test_cli_writes_original_records(tmp_path: Path) -> None:

@@ -251,6 +251,7 @@ def estimate_experiment(
         "pool": str(cfg.pool),
         "pool_rows": n,
         "test_rows": len(tests),
+        "test_rows_removed": {"total": cfg.test_overlap, **cfg.test_removed},
         "candidates_per_prompt": ks,
         "methods": cfg.methods,
         "budgets": cfg.budgets,
@@ -309,6 +310,14 @@ def format_estimate(est: dict[str, Any]) -> str:
         f"budgets x {len(est['seeds'])} seeds = {est['cells']} cells; pool {est['pool_rows']:,} "
         f"rows, {est['test_rows']:,} test rows.",
     ]
+    removed = est.get("test_rows_removed") or {}
+    if removed.get("total"):
+        reasons = ", ".join(
+            f"{v:,} {k.replace('_', ' ')}" for k, v in removed.items() if k != "total"
+        )
+        lines.append(
+            f"Removed from the pool as test examples: {removed['total']:,} rows ({reasons})."
+        )
     for role, m in est["models"].items():
         lines.append(
             f"{role}: {Path(m['model']).name}: {m['non_embedding_params'] / 1e9:.2f}B non-embedding "
