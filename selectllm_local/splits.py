@@ -158,6 +158,11 @@ _CITATION = re.compile(
 SAME_PAIR = "same_pair"
 SAME_PROMPT = "same_prompt"
 SAME_INPUT_ANSWER = "same_input_answer"
+REASONS = {  # reason -> how the run's summary words it
+    SAME_PAIR: "same instruction + response",
+    SAME_PROMPT: "same instruction + input",
+    SAME_INPUT_ANSWER: "same input + response",
+}
 
 
 def normalise_text(text: str) -> str:

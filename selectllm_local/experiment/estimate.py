@@ -312,8 +312,10 @@ def format_estimate(est: dict[str, Any]) -> str:
     ]
     removed = est.get("test_rows_removed") or {}
     if removed.get("total"):
+        from selectllm_local.splits import REASONS
+
         reasons = ", ".join(
-            f"{v:,} {k.replace('_', ' ')}" for k, v in removed.items() if k != "total"
+            f"{v:,} {REASONS.get(k, k)}" for k, v in removed.items() if k != "total"
         )
         lines.append(
             f"Removed from the pool as test examples: {removed['total']:,} rows ({reasons})."
