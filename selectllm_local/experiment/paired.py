@@ -155,7 +155,7 @@ def comparisons_text(rows: list[dict[str, Any]], notes: list[str], budgets: list
     """The paired comparisons, the minimum detectable effects and the verdict count (Markdown)."""
     labels = {m.key: m.label for m in stats.METRICS}
     pairs = len({(r["budget"], r["method"], r["reference"]) for r in rows})
-    refs = ", ".join(dict.fromkeys(r["reference"] for r in rows))
+    refs = " and ".join(dict.fromkeys(r["reference"] for r in rows))
     n_metrics = len({r["metric"] for r in rows})
     lines = ["## Paired comparisons (method − reference, on the same test rows)", ""]
     if not rows:
@@ -202,7 +202,8 @@ def comparisons_text(rows: list[dict[str, Any]], notes: list[str], budgets: list
 def _method_text() -> list[str]:
     return [
         "How to read it: Δ is the method's score minus the reference's, averaged over the seeds "
-        "both have and the test rows both scored. The 95% interval comes from "
+        "both have (seed s against seed s) and the test rows both scored. The 95% interval "
+        "comes from "
         f"{stats.DRAWS} bootstrap draws that each resample the seeds and, independently, the test "
         "rows (with replacement), so it holds both the test-set noise and the seed-to-seed "
         "noise (with 2 seeds the seed part is crude). The verdict is better or worse only when "
