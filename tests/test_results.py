@@ -136,7 +136,14 @@ def test_results_without_per_row_nll_or_row_field_still_compare(tmp_path: Path) 
 def test_results_of_a_half_done_run_compare_the_seeds_there_are(tmp_path: Path) -> None:
     experiment(tmp_path)
     (tmp_path / "cells" / "random" / "b8-s1" / "done.json").unlink()
+    done = tmp_path / "cells" / "llm" / "b8-s1" / "done.json"
+    d = json.loads(done.read_text("utf-8"))
+    del d["selection_seconds"]
+    done.write_text(json.dumps(d), "utf-8")
     rows = _write(tmp_path)
+    assert (
+        "| llm | 3600 (1 of 2 cells) | 100 | 50 | 3750 |" in (tmp_path / "results.md").read_text()
+    )
     got = {(r["method"], r["reference"], r["metric"]): r for r in rows}
     assert got[("llm", "random", "rougeL_f1")]["seeds"] == "1"
     assert got[("llm", "cluster-random", "rougeL_f1")]["seeds"] == "2"

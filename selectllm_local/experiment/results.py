@@ -259,6 +259,8 @@ def times_text(rows: list[dict[str, Any]], methods: list[str]) -> str:
         total = f"{sum(known):.0f}" if means[0] is not None else f"≥ {sum(known):.0f}"
         unknown = unknown or means[0] is None
         cells = ["–" if v is None else f"{v:.0f}" for v in means]
+        if sel and len(sel) < len(cell):
+            cells[0] += f" ({len(sel)} of {len(cell)} cells)"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {total} |")
     if unknown:
         lines += [
