@@ -169,8 +169,13 @@ def comparisons_text(rows: list[dict[str, Any]], notes: list[str], budgets: list
         + f") × {n_metrics} metrics. "
         f"Verdicts: {sum(r['verdict'] == stats.BETTER for r in rows)} better, "
         f"{sum(r['verdict'] == stats.WORSE for r in rows)} worse, "
-        f"{len(rows) - len(decided)} no detectable difference; "
-        f"{len(held)} of the {len(decided)} better/worse verdicts hold after the Holm correction.",
+        f"{len(rows) - len(decided)} no detectable difference"
+        + (
+            f"; {len(held)} of the {len(decided)} better/worse verdicts hold after the Holm "
+            "correction."
+            if decided
+            else "."
+        ),
         "",
         *_method_text(),
         "",

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 METRICS = tuple((m.key, m.label) for m in stats.METRICS)
 LOWER_IS_BETTER = {m.key for m in stats.METRICS if not m.higher_is_better}
+SCORES_NOTE = (
+    "Each method's own mean ± std over its seeds. No method is marked best here: which "
+    "differences are detectable is what the paired comparisons above say.\n\n"
+)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -88,22 +92,13 @@ def markdown_table(
 ) -> str:
     lines = []
     for key, label in METRICS if metrics is None else metrics:
-        low = key in LOWER_IS_BETTER
         lines += [
-            f"### {label} (mean ± std over seeds; best per budget in bold"
-            + (", lower is better)" if low else ")"),
+            f"### {label} (mean ± std over seeds"
+            + (", lower is better)" if key in LOWER_IS_BETTER else ")"),
             "",
         ]
         lines.append("| method | " + " | ".join(f"budget {b}" for b in budgets) + " |")
         lines.append("|---|" + "---|" * len(budgets))
-        best = {}
-        for b in budgets:
-            vals = [
-                s[f"{key}_mean"]
-                for s in summary
-                if s["budget"] == b and s[f"{key}_mean"] is not None
-            ]
-            best[b] = (min(vals) if low else max(vals)) if vals else None
         for m in methods:
             cells = []
             for b in budgets:
@@ -114,7 +109,7 @@ def markdown_table(
                 txt = f"{s[f'{key}_mean']:.4f} ± {s[f'{key}_std']:.4f}"
                 if s["seeds"] < seeds:
                     txt += f" ({s['seeds']}/{seeds} seeds)"
-                cells.append(f"**{txt}**" if s[f"{key}_mean"] == best[b] else txt)
+                cells.append(txt)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -291,8 +286,10 @@ def write_results(
     _write_csv(root / "cells.csv", [{k: v for k, v in r.items() if k != "seconds"} for r in rows])
     _write_csv(root / "summary.csv", summary)
     md = paired.comparisons_text(comparisons, notes, budgets)
-    md += "\n## Scores per method\n\n" + markdown_table(
-        summary, methods, budgets, len(seeds), metrics
+    md += (
+        "\n## Scores per method\n\n"
+        + SCORES_NOTE
+        + markdown_table(summary, methods, budgets, len(seeds), metrics)
     )
     md += "\n" + selections_text(root, methods, budgets, seeds, selection_seed)
     md += "\n" + times_text(rows, methods)
