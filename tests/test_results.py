@@ -207,3 +207,11 @@ def test_a_malformed_score_line_names_file_and_line(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["compare", str(cell), str(preds.parent.parent)])
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and "predictions.jsonl line 3: field 'rougeL_f1'" in out
+
+
+def test_a_run_without_a_reference_says_so(tmp_path: Path) -> None:
+    experiment(tmp_path)
+    write_results(tmp_path, ["llm"], [8], [0, 1], cells=["llm/b8-s0", "llm/b8-s1"])
+    md = (tmp_path / "results.md").read_text("utf-8")
+    assert "No comparison could be made." in md and "neither random nor cluster-random" in md
+    assert (tmp_path / "results.csv").read_text("utf-8") == ""

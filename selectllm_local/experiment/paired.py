@@ -115,7 +115,9 @@ def run_comparisons(
                 if (d / "done.json").exists():
                     cells.setdefault((m, b), {})[s] = cell_rows(d)
     out: list[dict[str, Any]] = []
-    notes: list[str] = []
+    notes: list[str] = (
+        [] if refs else ["The run has neither random nor cluster-random: no reference."]
+    )
     for b in budgets:
         for ref in refs:
             for m in methods:
@@ -159,7 +161,9 @@ def comparisons_text(rows: list[dict[str, Any]], notes: list[str], budgets: list
     n_metrics = len({r["metric"] for r in rows})
     lines = ["## Paired comparisons (method − reference, on the same test rows)", ""]
     if not rows:
-        return "\n".join([*lines, "No comparison could be made.", *notes, ""])
+        return "\n".join(
+            [*lines, "No comparison could be made.", "", *(f"- {n}" for n in notes), ""]
+        )
     decided = [r for r in rows if r["verdict"] != stats.NO_DIFFERENCE]
     held = [r for r in decided if r["survives_holm"]]
     lines += [
