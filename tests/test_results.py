@@ -215,3 +215,16 @@ def test_a_run_without_a_reference_says_so(tmp_path: Path) -> None:
     md = (tmp_path / "results.md").read_text("utf-8")
     assert "No comparison could be made." in md and "neither random nor cluster-random" in md
     assert (tmp_path / "results.csv").read_text("utf-8") == ""
+
+
+def test_a_reference_mean_of_zero_has_no_relative_difference(tmp_path: Path) -> None:
+    zero = {"rougeL_f1": np.zeros(ROWS), "cosine": np.zeros(ROWS)}
+    some = {"rougeL_f1": np.full(ROWS, 0.1), "cosine": np.zeros(ROWS)}
+    for seed in (0, 1):
+        make_cell(tmp_path, "random", seed, zero)
+        make_cell(tmp_path, "llm", seed, some)
+    cells = [f"{m}/b8-s{s}" for m in ("llm", "random") for s in (0, 1)]
+    write_results(tmp_path, ["llm", "random"], [8], [0, 1], cells=cells)
+    md = (tmp_path / "results.md").read_text("utf-8")
+    assert "| llm | Rouge-L F1 | +0.1000 | [+0.1000, +0.1000] | – | better |" in md
+    assert "–%" not in md

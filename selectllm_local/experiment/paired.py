@@ -150,7 +150,10 @@ def run_comparisons(
 
 
 def _num(x: float | None, fmt: str = "+.4f") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+    """``x`` formatted (a trailing "%" is printed after the number), or "–" when unknown."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return format(x, fmt[:-1]) + "%" if fmt.endswith("%") else format(x, fmt)
 
 
 def comparisons_text(rows: list[dict[str, Any]], notes: list[str], budgets: list[int]) -> str:
@@ -199,7 +202,7 @@ def comparisons_text(rows: list[dict[str, Any]], notes: list[str], budgets: list
             for r in part:
                 lines.append(
                     f"| {r['method']} | {labels[r['metric']]} | {_num(r['difference'])} | "
-                    f"[{_num(r['low'])}, {_num(r['high'])}] | {_num(r['relative_pct'], '+.1f')}% | "
+                    f"[{_num(r['low'])}, {_num(r['high'])}] | {_num(r['relative_pct'], '+.1f%')} | "
                     f"{r['verdict']} | {r['p_value']:.3g} | {r['holm_p']:.3g} | "
                     f"{'yes' if r['survives_holm'] else '–'} | {r['seeds']} × {r['rows']} |"
                 )
@@ -248,7 +251,7 @@ def mde_text(rows: list[dict[str, Any]], budgets: list[int]) -> list[str]:
                 mde = _median([r["mde"] for r in part])
                 mean = _median([r["b_mean"] for r in part])
                 rel = 100 * mde / abs(mean) if mean else None
-                lines.append(f"| {b} | {ref} | {label} | {mde:.4f} | {_num(rel, '.1f')}% | "
+                lines.append(f"| {b} | {ref} | {label} | {mde:.4f} | {_num(rel, '.1f%')} | "
                              f"{mean:.4f} | {len(part)} |")  # fmt: skip
     return [*lines, ""]
 
