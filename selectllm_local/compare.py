@@ -6,6 +6,10 @@ one finds and checks the files a finished selection leaves, for a ``select`` run
 levels up), and refuses, as a user error, a folder that is not a finished selection or two
 selections of different pools. Uses: agreement (logprobs vs generate on one plan), stability
 (two seeds), and how far the LLM's picks are from a baseline's.
+
+Two finished cells of an experiment (or two method folders of cells) are compared on their
+scores instead: the paired difference on the same test rows per metric, with its interval over
+seeds and rows and its verdict (``experiment.stats``), and the overlap of their picks.
 """
 
 from __future__ import annotations
@@ -143,11 +147,15 @@ def selection_diagnostics(sel: Selection) -> dict[str, Any]:
 
 
 def compare_runs(a: Path | str, b: Path | str) -> dict[str, Any]:
-    """Overlap of two selections of one pool (with the random expectation) and both diagnostics.
+    """Overlap of two selections of one pool (with the random expectation) and both diagnostics;
+    for two experiment cells (or method folders), their paired metric differences
+    (``compare_cells``).
 
     The pools must match: by the ids of every pool row when both ``pool.jsonl`` files are found,
     else by the pool size and the ids of the rows both selections hold.
     """
+    if is_experiment_cell(a) or is_experiment_cell(b):
+        return compare_cells(a, b)
     sa, sb = load_selection(a), load_selection(b)
     fa, fb = sa.pool_fingerprint(), sb.pool_fingerprint()
     ua, ub = sa.uids, sb.uids
@@ -166,3 +174,111 @@ def compare_runs(a: Path | str, b: Path | str) -> dict[str, Any]:
         "overlap": diagnostics.overlap(sa.indices, sb.indices, sa.pool_size),
         "same_pool": {"rows": sa.pool_size, "fingerprint": fa or fb, "checked_by": verified},
     }
+
+
+# -- experiment cells: the paired metric differences ------------------------------------------
+
+CELLS_TO_PASS = (
+    "Pass two finished cells of an experiment (RUN_DIR/cells/METHOD/bBUDGET-sSEED), or two "
+    "method folders (RUN_DIR/cells/METHOD) to pair every budget and seed both hold."
+)
+
+
+def experiment_cells(path: Path | str) -> dict[tuple[int, int], Path] | None:
+    """The finished cells a folder stands for, keyed by (budget, seed): the cell itself, or the
+    cells of a method folder; None for a folder that is neither. An unfinished cell is a
+    ``UserError``."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    if (root / "done.json").is_file():
+        d = read_json(root / "done.json")
+        return {(int(d.get("budget", 0)), int(d.get("seed", 0))): root}
+    if (root / "selection.json").is_file() or (root / "cell.json").is_file():
+        raise UserError(
+            f"{root} is an experiment cell that has not finished (no done.json): run the "
+            f"experiment to the end first. {CELLS_TO_PASS}"
+        )
+    cells = {}
+    for c in sorted(root.glob("b*-s*")):
+        if (c / "done.json").is_file():
+            d = read_json(c / "done.json")
+            cells[(int(d.get("budget", 0)), int(d.get("seed", 0)))] = c
+    return cells or None
+
+
+def _cell_overlap(a: Path, b: Path) -> dict[str, Any] | None:
+    """Overlap of two single cells' picks, when both record the same pool (``pool.key.json``)."""
+    keys = []
+    for cell in (a, b):
+        root = cell.parent.parent.parent
+        found = [
+            p for p in (root / "data" / "pool.key.json", root / "pool.key.json") if p.is_file()
+        ]
+        if not found or not (cell / "selection.json").is_file():
+            return None
+        keys.append(read_json(found[0]))
+    if keys[0].get("key") != keys[1].get("key"):
+        return None
+    ia, ib = (read_json(c / "selection.json")["indices"] for c in (a, b))
+    return diagnostics.overlap(ia, ib, int(keys[0]["rows"]))
+
+
+def compare_cells(a: Path | str, b: Path | str) -> dict[str, Any]:
+    """A against B on every metric both cells scored per row: the paired difference, its 95%
+    interval over seeds and rows, the verdict and the minimum detectable effect (the numbers
+    ``results.md`` gives), with Holm over this command's comparisons. Two single cells are paired
+    whatever their seeds; two method folders pair the cells of equal budget and seed."""
+    from selectllm_local.experiment import paired, stats
+
+    ca, cb = experiment_cells(a), experiment_cells(b)
+    if not ca or not cb:
+        bad = a if not ca else b
+        raise UserError(f"{bad} is not a finished experiment cell nor a method folder holding "
+                        f"finished cells. {CELLS_TO_PASS}")  # fmt: skip
+    single = all((Path(x) / "done.json").is_file() for x in (a, b))
+    if single:  # two cells: paired whatever their seeds
+        budget = next(iter(ca))[0]
+        ca, cb = {(budget, 0): next(iter(ca.values()))}, {(budget, 0): next(iter(cb.values()))}
+    rows_a = {k: paired.cell_rows(p) for k, p in ca.items()}
+    rows_b = {k: paired.cell_rows(p) for k, p in cb.items()}
+    for k in set(rows_a) & set(rows_b):
+        clash = paired.same_rows(rows_a[k], rows_b[k])
+        if clash:
+            raise UserError(
+                f"{ca[k]} and {cb[k]} were scored on different test rows (rows {clash[:5]} differ "
+                "in prompt or reference): compare cells of one experiment, or of two experiments "
+                "with the same test set."
+            )
+    out: list[dict[str, Any]] = []
+    for budget in sorted({k[0] for k in set(rows_a) & set(rows_b)}):
+        sub_a = {k[1]: v for k, v in rows_a.items() if k[0] == budget}
+        sub_b = {k[1]: v for k, v in rows_b.items() if k[0] == budget}
+        for metric in stats.METRICS:
+            p = paired.compare_cells(sub_a, sub_b, metric)
+            if p is not None:
+                out.append({"budget": budget, "metric": metric.key, "label": metric.label,
+                            "higher_is_better": metric.higher_is_better, **p.to_dict()})  # fmt: skip
+    for row, adj in zip(out, stats.holm([r["p_value"] for r in out]), strict=True):
+        row["holm_p"] = adj
+        row["survives_holm"] = row["verdict"] != stats.NO_DIFFERENCE and adj <= stats.ALPHA
+    return {
+        "a": {"path": str(a), "cells": [str(p) for p in ca.values()]},
+        "b": {"path": str(b), "cells": [str(p) for p in cb.values()]},
+        "paired": out,
+        "overlap": _cell_overlap(*ca.values(), *cb.values()) if single else None,
+        "note": None
+        if out
+        else "These cells share no per-row scores of the same test rows "
+        "(predictions.jsonl with rougeL_f1 and cosine, or reference_nll.jsonl).",
+    }
+
+
+def is_experiment_cell(path: Path | str) -> bool:
+    """A finished cell, an unfinished one (to refuse it clearly) or a method folder of cells."""
+    p = Path(path)
+    return p.is_dir() and (
+        (p / "done.json").is_file()
+        or (p / "selection.json").is_file()
+        or any((c / "done.json").is_file() for c in p.glob("b*-s*"))
+    )

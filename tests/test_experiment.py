@@ -125,7 +125,9 @@ def test_tiny_ci_experiment_end_to_end(tmp_path: Path) -> None:
     table = (tmp_path / "results.md").read_text()
     for m in ("select", "random", "kcenter", "cluster-random"):
         assert f"| {m} |" in table
-    assert "16 of 16 cells done" in table and "–" not in table
+    scores = table.split("## Scores per method")[1].split("### Overlap")[0]
+    assert "16 of 16 cells done" in table and "–" not in scores
+    assert "comparisons were made" in table and "### Against random (budget 16)" in table
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
     summary = (tmp_path / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 4 * 2 and summary[0].startswith("method,budget,seeds")

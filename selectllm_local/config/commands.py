@@ -236,9 +236,11 @@ class CompareCommand(Command):
     """``compare``: two selections of one pool, their overlap and diagnostics."""
 
     run_dir_a: Path = setting(REQUIRED, argument=True)
-    """A finished select run directory or a baseline's output folder."""
+    """A finished select run directory or a baseline's output folder; or a finished experiment
+    cell (RUN_DIR/cells/METHOD/bBUDGET-sSEED) or method folder, to compare scores."""
     run_dir_b: Path = setting(REQUIRED, argument=True)
-    """Another selection of the same pool (select run directory or baseline folder)."""
+    """Another selection of the same pool (select run directory or baseline folder), or another
+    experiment cell or method folder."""
 
     def __post_init__(self) -> None:
         self.run_dir_a, self.run_dir_b = Path(self.run_dir_a), Path(self.run_dir_b)

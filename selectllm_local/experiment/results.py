@@ -1,7 +1,9 @@
-"""The experiment's results: per-cell CSV, mean ± std table (Markdown + CSV) and a plot.
+"""The experiment's results: paired comparisons with verdicts (``results.md``, ``results.csv``),
+per-cell scores (``cells.csv``), mean ± std tables (``summary.csv``) and a plot.
 
-Read from the cells' ``done.json`` files only, so the table can be rebuilt at any time, also while
-an experiment is half done (missing cells show as "–" and are counted).
+Read from the cells' files only (``done.json`` and the per-row scores, see ``paired``), so the
+tables can be rebuilt at any time, also while an experiment is half done (missing cells show as
+"–" and are counted).
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from selectllm_local.experiment import paired, stats
 from selectllm_local.runstore import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
-METRICS = (("rougeL_f1", "Rouge-L F1"), ("cosine", "Cosine similarity"))
+METRICS = tuple((m.key, m.label) for m in stats.METRICS)
+LOWER_IS_BETTER = {m.key for m in stats.METRICS if not m.higher_is_better}
+SCORES_NOTE = (
+    "Each method's own mean ± std over its seeds. No method is marked best here: which "
+    "differences are detectable is what the paired comparisons above say.\n\n"
+)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -29,9 +37,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def collect(root: Path, cells: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name in cells:
-        p = root / "cells" / name / "done.json"
-        if p.exists():
-            d = read_json(p)
+        cell = root / "cells" / name
+        if (cell / "done.json").exists():
+            d = paired.read_done(cell)
             rows.append(
                 {
                     k: d.get(k)
@@ -41,13 +49,20 @@ def collect(root: Path, cells: list[str]) -> list[dict[str, Any]]:
                         "seed",
                         "rougeL_f1",
                         "cosine",
+                        "reference_nll",
                         "n_test",
                         "train_loss",
+                        "selection_seconds",
                         "seconds",
                     )
                 }
             )
     return rows
+
+
+def _metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The metrics some finished cell has (the reference NLL only where it was measured)."""
+    return [(k, lab) for k, lab in METRICS if any(r.get(k) is not None for r in rows)]
 
 
 def summarise(
@@ -59,10 +74,9 @@ def summarise(
             cell = [r for r in rows if r["method"] == m and r["budget"] == b]
             entry: dict[str, Any] = {"method": m, "budget": b, "seeds": len(cell)}
             for key, _ in METRICS:
-                if cell:
-                    entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(
-                        [float(r[key]) for r in cell]
-                    )
+                vals = [float(r[key]) for r in cell if r.get(key) is not None]
+                if vals:
+                    entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(vals)
                 else:
                     entry[f"{key}_mean"] = entry[f"{key}_std"] = None
             out.append(entry)
@@ -70,21 +84,21 @@ def summarise(
 
 
 def markdown_table(
-    summary: list[dict[str, Any]], methods: list[str], budgets: list[int], seeds: int
+    summary: list[dict[str, Any]],
+    methods: list[str],
+    budgets: list[int],
+    seeds: int,
+    metrics: list[tuple[str, str]] | None = None,
 ) -> str:
     lines = []
-    for key, label in METRICS:
-        lines += [f"### {label} (mean ± std over seeds; best per budget in bold)", ""]
+    for key, label in METRICS if metrics is None else metrics:
+        lines += [
+            f"### {label} (mean ± std over seeds"
+            + (", lower is better)" if key in LOWER_IS_BETTER else ")"),
+            "",
+        ]
         lines.append("| method | " + " | ".join(f"budget {b}" for b in budgets) + " |")
         lines.append("|---|" + "---|" * len(budgets))
-        best = {}
-        for b in budgets:
-            vals = [
-                s[f"{key}_mean"]
-                for s in summary
-                if s["budget"] == b and s[f"{key}_mean"] is not None
-            ]
-            best[b] = max(vals) if vals else None
         for m in methods:
             cells = []
             for b in budgets:
@@ -95,7 +109,7 @@ def markdown_table(
                 txt = f"{s[f'{key}_mean']:.4f} ± {s[f'{key}_std']:.4f}"
                 if s["seeds"] < seeds:
                     txt += f" ({s['seeds']}/{seeds} seeds)"
-                cells.append(f"**{txt}**" if s[f"{key}_mean"] == best[b] else txt)
+                cells.append(txt)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -109,15 +123,22 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             w.writerows(rows)
 
 
-def plot(summary: list[dict[str, Any]], methods: list[str], budgets: list[int], path: Path) -> None:
+def plot(
+    summary: list[dict[str, Any]],
+    methods: list[str],
+    budgets: list[int],
+    path: Path,
+    metrics: list[tuple[str, str]] | None = None,
+) -> None:
     """Metric vs budget, one line per method, error bars = std over seeds (matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5.5 * len(METRICS), 4), squeeze=False)
-    for ax, (key, label) in zip(axes[0], METRICS, strict=True):
+    shown = list(METRICS[:2] if not metrics else metrics)
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], shown, strict=True):
         for m in methods:
             pts = [s for s in summary if s["method"] == m and s[f"{key}_mean"] is not None]
             if not pts:
@@ -208,20 +229,40 @@ def selections_text(
 
 
 def times_text(rows: list[dict[str, Any]], methods: list[str]) -> str:
-    """Mean wall seconds per stage and method (``done.json`` ``seconds``)."""
-    stages = ("selection", "finetune", "evaluate")
+    """Mean wall seconds per stage and method: the selection's own time (``selection_seconds``,
+    "–" where a cell did not record it), fine-tune and evaluation (``seconds``)."""
     lines = [
         "### Wall time per cell (mean seconds over seeds)",
         "",
-        "| method | " + " | ".join(stages) + " | total |",
-        "|---|" + "---|" * (len(stages) + 1),
+        "| method | selection | finetune | evaluate | total |",
+        "|---|---|---|---|---|",
     ]
+    unknown = False
     for m in methods:
-        secs = [r["seconds"] for r in rows if r["method"] == m and r.get("seconds")]
-        if not secs:
+        cell = [r for r in rows if r["method"] == m]
+        if not cell:
             continue
-        means = [sum(float(x.get(st, 0.0)) for x in secs) / len(secs) for st in stages]
-        lines.append(f"| {m} | " + " | ".join(f"{v:.0f}" for v in means) + f" | {sum(means):.0f} |")
+        sel = [float(r["selection_seconds"]) for r in cell
+               if isinstance(r.get("selection_seconds"), int | float)]  # fmt: skip
+        stages = [
+            [float(r["seconds"][st]) for r in cell if isinstance(r.get("seconds"), dict)
+             and isinstance(r["seconds"].get(st), int | float)]
+            for st in ("finetune", "evaluate")
+        ]  # fmt: skip
+        means = [sum(v) / len(v) if v else None for v in (sel, *stages)]
+        known = [v for v in means if v is not None]
+        total = f"{sum(known):.0f}" if means[0] is not None else f"≥ {sum(known):.0f}"
+        unknown = unknown or means[0] is None
+        cells = ["–" if v is None else f"{v:.0f}" for v in means]
+        if sel and len(sel) < len(cell):
+            cells[0] += f" ({len(sel)} of {len(cell)} cells)"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {total} |")
+    if unknown:
+        lines += [
+            "",
+            "–: the cell did not record its selection time (`selection_seconds` in done.json); "
+            "such totals are lower bounds.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -234,12 +275,22 @@ def write_results(
     cells: list[str],
     selection_seed: int | None = None,
 ) -> tuple[Path, Path, Path, Path]:
-    """Write results.csv, summary.csv, results.md and results.png into ``root``."""
+    """Write results.md, results.csv (the paired comparisons), summary.csv, cells.csv and
+    results.png into ``root``; returns the paths of results.md, results.csv, summary.csv and
+    results.png."""
     rows = collect(root, cells)
+    metrics = _metrics(rows)
     summary = summarise(rows, methods, budgets)
-    _write_csv(root / "results.csv", [{k: v for k, v in r.items() if k != "seconds"} for r in rows])
+    comparisons, notes = paired.run_comparisons(root, methods, budgets, seeds)
+    _write_csv(root / "results.csv", comparisons)
+    _write_csv(root / "cells.csv", [{k: v for k, v in r.items() if k != "seconds"} for r in rows])
     _write_csv(root / "summary.csv", summary)
-    md = markdown_table(summary, methods, budgets, len(seeds))
+    md = paired.comparisons_text(comparisons, notes, budgets)
+    md += (
+        "\n## Scores per method\n\n"
+        + SCORES_NOTE
+        + markdown_table(summary, methods, budgets, len(seeds), metrics)
+    )
     md += "\n" + selections_text(root, methods, budgets, seeds, selection_seed)
     md += "\n" + times_text(rows, methods)
     missing = len(cells) - len(rows)
@@ -248,5 +299,5 @@ def write_results(
     )
     with atomic_path(root / "results.md") as tmp:
         tmp.write_text(head + "\n\n" + md, "utf-8")
-    plot(summary, methods, budgets, root / "results.png")
+    plot(summary, methods, budgets, root / "results.png", metrics)
     return root / "results.md", root / "results.csv", root / "summary.csv", root / "results.png"
