@@ -178,7 +178,9 @@ def test_gpu_branch_swaps_in_the_gpu_index(monkeypatch: pytest.MonkeyPatch) -> N
     train_centroids(x, 6, seed=4, device="cuda:3", spherical=True)
     assert asked[-1] == (8, 3, True)
     labels = balanced_clusters(x, 6, seed=4)
-    assert np.bincount(labels, minlength=6).tolist() == [2000 // 6 + (i < 2000 % 6) for i in range(6)]
+    assert np.bincount(labels, minlength=6).tolist() == [
+        2000 // 6 + (i < 2000 % 6) for i in range(6)
+    ]
 
 
 def test_cpu_faiss_has_no_gpu_and_plans_on_cpu() -> None:

@@ -83,7 +83,9 @@ def test_gpu_vllm_is_the_release_ci_tests() -> None:
 
 def test_report_resolves_the_pinned_vllm(pkgs: dict[str, dict[str, Any]]) -> None:
     pin = _extra_pin("gpu", "vllm")
-    assert pkgs["vllm"]["metadata"]["version"] == pin, "regenerate tests/data/gpu_dry_run_report.json"
+    assert pkgs["vllm"]["metadata"]["version"] == pin, (
+        "regenerate tests/data/gpu_dry_run_report.json"
+    )
     docker = (REPO / "Dockerfile.cuda").read_text("utf-8")
     head = docker.split("\nFROM ", 1)[0]  # the comments that say what the image installs
     assert f"vLLM {pin}" in head and "faiss-cpu" in head and "GPU FAISS" not in head
