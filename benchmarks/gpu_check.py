@@ -132,7 +132,9 @@ def part_select(ctx: dict[str, Any]) -> dict[str, Any]:
         "results": [{k: r.get(k) for k in keep} for r in doc["results"]],
         "stages": st,
         "our_share_of_select": share,
-        "our_ms_per_prompt": 1000 * sec["our_code_in_select"] / st["subsets"] if share else None,
+        "our_ms_per_prompt": (
+            1000 * sec["our_code_in_select"] / st["subsets"] if share is not None else None
+        ),
         "goal": SHARE_GOAL,
         "goal_met": share is not None and share <= SHARE_GOAL,
     }
