@@ -77,6 +77,27 @@ def faiss_gpus() -> int:
     return int(get()) if get is not None else 0
 
 
+def kmeans_device(gpus: int | None = None) -> str:
+    """Where k-means trains: ``"cuda:0"`` when the installed FAISS sees a GPU, else ``"cpu"``.
+
+    ``gpus`` overrides the count FAISS reports (tests inject it). One GPU is used even when there
+    are several: the centroids only seed the balancing, and one GPU trains 1M x 384 in seconds.
+    """
+    n = faiss_gpus() if gpus is None else gpus
+    return "cuda:0" if n > 0 else "cpu"
+
+
+def _gpu_flat_index(faiss: Any, d: int, *, spherical: bool, device: int) -> Any:
+    """An exact (flat) FAISS index on GPU ``device``, the one k-means assigns points with."""
+    res = faiss.StandardGpuResources()
+    cfg = faiss.GpuIndexFlatConfig()
+    cfg.device = device
+    cls = faiss.GpuIndexFlatIP if spherical else faiss.GpuIndexFlatL2
+    index = cls(res, d, cfg)
+    index.selectllm_resources = res  # keep the GPU memory pool alive as long as the index
+    return index
+
+
 def train_centroids(
     emb: np.ndarray,
     k: int,
@@ -85,11 +106,16 @@ def train_centroids(
     niter: int = DEFAULT_NITER,
     spherical: bool = False,
     max_points_per_centroid: int | None = None,
+    device: str | None = None,
 ) -> np.ndarray:
     """k-means centroids (k, d), seeded; on GPU when the installed FAISS has GPUs.
 
     FAISS trains on a seeded sample of ``max_points_per_centroid * k`` points (default: see
     :data:`KMEANS_SAMPLE`), which keeps a 1M-point pool at seconds rather than minutes.
+    ``device`` is ``"cpu"`` or ``"cuda:N"`` (default: :func:`kmeans_device`). Only the index
+    that assigns points to centroids moves to the GPU; the sample, the initial centroids and
+    the iterations are FAISS's own, so the same seed draws the same sample on both devices
+    (the centroids can differ in the last bits: GPU and CPU sum in different orders).
     """
     x = _as_f32(emb)
     n, d = x.shape
@@ -98,20 +124,22 @@ def train_centroids(
     if k == 1:
         return x.mean(axis=0, keepdims=True)
     faiss = _faiss()
-    gpu = faiss_gpus() > 0
+    device = device or kmeans_device()
     km = faiss.Kmeans(
         d,
         k,
         niter=niter,
         seed=seed,
         spherical=spherical,
-        gpu=gpu,
         verbose=False,
         max_points_per_centroid=max_points_per_centroid or max(128, -(-KMEANS_SAMPLE // k)),
         min_points_per_centroid=1,  # small pools are fine; silences FAISS's stderr warning
     )
+    if device != "cpu":
+        gpu = int(device.partition(":")[2] or 0)
+        km.index = _gpu_flat_index(faiss, d, spherical=spherical, device=gpu)
     km.train(x)
-    log.debug("k-means: %d points, k=%d, %d iterations, gpu=%s", n, k, niter, gpu)
+    log.debug("k-means: %d points, k=%d, %d iterations, on %s", n, k, niter, device)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
@@ -338,11 +366,15 @@ def balance(
 
 
 def balanced_clusters(
-    emb: np.ndarray, k: int, *, seed: int, niter: int = DEFAULT_NITER
+    emb: np.ndarray, k: int, *, seed: int, niter: int = DEFAULT_NITER, device: str | None = None
 ) -> np.ndarray:
-    """k-means then greedy balancing: cluster label (int32) per row, sizes differ by at most 1."""
+    """k-means then greedy balancing: cluster label (int32) per row, sizes differ by at most 1.
+
+    k-means runs on ``device`` (default :func:`kmeans_device`: the GPU when FAISS has one); the
+    balancing is the same exact greedy loop on either, so the size guarantee does not depend on it.
+    """
     x = _as_f32(emb)
-    centroids = train_centroids(x, k, seed=seed, niter=niter)
+    centroids = train_centroids(x, k, seed=seed, niter=niter, device=device)
     return balance(x, centroids)
 
 

@@ -95,7 +95,12 @@ def early_stopping_callbacks(config: FinetuneConfig) -> list[Any]:
         return []
     from transformers import EarlyStoppingCallback
 
-    return [EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
+    return [
+        EarlyStoppingCallback(
+            early_stopping_patience=config.early_stopping_patience,
+            early_stopping_threshold=float(config.early_stopping_threshold),
+        )
+    ]
 
 
 def resolve(config: FinetuneConfig) -> dict[str, Any]:

@@ -59,6 +59,8 @@ class PlanOutcome:
     reused: dict[str, bool] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     prompt_tokens_estimate: dict[str, Any] = field(default_factory=dict)
+    kmeans_device: str = "cpu"
+    """Where k-means trained the centroids ("cpu" or "cuda:N"; "not recorded" for older runs)."""
 
     def summary(self) -> dict[str, Any]:
         sizes = self.plan.cluster_sizes
@@ -88,6 +90,7 @@ class PlanOutcome:
                 "min_size": min(sizes),
                 "max_size": max(sizes),
                 "reused": self.reused.get("clusters", False),
+                "kmeans_device": self.kmeans_device,
             },
             "subsets": {
                 "layout": self.plan.layout,
@@ -179,10 +182,14 @@ def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
     if store.stage_done("clusters", ckey) and store.path("clusters.npy").exists():
         labels = np.load(store.path("clusters.npy"))
         reused["clusters"] = True
+        kmeans_device = str(store.stage_info("clusters").get("device", "not recorded"))
     else:
-        labels = clustering.balanced_clusters(emb, k, seed=cfg.seed, niter=cfg.kmeans_iters)
+        kmeans_device = clustering.kmeans_device()
+        labels = clustering.balanced_clusters(
+            emb, k, seed=cfg.seed, niter=cfg.kmeans_iters, device=kmeans_device
+        )
         save_npy(store.path("clusters.npy"), np.asarray(labels, dtype=np.int32))
-        store.mark_done("clusters", ckey, k=k)
+        store.mark_done("clusters", ckey, k=k, device=kmeans_device)
         reused["clusters"] = False
     seconds["cluster"] = time.perf_counter() - t
 
@@ -222,6 +229,7 @@ def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
         plan=plan,
         reused=reused,
         seconds=seconds,
+        kmeans_device=kmeans_device,
     )
     outcome.prompt_tokens_estimate = estimate_prompt_tokens(plan, items, tokenizer=cfg.tokenizer)
     write_json(store.path("config.json"), {"plan": cfg.to_dict(), "environment": environment()})
@@ -388,6 +396,7 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
             else None
         ),
         "rounds": outcome.rounds,
+        "kmeans_device": planned.kmeans_device,
         "counts": counts,
         "position_bias": run_position_bias(
             store.root, mode=settings.mode, permutations=settings.permutations

@@ -7,16 +7,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from selectllm_local import clustering
 from selectllm_local.clustering import (
     DEFAULT_MAX_K,
     balance,
     balanced_clusters,
     choose_k,
+    faiss_gpus,
     kmeans,
+    kmeans_device,
     train_centroids,
 )
 from selectllm_local.errors import UserError
 from selectllm_local.subsets import make_plan
+
+
+def _faiss_has_gpu() -> bool:
+    try:
+        import faiss
+    except ImportError:
+        return False
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
 def mixture(n: int, dim: int, centres: int, seed: int) -> np.ndarray:
@@ -131,3 +142,73 @@ def test_balanced_plan_on_real_pool_sizes() -> None:
             assert all(len(set(s.clusters)) == len(s.clusters) for s in plan.subsets)
             if plan.rounds_expected == 1:
                 assert sum(s.k for s in plan.subsets) == budget
+
+
+# -- k-means device: GPU when the installed FAISS has one ----------------------------------------
+
+
+def test_kmeans_device_follows_the_faiss_gpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert kmeans_device(0) == "cpu"
+    assert kmeans_device(1) == "cuda:0" and kmeans_device(4) == "cuda:0"
+    monkeypatch.setattr(clustering, "faiss_gpus", lambda: 2)
+    assert kmeans_device() == "cuda:0"
+    monkeypatch.setattr(clustering, "faiss_gpus", lambda: 0)
+    assert kmeans_device() == "cpu"
+
+
+def test_gpu_branch_swaps_in_the_gpu_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a GPU count injected, k-means asks for a GPU flat index on the named device; here a
+    real CPU flat index stands in for it, so FAISS trains the same seeded sample the same way."""
+    import faiss
+
+    asked: list[tuple[int, int, bool]] = []
+
+    def cpu_stand_in(faiss_mod, d: int, *, spherical: bool, device: int):
+        asked.append((d, device, spherical))
+        return faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d)
+
+    monkeypatch.setattr(clustering, "faiss_gpus", lambda: 1)
+    monkeypatch.setattr(clustering, "_gpu_flat_index", cpu_stand_in)
+    x = mixture(2000, 8, 6, 3)
+    on_cpu = train_centroids(x, 6, seed=4, device="cpu")
+    assert asked == []  # an explicit "cpu" never builds a GPU index
+    via_gpu_path = train_centroids(x, 6, seed=4)  # default device: the injected GPU
+    assert asked == [(8, 0, False)]
+    np.testing.assert_allclose(via_gpu_path, on_cpu, rtol=1e-5, atol=1e-5)
+    train_centroids(x, 6, seed=4, device="cuda:3", spherical=True)
+    assert asked[-1] == (8, 3, True)
+    labels = balanced_clusters(x, 6, seed=4)
+    assert np.bincount(labels, minlength=6).tolist() == [
+        2000 // 6 + (i < 2000 % 6) for i in range(6)
+    ]
+
+
+def test_cpu_faiss_has_no_gpu_and_plans_on_cpu() -> None:
+    """This install (faiss-cpu) reports no GPU, so plans and the golden selections stay on the CPU."""
+    import faiss
+
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        pytest.skip("this FAISS has GPUs; test_gpu_kmeans_keeps_the_balanced_guarantees covers it")
+    assert faiss_gpus() == 0 and kmeans_device() == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not _faiss_has_gpu(), reason="the installed FAISS has no GPU (faiss-cpu, or no CUDA device)"
+)
+def test_gpu_kmeans_keeps_the_balanced_guarantees() -> None:
+    """Real GPU FAISS: centroids from a GPU index, then the exact greedy balance on them."""
+    x = mixture(3000, 16, 8, 5)
+    assert kmeans_device() == "cuda:0"
+    c_gpu = train_centroids(x, 8, seed=2)
+    c_cpu = train_centroids(x, 8, seed=2, device="cpu")
+    assert c_gpu.shape == (8, 16) and np.isfinite(c_gpu).all()
+
+    def inertia(c: np.ndarray) -> float:
+        return float(((x[:, None, :] - c[None]) ** 2).sum(-1).min(1).sum())
+
+    assert inertia(c_gpu) <= 1.02 * inertia(c_cpu)  # same sample and seed: the same quality
+    labels = balance(x, c_gpu)
+    np.testing.assert_array_equal(labels, literal_greedy(x, c_gpu))
+    sizes = np.bincount(balanced_clusters(x, 8, seed=2), minlength=8)
+    assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 3000

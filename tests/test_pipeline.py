@@ -56,6 +56,27 @@ def test_plan_reuses_finished_stages(tmp_path: Path) -> None:
     summary = json.loads((run / "plan_summary.json").read_text("utf-8"))
     assert summary["budget"] == 8 and summary["clusters"]["k"] == 5
     assert summary["pool"]["kept"] == len(first.items) + 1
+    assert summary["clusters"]["kmeans_device"] == first.kmeans_device == "cpu"  # faiss-cpu
+
+
+def test_plan_records_the_kmeans_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAISS with a GPU (injected; a CPU flat index stands in for the GPU one) trains there,
+    and plan_summary.json says so, also when the clusters are reused."""
+    import faiss
+
+    from selectllm_local import clustering
+
+    monkeypatch.setattr(clustering, "faiss_gpus", lambda: 1)
+    monkeypatch.setattr(
+        clustering, "_gpu_flat_index", lambda f, d, *, spherical, device: faiss.IndexFlatL2(d)
+    )
+    pool, run = _pool(tmp_path, 40), tmp_path / "run"
+    first = plan_run(PlanConfig(pool=pool, budget=6, n_clusters=4, run_dir=run), progress=False)
+    monkeypatch.setattr(clustering, "faiss_gpus", lambda: 0)
+    again = plan_run(PlanConfig(pool=pool, budget=6, n_clusters=4, run_dir=run), progress=False)
+    assert again.reused["clusters"] and first.kmeans_device == again.kmeans_device == "cuda:0"
+    summary = json.loads((run / "plan_summary.json").read_text("utf-8"))
+    assert summary["clusters"]["kmeans_device"] == "cuda:0"
 
 
 def test_plan_rejects_budget_over_pool(tmp_path: Path) -> None:

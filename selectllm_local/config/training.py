@@ -104,6 +104,9 @@ class FinetuneConfig(Section):
     early_stopping_patience: int = 0
     """Stop after this many epochs without a lower validation loss, keeping the best epoch's
     adapter (0 = train all epochs). Needs val_fraction > 0."""
+    early_stopping_threshold: float = 0.0
+    """With early stopping: a fall in validation loss of this much or less counts as no
+    improvement (the official SelectLLM code uses 0.01)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -140,6 +143,9 @@ class FinetuneConfig(Section):
         patience = self.early_stopping_patience
         if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
             raise self._bad("early_stopping_patience", f"must be 0 or more (got {patience!r}).")
+        threshold = self.early_stopping_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold < 0:
+            raise self._bad("early_stopping_threshold", f"must be 0 or more (got {threshold!r}).")
         if patience and not self.val_fraction:
             raise self._bad(
                 "early_stopping_patience", "needs val_fraction > 0 (a validation split)."
