@@ -66,6 +66,38 @@ def _median(rows: list[dict], key: str) -> float:
     return round(statistics.median(float(r[key]) for r in rows), 2)
 
 
+def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Medians per (model, variant) and the eager/compiled ratios, over the runs so far."""
+    medians: dict[str, Any] = {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        per: dict[str, Any] = {}
+        for variant in VARIANTS:
+            rows = [x for x in runs if x["model"] == model and x["variant"] == variant]
+            if rows:
+                per[variant] = {"runs": len(rows)} | {
+                    k: _median(rows, k)
+                    for k in ("wall_s", "cpu_s", "model_load_s", "select_s", "engine_s")
+                }
+        if len(per) == len(VARIANTS):
+            per["eager_over_compiled"] = {
+                k: round(per["eager"][k] / per["compiled"][k], 3)
+                for k in per["compiled"]
+                if k != "runs" and per["compiled"][k]
+            }
+        medians[model] = per
+    from selectllm_local.bench import run as bench
+
+    return {"benchmark": "startup", "pool": str(args.pool.name), "budget": args.budget,
+            "repeats": args.repeats, "runs": runs, "medians": medians,
+            "environment": bench.bench_environment(args.machine)}  # fmt: skip
+
+
+def _write(result: dict[str, Any], out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", type=Path, default=DEFAULT_POOL)
@@ -73,38 +105,31 @@ def main() -> None:
     ap.add_argument("--model", action="append", help="default: smollm2-135m-instruct")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--machine", default=None)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="JSON, rewritten after every run")
+    ap.add_argument("--from-log", type=Path, default=None,
+                    help="summarize the JSON rows an earlier run printed, run nothing")  # fmt: skip
     args = ap.parse_args()
     models = args.model or ["smollm2-135m-instruct"]
     runs: list[dict[str, Any]] = []
+    if args.from_log:
+        for line in args.from_log.read_text("utf-8").splitlines():
+            if line.startswith("{"):
+                runs.append(json.loads(line))
+        models = []
     with tempfile.TemporaryDirectory(prefix="selectllm-startup-") as tmp_s:
-        for r in range(args.repeats):
+        for r in range(args.repeats if models else 0):
             for model in models:
                 order = ["compiled", "eager"] if r % 2 == 0 else ["eager", "compiled"]
                 for variant in order:
                     row = run_once(args, model, variant, Path(tmp_s), str(r))
                     runs.append(row)
                     print(json.dumps(row), flush=True)
-    medians: dict[str, Any] = {}
-    for model in models:
-        per = {}
-        for variant in VARIANTS:
-            rows = [x for x in runs if x["model"] == model and x["variant"] == variant]
-            per[variant] = {k: _median(rows, k) for k in
-                            ("wall_s", "cpu_s", "model_load_s", "select_s", "engine_s")}  # fmt: skip
-        per["eager_over_compiled"] = {
-            k: round(per["eager"][k] / per["compiled"][k], 3) for k in per["compiled"]
-        }
-        medians[model] = per
+                    _write(summarize(runs, args), args.out)
+    result = summarize(runs, args)
+    for model, per in result["medians"].items():
         print(f"{model}: " + json.dumps(per))
-    from selectllm_local.bench import run as bench
-
-    result = {"benchmark": "startup", "pool": str(args.pool.name), "budget": args.budget,
-              "repeats": args.repeats, "runs": runs, "medians": medians,
-              "environment": bench.bench_environment(args.machine)}  # fmt: skip
+    _write(result, args.out)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
         print(f"wrote {args.out}")
 
 

@@ -47,7 +47,7 @@ _PER_CANDIDATE = re.compile(r"\.\s*(truncated|index|instruction|input)\b|\[\s*['
 # How far a candidate's count with its trailing newline may differ from its count without it.
 _SLACK = 8
 # Derived counts and ids of cut candidates compared with the tokenizer's at the start of a run.
-DERIVE_CHECKS = 32
+DERIVE_CHECKS = 16
 
 
 def _boundary(text: str, b: int) -> bool:
