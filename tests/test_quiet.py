@@ -81,3 +81,10 @@ def test_a_good_start_leaves_no_temporary_log_and_restores_stderr(
     os.write(2, b"shown after\n")
     err = capfd.readouterr().err
     assert "hidden engine chatter" not in err and "shown after" in err
+
+
+def test_engine_runs_eager_on_cpu_and_compiled_on_cuda_unless_told() -> None:
+    assert startup.eager(None, cuda=False) is True
+    assert startup.eager(None, cuda=True) is False
+    assert startup.eager(False, cuda=False) is False
+    assert startup.eager(True, cuda=True) is True

@@ -98,6 +98,17 @@ def explain_startup_errors(backend: str) -> Iterator[None]:
         raise err from exc
 
 
+def eager(enforce_eager: bool | None, *, cuda: bool) -> bool:
+    """``--enforce-eager`` as given, else eager on a CPU and compiled (CUDA graphs) on CUDA.
+
+    On a CPU, vLLM's torch.compile of even a 135M model takes a minute or more (several under
+    load) and the compiled steps did not win it back at the quick start's size
+    (``benchmarks/bench_startup.py``); on CUDA, graphs are what make decoding fast."""
+    if enforce_eager is not None:
+        return bool(enforce_eager)
+    return not cuda
+
+
 def verbose() -> bool:
     """Logging at DEBUG (``selectllm -v``): the engine's own output is shown as it comes."""
     return logging.getLogger("selectllm_local").isEnabledFor(logging.DEBUG)

@@ -65,7 +65,7 @@ class VLLMBackend(ChatTokenizer):
             seed=options.seed,
             enable_prefix_caching=options.enable_prefix_caching,
             tensor_parallel_size=options.tensor_parallel_size,
-            enforce_eager=options.enforce_eager,
+            enforce_eager=startup.eager(options.enforce_eager, cuda=cuda),
         )
         if cuda:
             kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
