@@ -1,19 +1,25 @@
-"""Our code's CPU time per selection prompt, with the engine taken out.
+"""Our code's CPU time per selection prompt with the forward passes taken out, and per run.
 
 ``select`` spends time outside the engine on every prompt: rendering the template, counting and
-cutting candidates, fitting the prompt to the context, tokenizing it for the batch, building the
-decoding constraint and parsing the answer. On a GPU that serial work was about half of the
-selection stage (issue 10), and none of it needs the GPU, so it is measured here on the CPU.
+cutting candidates, fitting the prompt to the context, tokenizing it for the batch, padding,
+gating the constrained decoding, decoding and parsing the answer. On a GPU that serial work was
+about half of the selection stage (issue 10), and none of it needs the GPU, so it is measured
+here on the CPU.
 
 The backend is the real transformers backend (``HFBackend``) with a real trained tokenizer, whose
-model is replaced by a stub that answers ``[1]``-style ids at once: everything but the forward
-passes is the production path. Workload: Dolly rows, ``--subsets`` prompts of ``--candidates``
-candidates cut to ``--max-candidate-tokens``, the benchmark's strided subset layout. Reported:
-median over ``--repeats`` of (select seconds - engine seconds) / prompts, in ms, plus a cProfile
-breakdown of one extra repeat. Tokenizers: ``tiny`` (the tests' 1k-token BPE) and ``pool`` (a
-32k BPE trained on the pool, about a real LLM tokenizer's length per token).
+model is replaced by a stub that answers ``[1]``-style ids at once, walking the answer a token
+per step through the backend's constraint gate as transformers does: everything but the forward
+passes is the production path, and the whole of the "engine" window counts as ours. Workload:
+Dolly rows, ``--subsets`` prompts of ``--candidates`` candidates cut to
+``--max-candidate-tokens``, the benchmark's strided subset layout. Reported: medians over
+``--repeats`` of select seconds / prompts, CPU ms (process time, all threads: the robust figure
+on a shared machine) beside wall ms, plus a cProfile breakdown of one extra repeat; then the
+per-run fixed cost of the whole ``pipeline.select_run`` (``measure_fixed``). Tokenizers: ``tiny``
+(the tests' 1k-token BPE) and ``pool`` (a 32k BPE trained on the pool, about a real LLM
+tokenizer's length per token).
 
-    python benchmarks/bench_overhead.py --label before --out benchmarks/results/overhead_before.json
+    python benchmarks/bench_overhead.py --tokenizer pool --candidates 14 \
+        --out benchmarks/results/overhead_issue19.json
 """
 
 from __future__ import annotations
