@@ -301,6 +301,7 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     """
     from selectllm_local import prompting, selection
     from selectllm_local.backends import LazyBackend, load_backend, resolve_backend_name
+    from selectllm_local.backends.startup import ENGINE_LOG, engine_log
     from selectllm_local.compare import run_position_bias
     from selectllm_local.records import SubsetResult
     from selectllm_local.runstore import AppendLog
@@ -339,7 +340,8 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
                 "select needs --model (a local model folder) to ask the LLM; only a budget equal "
                 "to the pool needs none."
             )
-        return load_backend(eng.backend, eng.model, eng, offline=cfg.plan.offline)
+        with engine_log(store.path(ENGINE_LOG)):  # the engine's start-up output (quiet)
+            return load_backend(eng.backend, eng.model, eng, offline=cfg.plan.offline)
 
     engine = backend if backend is not None else LazyBackend(load)
     stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}

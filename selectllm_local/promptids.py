@@ -26,6 +26,7 @@ a mismatch switches the fast path off for the rest of the run (logged).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -45,6 +46,13 @@ _EXAMPLE = "\ue002"  # placeholder of the per-subset answer example inside a sta
 _PER_CANDIDATE = re.compile(r"\.\s*(truncated|index|instruction|input)\b|\[\s*['\"]")
 # How far a candidate's count with its trailing newline may differ from its count without it.
 _SLACK = 8
+# Derived counts and ids of cut candidates compared with the tokenizer's at the start of a run.
+DERIVE_CHECKS = 16
+
+
+def _boundary(text: str, b: int) -> bool:
+    """``text[b]`` is a space between a non-space character and a letter: a word boundary."""
+    return text[b] == " " and not text[b - 1].isspace() and text[b + 1].isalpha()
 
 
 @dataclass
@@ -90,6 +98,9 @@ class PromptBuilder:
         self._skeletons: dict[tuple[Any, ...], _Skeleton | None] = {}
         self._full: dict[int, str] = {}  # pool index -> defused candidate text
         self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
+        self._raw_ends: dict[int, list[int]] = {}  # the same, each token's end offset (long texts)
+        self._mark_ids: dict[str, list[int]] = {}  # suffix -> ids of TRUNCATION_MARK + suffix
+        self._derive_checks = DERIVE_CHECKS  # derived counts still to compare with the tokenizer
         self._units: dict[tuple[int, int], tuple[str, bool, list[int]]] = {}
         self._filled: dict[str, list[int]] = {}  # a part completed with an example -> its ids
         self.built = {"fast": 0, "plain": 0, "verified": 0}
@@ -117,8 +128,14 @@ class PromptBuilder:
             return
         todo = sorted({i for i in indices if i not in self._raw_ids})
         todo = [i for i in todo if len(self._text(i)) <= budget * 12]
-        for i, ids in zip(todo, self._encode([self._text(i) + suffix for i in todo]), strict=True):
-            self._raw_ids[i] = ids
+        if todo:
+            found = self._fast.encode_batch(
+                [self._text(i) + suffix for i in todo], add_special_tokens=False
+            )
+            for i, enc in zip(todo, found, strict=True):
+                ids = self._raw_ids[i] = enc.ids
+                if len(ids) + _SLACK > budget:  # will be cut: keep where its tokens end
+                    self._raw_ends[i] = [end for _start, end in enc.offsets]
         pending = []
         for idx in dict.fromkeys(indices):
             if (idx, budget) in self._units:
@@ -128,12 +145,30 @@ class PromptBuilder:
                 self._units[(idx, budget)] = (full, False, raw)
             else:
                 pending.append(idx)
-        cuts = self._truncate([self._text(i) for i in pending], pending, budget)
-        texts = [text + suffix for text, _cut in cuts]
-        for idx, (text, cut), ids in zip(pending, cuts, self._encode(texts), strict=True):
+        cuts = self._truncate([self._text(i) for i in pending], pending, budget, suffix)
+        derived = {j: ids for j, (_t, cut, ids) in enumerate(cuts) if cut and ids is not None}
+        check = list(derived)[: max(self._derive_checks, 0)]
+        todo_j = [
+            j
+            for j, (_t, cut, ids) in enumerate(cuts)
+            if (ids is None and cut) or (not cut and pending[j] not in self._raw_ids)
+        ] + check
+        encoded = dict(
+            zip(todo_j, self._encode([cuts[j][0] + suffix for j in todo_j]), strict=True)
+        )
+        if check:
+            self._derive_checks = max(self._derive_checks - len(check), 0)
+            if not self._check_ids(derived, {j: encoded[j] for j in check}):
+                rest = [j for j in derived if j not in encoded]
+                encoded.update(
+                    zip(rest, self._encode([cuts[j][0] + suffix for j in rest]), strict=True)
+                )
+        for j, (idx, (text, cut, made)) in enumerate(zip(pending, cuts, strict=True)):
+            unit = encoded.get(j, made)
             if not cut and self._raw_ids.get(idx) is not None:
-                ids = self._raw_ids[idx]
-            self._units[(idx, budget)] = (text, cut, ids)
+                unit = self._raw_ids[idx]
+            assert unit is not None
+            self._units[(idx, budget)] = (text, cut, unit)
 
     def _unit_batch(
         self, indices: Sequence[int], budget: int, suffix: str
@@ -144,20 +179,26 @@ class PromptBuilder:
         return [self._units[(idx, budget)] for idx in indices]
 
     def _truncate(
-        self, texts: list[str], indices: list[int], budget: int
-    ) -> list[tuple[str, bool]]:
+        self, texts: list[str], indices: list[int], budget: int, suffix: str = "\n"
+    ) -> list[tuple[str, bool, list[int] | None]]:
         """``prompting.truncate_to_tokens`` of every text, its steps counted in one batched call
-        per step. A full text whose ids (with the newline) end in the lone newline token has a
-        known count: BPE merges never undo, so a newline that stayed alone was never merged and
-        the tokens before it are exactly those of the text alone."""
+        per step: (cut text, truncated, ids of cut text + suffix when known without a call).
+
+        A full text whose ids (with the newline) end in the lone newline token has a known count:
+        BPE merges never undo, so a newline that stayed alone was never merged and the tokens
+        before it are exactly those of the text alone. A shorter prefix is counted from the
+        text's own tokens up to a word boundary (``_split``) plus its last word, and the cut
+        text's ids are the text's tokens up to the cut plus the mark's (``_derived_ids``)."""
         if not texts:
             return []
         mark = len(self._fast.encode(prompting.TRUNCATION_MARK, add_special_tokens=False))
         steps = [prompting.truncation(t, budget, mark) for t in texts]
         asks = {j: next(g) for j, g in enumerate(steps)}
+        base: dict[int, tuple[str, list[int], list[int]]] = {}  # text first counted, ids, ends
         done: dict[int, tuple[str, bool]] = {}
         while asks:
             counts: dict[int, int] = {}
+            tails: dict[int, tuple[int, str]] = {}
             for j, ask in asks.items():
                 raw = self._raw_ids.get(indices[j])
                 if (
@@ -167,9 +208,25 @@ class PromptBuilder:
                     and raw[-1] == self._newline
                 ):
                     counts[j] = len(raw) - 1
-            rest = [j for j in asks if j not in counts]
-            found = self._fast.encode_batch([asks[j] for j in rest], add_special_tokens=False)
-            counts.update(zip(rest, map(len, found), strict=True))
+                    ends = self._raw_ends.get(indices[j])
+                    if ends is not None:
+                        base[j] = (ask, raw, ends)
+                    continue
+                split = self._split(base.get(j), ask)
+                if split is not None:
+                    tails[j] = split
+            rest = [j for j in asks if j not in counts and j not in tails]
+            found = self._fast.encode_batch(
+                [asks[j] for j in rest] + [tail for _head, tail in tails.values()],
+                add_special_tokens=False,
+            )
+            for j, enc in zip(rest, found, strict=False):
+                counts[j] = len(enc)
+                if j not in base:
+                    base[j] = (asks[j], enc.ids, [end for _start, end in enc.offsets])
+            for (j, (head, _tail)), enc in zip(tails.items(), found[len(rest) :], strict=True):
+                counts[j] = head + len(enc)
+            self._check_counts({j: asks[j] for j in tails}, counts)
             nxt = {}
             for j in asks:
                 try:
@@ -177,7 +234,77 @@ class PromptBuilder:
                 except StopIteration as stop:
                     done[j] = stop.value
             asks = nxt
-        return [done[j] for j in range(len(texts))]
+        out: list[tuple[str, bool, list[int] | None]] = []
+        for j in range(len(texts)):
+            text, cut = done[j]
+            out.append((text, cut, self._derived_ids(base.get(j), text, suffix) if cut else None))
+        return out
+
+    # -- counts and ids from a text's own tokens ----------------------------------------------
+    # Byte-level BPE (GPT-2, Llama 3, Qwen) tokenizes word by word: its pre-tokenizer's regex
+    # always ends a word before a space that follows a non-space character and precedes a letter,
+    # and merges never cross a word. So a prefix cut at such a space has the text's own tokens up
+    # to it. The first ``DERIVE_CHECKS`` derived counts and ids of a run are compared with the
+    # tokenizer's; a mismatch (another kind of tokenizer) switches derivation off for the run.
+
+    def _split(
+        self, base: tuple[str, list[int], list[int]] | None, ask: str
+    ) -> tuple[int, str] | None:
+        """(tokens before the last word boundary of ``ask``, the rest of ``ask``) when ``ask``
+        is a prefix of the counted text ``base`` and has such a boundary; else None."""
+        if base is None or self._derive_checks < 0:
+            return None
+        text, _ids, ends = base
+        n = len(ask)
+        b = ask.rfind(" ")
+        if n >= len(text) or b <= 0 or b + 1 >= n or not _boundary(ask, b):
+            return None
+        if not text.startswith(ask):
+            return None
+        return bisect.bisect_right(ends, b), ask[b:]
+
+    def _derived_ids(
+        self, base: tuple[str, list[int], list[int]] | None, cut_text: str, suffix: str
+    ) -> list[int] | None:
+        """Ids of ``cut_text + suffix`` (a prefix of ``base``'s text ending at a word boundary,
+        plus the mark) from the text's own tokens, or None."""
+        mark = prompting.TRUNCATION_MARK
+        if base is None or self._derive_checks < 0 or not cut_text.endswith(mark):
+            return None
+        text, ids, ends = base
+        n = len(cut_text) - len(mark)
+        if n <= 0 or n + 1 >= len(text) or text[n] != " " or not _boundary(text, n):
+            return None
+        if not text.startswith(cut_text[:n]):
+            return None
+        tail = self._mark_ids.get(suffix)
+        if tail is None:
+            tail = self._mark_ids[suffix] = self._encode([mark + suffix])[0]
+        return ids[: bisect.bisect_right(ends, n)] + tail
+
+    def _check_counts(self, asks: dict[int, str], counts: dict[int, int]) -> None:
+        """While checks remain, count the derived ``asks`` with the tokenizer too; on a
+        mismatch correct ``counts`` and stop deriving."""
+        if self._derive_checks <= 0 or not asks:
+            return
+        self._derive_checks = max(self._derive_checks - len(asks), 0)
+        real = self._fast.encode_batch(list(asks.values()), add_special_tokens=False)
+        for j, enc in zip(asks, real, strict=True):
+            if counts[j] != len(enc):
+                self._derive_off()
+                counts[j] = len(enc)
+
+    def _check_ids(self, derived: dict[int, list[int]], real: dict[int, list[int]]) -> bool:
+        """Whether the derived ids equal the tokenizer's (``real``); stops deriving if not."""
+        if any(derived[j] != real[j] for j in real):
+            self._derive_off()
+            return False
+        return True
+
+    def _derive_off(self) -> None:
+        if self._derive_checks >= 0:
+            log.info("token counts of cut candidates cannot be derived for this tokenizer")
+        self._derive_checks = -1
 
     def _skeleton(self, subset: Subset, labels: Sequence[str]) -> _Skeleton | None:
         n = len(subset.candidates)

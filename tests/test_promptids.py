@@ -108,6 +108,9 @@ def test_fast_ids_equal_tokenizing_the_rendered_prompt(
     assert builder.enabled and builder.built["fast"] == len(plan.subsets)
     if budget == 40:
         assert cut >= len(plan.subsets) // 2  # most prompts had cut candidates: truncation ran
+        # cut candidates' counts and ids were derived from their own tokens, and every checked
+        # one matched the tokenizer (a mismatch sets -1)
+        assert builder._derive_checks == 0
 
 
 def test_unsafe_seams_are_caught_and_fall_back(rows: list[Any], tmp_path: Path) -> None:

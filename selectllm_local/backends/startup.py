@@ -1,6 +1,16 @@
-"""Engine start-up failures with a known cause outside our code, explained in one paragraph.
+"""Engine start-up: quiet by default, and failures with a known cause explained in one paragraph.
 
-Why: an engine that cannot start raises from deep inside vLLM, torch.distributed or CUDA, and the
+Quiet: starting vLLM prints dozens of lines a user can do nothing about (FutureWarnings from its
+triton dispatcher, NUMA binding, a missing tcmalloc, a torch.compile cache that fails to load,
+thread settings skipped) before our first line. Unless logging is at DEBUG (``selectllm -v``),
+``captured_output`` sends everything the process writes to its stdout and stderr during the
+engine's start (C libraries included, at the file-descriptor level) to a log file: the run
+directory's ``engine.log`` inside ``engine_log(path)``, else a temporary file. The file is shown
+(its tail) only when the start fails; a temporary one is removed after a good start. Once the
+engine is up, ``quiet_engine_logs`` lowers vLLM's logger to errors and ignores the Python
+warnings raised from the engine's libraries.
+
+Known failures: an engine that cannot start raises from deep inside vLLM, torch.distributed or CUDA, and the
 traceback names neither the cause nor the fix. The failures below come from the machine, not from
 the user's input or from a bug, so each is matched on its message and re-raised as a ``UserError``
 (exit 2, no traceback) that says what happened and what to do. Anything unmatched is re-raised
@@ -10,10 +20,24 @@ unchanged: an unknown failure keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from selectllm_local.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Libraries whose Python warnings are the engine's, not the user's (hidden unless verbose).
+ENGINE_MODULES = r"(vllm|triton|torch|transformers|numba|ray)(\.|$)"
+ENGINE_LOG = "engine.log"
+TAIL_LINES = 60
+_log_paths: list[Path] = []
 
 
 @dataclass(frozen=True)
@@ -72,3 +96,96 @@ def explain_startup_errors(backend: str) -> Iterator[None]:
         if err is None:
             raise
         raise err from exc
+
+
+def eager(enforce_eager: bool | None, *, cuda: bool) -> bool:
+    """``--enforce-eager`` as given, else eager on a CPU and compiled (CUDA graphs) on CUDA.
+
+    On a CPU, vLLM's torch.compile of even a 135M model takes a minute or more (several under
+    load) and the compiled steps did not win it back at the quick start's size
+    (``benchmarks/bench_startup.py``); on CUDA, graphs are what make decoding fast."""
+    if enforce_eager is not None:
+        return bool(enforce_eager)
+    return not cuda
+
+
+def verbose() -> bool:
+    """Logging at DEBUG (``selectllm -v``): the engine's own output is shown as it comes."""
+    return logging.getLogger("selectllm_local").isEnabledFor(logging.DEBUG)
+
+
+def quiet_engine_logs() -> None:
+    """After the start, unless verbose: vLLM's logger at ERROR (an explicit
+    ``VLLM_LOGGING_LEVEL`` wins) and its libraries' Python warnings ignored. During the start
+    they all go, at vLLM's own level, to the engine log (``captured_output``)."""
+    if verbose():
+        return
+    if "VLLM_LOGGING_LEVEL" not in os.environ:
+        logging.getLogger("vllm").setLevel(logging.ERROR)
+    for category in (FutureWarning, DeprecationWarning, UserWarning, RuntimeWarning):
+        warnings.filterwarnings("ignore", category=category, module=ENGINE_MODULES)
+
+
+@contextlib.contextmanager
+def engine_log(path: Path) -> Iterator[None]:
+    """Engines started inside the block write their start-up output to ``path``."""
+    _log_paths.append(Path(path))
+    try:
+        yield
+    finally:
+        _log_paths.pop()
+
+
+def _tail(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        text = path.read_text("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def captured_output(backend: str) -> Iterator[Path | None]:
+    """Send the process's stdout and stderr (file descriptors 1 and 2) to the engine log while
+    the engine starts; on failure log the log's tail and where it is. Verbose: nothing captured."""
+    if verbose():
+        yield None
+        return
+    temporary = not _log_paths
+    if temporary:
+        fd, name = tempfile.mkstemp(prefix="selectllm-engine-", suffix=".log")
+        os.close(fd)
+        path = Path(name)
+    else:
+        path = _log_paths[-1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    ok = False
+    try:
+        with open(path, "ab") as out:
+            for fd in saved:
+                os.dup2(out.fileno(), fd)
+            try:
+                yield path
+                ok = True
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                for fd, orig in saved.items():
+                    os.dup2(orig, fd)
+    finally:
+        for orig in saved.values():
+            os.close(orig)
+        if not ok:
+            log.error(
+                "The %s engine failed to start. The last lines of its output (all of it in %s):"
+                "\n%s",
+                backend,
+                path,
+                _tail(path),
+            )
+        elif temporary:
+            path.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from selectllm_local import hardware
+from selectllm_local.backends import startup
 from selectllm_local.backends.base import BackendOptions, ChatTokenizer, Constraint
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
@@ -40,11 +41,19 @@ class VLLMBackend(ChatTokenizer):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         # vLLM logs to stdout by default, which would corrupt `select --json`; keep it quiet.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-        if not log.isEnabledFor(logging.DEBUG):
-            os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         cuda = hardware.cuda_available()
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's default is large
+        log.info(
+            "starting the vLLM engine for %s (its output goes to a log file; -v shows it)",
+            model_path,
+        )
+        with startup.captured_output("vLLM"):
+            self._start(model_path, options, cuda)
+        startup.quiet_engine_logs()  # from now on errors only, unless verbose
+        self._started()
+
+    def _start(self, model_path: str, options: BackendOptions, cuda: bool) -> None:
         from vllm import LLM
 
         self.model_path = model_path
@@ -56,7 +65,7 @@ class VLLMBackend(ChatTokenizer):
             seed=options.seed,
             enable_prefix_caching=options.enable_prefix_caching,
             tensor_parallel_size=options.tensor_parallel_size,
-            enforce_eager=options.enforce_eager,
+            enforce_eager=startup.eager(options.enforce_eager, cuda=cuda),
         )
         if cuda:
             kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
@@ -85,9 +94,11 @@ class VLLMBackend(ChatTokenizer):
         }
         ChatTokenizer.__init__(self, self.tokenizer)
         self._encoded: dict[str, list[int]] = {}
+
+    def _started(self) -> None:
         if not self._has_template:
-            log.warning("%s has no chat template; prompts use a plain text layout", model_path)
-        log.info("vLLM engine ready in %.1f s (%s)", self.stats["startup_seconds"], model_path)
+            log.warning("%s has no chat template; prompts use a plain text layout", self.model_path)
+        log.info("vLLM engine ready in %.1f s (%s)", self.stats["startup_seconds"], self.model_path)
 
     # -- protocol ---------------------------------------------------------------------------
     @property

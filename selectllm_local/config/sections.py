@@ -171,8 +171,10 @@ class EngineConfig(Section):
     """vLLM: reuse the computed shared prompt prefix (system message, criteria)."""
     max_num_seqs: int | None = None
     """vLLM: most sequences in flight at once [default: vLLM's]."""
-    enforce_eager: bool = False
-    """vLLM: run without CUDA graphs (slower, starts faster)."""
+    enforce_eager: bool | None = None
+    """vLLM: run without torch.compile and CUDA graphs (starts faster, steps slower) [default: on
+    for CPU, where compiling costs more than it saves at the quick start's size (benchmarks/
+    README.md); off on CUDA]."""
     batch_size: int | None = None
     """transformers: most prompts per batch (batches group prompts of similar length) [default:
     16 on CPU, sized from free GPU memory and prompt length on CUDA]."""
