@@ -23,7 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 from selectllm_local import hardware
-from selectllm_local.backends.base import BackendOptions, ChatTokenizer, Constraint
+from selectllm_local.backends.base import (
+    BackendOptions,
+    ChatTokenizer,
+    Constraint,
+    request_seed,
+)
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
@@ -168,7 +173,7 @@ class VLLMBackend(ChatTokenizer):
 
         constraints = constraints or [None] * len(prompts)
         params = []
-        for c in constraints:
+        for prompt, c in zip(prompts, constraints, strict=True):
             so = None
             if c is not None and c.regex:
                 so = StructuredOutputsParams(regex=c.regex)
@@ -178,7 +183,8 @@ class VLLMBackend(ChatTokenizer):
                 SamplingParams(
                     max_tokens=max_tokens,
                     temperature=temperature,
-                    seed=seed if temperature > 0 else None,
+                    # one seed per request (not per call): the sample is batch-independent
+                    seed=request_seed(seed, prompt) if temperature > 0 else None,
                     structured_outputs=so,
                 )
             )
