@@ -65,13 +65,20 @@ def unsupported(backend: str) -> str | None:
     )
 
 
-def enable(backend: str) -> None:
-    """Set ``VLLM_BATCH_INVARIANT=1`` for the engine about to start; UserError where it cannot
-    hold (``unsupported``). Called by ``load_backend`` on the node that runs the engine (a Ray
-    actor's own node under ``--ray``)."""
+def check(backend: str) -> None:
+    """UserError (exit 2) where ``--batch-invariant`` cannot hold (``unsupported``); ``select``
+    calls it before its first stage, so the error comes before the embedding, not after."""
+    if backend == "fake":
+        return
     why = unsupported(backend)
     if why:
         raise UserError(f"{why} {_WITHOUT}")
+
+
+def enable(backend: str) -> None:
+    """Set ``VLLM_BATCH_INVARIANT=1`` for the engine about to start (after ``check``). Called by
+    ``load_backend`` on the node that runs the engine (a Ray actor's own node under ``--ray``)."""
+    check(backend)
     envs = sys.modules.get("vllm.envs")
     cached = getattr(envs, "_is_envs_cache_enabled", lambda: False)() if envs else False
     if cached and os.environ.get(ENV) != "1":
