@@ -1,7 +1,8 @@
 """Logprob mode of the selection: candidates ranked by the label log-probability, no generation.
 
 Reads the label log-probabilities at the answer position (one forward pass per prompt), keeps
-every candidate's score, and picks the top ``k``. Labels are letters checked to be single tokens;
+every candidate's score, and picks the top ``k`` (near-ties within ``picks.TIE_TOLERANCE`` of the
+cut broken by a seeded hash of the candidates' content ids, so batching cannot decide). Labels are letters checked to be single tokens;
 a subset larger than the label set is split into near-equal chunks scored separately, each chunk's
 scores normalised over its own labels (log-softmax), then merged. ``permutations > 1`` scores
 cyclic shifts of the candidate order and averages, which cancels a preference for early or late
@@ -20,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from selectllm_local.picks import NO_ANSWER, fallback_picks, result_of
+from selectllm_local.picks import NO_ANSWER, fallback_picks, result_of, tie_key, top_k_tied
 from selectllm_local.records import Subset, SubsetResult
 
 log = logging.getLogger("selectllm_local.selection")
@@ -71,11 +72,14 @@ def logprob_round(
                 sums[pos].append(sc)
             ptoks += sizes[j]
         avg = [math.fsum(v) / len(v) for v in sums]  # order-free: shifts tie exactly
-        ranked = sorted(range(len(avg)), key=lambda j: (-avg[j], j))
+        keys = [tie_key(ctx.cfg.seed, ctx.items[i].uid) for i in s.candidates]
+        top = top_k_tied(avg, s.k, keys)
+        if top.tie_rule:
+            log.debug("subset %d: margin %.2g, decided by the tie rule", s.id, top.margin)
         emit(
             result_of(
                 s,
-                [j + 1 for j in ranked[: s.k]],
+                [j + 1 for j in top.chosen],
                 raw=[],
                 attempts=tries[s.id],
                 fallback=False,
@@ -84,6 +88,8 @@ def logprob_round(
                 output_tokens=expected[s.id],
                 seconds=round(time.perf_counter() - t0, 4),
                 scores=[round(x, 6) for x in avg],
+                margin=None if top.margin is None else round(top.margin, 9),
+                tie_rule=top.tie_rule,
             )
         )
 

@@ -312,6 +312,10 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
         from selectllm_local.raycluster import connect
 
         connect(cfg.engine.ray)
+    if cfg.engine.batch_invariant and backend is None and not cfg.engine.ray:
+        from selectllm_local.backends import invariance, resolve_backend_name
+
+        invariance.check(resolve_backend_name(cfg.engine.backend))  # before the embedding
     planned = plan_run(cfg.plan, progress=progress)
     store = RunStore(planned.run_dir)
     items, plan = planned.items, planned.plan

@@ -124,6 +124,10 @@ class SubsetResult:
     seconds: float = 0.0
     reasons: dict[int, str] = field(default_factory=dict)  # pool index -> reason (reasons prompt)
     scores: list[float] | None = None  # logprob mode: score per candidate (display order)
+    # logprob mode: k-th best minus (k+1)-th best score, and whether it was within the tie
+    # tolerance, so the seeded tie rule chose (``picks.top_k_tied``)
+    margin: float | None = None
+    tie_rule: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -8,7 +8,9 @@ it to ``responses.jsonl`` while the rest of the batch is still running, and a re
 Failure policy, per subset, never silent:
 
 1. first attempt: greedy (``temperature``), constrained to the ids grammar where the backend can;
-2. up to ``retries`` more attempts, sampled at ``retry_temperature`` with a fixed seed;
+2. up to ``retries`` more attempts, sampled at ``retry_temperature``; the seed of an attempt is
+   ``seed + attempt``, which each backend mixes with the prompt's text (``request_seed``), so a
+   retry draws the same numbers whatever batch, Ray shard or resumed run it lands in;
 3. **fallback**: the distinct in-range ids of the last answer are kept (in the order given), and
    the rest are drawn from the remaining candidates by a RNG seeded with (seed, round, subset id),
    so the same run always falls back the same way. The result is flagged ``fallback``
@@ -20,7 +22,8 @@ Subsets with ``k >= len(candidates)`` (and a budget equal to the pool) need no c
 met exactly.
 
 Logprob mode (``logprobs.py``) reads the label log-probabilities at the answer position instead
-of generating, keeps every candidate's score, and picks the top ``k``.
+of generating, keeps every candidate's score, and picks the top ``k``; near-ties at the cut
+(``picks.TIE_TOLERANCE``) are broken by a seeded hash, not by batch-dependent float noise.
 
 Context: a prompt is never sent if it cannot fit the model's context with its answer. Candidates
 are truncated to ``max_candidate_tokens``, halved as needed down to ``min_candidate_tokens``;

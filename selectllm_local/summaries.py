@@ -115,6 +115,15 @@ def select_text(outcome: Any) -> str:
             if s.get("ray")
             else []
         ),
+        *(
+            [
+                f"Near-ties: {c['ties']['decided_by_tie_rule']} of {c['ties']['scored']} scored "
+                f"subsets within {c['ties']['tolerance']:g} nats of the cut, decided by the seeded "
+                f"tie rule; smallest margin {c['ties']['min_margin']:.2g}."
+            ]
+            if c.get("ties")
+            else []
+        ),
         *_position_markup(s.get("position_bias"), s.get("llm_called", True)),
         f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.",
         f"Report: {render_report(outcome.run_dir)} (open it in a browser).",

@@ -52,9 +52,21 @@ def select(
 
     cfg = SelectConfig.of(
         pool=pool, budget=10, run_dir=run, model=model, backend=backend, n_clusters=6,
-        batch_size=4, **settings,
+        **{"batch_size": 4, **settings},
     )  # fmt: skip
     return select_run(cfg, backend=engine, progress=False)
+
+
+def held_out_pool(tmp_path: Path, rows: int, seed: int) -> Path:
+    """A seeded sample of the example pool past its first 300 lines (the ones this module, the
+    golden file and the README's example use): a pool no test was tuned on."""
+    import random
+
+    lines = EXAMPLE_POOL.read_text("utf-8").splitlines()
+    keep = sorted(random.Random(seed).sample(range(300, len(lines)), rows))
+    path = tmp_path / f"heldout{rows}_s{seed}.jsonl"
+    path.write_text("\n".join(lines[i] for i in keep) + "\n", "utf-8")
+    return path
 
 
 def picks(run: Path) -> list[int]:
@@ -230,3 +242,35 @@ def test_ray_settings_from_a_config_file(tmp_path: Path) -> None:
     assert cfg.engine.ray_actors == 3 and cfg.engine.ray_max_restarts == 0
     with pytest.raises(UserError, match="--embed-on-ray"):
         PlanConfig(pool=Path("p.jsonl"), budget=5, embed_on_ray=True)
+
+
+@pytest.mark.parametrize("pool_name", ["first60", "heldout120"])
+def test_logprob_picks_equal_across_batch_size_and_ray(
+    pool_name: str, ray_address: str, one_process: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Logprob mode: one process at batch 4, one process at batch 16 and two Ray actors (shards
+    of 3) choose the same rows in the same order, on the module's 60-row pool and on a seeded
+    held-out pool of 120 rows (two rounds: 20 subsets for a budget of 10)."""
+    if pool_name == "first60":
+        pool = one_process / "pool60.jsonl"
+    else:
+        pool = held_out_pool(tmp_path, 120, seed=19)
+    model = str(tiny_model_dir)
+    runs = {
+        "batch4": select(pool, tmp_path / "b4", model, "transformers", mode="logprobs"),
+        "batch16": select(
+            pool, tmp_path / "b16", model, "transformers", mode="logprobs", batch_size=16
+        ),
+        "ray": select(
+            pool, tmp_path / "ray", model, "transformers", mode="logprobs",
+            ray=ray_address, ray_actors=2, ray_shard_size=3,
+        ),
+    }  # fmt: skip
+    chosen = {name: picks(tmp_path / d) for name, d in zip(runs, ("b4", "b16", "ray"), strict=True)}
+    assert chosen["batch4"] == chosen["batch16"] == chosen["ray"]
+    assert len(chosen["ray"]) == 10 and runs["ray"].summary["ray"]["actors"] == 2
+    for out in runs.values():  # every asked subset's margin is recorded and summarised
+        ties = out.summary["counts"]["ties"]
+        assert ties["scored"] == out.summary["counts"]["asked"] > 0
+    if pool_name == "heldout120":
+        assert runs["ray"].summary["rounds"] == 2

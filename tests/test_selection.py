@@ -18,7 +18,7 @@ from selectllm_local.backends import load_backend
 from selectllm_local.backends.base import BackendOptions
 from selectllm_local.backends.fake import FakeBackend
 from selectllm_local.errors import UserError
-from selectllm_local.picks import NO_ANSWER
+from selectllm_local.picks import NO_ANSWER, TIE_TOLERANCE, tie_key
 from selectllm_local.records import Plan, PoolItem, Subset
 from selectllm_local.selection import SelectionSettings, fallback_picks, select
 
@@ -270,11 +270,12 @@ def test_logprob_permutations_zero_shows_every_candidate_at_every_position() -> 
     check_exact(out, plan, items)
     assert len(fake.calls[0]) == 5 * 8
     # A purely positional scorer is cancelled: every candidate averages the same score, so the
-    # picks are the first k by index (the stable tie-break), not the first k shown.
+    # tie rule picks (the two lowest seeded hashes of the content ids), not the first k shown.
     for s in plan.subsets:
         res = out.results[(s.round, s.id)]
-        assert len(set(res.scores)) == 1
-        assert res.picks == s.candidates[:2]
+        assert len(set(res.scores)) == 1 and res.tie_rule
+        want = sorted(s.candidates, key=lambda i: tie_key(0, items[i].uid))[:2]
+        assert sorted(res.picks) == sorted(want)
 
 
 def test_too_small_context_truncates_then_fails_clearly() -> None:
@@ -318,7 +319,9 @@ def test_real_engine_logprob_mode_keeps_scores(engine) -> None:
         sub = out.subsets[key]
         assert res.scores is not None and len(res.scores) == len(sub.candidates)
         top = sorted(range(len(res.scores)), key=lambda j: (-res.scores[j], j))[: sub.k]
-        assert res.positions == [j + 1 for j in top]
+        assert res.positions == sorted(res.positions)  # display order: no score decides it
+        if not res.tie_rule:  # decided by the scores (margin above the tolerance): the top k
+            assert res.positions == sorted(j + 1 for j in top) and res.margin > TIE_TOLERANCE
 
 
 def test_pool_smaller_than_k_and_budget_one(engine) -> None:

@@ -167,6 +167,10 @@ def load_backend(
         from selectllm_local import hardware
 
         options = replace(options, dtype=hardware.engine_dtype(options.dtype, options.device))
+    if options.batch_invariant and resolved != "fake":  # before the engine starts
+        from selectllm_local.backends import invariance
+
+        invariance.enable(resolved)
     with explain_startup_errors(resolved):
         return LOADERS[resolved](model, options)
 

@@ -9,6 +9,7 @@ scripted fake used only by unit tests of parsing and retry logic.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -51,6 +52,14 @@ def prompt_token_ids(prompt: str, tokenizer: Any) -> list[int]:
     return list(tokenizer.encode(prompt, add_special_tokens=False))
 
 
+def request_seed(seed: int, prompt: str) -> int:
+    """The sampling seed of one prompt: the call's ``seed`` (the selection passes its seed plus
+    the attempt number) mixed with the prompt's text. The same prompt at the same attempt draws
+    the same numbers in any batch, Ray shard or resumed run; two prompts draw different ones."""
+    digest = hashlib.blake2b(f"{seed}\x00{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # < 2**63: what every torch generator takes
+
+
 # What every backend takes: the engine section of the configuration, used as is (no copying of
 # fields). Each backend ignores what it cannot use (vLLM knobs under transformers and back).
 BackendOptions = EngineConfig
@@ -90,6 +99,9 @@ class Backend(Protocol):
         on_output: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
         """Generate one answer per rendered prompt, in order, as one batched call.
+
+        With ``temperature > 0`` each prompt samples from its own ``request_seed(seed, prompt)``,
+        so its answer does not depend on which other prompts share its batch.
 
         ``on_output(i, generation)`` is called as soon as prompt ``i`` is finished (before the
         whole batch is), so callers can persist finished work while the rest is in flight.

@@ -4,7 +4,8 @@ Batched ``generate`` with left padding wastes compute on pad tokens when prompts
 lengths share a batch (16% of prompt tokens at batch 8-16 on Dolly subsets). Prompts are therefore
 sorted by length and cut into buckets whose padding stays under ``max_padding`` of their real
 tokens; the padding spent is reported in ``stats``. Decoding is greedy unless a temperature is
-given. A light constrained mode covers the ids grammar: at each step only tokens that keep the
+given; sampling draws from one generator per prompt (``_SeededSampling``), so a prompt's sample
+does not depend on its batch. A light constrained mode covers the ids grammar: at each step only tokens that keep the
 answer a prefix of the constraint regex are allowed (checked with ``regex`` partial matching over
 the few tokens made of the grammar's characters); open-ended grammars (reasons) are parsed only.
 """
@@ -23,6 +24,7 @@ from selectllm_local.backends.base import (
     ChatTokenizer,
     Constraint,
     prompt_token_ids,
+    request_seed,
 )
 from selectllm_local.backends.batchsize import CPU_BATCH, ModelMemory, gpu_batch_size
 from selectllm_local.progress import progress_bar
@@ -94,6 +96,31 @@ class _RegexGate:
         if self.rx.fullmatch(text) or not out:
             out.append(self.eos)
         return out
+
+
+class _SeededSampling:
+    """Sampling at ``temperature`` that no batch can change: a logits processor for greedy search.
+
+    ``generate(do_sample=True)`` draws every row of a batch from one global RNG, so a prompt's
+    sample depended on its batch mates. Here each row has its own generator, seeded with its
+    prompt's ``request_seed``, and adds Gumbel noise to its logits / temperature at each step;
+    the argmax of that is an exact sample of softmax(logits / temperature) (the Gumbel-max trick).
+    Masked tokens (-inf, the constraint gate) stay masked.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float) -> None:
+        import torch
+
+        self.temperature = temperature
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        vocab = scores.shape[-1]
+        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in self.gens])
+        gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
+        return scores.float() / self.temperature + gumbel.to(scores.device, torch.float32)
 
 
 class _Overlap:
@@ -301,11 +328,11 @@ class HFBackend(ChatTokenizer):
                         eos_token_id=eos,
                         prefix_allowed_tokens_fn=allowed_fn,
                     )
+                    # Greedy search either way; sampling is the per-prompt Gumbel draw below.
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                     if temperature > 0:
-                        torch.manual_seed(seed)
-                        kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
-                    else:
-                        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                        seeds = [request_seed(seed, prompts[i]) for i in batch]
+                        kwargs["logits_processor"] = [_SeededSampling(seeds, temperature)]
                     with torch.inference_mode():
                         out = self.model.generate(**kwargs)
                     # Decoding, parsing and writing this batch's answers overlap the next batch.

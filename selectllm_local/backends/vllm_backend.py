@@ -24,7 +24,12 @@ from typing import Any
 
 from selectllm_local import hardware
 from selectllm_local.backends import startup
-from selectllm_local.backends.base import BackendOptions, ChatTokenizer, Constraint
+from selectllm_local.backends.base import (
+    BackendOptions,
+    ChatTokenizer,
+    Constraint,
+    request_seed,
+)
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
@@ -179,7 +184,7 @@ class VLLMBackend(ChatTokenizer):
 
         constraints = constraints or [None] * len(prompts)
         params = []
-        for c in constraints:
+        for prompt, c in zip(prompts, constraints, strict=True):
             so = None
             if c is not None and c.regex:
                 so = StructuredOutputsParams(regex=c.regex)
@@ -189,7 +194,8 @@ class VLLMBackend(ChatTokenizer):
                 SamplingParams(
                     max_tokens=max_tokens,
                     temperature=temperature,
-                    seed=seed if temperature > 0 else None,
+                    # one seed per request (not per call): the sample is batch-independent
+                    seed=request_seed(seed, prompt) if temperature > 0 else None,
                     structured_outputs=so,
                 )
             )

@@ -165,6 +165,10 @@ class EngineConfig(Section):
     """Engine seed (the --seed of the run)."""
     tensor_parallel_size: int = 1
     """vLLM: GPUs per model."""
+    batch_invariant: bool = False
+    """vLLM on a GPU: batch-invariant kernels (VLLM_BATCH_INVARIANT=1), so a prompt's logits do
+    not depend on its batch; NVIDIA compute capability >= 8.0, AMD Instinct, Intel XPU. Elsewhere
+    (CPU, transformers) it exits 2: nothing there could honour it."""
     gpu_memory_utilization: float = 0.85
     """vLLM: share of GPU memory the engine may take."""
     enable_prefix_caching: bool = setting(True, "--prefix-caching/--no-prefix-caching")
