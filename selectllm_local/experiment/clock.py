@@ -55,7 +55,7 @@ class SelectionClock:
             ledger = self._ledger()
             ledger[self.method] = {
                 "key": self.key,
-                "seconds": round(self.seconds, 3),
+                "seconds": self.seconds,
                 "complete": complete or self.was_complete,
             }
             write_json(self.path, ledger)

@@ -354,6 +354,7 @@ def _selection(
     clock = SelectionClock(plan_dir, cell.method, _selection_key(cfg, cell, pool_path))
     with clock:
         picks = _select(cfg, cell, pool_path, progress=progress)
+    seconds = round(clock.seconds, 3)
     items = cfg.pool_items
     write_json(
         sel_path,
@@ -364,11 +365,11 @@ def _selection(
             "selection_seed": selection_seed(cfg, cell),
             "indices": picks,
             "uids": [items[i].uid for i in picks],
-            "seconds": round(clock.seconds, 3),
+            "seconds": seconds,
             "cached": clock.was_complete,
         },
     )
-    return picks, clock.seconds, clock.was_complete
+    return picks, seconds, clock.was_complete
 
 
 def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: bool) -> list[int]:
