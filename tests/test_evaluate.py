@@ -283,3 +283,21 @@ def test_long_prompts_keep_their_end(hf_backend) -> None:
     assert fitted.rstrip().endswith("### Response:")
     short = render_prompt("Name a colour.", "")
     assert hf_backend.fit_prompt(short, 64) == short  # nothing to cut: unchanged
+
+
+def test_cli_evaluate_nll_limit(tiny_llama_dir: Path, adapter: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from selectllm_local.cli import app
+
+    argv = ["evaluate", str(PAPER_DOLLY), "--base-model", str(tiny_llama_dir), "--adapter",
+            str(adapter), "--backend", "transformers", "--limit", "2", "--nll-limit", "3",
+            "--max-new-tokens", "4", "--out", str(tmp_path), "--json"]  # fmt: skip
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{") :])
+    assert out["n"] == 2 and out["nll_rows"] == 3 and out["reference_nll"] > 0
+    lines = (tmp_path / "reference_nll.jsonl").read_text().splitlines()
+    assert [json.loads(x)["row"] for x in lines] == [0, 1, 2]
+    bad = CliRunner().invoke(app, [*argv[:-3], "--nll-limit", "-1", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--nll-limit" in bad.output
