@@ -352,7 +352,7 @@ class EvalOutcome:
         return d
 
 
-def test_rows(n: int, config: EvaluateConfig) -> tuple[list[int], list[int]]:
+def default_rows(n: int, config: EvaluateConfig) -> tuple[list[int], list[int]]:
     """(answered rows, NLL rows) of a test set of ``n`` examples: the first ``limit`` and the
     first ``nll_limit`` (default: the answered rows; 0: none)."""
     rows = list(range(min(n, config.limit or n)))
@@ -394,7 +394,7 @@ def evaluate_run(
     Files: ``predictions.jsonl`` (one line per answered row; ``row`` is the example's index in the
     loaded test set), ``reference_nll.jsonl`` (``{"row", "nll", "tokens"}`` per NLL row) and
     ``scores.json`` (the means; ``reference_nll`` and ``nll_rows`` among them), each written
-    atomically. ``rows`` / ``nll_rows`` are indices into the test set [default: ``test_rows``].
+    atomically. ``rows`` / ``nll_rows`` are indices into the test set [default: ``default_rows``].
     With ``resume`` the answers already in ``out_dir`` (for the same rows) are kept, and so is an
     NLL stage of the same ``nll_key``: only what is missing is computed (a folder evaluated before
     the NLL existed gains it without new answers). The caller vouches for model and adapter.
@@ -403,8 +403,8 @@ def evaluate_run(
 
     config = config or EvaluateConfig()
     examples = load_testset(test_set)
-    default_rows, default_nll = test_rows(len(examples), config)
-    rows = [int(r) for r in (default_rows if rows is None else rows)]
+    answer_rows, default_nll = default_rows(len(examples), config)
+    rows = [int(r) for r in (answer_rows if rows is None else rows)]
     nll_rows = [int(r) for r in (default_nll if nll_rows is None else nll_rows)]
     bad = [r for r in rows + nll_rows if not 0 <= r < len(examples)]
     if bad:
