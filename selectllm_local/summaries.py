@@ -227,9 +227,16 @@ def finetune_text(result: dict[str, Any]) -> str:
 
 
 def evaluate_text(outcome: Any) -> str:
+    nll = getattr(outcome, "reference_nll", None)
     return (
         f"Rouge-L F1 {outcome.rougeL_f1:.4f}, cosine {outcome.cosine:.4f} on {outcome.n} "
         f"examples ({outcome.backend}); per-example outputs in {outcome.out_dir / 'predictions.jsonl'}"
+        + (
+            f"\nReference NLL {nll:.4f} nats per token on {outcome.nll_rows} examples (lower is "
+            f"better); per-row values in {outcome.out_dir / 'reference_nll.jsonl'}"
+            if nll is not None
+            else ""
+        )
     )
 
 

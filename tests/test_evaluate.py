@@ -94,7 +94,12 @@ def test_evaluate_run_writes_outputs_and_is_reproducible(
     tiny_llama_dir: Path, adapter: Path, tmp_path: Path
 ) -> None:
     cfg = EvaluateConfig(
-        backend="transformers", limit=6, max_new_tokens=8, batch_size=4, max_prompt_tokens=256
+        backend="transformers",
+        limit=6,
+        nll_limit=9,
+        max_new_tokens=8,
+        batch_size=4,
+        max_prompt_tokens=256,
     )
     kw = {"base_model": tiny_llama_dir, "config": cfg, "progress": False}
     a = evaluate_run(PAPER_DOLLY, adapter=adapter, out_dir=tmp_path / "a", **kw)
@@ -114,6 +119,89 @@ def test_evaluate_run_writes_outputs_and_is_reproducible(
     assert [r["prediction"] for r in rows_a] != [r["prediction"] for r in rows_c]  # adapter applied
     scores = json.loads((tmp_path / "a" / "scores.json").read_text())
     assert scores["n"] == 6 and scores["backend"] == "transformers" and base.n == 6
+    # the file contract: rows of the loaded test set; NLL on its own (larger) set of rows
+    assert [r["row"] for r in rows_a] == list(range(6))
+    nll_a, nll_b, nll_c = (
+        [json.loads(x) for x in (tmp_path / d / "reference_nll.jsonl").read_text().splitlines()]
+        for d in "abc"
+    )
+    assert [r["row"] for r in nll_a] == list(range(9)) and set(nll_a[0]) == {"row", "nll", "tokens"}
+    assert nll_a == nll_b and all(r["nll"] > 0 and r["tokens"] > 0 for r in nll_a)
+    assert [r["nll"] for r in nll_a] != [r["nll"] for r in nll_c]  # adapter applied
+    assert scores["nll_rows"] == 9 == a.nll_rows
+    assert scores["reference_nll"] == pytest.approx(sum(r["nll"] for r in nll_a) / 9)
+    assert a.reference_nll == scores["reference_nll"] and not a.reused
+
+
+def test_reference_nll_is_batch_free_response_only_and_matches_transformers(
+    tiny_llama_dir: Path, adapter: Path
+) -> None:
+    """Left padding with position ids: batched equals one row at a time equals the plain
+    transformers loss over the response tokens (prompt masked) of base + adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selectllm_local.evaluate import TestExample, fit_prompts, reference_nll
+    from selectllm_local.refnll import encode
+
+    ex = load_testset(PAPER_DOLLY, limit=6)  # prompts and references of very different lengths
+    ex.append(TestExample("Name a colour.", "", "Red."))  # short: scored whole, EOS included
+    kw = {"base_model": tiny_llama_dir, "adapter": adapter, "progress": False}
+    cfg = EvaluateConfig(max_prompt_tokens=128, nll_max_tokens=48)
+    batched = reference_nll(ex, config=EvaluateConfig(**{**cfg.to_dict(), "batch_size": 7}), **kw)
+    single = reference_nll(ex, config=EvaluateConfig(**{**cfg.to_dict(), "batch_size": 1}), **kw)
+    assert [r.tokens for r in batched] == [r.tokens for r in single]
+    for b, s in zip(batched, single, strict=True):
+        assert b.nll == pytest.approx(s.nll, rel=1e-5)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    prompts = fit_prompts(ex, tok, 128)
+    for i in (0, 5, 6):
+        ids, n = encode(prompts[i], ex[i].reference, tok, 48)
+        whole = tok(prompts[i] + ex[i].reference + tok.eos_token)["input_ids"]
+        assert ids[:n] == tok(prompts[i])["input_ids"] and ids == whole[: n + 48]
+        labels = torch.tensor([ids])
+        labels[0, :n] = -100  # the prompt is context, not scored
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
+        assert batched[i].nll == pytest.approx(loss, rel=1e-4)
+        assert batched[i].tokens == len(ids) - n == min(48, len(whole) - n)
+    assert batched[6].tokens == len(tok("Red." + tok.eos_token)["input_ids"]) < 48
+
+
+def test_resume_adds_only_the_missing_nll(
+    tiny_llama_dir: Path, adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder evaluated before the NLL existed (no rows, no reference_nll.jsonl) gains the NLL
+    and its rows on a resumed run, without new answers; a finished one is left alone."""
+    from selectllm_local import evaluate
+
+    cfg = EvaluateConfig(backend="transformers", limit=4, max_new_tokens=6, max_prompt_tokens=128)
+    kw = {"base_model": tiny_llama_dir, "adapter": adapter, "out_dir": tmp_path, "progress": False}
+    evaluate_run(PAPER_DOLLY, config=EvaluateConfig(**{**cfg.to_dict(), "nll_limit": 0}), **kw)
+    assert not (tmp_path / "reference_nll.jsonl").exists()
+    preds = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    old = [{k: v for k, v in p.items() if k != "row"} for p in preds]  # the old format
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in old))
+
+    def no_generation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("answers must be reused")
+
+    monkeypatch.setattr(evaluate, "generate_answers", no_generation)
+    out = evaluate_run(PAPER_DOLLY, config=cfg, resume=True, **kw)
+    assert out.reused == ["answers"] and out.nll_rows == 4 and out.reference_nll is not None
+    assert [
+        json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()
+    ] == preds
+    nll_file = (tmp_path / "reference_nll.jsonl").read_text()
+    again = evaluate_run(PAPER_DOLLY, config=cfg, resume=True, **kw)
+    assert again.reused == ["answers", "reference_nll"] and again.reference_nll == out.reference_nll
+    assert (tmp_path / "reference_nll.jsonl").read_text() == nll_file
+    more = evaluate_run(PAPER_DOLLY, config=EvaluateConfig(**{**cfg.to_dict(), "nll_limit": 6}),
+                        resume=True, **kw)  # fmt: skip
+    assert more.reused == ["answers"] and more.nll_rows == 6
 
 
 def test_batching_does_not_change_answers(tiny_llama_dir: Path, adapter: Path) -> None:
@@ -195,3 +283,21 @@ def test_long_prompts_keep_their_end(hf_backend) -> None:
     assert fitted.rstrip().endswith("### Response:")
     short = render_prompt("Name a colour.", "")
     assert hf_backend.fit_prompt(short, 64) == short  # nothing to cut: unchanged
+
+
+def test_cli_evaluate_nll_limit(tiny_llama_dir: Path, adapter: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from selectllm_local.cli import app
+
+    argv = ["evaluate", str(PAPER_DOLLY), "--base-model", str(tiny_llama_dir), "--adapter",
+            str(adapter), "--backend", "transformers", "--limit", "2", "--nll-limit", "3",
+            "--max-new-tokens", "4", "--out", str(tmp_path), "--json"]  # fmt: skip
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{") :])
+    assert out["n"] == 2 and out["nll_rows"] == 3 and out["reference_nll"] > 0
+    lines = (tmp_path / "reference_nll.jsonl").read_text().splitlines()
+    assert [json.loads(x)["row"] for x in lines] == [0, 1, 2]
+    bad = CliRunner().invoke(app, [*argv[:-3], "--nll-limit", "-1", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--nll-limit" in bad.output

@@ -47,6 +47,15 @@ METHODS = 'methods = ["select", "random", "kcenter", "cluster-random"]'
         ((METHODS, 'methods = ["select:guess"]'), r"'select:guess' has an unknown variant"),
         (("pool_limit = 200 ", "pool_sample = 0 "), r"pool_sample must be a positive integer"),
         (("pool_limit = 200 ", "pool_limit = 200\npool_sample = 50 "), "not both"),
+        (
+            ("pool_limit = 200 ", "pool_limit = 200\ntest_sample = 5\nnll_sample = 4 "),
+            r"nll_sample = 4 is less than the 5 rows answered",
+        ),
+        (
+            ("pool_limit = 200 ", "pool_limit = 200\nnll_sample = 0 "),
+            "nll_sample must be a positive",
+        ),
+        (("limit = 8 ", "limit = 8\nnll_limit = -1 "), r"--nll-limit \(evaluate.nll_limit"),
     ],
 )
 def test_bad_configs_fail_before_heavy_work(tmp_path: Path, replace: tuple, match: str) -> None:
@@ -86,6 +95,20 @@ def test_samples_are_seeded_fixed_and_cleaned_against_the_whole_test_set(tmp_pat
     assert {i.uid for i in load_experiment_config(other).pool_items} != {
         i.uid for i in a.pool_items
     }
+    # NLL rows: the answered rows plus a seeded draw of the others; the answered rows unchanged
+    assert a.nll_rows == a.test_rows and a.test_examples == [
+        a.all_test_examples[r] for r in a.test_rows
+    ]
+    more = tiny_experiment_config(
+        tmp_path,
+        ("pool_limit = 200 ", "pool_sample = 300\ntest_sample = 5\nnll_sample = 40 "),
+        ("limit = 8 ", "# no limit "),
+        name="n.toml",
+    )
+    m1, m2 = load_experiment_config(more), load_experiment_config(more)
+    assert m1.test_rows == a.test_rows and m1.test_key == a.test_key
+    assert set(m1.test_rows) < set(m1.nll_rows) and len(m1.nll_rows) == 40
+    assert m1.nll_rows == m2.nll_rows == sorted(m1.nll_rows)
     assert a.selector_for("select:logprobs").mode == "logprobs"
     assert a.selector_for("select").mode == a.selector.mode
     root = tmp_path / "r"
@@ -147,7 +170,12 @@ def _small(tmp_path: Path) -> Path:
         tmp_path,
         (METHODS, 'methods = ["random", "length"]'),
         ("budgets = [8, 16]", "budgets = [8]"),
+        ("limit = 8 ", "limit = 8\nnll_limit = 12 "),  # NLL on 12 rows, answers on 8
     )
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def test_max_cells_then_resume_runs_only_the_rest(tmp_path: Path) -> None:
@@ -166,12 +194,50 @@ def test_max_cells_then_resume_runs_only_the_rest(tmp_path: Path) -> None:
     third = run_experiment(cfg, run_dir=tmp_path / "r", progress=False)
     assert third.cells_run == [first.cells_run[0]]
     after = json.loads((cell / "done.json").read_text())
-    assert after["reused"] == ["finetune", "evaluate"] and adapter.stat().st_mtime_ns == mtime
+    assert after["reused"] == ["selection", "finetune", "evaluate", "reference_nll"]
+    assert adapter.stat().st_mtime_ns == mtime
     train = json.loads((cell / "finetune" / "train_summary.json").read_text())
     scores = json.loads((cell / "eval" / "scores.json").read_text())
+    sel = json.loads((cell / "selection.json").read_text())
     assert after["seconds"]["finetune"] == round(train["seconds"], 3) > 0
     assert after["seconds"]["evaluate"] == round(scores["seconds"], 3) > 0
+    assert after["selection_seconds"] == before["selection_seconds"] == sel["seconds"] > 0
+    assert after["seconds"]["selection"] == sel["seconds"]
     assert after["rougeL_f1"] == before["rougeL_f1"]
+    assert after["reference_nll"] == before["reference_nll"] == scores["reference_nll"]
+
+    # The file contract: answered rows are a subset of the NLL rows, the same in every cell.
+    cells = [tmp_path / "r" / "cells" / c for c in first.cells_run + first.cells_pending]
+    for c in cells:
+        done = json.loads((c / "done.json").read_text())
+        assert done["nll_rows"] == 12 and done["reference_nll"] > 0
+        assert [p["row"] for p in _lines(c / "eval" / "predictions.jsonl")] == list(range(8))
+        assert [r["row"] for r in _lines(c / "eval" / "reference_nll.jsonl")] == list(range(12))
+    # Every seed draws its own selection; a deterministic method draws the same one.
+    picks = {
+        c.parent.name + "/" + c.name: json.loads((c / "selection.json").read_text())["indices"]
+        for c in cells
+    }
+    assert picks["random/b8-s0"] != picks["random/b8-s1"]
+    assert picks["length/b8-s0"] == picks["length/b8-s1"]
+
+    # A cell evaluated before the NLL existed gains it on a re-run, and nothing else is redone.
+    ev = cell / "eval"
+    answers = _lines(ev / "predictions.jsonl")
+    (ev / "reference_nll.jsonl").unlink()
+    old = {k: v for k, v in scores.items() if k not in ("reference_nll", "nll_rows", "nll")}
+    (ev / "scores.json").write_text(json.dumps(old))
+    (ev / "predictions.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in p.items() if k != "row"}) + "\n" for p in answers)
+    )
+    stale = {k: v for k, v in after.items() if k not in ("nll_key", "reference_nll", "nll_rows")}
+    (cell / "done.json").write_text(json.dumps(stale))
+    fourth = run_experiment(cfg, run_dir=tmp_path / "r", progress=False)
+    assert fourth.cells_run == [first.cells_run[0]] and len(fourth.cells_skipped) == 3
+    upgraded = json.loads((cell / "done.json").read_text())
+    assert upgraded["reused"] == ["selection", "finetune", "evaluate"]
+    assert upgraded["reference_nll"] == pytest.approx(before["reference_nll"], rel=1e-6)
+    assert _lines(ev / "predictions.jsonl") == answers and adapter.stat().st_mtime_ns == mtime
 
 
 def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:
@@ -241,3 +307,53 @@ def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
     assert cfg.evaluate.max_new_tokens == 150
     assert cfg.baseline.options("diversity") == {"sample_size": 1000}
     assert "answer-perplexity" in cfg.methods and "perplexity" not in cfg.methods
+
+
+def test_selection_seed_follows_the_cell_seed_unless_overridden(tmp_path: Path) -> None:
+    from selectllm_local.experiment.runner import (
+        Cell,
+        _selection_key,
+        plan_dir_of,
+        selection_seed,
+    )
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("{}\n")
+    per_seed = load_experiment_config(tiny_experiment_config(tmp_path))
+    shared = load_experiment_config(
+        tiny_experiment_config(
+            tmp_path, ("pool_limit = 200 ", "pool_limit = 200\nselection_seed = 0 "), name="s.toml"
+        )
+    )
+    s0, s1 = Cell("cluster-random", 8, 0), Cell("cluster-random", 8, 1)
+    assert [selection_seed(per_seed, c) for c in (s0, s1)] == [0, 1]
+    assert [selection_seed(shared, c) for c in (s0, s1)] == [0, 0]
+    assert _selection_key(per_seed, s0, pool) != _selection_key(per_seed, s1, pool)
+    assert _selection_key(shared, s0, pool) == _selection_key(shared, s1, pool)
+    assert _selection_key(per_seed, s0, pool) == _selection_key(shared, s0, pool)
+    root = tmp_path / "r"
+    assert plan_dir_of(root, "select", 8, 1) != plan_dir_of(root, "select", 8, 0)
+
+
+def test_selection_clock_sums_resumes_and_keeps_a_finished_time(tmp_path: Path) -> None:
+    from selectllm_local.experiment.clock import SelectionClock
+
+    with pytest.raises(KeyboardInterrupt), SelectionClock(tmp_path, "select", "k1") as c:
+        raise KeyboardInterrupt  # a stopped selection keeps the time it spent
+    interrupted = c.seconds
+    assert not c.was_complete and interrupted > 0
+    with SelectionClock(tmp_path, "select", "k1") as c:
+        pass
+    assert not c.was_complete and c.seconds > interrupted  # the resumed stretch is added
+    finished = c.seconds
+    with SelectionClock(tmp_path, "select", "k1") as c:  # found finished: its time, unchanged
+        pass
+    assert c.was_complete and c.seconds == finished
+    with SelectionClock(tmp_path, "random", "k1") as other:  # methods are counted apart
+        pass
+    assert not other.was_complete
+    with SelectionClock(tmp_path, "select", "k2") as c:  # another selection: from zero
+        pass
+    assert not c.was_complete and c.seconds < finished
+    ledger = json.loads((tmp_path / "selection_seconds.json").read_text())
+    assert ledger["select"]["key"] == "k2" and ledger["random"]["complete"] is True

@@ -16,6 +16,9 @@ from selectllm_local.config.base import Section
 from selectllm_local.config.sections import DTYPES
 
 QUANTIZATIONS = ("auto", "nf4", "none")
+# [evaluate] settings of the reference NLL only: they do not change the answers, so an experiment
+# cell keeps its answers when they change (the NLL stage has its own key).
+NLL_SETTINGS = ("nll_limit", "nll_max_tokens")
 PERPLEXITY_BANDS = ("high", "low", "middle")
 
 
@@ -184,10 +187,18 @@ class EvaluateConfig(Section):
     """Longer prompts keep their end (the instruction is at the end)."""
     seed: int = 0
     """Sampling seed (answers are greedy; the seed fixes the engine)."""
+    nll_limit: int | None = None
+    """Score the reference NLL (mean per-token negative log-likelihood of each reference answer)
+    on the first N test examples [default: the examples answered]; 0 turns it off."""
+    nll_max_tokens: int = 256
+    """Reference NLL: tokens of each reference scored at most (a longer one is scored on its start)."""
 
     def __post_init__(self) -> None:
         if self.limit is not None:
             self._at_least("limit", 1)
+        if self.nll_limit is not None:
+            self._at_least("nll_limit", 0)
+        self._at_least("nll_max_tokens", 1)
         self._at_least("max_new_tokens", 1)
         self._at_least("batch_size", 1)
         self._at_least("max_prompt_tokens", 1)

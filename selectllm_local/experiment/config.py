@@ -72,10 +72,15 @@ class ExperimentTable(Section):
     test_sample: int | None = None
     """Score a seeded random sample of N test examples (``sample_seed``) instead of all of them;
     the pool is still cleaned against the whole test set."""
+    nll_sample: int | None = None
+    """Score the reference NLL (cheap, low variance) on N test rows: the rows answered
+    (``test_sample``) plus a seeded draw (``sample_seed``) of the others, so the Rouge-L/cosine
+    rows are a subset of the NLL rows [default: the answered rows only]. At least test_sample."""
     selection_seed: int | None = None
-    """Select with this seed in every cell (one plan and one selection per budget, shared by all
-    seeds); the cell's seed then varies only the fine-tune and evaluation. Default: each seed
-    selects afresh (its own plan)."""
+    """Override: select with this seed in every cell (one plan and one selection per budget,
+    shared by all seeds), so the cell's seed varies only the fine-tune and evaluation. Default
+    (recommended): the selection seed is the cell's seed, so every seed redraws every stochastic
+    selection (random draws, k-means plan, display and permutation order)."""
     sample_seed: int = 0
     """Seed of ``pool_sample`` and ``test_sample`` (fixed across cells: every cell sees the same
     rows)."""
@@ -100,6 +105,11 @@ class ExperimentConfig:
     test_set: Path
     test_examples: list[Any]
     test_sample: int | None
+    test_rows: list[int]
+    """Rows of the test set that are answered (Rouge-L, cosine): indices into ``test_set``."""
+    nll_rows: list[int]
+    """Rows whose reference NLL is scored (a superset of ``test_rows``; empty: NLL off)."""
+    all_test_examples: list[Any]
     selection_seed: int | None
     test_key: str
     test_overlap: int
@@ -122,8 +132,9 @@ class ExperimentConfig:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             d[f.name] = v.to_dict() if isinstance(v, Section) else v
-        d.pop("pool_items")
-        d.pop("test_examples")
+        for name in ("pool_items", "test_examples", "all_test_examples", "test_rows", "nll_rows"):
+            d.pop(name)
+        d["nll_test_rows"] = len(self.nll_rows)
         d["pool_rows"] = len(self.pool_items)
         d["test_rows"] = len(self.test_examples)
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
@@ -256,7 +267,6 @@ def load_experiment_config(
         )
     evaluate: EvaluateConfig = _section(path, raw, EvaluateConfig)
     all_tests = load_testset(test_set)
-    tests = all_tests[: evaluate.limit] if evaluate.limit else all_tests
     from selectllm_local.splits import TestOverlap
 
     # against the whole test set, not only the rows scored; before de-duplication
@@ -265,7 +275,7 @@ def load_experiment_config(
     if exp.exclude_test_from_pool:
         leak.report(str(pool))
     overlap = leak.total
-    for key in ("pool_limit", "pool_sample", "test_sample"):
+    for key in ("pool_limit", "pool_sample", "test_sample", "nll_sample"):
         v = getattr(exp, key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise UserError(f"{path}: [experiment] {key} must be a positive integer (got {v!r}).")
@@ -275,8 +285,8 @@ def load_experiment_config(
         items = items[: exp.pool_limit]
     if exp.pool_sample is not None:
         items = _sample(items, exp.pool_sample, exp.sample_seed)
-    if exp.test_sample is not None:
-        tests = _sample(tests, exp.test_sample, exp.sample_seed)
+    test_rows, nll_rows = _test_rows(path, exp, len(all_tests), evaluate)
+    tests = [all_tests[r] for r in test_rows]
     items = [dataclasses.replace(it, index=i) for i, it in enumerate(items)]
     missing = [it for it in items if not (it.output and it.output.strip())]
     if missing:
@@ -332,6 +342,9 @@ def load_experiment_config(
         test_set=test_set,
         test_examples=tests,
         test_sample=exp.test_sample,
+        test_rows=test_rows,
+        nll_rows=nll_rows,
+        all_test_examples=all_tests,
         selection_seed=exp.selection_seed,
         test_key=stable_hash([(t.instruction, t.input, t.reference) for t in tests]),
         test_overlap=overlap,
@@ -348,6 +361,44 @@ def load_experiment_config(
         finetune=_section(path, raw, FinetuneConfig),
         evaluate=evaluate,
     )
+
+
+def _test_rows(
+    path: Path, exp: ExperimentTable, n: int, evaluate: EvaluateConfig
+) -> tuple[list[int], list[int]]:
+    """(answered rows, NLL rows) as indices into the test set.
+
+    Answered: the first ``[evaluate] limit`` rows, or ``test_sample`` of them. NLL: those rows
+    plus, up to ``nll_sample`` rows in all, a seeded draw of the rest of the first
+    ``[evaluate] nll_limit`` rows (default: of the same rows as the answers); without
+    ``nll_sample`` all of them when ``nll_limit`` is given, else the answered rows alone;
+    ``nll_limit = 0`` turns the NLL off. Adding NLL rows never changes the answered rows.
+    """
+    answerable = list(range(min(n, evaluate.limit or n)))
+    rows = (
+        answerable
+        if exp.test_sample is None
+        else _sample(answerable, exp.test_sample, exp.sample_seed)
+    )
+    if evaluate.nll_limit == 0:
+        if exp.nll_sample is not None:
+            raise UserError(
+                f"{path}: [experiment] nll_sample needs the NLL on ([evaluate] nll_limit = 0 turns it off)."
+            )
+        return rows, []
+    pool = answerable if evaluate.nll_limit is None else list(range(min(n, evaluate.nll_limit)))
+    taken = set(rows)
+    rest = [r for r in pool if r not in taken]
+    if exp.nll_sample is None:
+        extra = rest if evaluate.nll_limit is not None else []
+    elif exp.nll_sample < len(rows):
+        raise UserError(
+            f"{path}: [experiment] nll_sample = {exp.nll_sample} is less than the {len(rows)} rows "
+            "answered (test_sample): the Rouge-L/cosine rows must be a subset of the NLL rows."
+        )
+    else:
+        extra = _sample(rest, exp.nll_sample - len(rows), exp.sample_seed + 1)
+    return rows, sorted(taken | set(extra))
 
 
 def _sample(rows: list[Any], n: int, seed: int) -> list[Any]:

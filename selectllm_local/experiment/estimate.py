@@ -242,6 +242,23 @@ def estimate_experiment(
         (prompt_tok + out_tok) * cells, gpu_measured=gpu_m is not None,
     ))  # fmt: skip
 
+    if cfg.nll_rows:  # one teacher-forced forward pass per reference: a prefill, no decode
+        refs = [cfg.all_test_examples[r] for r in cfg.nll_rows]
+        nll_tok = sum(
+            min(ev.max_prompt_tokens, count_base(t.prompt))
+            + min(ev.nll_max_tokens, count_base(t.reference) + 1)
+            for t in refs
+        )
+        cpu = c.cpu(
+            "selection_transformers_prompt_tokens_per_s", nll_tok, base.non_embedding_params
+        )
+        stages.append(Stage(
+            "reference NLL", cells,
+            f"{len(refs):,} references, one forward pass each ({nll_tok / len(refs):.0f} tokens)",
+            None if cpu is None else cpu * cells,
+            c.compute(2 * base.non_embedding_params * nll_tok) * cells, nll_tok * cells,
+        ))  # fmt: skip
+
     models = {"base_model": base}
     if sel_size is not None:
         models["selector"] = sel_size

@@ -7,6 +7,11 @@ one, finished stages (the selection, the adapter). A cell whose configuration ch
 redone from scratch. Everything a cell depends on is validated before the first heavy step, so a
 typo in the config fails in a second, not after an hour of fine-tuning.
 
+Seeds: by default a cell selects with its own seed, so every stochastic selection (random
+draws, the k-means plan, display and permutation order) is redrawn per seed and "± std" covers
+selection and training noise; ``selection_seed`` overrides it (one selection for all seeds).
+A plan directory is named by the seed it was made with, so a cached plan serves only that seed.
+
 Fairness: ``select`` and the baselines that need the plan (``cluster-random``) or the embeddings
 (``kcenter``) share one plan directory per (budget, seed), so they see the same pool, embeddings,
 clusters and subsets; every method trains the same base model with the same recipe and seed.
@@ -18,7 +23,10 @@ Run directory::
     data/pool.jsonl               the pool used (limit applied, test rows removed)
     plans/b<budget>-s<seed>/      plan_run / select_run / baseline_run directories
     plans/b<budget>-s<seed>-select-<mode>/  the same plan, selected by a select:<mode> method
+    plans/<plan dir>/selection_seconds.json  each selection's own seconds, summed over resumes
+    data/test_rows.json           the test rows answered and the rows NLL-scored
     cells/<method>/b<budget>-s<seed>/{selection.json, finetune/, eval/, done.json}
+        eval/: predictions.jsonl, reference_nll.jsonl, scores.json (``evaluate.evaluate_run``)
     results.csv, summary.csv, results.md, results.png
 """
 
@@ -32,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selectllm_local.config.training import NLL_SETTINGS
 from selectllm_local.errors import UserError
 from selectllm_local.experiment.config import ExperimentConfig, load_experiment_config
-from selectllm_local.runstore import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from selectllm_local.runstore import read_json, stable_hash, write_json, write_jsonl
 from selectllm_local.testhooks import hold_after
 
 log = logging.getLogger(__name__)
@@ -98,7 +107,7 @@ def _run_experiment(
 
     write_json(root / "experiment.json", {"config": cfg.to_dict(), "environment": environment()})
     pool_path = _write_pool(cfg)
-    test_set = _write_tests(cfg)
+    _write_test_rows(cfg)
     base_model = _resolve_model(cfg.base_model, root, role="base")
     cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds]
     outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
@@ -107,7 +116,7 @@ def _run_experiment(
         cell_dir = root / "cells" / cell.name
         key = _cell_key(cfg, cell, pool_path)
         done = cell_dir / "done.json"
-        if done.exists() and read_json(done).get("key") == key:
+        if done.exists() and _finished(read_json(done), key, _nll_key(cfg)):
             outcome.cells_skipped.append(cell.name)
             continue
         if max_cells is not None and len(outcome.cells_run) >= max_cells:
@@ -115,7 +124,7 @@ def _run_experiment(
             continue
         log.info("cell %d/%d: %s", i, len(cells), cell.name)
         _prepare_cell_dir(cell_dir, key)
-        _run_cell(cfg, cell, cell_dir, key, pool_path, test_set, base_model, progress=progress)
+        _run_cell(cfg, cell, cell_dir, key, pool_path, base_model, progress=progress)
         outcome.cells_run.append(cell.name)
         hold()  # a test's stop point (testhooks); a no-op otherwise
     from selectllm_local.experiment.results import write_results
@@ -154,16 +163,13 @@ def _write_pool(cfg: ExperimentConfig) -> Path:
     return path
 
 
-def _write_tests(cfg: ExperimentConfig) -> Path:
-    """The test set as given, or the drawn ``test_sample`` written once as JSONL."""
-    if cfg.test_sample is None:
-        return cfg.test_set
-    path = cfg.run_dir / "data" / "test.jsonl"
-    rows = [{"instruction": t.instruction, "input": t.input, "output": t.reference}
-            for t in cfg.test_examples]  # fmt: skip
-    if not (path.exists() and read_jsonl(path) == rows):
-        write_jsonl(path, rows)
-    return path
+def _write_test_rows(cfg: ExperimentConfig) -> None:
+    """Which rows of the test set are answered and which NLL-scored (for the reader: every
+    ``predictions.jsonl`` and ``reference_nll.jsonl`` line names its row too)."""
+    path = cfg.run_dir / "data" / "test_rows.json"
+    rows = {"test_set": str(cfg.test_set), "rows": cfg.test_rows, "nll_rows": cfg.nll_rows}
+    if not (path.exists() and read_json(path) == rows):
+        write_json(path, rows)
 
 
 def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
@@ -200,9 +206,47 @@ def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
             "engine": cfg.engine.to_dict() if is_select else None,
             "baseline": None if is_select else cfg.baseline.to_dict(),
             "finetune": cfg.finetune.to_dict(),
-            "evaluate": cfg.evaluate.to_dict(),
+            # the NLL settings have their own key (``_nll_key``): changing them keeps the answers
+            "evaluate": {k: v for k, v in cfg.evaluate.to_dict().items() if k not in NLL_SETTINGS},
         }
     )
+
+
+def _nll_key(cfg: ExperimentConfig) -> str | None:
+    """The key of the cells' reference-NLL stage (None: the NLL is off)."""
+    from selectllm_local.evaluate import nll_key
+
+    return nll_key(cfg.all_test_examples, cfg.nll_rows, cfg.evaluate) if cfg.nll_rows else None
+
+
+def _finished(done: dict[str, Any], key: str, nll_key: str | None) -> bool:
+    """A cell is finished when its key matches and it holds the NLL asked for (a cell finished
+    before the NLL existed is run again: it reuses every stage and adds the NLL)."""
+    return done.get("key") == key and done.get("nll_key") == nll_key
+
+
+def _selection_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
+    """What a cell's selection depends on (not the training or the evaluation)."""
+    from selectllm_local.runstore import file_hash
+
+    is_select = cell.method.partition(":")[0] == "select"
+    return stable_hash(
+        {
+            "method": cell.method,
+            "budget": cell.budget,
+            "seed": selection_seed(cfg, cell),
+            "pool": file_hash(pool_path),
+            "plan": cfg.plan,
+            "selector": cfg.selector_for(cell.method).to_dict() if is_select else None,
+            "engine": cfg.engine.to_dict() if is_select else None,
+            "baseline": None if is_select else cfg.baseline.to_dict(),
+        }
+    )
+
+
+def selection_seed(cfg: ExperimentConfig, cell: Cell) -> int:
+    """The seed a cell selects with: its own seed, unless ``selection_seed`` overrides it."""
+    return cell.seed if cfg.selection_seed is None else cfg.selection_seed
 
 
 def _prepare_cell_dir(cell_dir: Path, key: str) -> None:
@@ -224,7 +268,6 @@ def _run_cell(
     cell_dir: Path,
     key: str,
     pool_path: Path,
-    test_set: Path,
     base_model: Path,
     *,
     progress: bool,
@@ -232,30 +275,17 @@ def _run_cell(
     from selectllm_local.evaluate import evaluate_run
     from selectllm_local.finetune import finetune_run
 
-    timings: dict[str, float] = {}
-    sel_path = cell_dir / "selection.json"
-    t = time.perf_counter()
-    if sel_path.exists():
-        picks = read_json(sel_path)["indices"]
-    else:
-        picks = _select(cfg, cell, pool_path, progress=progress)
-        items = cfg.pool_items
-        write_json(
-            sel_path,
-            {
-                "method": cell.method,
-                "budget": cell.budget,
-                "seed": cell.seed,
-                "indices": picks,
-                "uids": [items[i].uid for i in picks],
-            },
-        )
-    timings["selection"] = time.perf_counter() - t
+    # A stage finished by an earlier run is reused, and its time is the one that run recorded
+    # (the selection's, the trainer's and the evaluation's own seconds), not the instant of
+    # reading it back.
+    reused: list[str] = []
+    picks, selection_seconds, selection_reused = _selection(
+        cfg, cell, cell_dir, pool_path, progress=progress
+    )
+    if selection_reused:
+        reused.append("selection")
     records = [cfg.pool_items[i] for i in picks]
 
-    # A stage finished by an earlier run is reused, and its time is the one that run recorded
-    # (the trainer's and the evaluation's own seconds), not the instant of reading it back.
-    reused: list[str] = []
     t = time.perf_counter()
     ft_dir = cell_dir / "finetune"
     adapter = ft_dir / "adapter"
@@ -269,51 +299,90 @@ def _run_cell(
             config=cfg.finetune.replace(seed=cell.seed),
             subprocess=cfg.finetune_subprocess,
         )
-    timings["finetune"] = time.perf_counter() - t
+    ft_seconds = time.perf_counter() - t
 
-    t = time.perf_counter()
-    ev_dir = cell_dir / "eval"
-    if (ev_dir / "scores.json").exists():
-        scores = read_json(ev_dir / "scores.json")
-        reused.append("evaluate")
-    else:
-        evaluate_run(
-            test_set,
-            base_model=base_model,
-            adapter=adapter,
-            out_dir=ev_dir,
-            config=dataclasses.replace(cfg.evaluate, seed=cell.seed),
-            progress=progress,
-        )
-        scores = read_json(ev_dir / "scores.json")
-    timings["evaluate"] = time.perf_counter() - t
+    ev = evaluate_run(  # resumes: answers and NLL already in eval/ are kept
+        cfg.test_set,
+        base_model=base_model,
+        adapter=adapter,
+        out_dir=cell_dir / "eval",
+        config=dataclasses.replace(cfg.evaluate, seed=cell.seed),
+        progress=progress,
+        rows=cfg.test_rows,
+        nll_rows=cfg.nll_rows,
+        resume=True,
+    )
+    reused += ["evaluate" if s == "answers" else s for s in ev.reused]
     train = read_json(ft_dir / "train_summary.json")
-    earlier = {"finetune": train.get("seconds"), "evaluate": scores.get("seconds")}
-    for stage in reused:
-        if isinstance(earlier[stage], int | float):
-            timings[stage] = float(earlier[stage])
+    if "finetune" in reused and isinstance(train.get("seconds"), int | float):
+        ft_seconds = float(train["seconds"])
+    timings = {"selection": selection_seconds, "finetune": ft_seconds, "evaluate": ev.seconds}
+    # (a selection made before times were recorded has none: left out rather than shown as 0)
+    if ev.nll_rows:
+        timings["reference_nll"] = ev.nll_seconds
     write_json(
         cell_dir / "done.json",
         {
             "key": key,
+            "nll_key": _nll_key(cfg),
             "method": cell.method,
             "budget": cell.budget,
             "seed": cell.seed,
-            "rougeL_f1": scores["rougeL_f1"],
-            "cosine": scores["cosine"],
-            "n_test": scores["n"],
+            "selection_seed": selection_seed(cfg, cell),
+            "rougeL_f1": ev.rougeL_f1,
+            "cosine": ev.cosine,
+            "n_test": ev.n,
+            "reference_nll": ev.reference_nll,
+            "nll_rows": ev.nll_rows,
             "train_loss": train.get("train_loss"),
-            "seconds": {k: round(v, 3) for k, v in timings.items()},
+            "selection_seconds": selection_seconds,
+            "seconds": {k: round(v, 3) for k, v in timings.items() if v is not None},
             "reused": reused,
         },
     )
+
+
+def _selection(
+    cfg: ExperimentConfig, cell: Cell, cell_dir: Path, pool_path: Path, *, progress: bool
+) -> tuple[list[int], float | None, bool]:
+    """(pool indices, seconds the selection took, whether it was made by an earlier run).
+
+    The seconds are the selection's own, summed over every run that worked on it (a resumed
+    LLM selection counts each stretch), also when this cell finds it finished in the plan
+    directory's cache; None for a selection.json written before times were recorded."""
+    from selectllm_local.experiment.clock import SelectionClock
+
+    sel_path = cell_dir / "selection.json"
+    if sel_path.exists():
+        sel = read_json(sel_path)
+        return [int(i) for i in sel["indices"]], sel.get("seconds"), True
+    plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, selection_seed(cfg, cell))
+    clock = SelectionClock(plan_dir, cell.method, _selection_key(cfg, cell, pool_path))
+    with clock:
+        picks = _select(cfg, cell, pool_path, progress=progress)
+    seconds = round(clock.seconds, 3)
+    items = cfg.pool_items
+    write_json(
+        sel_path,
+        {
+            "method": cell.method,
+            "budget": cell.budget,
+            "seed": cell.seed,
+            "selection_seed": selection_seed(cfg, cell),
+            "indices": picks,
+            "uids": [items[i].uid for i in picks],
+            "seconds": seconds,
+            "cached": clock.was_complete,
+        },
+    )
+    return picks, seconds, clock.was_complete
 
 
 def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: bool) -> list[int]:
     """Pool indices chosen by ``cell.method`` (select or a baseline) in the shared plan dir."""
     from selectllm_local.config import PlanConfig
 
-    seed = cell.seed if cfg.selection_seed is None else cfg.selection_seed
+    seed = selection_seed(cfg, cell)
     plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, seed)
     _seed_embedding_cache(cfg.run_dir / "plans", plan_dir)
     plan_cfg = PlanConfig(
