@@ -18,6 +18,7 @@ Run directory::
     data/pool.jsonl               the pool used (limit applied, test rows removed)
     plans/b<budget>-s<seed>/      plan_run / select_run / baseline_run directories
     plans/b<budget>-s<seed>-select-<mode>/  the same plan, selected by a select:<mode> method
+    scores/ifd_scores.jsonl       IFD of the pool rows ([engine] model; seed-free, scored once)
     cells/<method>/b<budget>-s<seed>/{selection.json, finetune/, eval/, done.json}
     results.csv, summary.csv, results.md, results.png
 """
@@ -33,7 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from selectllm_local.errors import UserError
-from selectllm_local.experiment.config import ExperimentConfig, load_experiment_config
+from selectllm_local.experiment.config import (
+    ENGINE_METHODS,
+    ExperimentConfig,
+    load_experiment_config,
+)
 from selectllm_local.runstore import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from selectllm_local.testhooks import hold_after
 
@@ -182,6 +187,7 @@ def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
     from selectllm_local.runstore import file_hash
 
     is_select = cell.method.partition(":")[0] == "select"
+    uses_engine = cell.method.partition(":")[0] in ENGINE_METHODS
     return stable_hash(
         {
             "cell": [cell.method, cell.budget, cell.seed]
@@ -191,7 +197,7 @@ def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
             "base_model": cfg.base_model,
             "plan": cfg.plan,
             "selector": cfg.selector_for(cell.method).to_dict() if is_select else None,
-            "engine": cfg.engine.to_dict() if is_select else None,
+            "engine": cfg.engine.to_dict() if uses_engine else None,
             "baseline": None if is_select else cfg.baseline.to_dict(),
             "finetune": cfg.finetune.to_dict(),
             "evaluate": cfg.evaluate.to_dict(),
@@ -306,6 +312,7 @@ def _run_cell(
 def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: bool) -> list[int]:
     """Pool indices chosen by ``cell.method`` (select or a baseline) in the shared plan dir."""
     from selectllm_local.config import PlanConfig
+    from selectllm_local.likelihood import IFD_FILE
 
     seed = cell.seed if cfg.selection_seed is None else cfg.selection_seed
     plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, seed)
@@ -324,11 +331,19 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
 
         name, _, variant = cell.method.partition(":")
         scorer = _resolve_model(str(cfg.baseline.scorer_model), cfg.run_dir, role="base")
+        likely: dict[str, Any] = {}
+        if name in ENGINE_METHODS:  # ifd, cluster-ifd: scored once per experiment, on [engine]
+            selector = _resolve_model(str(cfg.engine.model), cfg.run_dir, role="selector")
+            engine = dataclasses.replace(
+                cfg.engine, model=str(selector), device=cfg.engine.device or plan_cfg.device
+            )
+            likely = {"engine": engine, "score_cache": cfg.run_dir / "scores" / IFD_FILE}
         picks = baseline_run(
             name,
             plan_cfg,
             scorer=scorer if name.endswith("perplexity") else None,
             progress=progress,
+            **likely,
             **cfg.baseline.options(name, variant),
         ).indices
     _check_same_pool(cfg, plan_dir)
