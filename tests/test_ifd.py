@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS = 20  # rows compared with the reference
 REL = 1e-3  # the tolerance on IFD
 SHORT = 320  # tokens per reference text: keeps the full-logits reference cheap on a loaded CPU
+ROWS_CLI = 30  # held-out Dolly rows the CLI tests select from
 
 
 def dolly_items(n: int, skip: int = 0) -> list:
@@ -212,7 +213,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_baselines_select_exactly_the_budget(
     backend: str, smollm2_dir: Path, tmp_path: Path
 ) -> None:
-    pool, budget = small_pool(tmp_path, 48), 10
+    pool, budget = small_pool(tmp_path, ROWS_CLI), 6
     run_dir = tmp_path / "run"
     common = [str(pool), "--budget", str(budget), "--run-dir", str(run_dir), "--k", "6"]
     engine = ["--model", str(smollm2_dir), "--backend", backend, "--dtype", "float32"]
@@ -224,9 +225,9 @@ def test_cli_baselines_select_exactly_the_budget(
         r = run_cli("baseline", name, *common, *engine, "--json")
         assert r.returncode == 0, r.stderr[-3000:]
         summary = json.loads(r.stdout)
-        assert summary["selected"] == budget and summary["ifd"]["rows_scored"] == 48
+        assert summary["selected"] == budget and summary["ifd"]["rows_scored"] == ROWS_CLI
         # the second method reads the first one's scores: no row is scored twice
-        assert summary["ifd"]["scored_now"] == (48 if name == "ifd" else 0)
+        assert summary["ifd"]["scored_now"] == (ROWS_CLI if name == "ifd" else 0)
         rows = [json.loads(x) for x in Path(summary["files"]["selected"]).read_text().splitlines()]
         picks = [row["selectllm"]["index"] for row in rows]
         assert len(picks) == budget == len(set(picks))
@@ -237,7 +238,7 @@ def test_cli_baselines_select_exactly_the_budget(
         row = json.loads(line)
         scores[row["row"]] = math.exp(row["cond"] - row["alone"])
     ranked = sorted((v for v in scores.values() if v < 1), reverse=True)
-    assert len(scores) == 48
+    assert len(scores) == ROWS_CLI
     top = {round(v, 9) for v in ranked[:budget]}
     rows = (run_dir / "baselines").glob("ifd-*/selected.jsonl")
     got = {round(json.loads(x)["selectllm"]["ifd"], 9) for x in next(rows).read_text().splitlines()}
@@ -253,3 +254,55 @@ def test_cli_without_responses_exits_2_naming_the_method(tmp_path: Path) -> None
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         msg = " ".join(r.stderr.split())
         assert f"'{name}' needs responses" in msg and "--output-field" in msg, msg
+
+
+# -- the experiment: accepted methods, one score file for every cell -------------------------------
+
+
+def test_experiment_ifd_cells_score_the_pool_once(tmp_path: Path) -> None:
+    from conftest import tiny_experiment_config
+
+    from selectllm_local.experiment import runner
+    from selectllm_local.experiment.config import load_experiment_config
+
+    path = tiny_experiment_config(
+        tmp_path,
+        ('methods = ["select", "random", "kcenter", "cluster-random"]',
+         'methods = ["ifd", "cluster-ifd"]'),
+        ("pool_limit = 200", "pool_limit = 40"),
+    )  # fmt: skip
+    cfg = load_experiment_config(path, run_dir=tmp_path / "exp")
+    pool_path = runner._write_pool(cfg)
+    runs = [("ifd", 0), ("cluster-ifd", 0), ("ifd", 1), ("cluster-ifd", 1)]
+    for method, seed in runs:
+        picks = runner._select(cfg, runner.Cell(method, 8, seed), pool_path, progress=False)
+        assert len(picks) == 8 == len(set(picks))
+    scores = tmp_path / "exp" / "scores" / "ifd_scores.jsonl"
+    assert len(scores.read_text().splitlines()) == 40  # every row once, for all four cells
+    summaries = sorted((tmp_path / "exp" / "plans").glob("*/baselines/*/summary.json"))
+    scored = [json.loads(p.read_text())["ifd"]["scored_now"] for p in summaries]
+    assert sorted(scored) == [0, 0, 0, 40]
+    # the engine is part of an ifd cell's key (a different scorer redoes the cell)
+    other = runner.dataclasses.replace(
+        cfg, engine=runner.dataclasses.replace(cfg.engine, dtype="float32")
+    )
+    cell = runner.Cell("ifd", 8, 0)
+    assert runner._cell_key(cfg, cell, pool_path) != runner._cell_key(other, cell, pool_path)
+
+
+def test_experiment_ifd_needs_the_engine_model(tmp_path: Path) -> None:
+    from conftest import tiny_experiment_config
+
+    from selectllm_local.errors import UserError
+    from selectllm_local.experiment.config import load_experiment_config
+
+    path = tiny_experiment_config(
+        tmp_path,
+        (
+            'methods = ["select", "random", "kcenter", "cluster-random"]',
+            'methods = ["cluster-ifd"]',
+        ),
+        ('model = "tiny:tiny-qwen2"\n', ""),
+    )
+    with pytest.raises(UserError, match=r"method 'cluster-ifd' needs \[engine\] model"):
+        load_experiment_config(path)
