@@ -231,7 +231,8 @@ def test_cli_baselines_select_exactly_the_budget(
         rows = [json.loads(x) for x in Path(summary["files"]["selected"]).read_text().splitlines()]
         picks = [row["selectllm"]["index"] for row in rows]
         assert len(picks) == budget == len(set(picks))
-        assert all(row["selectllm"]["ifd"] < 1 for row in rows)
+        if name == "ifd":  # (a subset of cluster-ifd may hold only rows with IFD >= 1)
+            assert all(row["selectllm"]["ifd"] < 1 for row in rows)
         picked[name] = picks
     scores = {}
     for line in (run_dir / "ifd_scores.jsonl").read_text().splitlines():
