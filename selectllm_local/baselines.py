@@ -13,6 +13,11 @@ order it chose them. They answer different questions about the selection:
 - ``diversity``: does textual novelty (lowest maximum Rouge-L overlap with the pool) do as well?
 - ``cluster-random``: one random pick per subset of the *same* plan ``select`` uses. The only
   difference from ``select`` is who picks inside each subset, so it isolates the LLM's contribution.
+- ``ifd``: Superfiltering's likelihood signal (``likelihood.py``): the rows with the highest
+  IFD = PPL(response | instruction) / PPL(response) after dropping IFD >= 1, scored by the
+  selection engine's model. Needs responses.
+- ``cluster-ifd``: the plan's subsets and rounds, with the IFD as the judge (the highest-IFD
+  candidates of each subset): diversity plus quality; its gap to ``ifd`` is what the plan adds.
 
 Ties (equal lengths, equal scores) are broken by a seeded random key, never by file order.
 """
@@ -43,11 +48,14 @@ BASELINES = (
     "kcenter",
     "diversity",
     "cluster-random",
+    "ifd",
+    "cluster-ifd",
 )
 PERPLEXITY_METHODS = ("answer-perplexity", "instruction-perplexity")
 DEPRECATED = {"perplexity": "instruction-perplexity"}  # old name -> what it always computed
 NEEDS_EMBEDDINGS = ("kcenter",)
-NEEDS_PLAN = ("cluster-random",)
+NEEDS_PLAN = ("cluster-random", "cluster-ifd")
+LIKELIHOOD_METHODS = ("ifd", "cluster-ifd")  # scored on the selection engine ([engine] model)
 PERPLEXITY_BANDS = ("high", "low", "middle")
 DIVERSITY_SAMPLE = 500  # pool items each candidate is compared with (documented in the README)
 LCS_MAX_TOKENS = (
@@ -66,12 +74,15 @@ def run_baseline(
     embeddings: np.ndarray | None = None,
     plan: Plan | None = None,
     scorer: str | Path | Scorer | None = None,
+    scores: np.ndarray | None = None,
     **opts: Any,
 ) -> list[int]:
     """Choose exactly ``budget`` pool indices with baseline ``name`` (see module docstring).
 
-    ``embeddings`` (N x d) are needed by ``kcenter``; ``plan`` by ``cluster-random``; ``scorer``
-    by ``perplexity`` (a local causal LM path, or a function texts -> perplexities). Options:
+    ``embeddings`` (N x d) are needed by ``kcenter``; ``plan`` by ``cluster-random`` and
+    ``cluster-ifd``; ``scorer`` by ``perplexity`` (a local causal LM path, or a function texts ->
+    perplexities); ``scores`` (IFD per row, NaN where unscored) by ``ifd`` and ``cluster-ifd``
+    (``baseline_run`` computes them on the engine). Options:
     ``shortest`` (length), ``band`` (perplexity: high | low | middle), ``batch_size`` and
     ``max_length`` (perplexity), ``sample_size`` (diversity).
     """
@@ -103,6 +114,8 @@ def run_baseline(
             texts, sample_size=int(opts.get("sample_size", DIVERSITY_SAMPLE)), seed=seed
         )
         picks = _top(max_overlap, budget, rng)
+    elif name in LIKELIHOOD_METHODS:
+        picks = _likelihood_pick(name, budget, rng, scores, plan, seed=seed)
     else:  # cluster-random
         if plan is None:
             raise UserError(
@@ -183,6 +196,37 @@ def canonical_baseline(name: str) -> str:
     if name not in BASELINES:
         raise UserError(f"Unknown baseline '{name}'. Choose one of: {', '.join(BASELINES)}.")
     return name
+
+
+def _likelihood_pick(
+    name: str,
+    budget: int,
+    rng: np.random.Generator,
+    scores: np.ndarray | None,
+    plan: Plan | None,
+    *,
+    seed: int,
+) -> np.ndarray:
+    from selectllm_local import likelihood
+
+    if scores is None:
+        raise UserError(
+            f"Baseline '{name}' needs the IFD scores of the pool (run it through `selectllm "
+            "baseline` or the experiment, which score the pool on the selection engine)."
+        )
+    if name == "ifd":
+        return likelihood.ifd_pick(scores, budget, rng)
+    if plan is None:
+        raise UserError(
+            f"Baseline '{name}' needs the selection plan (run it through the pipeline)."
+        )
+    picks = likelihood.cluster_pick(plan, scores, rng, seed=seed)
+    if len(picks) < budget:  # a plan whose picks do not cover the budget: the best of the rest
+        chosen = set(picks)
+        order = np.lexsort((rng.random(len(scores)), -likelihood.preference(scores)))
+        rest = [int(i) for i in order if int(i) not in chosen]
+        picks.extend(rest[: budget - len(picks)])
+    return np.array(picks[:budget])
 
 
 # -- k-center --------------------------------------------------------------------------------
@@ -311,13 +355,20 @@ def baseline_run(
     cfg: Any,
     *,
     scorer: str | Path | Scorer | None = None,
+    engine: Any = None,
+    backend: Any = None,
+    score_cache: Path | None = None,
     progress: bool = True,
     **opts: Any,
 ) -> BaselineOutcome:
     """Run baseline ``name`` on the pool of ``cfg`` (a ``PlanConfig``) and write its selection.
 
     Pool, embeddings and plan come from ``cfg.run_dir`` (computed there once and cached, exactly as
-    ``select`` computes them, so ``cluster-random`` sees the subsets ``select`` sees). Output:
+    ``select`` computes them, so ``cluster-random`` sees the subsets ``select`` sees).
+    ``ifd`` and ``cluster-ifd`` score the pool on the selection engine: ``engine`` (an
+    ``EngineConfig`` naming the model; started only if some row is not scored yet) or an engine
+    already loaded (``backend``); the scores go to ``score_cache`` (default
+    ``<run_dir>/ifd_scores.jsonl``), which an experiment shares between its cells. Output:
     ``<run_dir>/baselines/<name>-b<budget>-s<seed>/selected.jsonl`` (rows like ``select``'s: the
     original record plus a ``selectllm`` block) and ``summary.json``, both written atomically.
     """
@@ -329,6 +380,11 @@ def baseline_run(
     name = canonical_baseline(name)
     t0 = time.perf_counter()
     embeddings = plan = None
+    if name in LIKELIHOOD_METHODS:  # before any planning: a pool without responses stops here
+        from selectllm_local.likelihood import require_responses
+
+        pooled, _stats, _cached = pipeline.load_pool_stage(cfg, RunStore(cfg.resolved_run_dir))
+        require_responses(pooled, name)
     if name in NEEDS_EMBEDDINGS or name in NEEDS_PLAN:
         planned = pipeline.plan_run(cfg, progress=progress)
         items, embeddings, plan = planned.items, planned.embeddings, planned.plan
@@ -339,6 +395,12 @@ def baseline_run(
                 f"--budget {cfg.budget} is larger than the pool: {cfg.pool} has {len(items)} "
                 f"usable instructions. Choose a budget of at most {len(items)}."
             )
+    scores = likely = None
+    if name in LIKELIHOOD_METHODS:
+        likely = _ifd_scores(
+            name, items, cfg, engine, backend, score_cache, progress, opts.get("max_length")
+        )
+        scores = likely.ifd
     picks = run_baseline(
         name,
         items,
@@ -347,6 +409,7 @@ def baseline_run(
         embeddings=embeddings,
         plan=plan,
         scorer=scorer,
+        scores=scores,
         progress=progress,
         **opts,
     )
@@ -357,7 +420,10 @@ def baseline_run(
     rows = []
     for rank, idx in enumerate(picks, 1):
         cluster = int(plan.labels[idx]) if plan is not None else None
-        rows.append(item_record(items[idx], idx, method=name + variant, rank=rank, cluster=cluster))
+        extra = {} if scores is None else {"ifd": _finite(scores[idx])}
+        rows.append(
+            item_record(items[idx], idx, method=name + variant, rank=rank, cluster=cluster, **extra)
+        )
     write_jsonl(out / "selected.jsonl", rows)
     summary = {
         "method": name + variant,
@@ -370,5 +436,62 @@ def baseline_run(
         "seconds": round(time.perf_counter() - t0, 3),
         "files": {"selected": str(out / "selected.jsonl")},
     }
+    if likely is not None:
+        summary["ifd"] = likely.summary()
+        summary["scorer"] = likely.model
     write_json(out / "summary.json", summary)
     return BaselineOutcome(name=name + variant, out_dir=out, indices=picks, summary=summary)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _ifd_scores(
+    name: str,
+    items: Sequence[PoolItem],
+    cfg: Any,
+    engine: Any,
+    backend: Any,
+    score_cache: Path | None,
+    progress: bool,
+    max_length: int | None,
+) -> Any:
+    """IFD of every pool row on the selection engine (``likelihood.ifd_scores``), cached."""
+    from selectllm_local import hardware, likelihood
+    from selectllm_local.backends import LazyBackend, load_backend, resolve_model
+
+    likelihood.require_responses(items, name)
+    length = int(max_length or likelihood.DEFAULT_MAX_LENGTH)
+    if backend is not None:  # an engine the caller loaded (options already resolved)
+        opts = backend.options
+        model, dtype = str(backend.model_path), str(opts.dtype)
+    elif engine is None or not engine.model:
+        raise UserError(
+            f"Baseline '{name}' scores the pool with the selection engine's model: give --model "
+            "(a local model folder, a .gguf file or a known name such as smollm2-135m-instruct) "
+            "and optionally --backend."
+        )
+    else:
+        opts = engine
+        model = resolve_model(engine.model, offline=bool(getattr(cfg, "offline", False)))
+        dtype = hardware.engine_dtype(engine.dtype, engine.device)
+    key = likelihood.model_key(model, dtype, length, opts.max_model_len)
+    own = backend is None
+    if own:
+        offline = bool(getattr(cfg, "offline", False))
+        backend = LazyBackend(lambda: load_backend(engine.backend, model, engine, offline=offline))
+    try:
+        result = likelihood.ifd_scores(
+            items,
+            backend,
+            key=key,
+            cache_path=score_cache or cfg.resolved_run_dir / likelihood.IFD_FILE,
+            max_length=length,
+            progress=progress,
+        )
+    finally:
+        if own:
+            backend.close()
+    result.model = model
+    return result

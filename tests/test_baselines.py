@@ -263,4 +263,6 @@ def test_all_names_listed() -> None:
         "kcenter",
         "diversity",
         "cluster-random",
+        "ifd",
+        "cluster-ifd",
     }

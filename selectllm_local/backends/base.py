@@ -2,7 +2,9 @@
 
 A backend renders chat prompts with the model's own template, generates (optionally constrained
 to a regex or JSON schema), scores candidate labels by log-probability for the logprob mode,
-reports token counts and timings, and frees its memory on ``close``. Implementations:
+reads teacher-forced token log-probabilities of given token sequences (``token_logprobs``: the
+likelihood selectors, one prefill per text), reports token counts and timings, and frees its
+memory on ``close``. Implementations:
 ``vllm`` (in-process ``vllm.LLM``, CPU or GPU), ``transformers`` (batched ``generate``) and a
 scripted fake used only by unit tests of parsing and retry logic.
 """
@@ -122,6 +124,17 @@ class Backend(Protocol):
         """
         ...
 
+    def token_logprobs(
+        self, sequences: list[list[int]], starts: list[int], *, progress: bool = False
+    ) -> list[list[float]]:
+        """Teacher-forced log-probabilities: for each token sequence, the log-probability of every
+        token ``seq[j]`` with ``j >= start`` given ``seq[:j]`` (one prefill, nothing generated).
+
+        ``starts[i] >= 1`` (the first token has no context); the sequences are token ids as the
+        model reads them (any BOS included) and must fit the model's context less one token.
+        """
+        ...
+
     def close(self) -> None:
         """Free the engine and its (GPU) memory."""
         ...
@@ -141,6 +154,15 @@ def fit_prompt(tokenizer: Any, text: str, max_tokens: int) -> str:
     if len(body) <= room:
         return tokenizer.decode(lead) + text if lead else text
     return str(tokenizer.decode(lead + body[-room:]))
+
+
+def check_windows(sequences: list[list[int]], starts: list[int]) -> None:
+    """``token_logprobs`` arguments: one start per sequence, each in ``1 .. len(seq) - 1``."""
+    if len(sequences) != len(starts):
+        raise ValueError(f"{len(sequences)} sequences but {len(starts)} starts")
+    for seq, start in zip(sequences, starts, strict=True):
+        if not 1 <= start < len(seq):
+            raise ValueError(f"start {start} outside 1..{len(seq) - 1} for a {len(seq)}-token text")
 
 
 def label_token_ids(tokenizer: Any, labels: list[str]) -> list[int]:

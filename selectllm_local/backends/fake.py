@@ -126,6 +126,16 @@ class FakeBackend:
                 on_output(i, scores)
         return out
 
+    def token_logprobs(
+        self, sequences: list[list[int]], starts: list[int], *, progress: bool = False
+    ) -> list[list[float]]:
+        from selectllm_local.errors import UserError
+
+        raise UserError(
+            "The fake backend has no model, so it cannot score likelihoods (ifd, cluster-ifd); "
+            "use --backend vllm or transformers."
+        )
+
     def label_token_ids(self, labels: list[str]) -> list[int]:
         return [ord(lab[0]) if len(lab) == 1 else -1 for lab in labels]
 

@@ -102,3 +102,11 @@ class ShardServer:
         texts = [TokenizedPrompt(t, ids) if ids is not None else t for t, ids in prompts]
         scores = self.backend.score_labels(texts, labels, progress=False)
         return [list(s) for s in scores], self._delta(before, t0)
+
+    def token_logprobs(
+        self, sequences: list[list[int]], starts: list[int]
+    ) -> tuple[list[list[float]], dict[str, float]]:
+        self._serve(len(sequences))
+        before, t0 = self._stats(), time.perf_counter()
+        values = self.backend.token_logprobs(sequences, starts, progress=False)
+        return [list(v) for v in values], self._delta(before, t0)

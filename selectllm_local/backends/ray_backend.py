@@ -202,6 +202,24 @@ class RayBackend:
         self._dispatch(len(prompts), submit, deliver, progress, "scoring (Ray)")
         return out
 
+    def token_logprobs(
+        self, sequences: list[list[int]], starts: list[int], *, progress: bool = False
+    ) -> list[list[float]]:
+        from selectllm_local.backends.base import check_windows
+
+        check_windows(sequences, starts)
+        out: list[list[float]] = [[] for _ in sequences]
+
+        def submit(actor: Any, idx: list[int]) -> Any:
+            shard = [list(sequences[i]) for i in idx]
+            return actor.token_logprobs.remote(shard, [starts[i] for i in idx])
+
+        def deliver(i: int, values: list[float]) -> None:
+            out[i] = values
+
+        self._dispatch(len(sequences), submit, deliver, progress, "likelihood (Ray)")
+        return out
+
     def _shard_size(self, n: int) -> int:
         if self.options.ray_shard_size:
             return self.options.ray_shard_size

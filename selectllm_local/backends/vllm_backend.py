@@ -10,7 +10,12 @@ Prompts are tokenized here (``add_special_tokens=False``) and passed as token id
 template already wrote any BOS token, and tokenizing again inside vLLM would add a second one.
 Constrained decoding uses vLLM's structured outputs (``StructuredOutputsParams(regex=...)``);
 logprob scoring uses ``SamplingParams.logprob_token_ids``, which returns exactly the requested
-tokens' log-probabilities at the first answer position.
+tokens' log-probabilities at the first answer position. ``token_logprobs`` (the likelihood
+selectors) asks for ``prompt_logprobs=0``: the log-probability of each prompt token itself, from
+the one prefill, with one throwaway token generated. (``prompt_logprob_start``, which would window
+the rows returned, exists in 0.32 only with ``prompt_logprob_token_ids`` on the V2 model runner,
+not on the CPU runner; the prefill computes every row anyway, so the window would save only the
+copy of the rows before the response.)
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from selectllm_local.backends.base import (
     ChatTokenizer,
     Constraint,
     request_seed,
+    TokenizedPrompt,
+    check_windows,
 )
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
@@ -246,6 +253,26 @@ class VLLMBackend(ChatTokenizer):
                 on_output(i, scores)
 
         if prompts:
+            self._run(prompts, params, progress, handle)
+        return [r for r in results if r is not None]
+
+    def token_logprobs(
+        self, sequences: list[list[int]], starts: list[int], *, progress: bool = False
+    ) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        check_windows(sequences, starts)
+        # prompt_logprobs=0: each row holds the prompt token's own log-probability only.
+        params = [SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)] * len(sequences)
+        results: list[list[float] | None] = [None] * len(sequences)
+
+        def handle(i: int, out: Any) -> None:
+            seq, rows = sequences[i], out.prompt_logprobs
+            results[i] = [float(rows[j][seq[j]].logprob) for j in range(starts[i], len(seq))]
+            self.stats["output_tokens"] += len(out.outputs[0].token_ids)
+
+        if sequences:
+            prompts: list[str] = [TokenizedPrompt("", list(seq)) for seq in sequences]
             self._run(prompts, params, progress, handle)
         return [r for r in results if r is not None]
 

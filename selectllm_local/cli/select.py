@@ -37,6 +37,7 @@ def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
         cfg.name,
         cfg.plan,
         scorer=cfg.baseline.scorer_model,
+        engine=cfg.engine,
         progress=show_progress(json_out),
         **cfg.baseline.options(cfg.name),
     )

@@ -53,9 +53,12 @@ class BaselineCommand(Command):
     name: str = setting(REQUIRED, argument=True)
     """random | length | answer-perplexity (the paper's: the base model's perplexity of its own
     answer) | instruction-perplexity (of the instruction text; 'perplexity' is its deprecated
-    alias) | kcenter | diversity | cluster-random."""
+    alias) | kcenter | diversity | cluster-random | ifd (Superfiltering's IFD, on the --model
+    engine; needs responses) | cluster-ifd (the plan's subsets, the highest IFD of each)."""
     plan: PlanConfig = setting(REQUIRED)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """The engine ifd and cluster-ifd score the pool on (--model, --backend, ...)."""
 
 
 @dataclass

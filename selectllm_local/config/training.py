@@ -40,11 +40,15 @@ class BaselineConfig(Section):
     """answer-/instruction-perplexity: texts per scoring batch."""
     diversity_sample: int = 500
     """diversity: pool items each instruction's Rouge-L overlap is measured against."""
+    ifd_max_length: int = 1024
+    """ifd, cluster-ifd: tokens per scored text (prompt + response; Superfiltering's 1,024). The
+    scoring model is the engine's --model ([engine] model in an experiment)."""
 
     def __post_init__(self) -> None:
         self._one_of("band", PERPLEXITY_BANDS)
         self._at_least("scorer_batch_size", 1)
         self._at_least("diversity_sample", 1)
+        self._at_least("ifd_max_length", 8)
 
     def options(self, name: str, variant: str = "") -> dict[str, Any]:
         """The keyword options baseline ``name`` takes (``variant``: from ``length:shortest``...)."""
@@ -54,6 +58,8 @@ class BaselineConfig(Section):
             return {"band": variant or self.band, "batch_size": self.scorer_batch_size}
         if name == "diversity":
             return {"sample_size": self.diversity_sample}
+        if name in ("ifd", "cluster-ifd"):
+            return {"max_length": self.ifd_max_length}
         return {}
 
 

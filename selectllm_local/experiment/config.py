@@ -35,6 +35,7 @@ from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
 
 PLAN_PER_CELL = {"pool", "budget", "seed", "run_dir"}  # set by each cell, not by the file
+ENGINE_METHODS = ("select", "ifd", "cluster-ifd")  # methods that run the [engine] model
 PERPLEXITY_NAMES = ("answer-perplexity", "instruction-perplexity", "perplexity")  # last: deprecated
 VARIANTS = {
     "select": MODES,
@@ -57,7 +58,8 @@ class ExperimentTable(Section):
     """Local folder of the model every method fine-tunes, or tiny:<shape> (a random test model)."""
     methods: list[str] = field(default_factory=list)
     """select and baselines (random, length, length:shortest, answer-perplexity:low|middle|high,
-    the same for instruction-perplexity, ...)."""
+    the same for instruction-perplexity, ifd and cluster-ifd (scored by the [engine] model),
+    ...)."""
     budgets: list[int] | int = field(default_factory=list)
     """Selection sizes to compare."""
     seeds: list[int] | int = field(default_factory=lambda: [0])
@@ -309,10 +311,13 @@ def load_experiment_config(
     base_model = _model(exp.base_model, here, path, "[experiment] base_model", required=need)
 
     engine: EngineConfig = _section(path, raw, EngineConfig)
-    if any(m.partition(":")[0] == "select" for m in methods):
+    engine_methods = [m for m in methods if m.partition(":")[0] in ENGINE_METHODS]
+    if engine_methods:
         if not engine.model:
             raise UserError(
-                f"{path}: method 'select' needs [engine] model (a local model directory)."
+                f"{path}: method '{engine_methods[0]}' needs [engine] model (a local model "
+                "directory, a .gguf file or a known name): select asks it for picks, ifd and "
+                "cluster-ifd score the pool with it."
             )
         engine.model = _model(engine.model, here, path, "[engine] model", required=need)
     baseline: BaselineConfig = _section(path, raw, BaselineConfig)

@@ -183,6 +183,28 @@ def estimate_experiment(
                 scored * cells_per_method,
             ))  # fmt: skip
 
+    # -- IFD (ifd, cluster-ifd): every pool row once per experiment, two prefills -----------------
+    if any(m.partition(":")[0] in ("ifd", "cluster-ifd") for m in cfg.methods):
+        from selectllm_local.likelihood import ifd_prompt
+
+        scorer = model_size(str(cfg.engine.model))
+        count = _counter(scorer.tokenizer)
+        cap = cfg.baseline.ifd_max_length
+        scored = sum(
+            min(cap, count(ifd_prompt(it)) + count(it.output or ""))
+            + min(cap, count(it.output or ""))
+            for it in items
+        )
+        key = "selection_transformers_prompt_tokens_per_s" if backend == "transformers" else (
+            "selection_vllm_logprobs_prompt_tokens_per_s"
+        )  # fmt: skip
+        cpu = c.cpu(key, scored, scorer.non_embedding_params)
+        gpu_s = c.compute(2 * scorer.non_embedding_params * scored)
+        stages.append(Stage(
+            "IFD scores (ifd, cluster-ifd)", 1, f"{n:,} rows, {scored:,.0f} tokens, scored once",
+            cpu, gpu_s, scored,
+        ))  # fmt: skip
+
     # -- fine-tune and evaluation: every cell ------------------------------------------------------
     ft = cfg.finetune
     per_row = sorted(

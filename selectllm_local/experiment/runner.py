@@ -25,6 +25,7 @@ Run directory::
     plans/b<budget>-s<seed>-select-<mode>/  the same plan, selected by a select:<mode> method
     plans/<plan dir>/selection_seconds.json  each selection's own seconds, summed over resumes
     data/test_rows.json           the test rows answered and the rows NLL-scored
+    scores/ifd_scores.jsonl       IFD of the pool rows ([engine] model; seed-free, scored once)
     cells/<method>/b<budget>-s<seed>/{selection.json, finetune/, eval/, done.json}
         eval/: predictions.jsonl, reference_nll.jsonl, scores.json (``evaluate.evaluate_run``)
     results.csv, summary.csv, results.md, results.png
@@ -42,8 +43,12 @@ from typing import Any
 
 from selectllm_local.config.training import NLL_SETTINGS
 from selectllm_local.errors import UserError
-from selectllm_local.experiment.config import ExperimentConfig, load_experiment_config
-from selectllm_local.runstore import read_json, stable_hash, write_json, write_jsonl
+from selectllm_local.experiment.config import (
+    ENGINE_METHODS,
+    ExperimentConfig,
+    load_experiment_config,
+)
+from selectllm_local.runstore import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from selectllm_local.testhooks import hold_after
 
 log = logging.getLogger(__name__)
@@ -194,6 +199,7 @@ def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
     from selectllm_local.runstore import file_hash
 
     is_select = cell.method.partition(":")[0] == "select"
+    uses_engine = cell.method.partition(":")[0] in ENGINE_METHODS
     return stable_hash(
         {
             "cell": [cell.method, cell.budget, cell.seed]
@@ -203,7 +209,7 @@ def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
             "base_model": cfg.base_model,
             "plan": cfg.plan,
             "selector": cfg.selector_for(cell.method).to_dict() if is_select else None,
-            "engine": cfg.engine.to_dict() if is_select else None,
+            "engine": cfg.engine.to_dict() if uses_engine else None,
             "baseline": None if is_select else cfg.baseline.to_dict(),
             "finetune": cfg.finetune.to_dict(),
             # the NLL settings have their own key (``_nll_key``): changing them keeps the answers
@@ -230,6 +236,7 @@ def _selection_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
     from selectllm_local.runstore import file_hash
 
     is_select = cell.method.partition(":")[0] == "select"
+    uses_engine = cell.method.partition(":")[0] in ENGINE_METHODS
     return stable_hash(
         {
             "method": cell.method,
@@ -238,7 +245,7 @@ def _selection_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
             "pool": file_hash(pool_path),
             "plan": cfg.plan,
             "selector": cfg.selector_for(cell.method).to_dict() if is_select else None,
-            "engine": cfg.engine.to_dict() if is_select else None,
+            "engine": cfg.engine.to_dict() if uses_engine else None,
             "baseline": None if is_select else cfg.baseline.to_dict(),
         }
     )
@@ -381,6 +388,7 @@ def _selection(
 def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: bool) -> list[int]:
     """Pool indices chosen by ``cell.method`` (select or a baseline) in the shared plan dir."""
     from selectllm_local.config import PlanConfig
+    from selectllm_local.likelihood import IFD_FILE
 
     seed = selection_seed(cfg, cell)
     plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, seed)
@@ -399,11 +407,19 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
 
         name, _, variant = cell.method.partition(":")
         scorer = _resolve_model(str(cfg.baseline.scorer_model), cfg.run_dir, role="base")
+        likely: dict[str, Any] = {}
+        if name in ENGINE_METHODS:  # ifd, cluster-ifd: scored once per experiment, on [engine]
+            selector = _resolve_model(str(cfg.engine.model), cfg.run_dir, role="selector")
+            engine = dataclasses.replace(
+                cfg.engine, model=str(selector), device=cfg.engine.device or plan_cfg.device
+            )
+            likely = {"engine": engine, "score_cache": cfg.run_dir / "scores" / IFD_FILE}
         picks = baseline_run(
             name,
             plan_cfg,
             scorer=scorer if name.endswith("perplexity") else None,
             progress=progress,
+            **likely,
             **cfg.baseline.options(name, variant),
         ).indices
     _check_same_pool(cfg, plan_dir)
