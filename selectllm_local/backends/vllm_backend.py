@@ -33,9 +33,9 @@ from selectllm_local.backends.base import (
     BackendOptions,
     ChatTokenizer,
     Constraint,
-    request_seed,
     TokenizedPrompt,
     check_windows,
+    request_seed,
 )
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation

@@ -458,7 +458,6 @@ def _seed_embedding_cache(plans: Path, plan_dir: Path) -> None:
 
 def _check_same_pool(cfg: ExperimentConfig, plan_dir: Path) -> None:
     """Indices from the plan dir must mean the same rows as the experiment's pool."""
-    from selectllm_local.runstore import read_jsonl
 
     p = plan_dir / "pool.jsonl"
     if p.exists():
