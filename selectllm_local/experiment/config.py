@@ -64,6 +64,9 @@ class ExperimentTable(Section):
     """Selection sizes to compare."""
     seeds: list[int] | int = field(default_factory=lambda: [0])
     """Seeds; each (method, budget, seed) is one resumable cell."""
+    method_seeds: dict[str, list[int]] = field(default_factory=dict)
+    """Seeds of the named methods instead of ``seeds`` (an inline table, e.g. ``{ kcenter =
+    [0, 1] }``): fewer seeds where time is short. Comparisons pair the seeds both methods ran."""
     name: str | None = None
     """Name of the experiment [default: the file's stem]."""
     pool_limit: int | None = None
@@ -121,6 +124,7 @@ class ExperimentConfig:
     methods: list[str]
     budgets: list[int]
     seeds: list[int]
+    method_seeds: dict[str, list[int]]
     finetune_subprocess: bool
     plan: dict[str, Any]
     selector: SelectorConfig
@@ -140,6 +144,10 @@ class ExperimentConfig:
         d["pool_rows"] = len(self.pool_items)
         d["test_rows"] = len(self.test_examples)
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+    def seeds_of(self, method: str) -> list[int]:
+        """The seeds a method runs: its own from ``method_seeds``, else ``seeds``."""
+        return self.method_seeds.get(method, self.seeds)
 
     def selector_for(self, method: str) -> SelectorConfig:
         """The file's selector, with the mode of a ``select:<mode>`` method."""
@@ -300,6 +308,19 @@ def load_experiment_config(
     methods = _methods(path, exp.methods)
     budgets = _int_list(path, "budgets", exp.budgets)
     seeds = _int_list(path, "seeds", exp.seeds)
+    if not isinstance(exp.method_seeds, dict):
+        raise UserError(
+            f"{path}: [experiment] method_seeds must be a table of method = [seeds] "
+            f"(got {exp.method_seeds!r})."
+        )
+    method_seeds = {}
+    for m, v in exp.method_seeds.items():
+        if m not in methods:
+            raise UserError(
+                f"{path}: [experiment] method_seeds names '{m}', which is not in methods "
+                f"{methods}. Add it to methods or remove it from method_seeds."
+            )
+        method_seeds[m] = _int_list(path, f"method_seeds.{m}", v)
     bad = [b for b in budgets if not 1 <= b <= len(items)]
     if bad:
         raise UserError(
@@ -358,6 +379,7 @@ def load_experiment_config(
         methods=methods,
         budgets=budgets,
         seeds=seeds,
+        method_seeds=method_seeds,
         finetune_subprocess=bool(exp.finetune_subprocess),
         plan=plan,
         selector=_section(path, raw, SelectorConfig),

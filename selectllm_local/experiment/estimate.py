@@ -100,7 +100,11 @@ def estimate_experiment(
     cfg = load_experiment_config(Path(config), require_models=False, pool=pool)
     c = Costs(measured, gpu, utilization, gpu_measured)
     items, tests = cfg.pool_items, cfg.test_examples
-    n, cells_per_method = len(items), len(cfg.budgets) * len(cfg.seeds)
+    n = len(items)
+
+    def cells_of(method: str) -> int:
+        return len(cfg.budgets) * len(cfg.seeds_of(method))
+
     base = model_size(cfg.base_model)
     count_base = _counter(base.tokenizer)
     stages: list[Stage] = []
@@ -110,11 +114,11 @@ def estimate_experiment(
     sel_size = model_size(str(cfg.engine.model)) if selectors else None
     ks = {b: _k(cfg, b) for b in cfg.budgets}
     counted: dict[int, Any] = {}  # round one's tokens depend on K only
-    seeds = 1 if cfg.selection_seed is not None else len(cfg.seeds)
     backend = str(cfg.engine.backend)
     seqs = (cfg.engine.batch_size or 8) if backend == "transformers" else VLLM_MAX_SEQS
     for method in selectors:
         assert sel_size is not None
+        seeds = 1 if cfg.selection_seed is not None else len(cfg.seeds_of(method))
         sel = cfg.selector_for(method)
         logprobs = sel.mode == "logprobs"
         key = "selection_transformers_prompt_tokens_per_s" if backend == "transformers" else (
@@ -178,9 +182,9 @@ def estimate_experiment(
                 scored = instr_tok
                 detail = f"{instr_tok:,} instruction tokens scored"
             stages.append(Stage(
-                f"baseline {method}", cells_per_method, detail,
-                None if cpu is None else cpu * cells_per_method, gpu_s * cells_per_method,
-                scored * cells_per_method,
+                f"baseline {method}", cells_of(method), detail,
+                None if cpu is None else cpu * cells_of(method), gpu_s * cells_of(method),
+                scored * cells_of(method),
             ))  # fmt: skip
 
     # -- IFD (ifd, cluster-ifd): every pool row once per experiment, two prefills -----------------
@@ -231,15 +235,17 @@ def estimate_experiment(
                 train = budget * (1 - ft.val_fraction) * mean * float(ft.epochs)
                 val = budget * ft.val_fraction * mean * float(ft.epochs)
             tokens = train + val
-            ft_tokens += tokens * len(cfg.seeds)
+            ft_tokens += tokens * len(cfg.seeds_of(method))
             cpu = c.cpu("finetune_tokens_per_s", train + val / 3, base.non_embedding_params)
-            ft_cpu += (cpu or 0.0) * len(cfg.seeds)
+            ft_cpu += (cpu or 0.0) * len(cfg.seeds_of(method))
             flops = 6 * base.non_embedding_params * train + 2 * base.non_embedding_params * val
             measured_s = c.gpu_measured(
                 "finetune_tokens_per_s", train + val / 3, base.non_embedding_params
             )
-            ft_gpu += (measured_s if measured_s is not None else c.compute(flops)) * len(cfg.seeds)
-    cells = len(cfg.methods) * cells_per_method
+            ft_gpu += (measured_s if measured_s is not None else c.compute(flops)) * len(
+                cfg.seeds_of(method)
+            )
+    cells = sum(cells_of(m) for m in cfg.methods)
     bound = "up to " if ft.early_stopping_patience else ""
     span = f"{ft.max_steps} steps" if ft.max_steps > 0 else f"{bound}{ft.epochs:g} epochs"
     stages.append(Stage(
@@ -271,9 +277,15 @@ def estimate_experiment(
             + min(ev.nll_max_tokens, count_base(t.reference) + 1)
             for t in refs
         )
-        cpu = c.cpu(
-            "selection_transformers_prompt_tokens_per_s", nll_tok, base.non_embedding_params
+        # A teacher-forced pass is a prefill with no decode: the measured NLL rate where the rates
+        # file has one, else the measured prefill rate of logprob selection (also no decode). The
+        # transformers selection rate would be wrong here: it includes generating the answer.
+        nll_rate = (
+            "reference_nll_tokens_per_s"
+            if c.rates and "reference_nll_tokens_per_s" in c.rates
+            else "selection_vllm_logprobs_prompt_tokens_per_s"
         )
+        cpu = c.cpu(nll_rate, nll_tok, base.non_embedding_params)
         stages.append(Stage(
             "reference NLL", cells,
             f"{len(refs):,} references, one forward pass each ({nll_tok / len(refs):.0f} tokens)",
@@ -295,6 +307,7 @@ def estimate_experiment(
         "methods": cfg.methods,
         "budgets": cfg.budgets,
         "seeds": cfg.seeds,
+        "method_seeds": cfg.method_seeds,
         "cells": cells,
         "models": {
             role: {
@@ -341,12 +354,20 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def _fewer(method_seeds: dict[str, list[int]]) -> str:
+    """ " (kcenter: 2 seeds, ...)" for the methods that run their own seeds."""
+    if not method_seeds:
+        return ""
+    return " (" + ", ".join(f"{m}: {len(s)}" for m, s in method_seeds.items()) + " seeds)"
+
+
 def format_estimate(est: dict[str, Any]) -> str:
     """A table for people: one row per stage, the two columns labelled."""
     gpu = est["gpu"]
     lines = [
         f"Experiment {est['experiment']}: {len(est['methods'])} methods x {len(est['budgets'])} "
-        f"budgets x {len(est['seeds'])} seeds = {est['cells']} cells; pool {est['pool_rows']:,} "
+        f"budgets x {len(est['seeds'])} seeds{_fewer(est.get('method_seeds') or {})} = "
+        f"{est['cells']} cells; pool {est['pool_rows']:,} "
         f"rows, {est['test_rows']:,} test rows.",
     ]
     removed = est.get("test_rows_removed") or {}

@@ -114,7 +114,7 @@ def _run_experiment(
     pool_path = _write_pool(cfg)
     _write_test_rows(cfg)
     base_model = _resolve_model(cfg.base_model, root, role="base")
-    cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds]
+    cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds_of(m)]
     outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
     hold = hold_after("cells")
     for i, cell in enumerate(cells, 1):
@@ -138,7 +138,7 @@ def _run_experiment(
         root,
         cfg.methods,
         cfg.budgets,
-        cfg.seeds,
+        sorted({c.seed for c in cells}),
         cells=[c.name for c in cells],
         selection_seed=cfg.selection_seed,
     )
