@@ -17,9 +17,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import small_pool
 from typer.testing import CliRunner
 
-from conftest import small_pool
 from selectllm_local import models
 from selectllm_local.backends import LOADERS
 from selectllm_local.cli import app
@@ -129,7 +129,10 @@ def test_unwritable_run_dir_exits_2_first(tmp_path: Path) -> None:
 
 
 def test_backend_auto_is_decided_and_logged_once(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``auto`` picks vLLM here; its loader is routed to the scripted fake (pure logic: the log)."""
     monkeypatch.setitem(LOADERS, "vllm", LOADERS["fake"])  # type: ignore[index]
