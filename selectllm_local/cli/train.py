@@ -19,8 +19,15 @@ def finetune(cfg: FinetuneCommand, *, json_out: bool) -> None:
         out_dir=cfg.out,
         config=cfg.finetune,
         subprocess=cfg.subprocess,
+        progress=show_progress(json_out),
     )
     result = {"adapter": str(adapter), "train_log": str(cfg.out / "train_log.jsonl")}
+    trained = cfg.out / "train_summary.json"
+    if trained.exists():
+        from selectllm_local.runstore import read_json
+
+        s = read_json(trained)
+        result |= {k: s.get(k) for k in ("train_loss", "optimizer_steps", "seconds")}
     emit(result, json_out, lambda: summaries.finetune_text(result))
 
 
