@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _console: Any = None
 _display: Any = None  # the open rich Progress, shared by nested lines
@@ -80,22 +82,32 @@ class Line:
 
 
 def _open_display() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class Count(ProgressColumn):  # "3/10"; nothing for a step of unknown length
+        def render(self, task: Any) -> Text:
+            if task.total is None:
+                return Text("")
+            return Text(f"{int(task.completed)}/{int(task.total)}", style="progress.download")
+
+    class Left(ProgressColumn):  # "~0:01:10 left" once a rate is known
+        max_refresh = 0.5
+
+        def render(self, task: Any) -> Text:
+            left = task.time_remaining
+            if task.total is None or left is None or task.finished:
+                return Text("")
+            minutes, seconds = divmod(int(left), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"~{hours}:{minutes:02d}:{seconds:02d} left", style="progress.remaining")
 
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        Count(),
         TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
+        Left(),
         TextColumn("{task.fields[note]}"),
         console=stderr_console(),
         transient=True,
@@ -146,3 +158,18 @@ def status(description: str, *, enabled: bool | None = None) -> Iterator[Line]:
     """A row for a step of unknown length (engine start, a download): a pulse and the time."""
     with progress_line(description, total=None, enabled=enabled) as line:
         yield line
+
+
+def track(
+    items: Sequence[T],
+    description: str,
+    *,
+    enabled: bool | None = None,
+    note: Callable[[T], str] | None = None,
+) -> Iterator[T]:
+    """Iterate ``items`` behind a row "description i/n" (``note(item)`` beside it while it runs)."""
+    with progress_line(description, total=len(items), enabled=enabled) as line:
+        for i, item in enumerate(items):
+            line.update(completed=i, note=note(item) if note else "")
+            yield item
+        line.update(completed=len(items))
