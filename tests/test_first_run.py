@@ -128,6 +128,17 @@ def test_unwritable_run_dir_exits_2_first(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "cannot be written" in r.output, r.output
 
 
+@pytest.mark.parametrize("command", ["finetune", "evaluate"])
+def test_unwritable_out_exits_2_before_the_model(command: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    records = small_pool(tmp_path, 4)
+    r = CliRunner().invoke(
+        app, [command, str(records), "--base-model", "nowhere", "--out", str(blocker / "out")]
+    )
+    assert r.exit_code == 2 and "--out" in r.output and "cannot be written" in r.output, r.output
+
+
 def test_backend_auto_is_decided_and_logged_once(
     tiny_model_dir: Path,
     tmp_path: Path,

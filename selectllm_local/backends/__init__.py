@@ -53,6 +53,7 @@ __all__ = [
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_WARNED: set[str] = set()
 
 
 EXTRAS = {
@@ -153,9 +154,11 @@ def resolve_model(model_path: str, *, offline: bool = False) -> str:
             "Hugging Face hub, but offline mode is on (--offline or HF_HUB_OFFLINE=1). Download "
             "the model first and pass its folder, or drop --offline."
         )
-    log.warning(
-        "--model %s is not a local folder: loading it from the Hugging Face hub", model_path
-    )
+    if model_path not in _HUB_WARNED:  # once per process (checked before the run, loaded after)
+        _HUB_WARNED.add(model_path)
+        log.warning(
+            "--model %s is not a local folder: loading it from the Hugging Face hub", model_path
+        )
     return model_path
 
 
