@@ -159,7 +159,8 @@ def resolve_model_path(model: str | Path, *, flag: str = "--model", offline: boo
     if path.exists():
         gguf = find_gguf(path, flag=flag)
         if gguf is not None:
-            return str(convert_gguf(gguf))
+            with cache_lock(cache_dir()):  # two processes never convert one file twice
+                return str(convert_gguf(gguf))
         if path.is_dir() and not (path / "config.json").is_file():
             raise UserError(
                 f"{flag} {text} is not a model folder: it has no config.json (a Hugging Face "
