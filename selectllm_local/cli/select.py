@@ -32,7 +32,7 @@ def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
     """Select with a baseline at the same budget (written like select's selected.jsonl)."""
     from selectllm_local import summaries
     from selectllm_local.baselines import baseline_run
-    from selectllm_local.pipeline import check_writable, resolve_local_model
+    from selectllm_local.preflight import check_writable, resolve_local_model
 
     check_writable(cfg.plan.resolved_run_dir)  # before the pool is embedded or scored
     scorer = cfg.baseline.scorer_model

@@ -12,7 +12,7 @@ def finetune(cfg: FinetuneCommand, *, json_out: bool) -> None:
     """Fine-tune BASE_MODEL with LoRA / 4-bit QLoRA on selected records (the paper's recipe)."""
     from selectllm_local import summaries
     from selectllm_local.finetune import finetune_run
-    from selectllm_local.pipeline import check_writable
+    from selectllm_local.preflight import check_writable
 
     check_writable(cfg.out, flag="--out")  # before the model is fetched or trained
     adapter = finetune_run(
@@ -38,7 +38,7 @@ def evaluate(cfg: EvaluateCommand, *, json_out: bool) -> None:
     """Answer a test set with base model + adapter; score Rouge-L F1 and embedding cosine."""
     from selectllm_local import summaries
     from selectllm_local.evaluate import evaluate_run
-    from selectllm_local.pipeline import check_writable
+    from selectllm_local.preflight import check_writable
 
     check_writable(cfg.out, flag="--out")  # before the model is fetched or loaded
     outcome = evaluate_run(
