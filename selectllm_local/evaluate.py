@@ -194,7 +194,10 @@ def generate_answers(
     base_model = _checked_model(base_model, adapter)
     engine_cfg = engine_options(config, adapter=adapter)
     log.info("generating %d answers with %s", len(examples), engine_cfg.backend)
-    engine = load_backend(engine_cfg.backend, str(base_model), engine_cfg)
+    from selectllm_local.progress import status
+
+    with status(f"evaluation: starting the {engine_cfg.backend} engine", enabled=progress):
+        engine = load_backend(engine_cfg.backend, str(base_model), engine_cfg)
     try:
         tok = getattr(engine, "tokenizer", None)  # an HF tokenizer (the scripted fake has none)
         cut = (  # cut in the input first, as training does; the engine then only adds its BOS

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +138,12 @@ def train_lora(
     config: FinetuneConfig,
     work_dir: Path,
     log_path: Path | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Train LoRA adapters on instruction/input/output ``examples``.
 
-    Returns (peft model in eval mode, tokenizer, stats).
+    ``on_progress`` receives an event at the start, after each step and at each logged loss
+    (``trainprogress.step_callback``). Returns (peft model in eval mode, tokenizer, stats).
     """
     import torch
     from datasets import Dataset
@@ -237,7 +239,7 @@ def train_lora(
             eval_dataset=Dataset.from_list(val_pairs) if val_pairs else None,
             processing_class=tok,
             peft_config=peft_config,
-            callbacks=[_LogSteps(), *early_stopping_callbacks(config)],
+            callbacks=[_LogSteps(), *early_stopping_callbacks(config), *_progress(on_progress)],
         )
         trainer.remove_callback(PrinterCallback)  # it prints to stdout; _LogSteps logs instead
         peft_model = trainer.model
@@ -273,18 +275,37 @@ def train_lora(
     return peft_model, tok, stats
 
 
+def _progress(emit: Callable[[dict[str, Any]], None] | None) -> list[Any]:
+    from selectllm_local.trainprogress import step_callback
+
+    return [step_callback(emit)] if emit is not None else []
+
+
 def finetune(
     records: Sequence[PoolItem | Mapping[str, Any]],
     *,
     base_model: str | Path,
     out_dir: Path,
     config: FinetuneConfig,
+    progress: bool | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """Fine-tune ``base_model`` on ``records``; write the adapter and logs to ``out_dir``.
 
     Returns the adapter directory. Records without a response raise :class:`UserError` before any
-    model is loaded.
+    model is loaded. A progress line shows the steps, the loss and the time left (``progress``:
+    whether it shows; default ``progress.default_enabled``); ``on_progress`` takes its events
+    instead (the subprocess relays them to its parent).
     """
+    if on_progress is None:
+        from selectllm_local.progress import status
+        from selectllm_local.trainprogress import StepDisplay
+
+        with status("fine-tuning: loading the model", enabled=progress) as line:
+            return finetune(
+                records, base_model=base_model, out_dir=out_dir, config=config,
+                on_progress=StepDisplay(line),
+            )  # fmt: skip
     examples = training_examples(records)
     from selectllm_local.models import resolve_model_path
 
@@ -302,7 +323,12 @@ def finetune(
     shutil.rmtree(work, ignore_errors=True)
     log.info("fine-tuning %s on %d records", base_model, len(examples))
     model, tok, stats = train_lora(
-        examples, base_model=base_model, config=config, work_dir=work, log_path=log_path
+        examples,
+        base_model=base_model,
+        config=config,
+        work_dir=work,
+        log_path=log_path,
+        on_progress=on_progress,
     )
     tmp = out / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -337,10 +363,12 @@ def finetune_in_subprocess(
     base_model: str | Path,
     out_dir: Path,
     config: FinetuneConfig,
+    progress: bool | None = None,
 ) -> Path:
     """:func:`finetune` in a fresh Python process (GPU memory of earlier stages is surely free).
 
-    The child's log goes to ``out_dir/finetune.log``; a user error in the child is raised here as
+    The child's log goes to ``out_dir/finetune.log``; its progress events are relayed to a
+    progress line here (``trainprogress``). A user error in the child is raised here as
     :class:`UserError` with the child's message.
     """
     from selectllm_local.runstore import write_json, write_jsonl
@@ -365,13 +393,23 @@ def finetune_in_subprocess(
     log.info(
         "fine-tuning in a subprocess (%d records), log: %s", len(examples), out / "finetune.log"
     )
-    with open(out / "finetune.log", "w", encoding="utf-8") as fh:
-        proc = subprocess.run(
+    from selectllm_local.progress import status
+    from selectllm_local.trainprogress import StepDisplay, relay
+
+    with (
+        open(out / "finetune.log", "w", encoding="utf-8") as fh,
+        status("fine-tuning: starting", enabled=progress) as line,
+        subprocess.Popen(
             [sys.executable, "-m", "selectllm_local.finetune", str(job)],
-            stdout=fh,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            check=False,
-        )
+            text=True,
+            errors="replace",
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        relay(proc.stdout, fh, StepDisplay(line))
+        proc.wait()
     if proc.returncode != 0:
         tail = (
             (out / "finetune.log").read_text("utf-8", errors="replace").strip().splitlines()[-15:]
@@ -392,12 +430,13 @@ def finetune_run(
     out_dir: Path,
     config: FinetuneConfig,
     subprocess: bool = True,
+    progress: bool | None = None,
 ) -> Path:
     """The ``finetune`` command and the experiment's training step: records or a records file
     (``selected.jsonl``), trained in a fresh process unless ``subprocess`` is False."""
     records = load_records(selected) if isinstance(selected, (str, Path)) else selected
     run = finetune_in_subprocess if subprocess else finetune
-    return run(records, base_model=base_model, out_dir=out_dir, config=config)
+    return run(records, base_model=base_model, out_dir=out_dir, config=config, progress=progress)
 
 
 def _as_records(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -408,6 +447,7 @@ def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     job = json.loads(Path(argv[0]).read_text("utf-8"))
     from selectllm_local.runstore import read_jsonl
+    from selectllm_local.trainprogress import print_event
 
     try:
         finetune(
@@ -415,6 +455,7 @@ def _main(argv: list[str]) -> int:
             base_model=job["base_model"],
             out_dir=Path(job["out_dir"]),
             config=FinetuneConfig(**job["config"]),
+            on_progress=print_event,  # relayed to the parent's progress line
         )
     except UserError as exc:
         sys.stderr.write(f"UserError: {exc}\n")

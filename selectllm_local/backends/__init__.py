@@ -45,6 +45,7 @@ __all__ = [
     "BackendOptions",
     "Constraint",
     "LazyBackend",
+    "check_backend_installed",
     "load_backend",
     "resolve_backend_name",
     "resolve_model",
@@ -52,14 +53,26 @@ __all__ = [
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_WARNED: set[str] = set()
+
+
+EXTRAS = {
+    "vllm": ("vllm", "--backend vllm needs the vllm package, which is not installed. Install it "
+             "(pip install 'selectllm-local[cpu]' or '[gpu]') or use --backend transformers."),
+    "transformers": ("transformers", "--backend transformers needs the transformers package, "
+                     "which is not installed. Install it (pip install transformers)."),
+}  # fmt: skip
+
+
+def check_backend_installed(name: str) -> None:
+    """A ``UserError`` saying what to install when backend ``name``'s package is missing."""
+    module, message = EXTRAS.get(name, ("", ""))
+    if module and importlib.util.find_spec(module) is None:
+        raise UserError(message)
 
 
 def _load_vllm(model: str, options: BackendOptions) -> Backend:
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError(
-            "--backend vllm needs the vllm package, which is not installed. Install it "
-            "(pip install 'selectllm-local[cpu]' or '[gpu]') or use --backend transformers."
-        )
+    check_backend_installed("vllm")
     from selectllm_local.backends.vllm_backend import VLLMBackend
 
     return VLLMBackend(model, options)
@@ -116,7 +129,7 @@ def resolve_model(model_path: str, *, offline: bool = False) -> str:
     """
     from selectllm_local.models import resolve_model_path
 
-    model_path = resolve_model_path(model_path)
+    model_path = resolve_model_path(model_path, offline=offline)
     path = Path(model_path).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -141,9 +154,11 @@ def resolve_model(model_path: str, *, offline: bool = False) -> str:
             "Hugging Face hub, but offline mode is on (--offline or HF_HUB_OFFLINE=1). Download "
             "the model first and pass its folder, or drop --offline."
         )
-    log.warning(
-        "--model %s is not a local folder: loading it from the Hugging Face hub", model_path
-    )
+    if model_path not in _HUB_WARNED:  # once per process (checked before the run, loaded after)
+        _HUB_WARNED.add(model_path)
+        log.warning(
+            "--model %s is not a local folder: loading it from the Hugging Face hub", model_path
+        )
     return model_path
 
 

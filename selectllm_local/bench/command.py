@@ -7,8 +7,6 @@ parsed options and prints either the JSON document or the human text returned he
 
 from __future__ import annotations
 
-import io
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +59,6 @@ def bench_command(
         )
     doc = run.run_benchmark(cfg, progress=progress)
     paths = output.write_outputs(doc, out, name or f"select_{preset}")
-    return doc, _table_text(output.results_table(doc)) + (
-        f"\nWrote {', '.join(str(p) for p in paths.values())}."
+    return doc, output.results_text(doc) + (
+        f"\n\nWrote {', '.join(str(p) for p in paths.values())}."
     )
-
-
-def _table_text(table: Any) -> str:
-    """A rich table rendered to plain text at the terminal's width."""
-    from rich.console import Console
-
-    buf = io.StringIO()
-    Console(file=buf, width=shutil.get_terminal_size().columns, no_color=True).print(table)
-    return buf.getvalue().rstrip("\n")

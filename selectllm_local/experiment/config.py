@@ -197,10 +197,12 @@ def _model(spec: str, here: Path, path: Path, key: str, *, required: bool = True
         return spec
     resolved = (here / spec).resolve()
     if not required and not resolved.exists():
-        try:  # a known model in the cache; else the path as written
-            return resolve_model_path(spec, flag=key) if spec in KNOWN_MODELS else str(resolved)
-        except UserError:
-            return spec
+        if spec not in KNOWN_MODELS:
+            return str(resolved)
+        from selectllm_local.models import cached_model
+
+        found = cached_model(spec)  # in the cache, or its name: a dry run fetches nothing
+        return str(found) if found is not None else spec
     if not resolved.exists() and spec not in KNOWN_MODELS:
         raise UserError(
             f"{path}: {key} = '{spec}' does not exist. Give a local model directory or .gguf file "

@@ -108,6 +108,7 @@ def _run_experiment(
     t0 = time.perf_counter()
     root = cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
+    from selectllm_local.progress import track
     from selectllm_local.rundir import environment
 
     write_json(root / "experiment.json", {"config": cfg.to_dict(), "environment": environment()})
@@ -117,7 +118,8 @@ def _run_experiment(
     cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds_of(m)]
     outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
     hold = hold_after("cells")
-    for i, cell in enumerate(cells, 1):
+    shown = track(cells, "experiment cells", enabled=progress, note=lambda c: c.name)  # i of n
+    for i, cell in enumerate(shown, 1):
         cell_dir = root / "cells" / cell.name
         key = _cell_key(cfg, cell, pool_path)
         done = cell_dir / "done.json"
@@ -305,6 +307,7 @@ def _run_cell(
             out_dir=ft_dir,
             config=cfg.finetune.replace(seed=cell.seed),
             subprocess=cfg.finetune_subprocess,
+            progress=progress,
         )
     ft_seconds = time.perf_counter() - t
 
