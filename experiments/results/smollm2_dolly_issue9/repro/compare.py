@@ -1,6 +1,6 @@
 """The reproduction check's comparison (check.md).
 
-python experiments/results/smollm2_dolly/repro/compare.py RUN_DIR COPY_DIR
+python experiments/results/smollm2_dolly_issue9/repro/compare.py RUN_DIR COPY_DIR
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reproduction check (check.md): copy a finished run directory, delete part of its work, re-run.
-#   bash experiments/results/smollm2_dolly/repro/repro.sh RUN_DIR COPY_DIR
-# then: python experiments/results/smollm2_dolly/repro/compare.py RUN_DIR COPY_DIR
+#   bash experiments/results/smollm2_dolly_issue9/repro/repro.sh RUN_DIR COPY_DIR
+# then: python experiments/results/smollm2_dolly_issue9/repro/compare.py RUN_DIR COPY_DIR
 set -eu
 R=$1; C=$2; HERE=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$C"; mkdir -p "$C/cells"
