@@ -277,3 +277,8 @@ def cluster_pick(plan: Any, ifd: np.ndarray, rng: np.random.Generator, *, seed: 
         round_subsets = subsets_mod.next_round(
             winners, plan.labels, budget, rnd, subset_size=plan.n_clusters, seed=seed
         )
+        if not round_subsets or not budget <= sum(s.k for s in round_subsets) < len(winners):
+            raise RuntimeError(  # a bug, not a user error: every round must shrink to the budget
+                f"cluster-ifd round {rnd}: next_round made no progress from {len(winners)} "
+                f"winners towards budget {budget}"
+            )

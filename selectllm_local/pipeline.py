@@ -347,7 +347,10 @@ def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool
             status(f"starting the {backend_name} engine", enabled=progress),
             engine_log(store.path(ENGINE_LOG)),  # the engine's start-up output (quiet)
         ):
-            return load_backend(backend_name, ready.model, eng, offline=cfg.plan.offline)
+            # under Ray each actor resolves the model on its own node (the head's cache path
+            # means nothing there)
+            model = str(eng.model) if eng.ray and eng.model else ready.model
+            return load_backend(backend_name, model, eng, offline=cfg.plan.offline)
 
     engine = backend if backend is not None else LazyBackend(load)
     stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}

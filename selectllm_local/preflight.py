@@ -69,12 +69,13 @@ def preflight(cfg: SelectConfig) -> Ready:
     check_writable(cfg.plan.resolved_run_dir)
     eng = cfg.engine
     name = resolve_backend_name(eng.backend)
-    check_backend_installed(name)
-    if cfg.engine.ray:  # a bad address fails now, not after the embedding
-        from selectllm_local.raycluster import connect
+    if cfg.engine.ray:  # a bad address fails now, not after the embedding; the engine and the
+        from selectllm_local.raycluster import connect  # model live on the actors' nodes
 
         connect(cfg.engine.ray)
-    elif eng.batch_invariant:  # under Ray each actor checks on its own node
+        return Ready(name, eng.model)
+    check_backend_installed(name)
+    if eng.batch_invariant:  # under Ray each actor checks on its own node
         from selectllm_local.backends import invariance
 
         invariance.check(name)

@@ -17,6 +17,7 @@ not under ``--json`` and not when stderr is not a terminal.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -24,17 +25,26 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _console: Any = None
+_console_for: Any = None  # the sys.stderr the console was made for
 _display: Any = None  # the open rich Progress, shared by nested lines
 _enabled_default: bool | None = None
 
 
 def stderr_console() -> Any:
     """The one rich console on stderr (logging and progress lines share it)."""
-    global _console
-    if _console is None or _console.file is not sys.stderr:
+    global _console, _console_for
+    if _console is None or _console_for is not sys.stderr:
         from rich.console import Console
 
-        _console = Console(stderr=True)
+        # A copy of file descriptor 2 taken now: while the engine starts, its output is sent to
+        # engine.log through fd 2 (backends.startup), and the progress line must stay on screen.
+        try:
+            stream: Any = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+            tty = sys.stderr.isatty()
+        except (AttributeError, OSError, ValueError):  # no real fd (pytest capture, StringIO)
+            stream, tty = sys.stderr, None
+        _console = Console(file=stream, force_terminal=tty or None)
+        _console_for = sys.stderr
     return _console
 
 

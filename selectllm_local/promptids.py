@@ -100,7 +100,9 @@ class PromptBuilder:
         self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
         self._raw_ends: dict[int, list[int]] = {}  # the same, each token's end offset (long texts)
         self._mark_ids: dict[str, list[int]] = {}  # suffix -> ids of TRUNCATION_MARK + suffix
-        self._derive_checks = DERIVE_CHECKS  # derived counts still to compare with the tokenizer
+        # derived counts still to compare with the tokenizer; -1 (never derive) unless the
+        # tokenizer is byte-level BPE with no normalizer, the one kind the derivation holds for
+        self._derive_checks = DERIVE_CHECKS if _byte_level(self._fast) else -1
         self._units: dict[tuple[int, int], tuple[str, bool, list[int]]] = {}
         self._filled: dict[str, list[int]] = {}  # a part completed with an example -> its ids
         self.built = {"fast": 0, "plain": 0, "verified": 0}
@@ -412,3 +414,22 @@ class PromptBuilder:
         if self._fast is None or self.tokenizer is None:  # the backend tokenizes the text itself
             return text
         return TokenizedPrompt(text, self.tokenizer.encode(text, add_special_tokens=False))
+
+
+def _byte_level(fast: Any) -> bool:
+    """Whether a fast tokenizer pre-tokenizes byte-level, word by word, and normalizes nothing
+    (GPT-2, Llama 3, Qwen, SmolLM2): the tokenizers whose word-boundary cuts keep their tokens."""
+    backend = getattr(fast, "backend_tokenizer", fast)  # an HF tokenizer or a tokenizers.Tokenizer
+    if not hasattr(backend, "to_str"):
+        return False
+    try:
+        import json
+
+        spec = json.loads(backend.to_str())
+    except Exception:  # an unusual tokenizer: do not derive  # noqa: BLE001
+        return False
+    if spec.get("normalizer") not in (None, {}):
+        return False
+    pre = spec.get("pre_tokenizer") or {}
+    kinds = {pre.get("type")} | {p.get("type") for p in pre.get("pretokenizers") or []}
+    return "ByteLevel" in kinds

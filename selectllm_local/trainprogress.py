@@ -69,12 +69,16 @@ class StepDisplay:
 def relay(lines: Iterable[str], log_file: IO[str], on_event: Callable[[Event], None]) -> None:
     """Copy the child's output into ``log_file``, except event lines, which go to ``on_event``."""
     for raw in lines:
-        if raw.startswith(PREFIX):
+        k = raw.find(PREFIX)  # an event may follow a partial line (a \r progress bar, a warning)
+        if k >= 0:
             try:
-                event = json.loads(raw[len(PREFIX) :])
+                event = json.loads(raw[k + len(PREFIX) :])
             except json.JSONDecodeError:
                 event = None
             if isinstance(event, dict):
+                if k:
+                    log_file.write(raw[:k] + "\n")
+                    log_file.flush()
                 on_event(event)
                 continue
         log_file.write(raw)
