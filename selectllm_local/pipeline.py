@@ -288,12 +288,9 @@ def select_run(cfg: SelectConfig, *, backend: Any = None, progress: bool = True)
     """``_select_run`` holding the run directory's lock: a second run on it exits 2."""
     from selectllm_local.runstore import run_lock
 
-    if backend is None:
-        ready = preflight(cfg)
-    else:
-        check_writable(cfg.plan.resolved_run_dir)
-        ready = Ready(backend.name, cfg.engine.model)
-    with run_lock(cfg.plan.resolved_run_dir):
+    check_writable(cfg.plan.resolved_run_dir)
+    with run_lock(cfg.plan.resolved_run_dir):  # a run in use is named before anything else
+        ready = preflight(cfg) if backend is None else Ready(backend.name, cfg.engine.model)
         return _select_run(cfg, backend=backend, ready=ready, progress=progress)
 
 

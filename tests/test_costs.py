@@ -128,7 +128,8 @@ def test_cli_dry_run_of_the_smollm2_experiment_prints_both_columns(
     out = res.output
     assert "this CPU" in out and "one H100" in out
     assert "scaled from measured SmolLM2-135M rates" in out and "estimate, not measured" in out
-    assert "8 cells" in out and "K=5" in out  # 1,000 rows, budget 200 -> 5 candidates
+    # 8 methods x 3 seeds, 2 seeds for three of them (method_seeds); 1,000 rows, budget 200 -> K=5
+    assert "= 21 cells" in out and "K=5" in out
     assert "Removed from the pool as test examples: 1,023 rows (1,001 same instruction + r" in out
     assert sorted(tmp_path.iterdir()) == before  # nothing written
 

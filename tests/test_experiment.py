@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -335,8 +336,14 @@ def test_selection_seed_follows_the_cell_seed_unless_overridden(tmp_path: Path) 
     assert plan_dir_of(root, "select", 8, 1) != plan_dir_of(root, "select", 8, 0)
 
 
-def test_selection_clock_sums_resumes_and_keeps_a_finished_time(tmp_path: Path) -> None:
+def test_selection_clock_sums_resumes_and_keeps_a_finished_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selectllm_local.experiment import clock
     from selectllm_local.experiment.clock import SelectionClock
+
+    ticks = itertools.count(0.0, 7.0)  # a clock that moves 7 s per reading: no real timing
+    monkeypatch.setattr(clock.time, "perf_counter", lambda: next(ticks))
 
     with pytest.raises(KeyboardInterrupt), SelectionClock(tmp_path, "select", "k1") as c:
         raise KeyboardInterrupt  # a stopped selection keeps the time it spent
