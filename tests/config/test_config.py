@@ -133,6 +133,36 @@ def test_shipped_configs_load(path: Path) -> None:
     assert values["n_clusters"] > 1 and values["model"]
 
 
+SHIPPED_TOML = sorted((REPO / "configs").glob("*.toml")) + sorted(
+    (REPO / "experiments").glob("*.toml")
+)
+SHIPPED_EXPERIMENTS = [p for p in SHIPPED_TOML if "experiment" in read_toml(p)]
+
+
+def test_every_file_in_experiments_is_a_checked_experiment() -> None:
+    shipped = sorted((REPO / "experiments").glob("*.toml"))
+    assert shipped, "experiments/ holds no experiment config"
+    assert set(shipped) <= set(SHIPPED_EXPERIMENTS)  # each has an [experiment] table
+
+
+@pytest.mark.parametrize("path", SHIPPED_EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_experiments_load_and_validate(path: Path) -> None:
+    """Every shipped experiment (configs/ and experiments/) reads and validates as
+    ``selectllm experiment CONFIG --dry-run`` reads it: known keys only, the pool and test set
+    found and loaded, methods, budgets and recipe checked; models need not be on this machine."""
+    from selectllm_local.experiment import load_experiment_config
+
+    raw = read_toml(path)
+    assert set(raw) <= {"experiment", *SECTIONS}
+    for table, values in raw.items():
+        cls = ExperimentTable if table == "experiment" else SECTIONS[table]
+        known = set(cls.__dataclass_fields__)
+        assert set(values) <= known, (table, set(values) - known)
+    cfg = load_experiment_config(path, require_models=False)
+    assert cfg.methods and cfg.budgets and cfg.seeds and cfg.test_rows
+    assert max(cfg.budgets) < len(cfg.pool_items), (cfg.budgets, len(cfg.pool_items))
+
+
 def test_shared_setting_sets_every_section_and_required_names_the_flag() -> None:
     cfg = SelectConfig.of(pool="p.jsonl", budget=4, seed=3, device="cpu", model="m")
     assert cfg.plan.seed == cfg.selector.seed == cfg.engine.seed == 3
