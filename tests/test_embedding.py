@@ -14,11 +14,10 @@ from selectllm_local.cluster.kmeans import balanced_clusters, choose_k
 from selectllm_local.cluster.subsets import make_plan
 from selectllm_local.data.pool import embedding_text, load_pool
 from selectllm_local.embed import encoder as embedding
+from selectllm_local.embed.cache import EmbeddingCache, load_or_embed
 from selectllm_local.embed.encoder import (
     DEFAULT_EMBEDDER,
-    EmbeddingCache,
     embed_texts,
-    load_or_embed,
     model_id,
     resolve_model,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import command, emit
 from selectllm_local.config import CompareCommand
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import command, emit, show_progress
 from selectllm_local.config import ExperimentCommand, ReportCommand
 

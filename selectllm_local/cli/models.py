@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import CONFIG_HELP, command, emit, handle_errors
 from selectllm_local.config import ModelsFetchCommand, ModelsListCommand, loader
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import command, emit, show_progress
 from selectllm_local.config import EvaluateCommand, FinetuneCommand
 

@@ -104,7 +104,7 @@ def run_comparisons(
 
     Returns the comparison rows (``results.csv``) and notes on what could not be compared.
     """
-    from selectllm_local.experiment.runner import Cell
+    from selectllm_local.experiment.cells import Cell
 
     refs = [r for r in REFERENCES if r in methods]
     cells: dict[tuple[str, int], dict[int, CellRows]] = {}

@@ -168,7 +168,7 @@ def selections_text(
 ) -> str:
     """What the methods picked, before any training: pairwise overlap against the overlap two
     random selections would have, and the position bias of the LLM selections."""
-    from selectllm_local.experiment.runner import Cell, plan_dir_of
+    from selectllm_local.experiment.cells import Cell, plan_dir_of
     from selectllm_local.review.compare import run_position_bias
     from selectllm_local.review.diagnostics import overlap
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from selectllm_local.config.training import NLL_SETTINGS
 from selectllm_local.errors import UserError
+from selectllm_local.experiment.cells import Cell, plan_dir_of
 from selectllm_local.experiment.config import (
     ENGINE_METHODS,
     ExperimentConfig,
@@ -52,17 +53,6 @@ from selectllm_local.run.store import read_json, read_jsonl, stable_hash, write_
 from selectllm_local.testhooks import hold_after
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Cell:
-    method: str
-    budget: int
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method.replace(':', '-')}/b{self.budget}-s{self.seed}"
 
 
 @dataclass
@@ -427,15 +417,6 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
         ).indices
     _check_same_pool(cfg, plan_dir)
     return picks
-
-
-def plan_dir_of(root: Path, method: str, budget: int, seed: int) -> Path:
-    """The run directory a cell selects in: one per (budget, seed), shared by ``select`` and the
-    baselines; a ``select:<mode>`` variant gets its own copy of the same plan (same pool,
-    embeddings and seed, so the same clusters and subsets) so that each mode's run stays whole."""
-    name, _, variant = method.partition(":")
-    suffix = f"-select-{variant}" if name == "select" and variant else ""
-    return root / "plans" / f"b{budget}-s{seed}{suffix}"
 
 
 def _seed_embedding_cache(plans: Path, plan_dir: Path) -> None:

@@ -137,7 +137,7 @@ def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
     from selectllm_local.cluster import kmeans as clustering
     from selectllm_local.cluster import subsets
     from selectllm_local.data import pool as data
-    from selectllm_local.embed import encoder as embedding
+    from selectllm_local.embed import cache as embed_cache
 
     store = RunStore(cfg.resolved_run_dir)
     seconds: dict[str, float] = {}
@@ -159,7 +159,7 @@ def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
 
     t = time.perf_counter()
     texts = [data.embedding_text(it) for it in items]
-    emb, cached = embedding.load_or_embed(
+    emb, cached = embed_cache.load_or_embed(
         store,
         texts,
         model=cfg.embedder,
