@@ -17,8 +17,8 @@ from selectllm_local.backends import load_backend, resolve_backend_name, resolve
 from selectllm_local.backends.base import BackendOptions
 from selectllm_local.backends.hf_backend import bucket_by_length
 from selectllm_local.errors import UserError
-from selectllm_local.grammar import id_constraint
-from selectllm_local.parsing import parse_ids
+from selectllm_local.selection.grammar import id_constraint
+from selectllm_local.selection.parse import parse_ids
 
 
 def _prompts(backend, n: int = 6) -> list[str]:

@@ -9,7 +9,7 @@ from conftest import REPO
 from typer.testing import CliRunner
 
 from selectllm_local.cli import app
-from selectllm_local.pipeline import default_k
+from selectllm_local.run.pipeline import default_k
 
 
 def _flat(text: str) -> str:

@@ -127,7 +127,7 @@ def resolve_model(model_path: str, *, offline: bool = False) -> str:
     first replaced by its converted folder in the cache. Returns the path (absolute for local
     folders) or the hub id to load.
     """
-    from selectllm_local.models import resolve_model_path
+    from selectllm_local.models.registry import resolve_model_path
 
     model_path = resolve_model_path(model_path, offline=offline)
     path = Path(model_path).expanduser()

@@ -22,7 +22,7 @@ from typing import Any
 
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import stats
-from selectllm_local.runstore import read_json, read_jsonl
+from selectllm_local.run.store import read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
