@@ -57,7 +57,7 @@ NEEDS_EMBEDDINGS = ("kcenter",)
 NEEDS_PLAN = ("cluster-random", "cluster-ifd")
 LIKELIHOOD_METHODS = ("ifd", "cluster-ifd")  # scored on the selection engine ([engine] model)
 PERPLEXITY_BANDS = ("high", "low", "middle")
-DIVERSITY_SAMPLE = 500  # pool items each candidate is compared with (documented in the README)
+DIVERSITY_SAMPLE = 500  # pool items each candidate is compared with (docs/EXPERIMENTS.md)
 LCS_MAX_TOKENS = (
     64  # Rouge-L tokens kept per text: one 64-bit word per text in the bit-parallel LCS
 )
