@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selectllm_local.experiment import paired, stats
-from selectllm_local.runstore import atomic_path, read_json
+from selectllm_local.run.store import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,9 @@ def selections_text(
 ) -> str:
     """What the methods picked, before any training: pairwise overlap against the overlap two
     random selections would have, and the position bias of the LLM selections."""
-    from selectllm_local.compare import run_position_bias
-    from selectllm_local.diagnostics import overlap
-    from selectllm_local.experiment.runner import Cell, plan_dir_of
+    from selectllm_local.experiment.cells import Cell, plan_dir_of
+    from selectllm_local.review.compare import run_position_bias
+    from selectllm_local.review.diagnostics import overlap
 
     key = root / "data" / "pool.key.json"
     pool_size = int(read_json(key)["rows"]) if key.exists() else 0
