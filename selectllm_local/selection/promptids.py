@@ -98,12 +98,14 @@ class PromptBuilder:
         self._skeletons: dict[tuple[Any, ...], _Skeleton | None] = {}
         self._full: dict[int, str] = {}  # pool index -> defused candidate text
         self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
-        self._raw_ends: dict[int, list[int]] = {}  # the same, each token's end offset (long texts)
+        self._raw_ends: dict[int, list[int]] = {}  # the same, each token's end byte (long texts)
         self._mark_ids: dict[str, list[int]] = {}  # suffix -> ids of TRUNCATION_MARK + suffix
         # derived counts still to compare with the tokenizer; -1 (never derive) unless the
         # tokenizer is byte-level BPE with no normalizer, the one kind the derivation holds for
-        self._derive_checks = DERIVE_CHECKS if _byte_level(self._fast) else -1
+        derive = _byte_level(self._fast) and _no_prefix_space(self._fast)
+        self._derive_checks = DERIVE_CHECKS if derive else -1
         self._id_checks = DERIVE_CHECKS  # derived ids of cut candidates, checked apart
+        self._lengths: Any = None  # token id -> bytes it covers (numpy, filled as met)
         self._units: dict[tuple[int, int], tuple[str, bool, list[int]]] = {}
         self._filled: dict[str, list[int]] = {}  # a part completed with an example -> its ids
         self.built = {"fast": 0, "plain": 0, "verified": 0}
@@ -121,6 +123,46 @@ class PromptBuilder:
             return []
         fast = getattr(self._fast, "encode_batch_fast", self._fast.encode_batch)
         return list(fast(texts, add_special_tokens=False))
+
+    def _encode_ends(
+        self,
+        texts: list[str],
+        need: Callable[[list[int]], bool] | None,
+        wanted: list[bool] | None = None,
+    ) -> list[tuple[list[int], list[int] | None]]:
+        """(ids, each token's end as a UTF-8 byte offset) per text, the ends only while counts
+        are derived and where ``wanted`` and ``need`` hold. A byte-level token covers exactly
+        its own bytes, so the ends are the running sum of the tokens' byte lengths and the
+        encoding skips the tokenizer's offsets (a fifth of its work on long texts)."""
+        found = self._encode_fast(texts)
+        out: list[tuple[list[int], list[int] | None]] = []
+        for j, enc in enumerate(found):
+            ids, ends = enc.ids, None
+            if self._derive_checks >= 0 and (wanted is None or wanted[j]):
+                if need is None or need(ids):
+                    ends = self._byte_ends(ids)
+            out.append((ids, ends))
+        return out
+
+    def _byte_ends(self, ids: list[int]) -> list[int]:
+        """The running sum of the tokens' byte lengths: one byte per character of a token's
+        string (the byte alphabet), the UTF-8 length of an added token's content."""
+        import numpy as np
+
+        arr = np.asarray(ids, dtype=np.int64)
+        if self._lengths is None:
+            self._lengths = np.full(self._fast.get_vocab_size(with_added_tokens=True), -1)
+            for tid, added in self._fast.get_added_tokens_decoder().items():
+                if tid < len(self._lengths):
+                    self._lengths[tid] = len(added.content.encode("utf-8"))
+        table = self._lengths
+        if len(arr) and int(arr.max()) >= len(table):  # ids beyond the stated vocabulary
+            table = self._lengths = np.concatenate(
+                [table, np.full(int(arr.max()) + 1 - len(table), -1)]
+            )
+        for tid in np.unique(arr[table[arr] < 0]).tolist():
+            table[tid] = len(self._fast.id_to_token(tid) or "")
+        return np.cumsum(table[arr]).tolist()  # type: ignore[no-any-return]
 
     def _text(self, idx: int) -> str:
         text = self._full.get(idx)
@@ -140,19 +182,20 @@ class PromptBuilder:
         # Offsets (kept for texts that will be cut) only where a cut is likely: no tokenizer
         # spends fewer than ~2 characters per token on text, so shorter ones skip them (a short
         # one that is cut after all is still cut right, its steps counted by the tokenizer).
-        short = [i for i in todo if len(self._text(i)) < budget * 2]
-        long_ = [i for i in todo if len(self._text(i)) >= budget * 2]
-        found = self._encode_fast([self._text(i) + suffix for i in short])
+        texts = {i: self._text(i) for i in todo}
+        short = [i for i in todo if len(texts[i]) < budget * 2]
+        long_ = [i for i in todo if len(texts[i]) >= budget * 2]
+        found = self._encode_fast([texts[i] + suffix for i in short])
         for i, enc in zip(short, found, strict=True):
             self._raw_ids[i] = enc.ids
-        if long_:
-            found = self._fast.encode_batch(
-                [self._text(i) + suffix for i in long_], add_special_tokens=False
-            )
-            for i, enc in zip(long_, found, strict=True):
-                ids = self._raw_ids[i] = enc.ids
-                if len(ids) + _SLACK > budget:  # will be cut: keep where its tokens end
-                    self._raw_ends[i] = [end for _start, end in enc.offsets]
+        # will be cut: keep where its tokens end
+        ended = self._encode_ends(
+            [texts[i] + suffix for i in long_], lambda ids: len(ids) + _SLACK > budget
+        )
+        for i, (ids, ends) in zip(long_, ended, strict=True):
+            self._raw_ids[i] = ids
+            if ends is not None:
+                self._raw_ends[i] = ends
         pending = []
         for idx in dict.fromkeys(indices):
             if (idx, budget) in self._units:
@@ -233,15 +276,13 @@ class PromptBuilder:
                 if split is not None:
                     tails[j] = split
             rest = [j for j in asks if j not in counts and j not in tails]
-            found = self._fast.encode_batch(
-                [asks[j] for j in rest] + [tail for _head, tail in tails.values()],
-                add_special_tokens=False,
-            )
-            for j, enc in zip(rest, found, strict=False):
-                counts[j] = len(enc)
-                if j not in base:
-                    base[j] = (asks[j], enc.ids, [end for _start, end in enc.offsets])
-            for (j, (head, _tail)), enc in zip(tails.items(), found[len(rest) :], strict=True):
+            ended = self._encode_ends([asks[j] for j in rest], None, [j not in base for j in rest])
+            for j, (ids, ends) in zip(rest, ended, strict=True):
+                counts[j] = len(ids)
+                if ends is not None:
+                    base[j] = (asks[j], ids, ends)
+            found = self._encode_fast([tail for _head, tail in tails.values()])
+            for (j, (head, _tail)), enc in zip(tails.items(), found, strict=True):
                 counts[j] = head + len(enc)
             self._check_counts({j: asks[j] for j in tails}, counts)
             nxt = {}
@@ -278,7 +319,7 @@ class PromptBuilder:
             return None
         if not text.startswith(ask):
             return None
-        return bisect.bisect_right(ends, b), ask[b:]
+        return bisect.bisect_right(ends, _byte_offset(ask, b)), ask[b:]
 
     def _derived_ids(
         self, base: tuple[str, list[int], list[int]] | None, cut_text: str, suffix: str
@@ -297,7 +338,7 @@ class PromptBuilder:
         tail = self._mark_ids.get(suffix)
         if tail is None:
             tail = self._mark_ids[suffix] = self._encode([mark + suffix])[0]
-        return ids[: bisect.bisect_right(ends, n)] + tail
+        return ids[: bisect.bisect_right(ends, _byte_offset(text, n))] + tail
 
     def _check_counts(self, asks: dict[int, str], counts: dict[int, int]) -> None:
         """While checks remain, count up to that many of the derived ``asks`` with the tokenizer
@@ -456,3 +497,18 @@ def _byte_level(fast: Any) -> bool:
         return False
     kinds = {pre.get("type")} | {p.get("type") for p in pre.get("pretokenizers") or []}
     return "ByteLevel" in kinds
+
+
+def _no_prefix_space(fast: Any) -> bool:
+    """Whether the byte-level pre-tokenizer adds no space before a text (token lengths then
+    sum to the text's offsets)."""
+    try:
+        state = str(fast.pre_tokenizer.__getstate__())
+    except Exception:  # noqa: BLE001
+        return False
+    return '"add_prefix_space":true' not in state.replace(" ", "")
+
+
+def _byte_offset(text: str, n: int) -> int:
+    """The UTF-8 byte offset of character ``n`` of ``text``."""
+    return n if text.isascii() else len(text[:n].encode("utf-8"))
