@@ -179,20 +179,12 @@ class PromptBuilder:
             return
         todo = sorted({i for i in indices if i not in self._raw_ids})
         todo = [i for i in todo if len(self._text(i)) <= budget * 12]
-        # Offsets (kept for texts that will be cut) only where a cut is likely: no tokenizer
-        # spends fewer than ~2 characters per token on text, so shorter ones skip them (a short
-        # one that is cut after all is still cut right, its steps counted by the tokenizer).
-        texts = {i: self._text(i) for i in todo}
-        short = [i for i in todo if len(texts[i]) < budget * 2]
-        long_ = [i for i in todo if len(texts[i]) >= budget * 2]
-        found = self._encode_fast([texts[i] + suffix for i in short])
-        for i, enc in zip(short, found, strict=True):
-            self._raw_ids[i] = enc.ids
-        # will be cut: keep where its tokens end
+        # one batched call without the tokenizer's offsets; a text that will be cut keeps where
+        # its tokens end (summed from their byte lengths, ``_encode_ends``)
         ended = self._encode_ends(
-            [texts[i] + suffix for i in long_], lambda ids: len(ids) + _SLACK > budget
+            [self._text(i) + suffix for i in todo], lambda ids: len(ids) + _SLACK > budget
         )
-        for i, (ids, ends) in zip(long_, ended, strict=True):
+        for i, (ids, ends) in zip(todo, ended, strict=True):
             self._raw_ids[i] = ids
             if ends is not None:
                 self._raw_ends[i] = ends
