@@ -104,6 +104,8 @@ def _disk_failure(exc: OSError, folders: Iterable[Path]) -> UserError | None:
     if code not in NO_SPACE and code not in NOT_WRITABLE:
         return None
     where = exc.filename or next(iter(folders), None) or "the output folder"
+    if Path(where).name.startswith(".") and Path(where).suffix == ".tmp":
+        where = Path(where).parent  # an atomic write's temporary file: name its folder
     if code in NO_SPACE:
         return UserError(
             f"No space left on the disk holding {where} ({exc.strerror or exc}). Completed work "
