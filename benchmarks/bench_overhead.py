@@ -97,8 +97,9 @@ def _backend(model_dir: Path, tokenizer: Any) -> Any:
 
 
 def _tokenizer(kind: str, items: list[Any], tmp: Path) -> Any:
-    from selectllm_local import data, tinymodel
     from selectllm_local.bench.model import train_pool_tokenizer
+    from selectllm_local.data import pool as data
+    from selectllm_local.models import random_weights as tinymodel
 
     if kind == "tiny":
         return tinymodel.build_tokenizer(tmp / "tok-tiny")
@@ -107,8 +108,10 @@ def _tokenizer(kind: str, items: list[Any], tmp: Path) -> Any:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from selectllm_local import data, selection, tinymodel
     from selectllm_local.bench import run as bench
+    from selectllm_local.data import pool as data
+    from selectllm_local.models import random_weights as tinymodel
+    from selectllm_local.selection import rounds as selection
 
     items, _ = data.load_pool(args.pool)
     need = args.subsets * args.candidates
@@ -176,7 +179,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def _fixed_run(cfg: Any, backend: Any, run_dir: Path) -> tuple[float, float, int]:
     """One whole ``select_run`` on a planned run directory, afresh: (wall s, CPU s, prompts)."""
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     for name in ("responses.jsonl", "selected.jsonl", "summary.json"):
         (run_dir / name).unlink(missing_ok=True)
@@ -197,9 +200,10 @@ def measure_fixed(args: argparse.Namespace) -> dict[str, Any]:
     start), at ``--fixed-small`` and the whole pool (the quick start's size). The line through the
     two medians gives the per-run fixed cost (its intercept) and the per-prompt cost (its slope).
     """
-    from selectllm_local import data, tinymodel
     from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig
-    from selectllm_local.pipeline import plan_run
+    from selectllm_local.data import pool as data
+    from selectllm_local.models import random_weights as tinymodel
+    from selectllm_local.run.pipeline import plan_run
 
     rows = args.pool.read_text("utf-8").splitlines()
     sizes = [(args.fixed_small, args.fixed_small_budget), (len(rows), args.fixed_budget)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ALPACA, DOLLY, requires_shared_data
 
-from selectllm_local.data import FieldMap, embedding_text, load_pool
+from selectllm_local.data.pool import FieldMap, embedding_text, load_pool
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
 

@@ -20,10 +20,10 @@ import pytest
 from conftest import small_pool
 from typer.testing import CliRunner
 
-from selectllm_local import models
 from selectllm_local.backends import LOADERS
 from selectllm_local.cli import app
-from selectllm_local.ggufconvert import MARKER
+from selectllm_local.models import registry as models
+from selectllm_local.models.gguf import MARKER
 
 SMOL = "smollm2-135m-instruct"
 

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from conftest import EXAMPLE_POOL
 
-from selectllm_local import data, prompting, tinymodel
 from selectllm_local.backends.base import TokenizedPrompt, prompt_token_ids
 from selectllm_local.bench import run as bench
-from selectllm_local.promptids import PromptBuilder
+from selectllm_local.data import pool as data
+from selectllm_local.models import random_weights as tinymodel
+from selectllm_local.selection import prompts as prompting
+from selectllm_local.selection.promptids import PromptBuilder
 
 LLAMA3_STYLE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"

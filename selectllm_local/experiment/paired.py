@@ -22,7 +22,7 @@ from typing import Any
 
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import stats
-from selectllm_local.runstore import read_json, read_jsonl
+from selectllm_local.run.store import read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def run_comparisons(
 
     Returns the comparison rows (``results.csv``) and notes on what could not be compared.
     """
-    from selectllm_local.experiment.runner import Cell
+    from selectllm_local.experiment.cells import Cell
 
     refs = [r for r in REFERENCES if r in methods]
     cells: dict[tuple[str, int], dict[int, CellRows]] = {}
