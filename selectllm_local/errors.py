@@ -113,8 +113,9 @@ def _disk_failure(exc: OSError, folders: Iterable[Path]) -> UserError | None:
             "point the command at the copy), then run the same command again; the run resumes "
             "where it stopped."
         )
+    how = "written" if code == errno.EROFS else "written or read"  # denied: either way
     return UserError(
-        f"{where} cannot be written ({exc.strerror or exc}). Completed work is kept: make it "
+        f"{where} cannot be {how} ({exc.strerror or exc}). Completed work is kept: make it "
         "writable (or choose another folder with --run-dir / --out), then run the same command "
         "again; the run resumes where it stopped."
     )

@@ -221,3 +221,24 @@ def test_command_on_a_core_install_works_or_names_the_extra(
         message = " ".join(r.stderr.split())
         assert "pip install 'selectllm-local[" in message, message[-2000:]
         assert "is not installed" in message, message[-2000:]
+
+
+def test_the_rule_leaves_bugs_visible() -> None:
+    """Only optional packages and disk failures become exit 2; anything else stays a traceback."""
+    import errno
+
+    from selectllm_local.errors import expected_failure
+
+    def missing_module(name: str) -> ModuleNotFoundError:
+        return ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+    folder = Path("/runs/a")
+    assert expected_failure(missing_module("selectllm_local.nope"), feature="x") is None
+    assert expected_failure(missing_module("numpy"), feature="x") is None  # core: a broken install
+    assert "[ray]" in str(expected_failure(missing_module("ray.data"), feature="--ray"))
+    assert expected_failure(OSError(errno.EIO, "I/O error"), feature="x", folders=[folder]) is None
+    assert expected_failure(ValueError("bug"), feature="x") is None
+    full = expected_failure(OSError(errno.ENOSPC, "No space"), feature="x", folders=[folder])
+    assert full is not None and str(folder) in str(full)
+    temp = OSError(errno.EACCES, "Permission denied", "/runs/a/.selected.jsonl.k2j1.tmp")
+    assert "/runs/a cannot be written or read" in str(expected_failure(temp, feature="x"))

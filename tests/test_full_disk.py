@@ -124,3 +124,17 @@ def test_a_file_where_the_run_directory_should_be_exits_2(tmp_path: Path) -> Non
     ):
         r = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)
         assert_exit_2_naming(r, blocker / "run", "cannot be written")
+
+
+def test_other_writers_on_a_full_disk_exit_2_naming_it(tmp_path: Path) -> None:
+    """The rule is the CLI's, not select's: the other writers fill a one-page disk the same way
+    (their first file, the normalized pool, is larger than the disk)."""
+    pool = small_pool(tmp_path, 300)
+    disk = tmp_path / "small"
+    for command in (
+        [*CLI, "split", str(pool), "--test", "5", "--out", str(disk / "run")],
+        [*CLI, "plan", str(pool), "--budget", "5", "--run-dir", str(disk / "run")],
+        [*CLI, "baseline", "random", str(pool), "--budget", "5", "--run-dir", str(disk / "run")],
+    ):
+        r = in_tmpfs(f"size={PAGE}", disk, tmp_path / "kept", *command)
+        assert_exit_2_naming(r, disk / "run", "No space left", "resumes")
