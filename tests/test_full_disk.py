@@ -78,7 +78,7 @@ def assert_exit_2_naming(r: subprocess.CompletedProcess[str], path: Path, *words
 @pytest.mark.parametrize("rows", [300, 420])  # two pools: the outcome is not tuned to one
 def test_select_on_a_full_disk_exits_2_then_resumes_elsewhere(tmp_path: Path, rows: int) -> None:
     pool = small_pool(tmp_path, rows)
-    roomy = tmp_path / "roomy"
+    roomy = tmp_path / "room" / "run"  # as long as disk/run: the same file sizes
     r = subprocess.run(select_args(pool, roomy), capture_output=True, text=True, timeout=HANG_GUARD)
     assert r.returncode == 0, r.stderr[-3000:]
     answers = n_lines(roomy / "responses.jsonl")
