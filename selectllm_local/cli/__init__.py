@@ -2,8 +2,10 @@
 
 Each command is a thin function: its options come from the config classes (``options.py``), it
 calls one keyword-only library function and prints the result (``--json`` or a human summary).
-Errors users can cause (``UserError``) print one paragraph and exit with code 2. Heavy libraries
-are imported inside the commands, so ``selectllm --help`` is instant.
+Errors users can cause (``UserError``), a missing optional package (the message names the extra
+to install) and a full or unwritable disk (the path; the run resumes) print one paragraph and
+exit with code 2: one rule, ``options.handle_errors`` over ``errors.expected_failure``. Heavy
+libraries are imported inside the commands, so ``selectllm --help`` is instant.
 """
 
 from __future__ import annotations

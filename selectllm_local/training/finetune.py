@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from selectllm_local.config import FinetuneConfig
-from selectllm_local.errors import UserError
+from selectllm_local.errors import UserError, expected_failure
 from selectllm_local.records import PoolItem
 from selectllm_local.training.trainset import (
     as_example,
@@ -457,8 +457,11 @@ def _main(argv: list[str]) -> int:
             config=FinetuneConfig(**job["config"]),
             on_progress=print_event,  # relayed to the parent's progress line
         )
-    except UserError as exc:
-        sys.stderr.write(f"UserError: {exc}\n")
+    except (UserError, ModuleNotFoundError, OSError) as exc:  # the CLI's rule, in the child
+        err = expected_failure(exc, feature="Fine-tuning", folders=[Path(job["out_dir"])])
+        if err is None:
+            raise
+        sys.stderr.write(f"UserError: {err}\n")
         return UserError.exit_code
     return 0
 
