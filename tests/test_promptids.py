@@ -244,3 +244,38 @@ def test_fast_ids_equal_the_slow_path_on_real_tokenizers(
         if budget == 48:
             assert cut >= len(plan.subsets) // 2, name  # truncation and derivation really ran
             assert builder._derive_checks == 0 and builder._id_checks == 0, name
+
+
+def test_summed_byte_ends_split_text_where_the_tokenizers_offsets_do(
+    other_rows: list[Any], smollm2_dir: Path
+) -> None:
+    """The token ends summed from byte lengths (no offsets asked of the tokenizer) put every word
+    boundary of a text, accented and typographic characters included, after exactly the tokens
+    the tokenizer's own character offsets put there."""
+    import bisect
+
+    from transformers import AutoTokenizer
+
+    from selectllm_local.selection.promptids import _boundary, _byte_offset
+
+    smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    backend = _TokenizerBackend(smol)
+    builder = PromptBuilder(
+        prompting.PromptTemplate.load(), other_rows, backend,
+        special_tokens=backend.special_tokens, count_tokens=backend.count_tokens, mode="ids",
+    )  # fmt: skip
+    texts = [prompting.candidate_text(it) + "\n" for it in other_rows]
+    texts = [t for t in texts if not t.isascii()][:60]
+    assert len(texts) >= 20  # the pool has non-ASCII text to try
+    offsets = smol.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    summed = builder._encode_ends(texts, None)
+    boundaries = 0
+    for text, enc, (ids, ends) in zip(texts, offsets, summed, strict=True):
+        assert ids == enc.ids and ends is not None and len(ends) == len(ids)
+        char_ends = [end for _start, end in enc.offsets]
+        for b in range(1, len(text) - 1):
+            if _boundary(text, b):
+                boundaries += 1
+                got = bisect.bisect_right(ends, _byte_offset(text, b))
+                assert got == bisect.bisect_right(char_ends, b), (text[:60], b)
+    assert boundaries > 1000
