@@ -72,7 +72,7 @@ def train_tokens(records: list[Any], model: str, max_length: int) -> int:
     """Tokens of prompt + response as the trainer sees them (input cut to fit, capped)."""
     from transformers import AutoTokenizer
 
-    from selectllm_local.trainset import fit_to_length, training_examples
+    from selectllm_local.training.trainset import fit_to_length, training_examples
 
     tok = AutoTokenizer.from_pretrained(model)
     pairs, _ = fit_to_length(training_examples(records), tok, max_length)
@@ -128,9 +128,9 @@ def recipe(config: Path | None, dtype: str) -> tuple[Any, Any]:
 
 def measure_finetune(pool: Path, model: str, n: int, skip: int, cfg: Any, out: Path) -> Any:
     """Trained tokens/s of ``finetune`` with ``cfg``; the adapter is left in ``out/run``."""
-    from selectllm_local import data
-    from selectllm_local.finetune import finetune
-    from selectllm_local.runstore import read_json
+    from selectllm_local.data import pool as data
+    from selectllm_local.run.store import read_json
+    from selectllm_local.training import finetune
 
     items, _ = data.load_pool(pool)
     records = items[skip : skip + n]
@@ -161,7 +161,7 @@ def measure_evaluation(
 ) -> dict[str, Any]:
     """Greedy answers/s of the transformers backend (base model, or base + ``adapter``)."""
     from selectllm_local.backends import load_backend
-    from selectllm_local.evaluate import engine_options, fit_prompts, load_testset
+    from selectllm_local.evaluation.evaluate import engine_options, fit_prompts, load_testset
 
     max_new_tokens = cfg.max_new_tokens
     examples = load_testset(test_set)[: n + 4]
@@ -242,11 +242,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from selectllm_local import tinymodel
     from selectllm_local.bench.model import model_shape
     from selectllm_local.bench.run import bench_environment
-    from selectllm_local.models import resolve_model_path
-    from selectllm_local.runstore import write_json
+    from selectllm_local.models import random_weights as tinymodel
+    from selectllm_local.models.registry import resolve_model_path
+    from selectllm_local.run.store import write_json
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-costs-"))  # a built model can take 13 GB: removed
     atexit.register(shutil.rmtree, tmp, True)  # at exit, also after an error

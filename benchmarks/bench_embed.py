@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from selectllm_local import hardware
-from selectllm_local.data import embedding_text, load_pool
-from selectllm_local.embedding import DEFAULT_EMBEDDER, embed_texts
+from selectllm_local.data.pool import embedding_text, load_pool
+from selectllm_local.embed.encoder import DEFAULT_EMBEDDER, embed_texts
 
 DOLLY = Path(__file__).resolve().parents[1] / "data" / "dolly" / "databricks-dolly-15k.jsonl.gz"
 

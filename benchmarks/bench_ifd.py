@@ -31,9 +31,9 @@ POOL = REPO / "examples" / "dolly_sample_1500.jsonl"
 
 
 def bench_backend(name: str, model: str, items: list, args: argparse.Namespace) -> dict:
-    from selectllm_local import likelihood
     from selectllm_local.backends import load_backend
     from selectllm_local.backends.base import BackendOptions
+    from selectllm_local.baselines import ifd as likelihood
 
     t = time.perf_counter()
     options = BackendOptions(dtype=args.dtype, max_model_len=2048, enforce_eager=True)
@@ -101,7 +101,7 @@ def main() -> None:
     import torch
 
     from selectllm_local.backends import resolve_model
-    from selectllm_local.data import load_pool
+    from selectllm_local.data.pool import load_pool
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # CPU time of this process
     model = resolve_model(args.model)

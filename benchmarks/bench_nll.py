@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from selectllm_local.config import EvaluateConfig
-from selectllm_local.evaluate import generate_answers, load_testset, reference_nll
-from selectllm_local.rundir import environment
+from selectllm_local.evaluation.evaluate import generate_answers, load_testset, reference_nll
+from selectllm_local.run.rundir import environment
 
 REPO = Path(__file__).resolve().parents[1]
 TESTSET = REPO / "examples" / "testsets" / "dolly"
@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from selectllm_local.models import resolve_model_path
+    from selectllm_local.models.registry import resolve_model_path
 
     base = Path(resolve_model_path(args.model, flag="--model"))
     tests = load_testset(TESTSET)

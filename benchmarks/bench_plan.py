@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selectllm_local.clustering import DEFAULT_NITER, balance, train_centroids
-from selectllm_local.subsets import make_plan
+from selectllm_local.cluster.kmeans import DEFAULT_NITER, balance, train_centroids
+from selectllm_local.cluster.subsets import make_plan
 
 
 def mixture(n: int, dim: int, centres: int, seed: int) -> np.ndarray:

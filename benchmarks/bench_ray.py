@@ -40,7 +40,7 @@ def _pool(rows: int, out: Path) -> Path:
 
 
 def _measure(cfg: Any, backend: Any, repeats: int) -> list[dict[str, Any]]:
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     select_run(cfg, backend=backend, progress=False)  # warm-up: plan, embeddings, engine
     out = []
@@ -62,7 +62,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     model = args.model
     if model.startswith("tiny:"):
-        from selectllm_local.tinymodel import build_random_model
+        from selectllm_local.models.random_weights import build_random_model
 
         model = str(build_random_model(tmp / "model", model.removeprefix("tiny:"), seed=0))
     pool = _pool(args.rows, tmp)

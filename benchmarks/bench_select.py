@@ -57,7 +57,7 @@ def main() -> None:
     from selectllm_local.bench import dry as benchdry
     from selectllm_local.bench import output as benchout
     from selectllm_local.bench import run as bench
-    from selectllm_local.runstore import write_json
+    from selectllm_local.run.store import write_json
 
     if a.dry_run:
         est = benchdry.dry_run(

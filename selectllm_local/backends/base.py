@@ -14,12 +14,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from selectllm_local.config import EngineConfig
 from selectllm_local.records import Generation
-
-BackendName = Literal["auto", "vllm", "transformers", "fake"]
 
 
 @dataclass(frozen=True)

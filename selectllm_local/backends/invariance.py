@@ -8,8 +8,8 @@ same bits whatever its batch. vLLM documents it (beta) for NVIDIA GPUs of comput
 or higher, AMD Instinct gfx90a/gfx942/gfx950 and Intel XPUs. Its CPU worker never reads the
 variable, and the transformers backend has no such kernels: there the flag would change nothing,
 so asking for it exits 2 (a run that silently lacks the guarantee it asked for is worse than
-none). Without the flag, logprob-mode picks are still batch-independent up to near-ties (README,
-"The same picks whatever the batching").
+none). Without the flag, logprob-mode picks are still batch-independent up to near-ties
+(docs/DIAGNOSTICS.md, "The same picks whatever the batching").
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ENV = "VLLM_BATCH_INVARIANT"
 ROCM_ARCHS = ("gfx90a", "gfx942", "gfx950")
 _WITHOUT = (
     "Drop --batch-invariant: logprob-mode picks are batch-independent up to near-ties without "
-    "it (README, 'The same picks whatever the batching')."
+    "it (docs/DIAGNOSTICS.md, 'The same picks whatever the batching')."
 )
 
 

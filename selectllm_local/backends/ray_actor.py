@@ -41,7 +41,11 @@ class ShardServer:
     def __init__(
         self, index: int, backend: str, model: str, options: EngineConfig, offline: bool
     ) -> None:
-        from selectllm_local.backends import load_backend
+        from selectllm_local.backends.registry import (
+            load_local,
+            resolve_backend_name,
+            resolve_model,
+        )
 
         self.index, self.served = index, 0
         self.restarted = _restarted()
@@ -50,7 +54,9 @@ class ShardServer:
         self.error: Exception | None = None
         self.backend: Any = None
         try:
-            self.backend = load_backend(backend, model, options, offline=offline)
+            resolved = resolve_backend_name(backend, lora=bool(options.lora_path))
+            path = model if resolved == "fake" else resolve_model(model, offline=offline)
+            self.backend = load_local(resolved, path, options)
         except Exception as exc:  # noqa: BLE001 - raised to the driver by info()
             self.error = exc
 

@@ -28,8 +28,8 @@ from dataclasses import replace
 from typing import Any
 
 from selectllm_local.backends.base import BackendOptions, ChatTokenizer, Constraint
+from selectllm_local.backends.ray_cluster import connect, forwarded_env, unwrap_task_error
 from selectllm_local.errors import UserError
-from selectllm_local.raycluster import connect, forwarded_env, unwrap_task_error
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)

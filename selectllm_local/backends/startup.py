@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from selectllm_local.errors import UserError
 
@@ -144,6 +145,43 @@ def _tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class _ToEngineLog(logging.Filter):
+    """Send log records of other libraries (vLLM, Triton, transformers) to the engine log.
+
+    Our console handler writes to a copy of file descriptor 2 (so the engine-start line stays
+    live), so records that an engine's loggers pass up to the root logger would reach the
+    terminal whatever fd 2 points at. While an engine starts they go to its log instead; the
+    package's own records still show."""
+
+    def __init__(self, out: Any) -> None:
+        super().__init__()
+        self.out, self.seen = out, -1
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "selectllm_local" or record.name.startswith("selectllm_local."):
+            return True
+        if id(record) != self.seen:  # one line per record, however many handlers see it
+            self.seen = id(record)
+            with contextlib.suppress(Exception):
+                line = f"{record.levelname} {record.name}: {record.getMessage()}\n"
+                self.out.write(line.encode("utf-8", errors="replace"))
+                self.out.flush()
+        return False
+
+
+@contextlib.contextmanager
+def _foreign_records_to(out: Any) -> Iterator[None]:
+    handlers = list(logging.getLogger().handlers)
+    keep = _ToEngineLog(out)
+    for h in handlers:
+        h.addFilter(keep)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(keep)
+
+
 @contextlib.contextmanager
 def captured_output(backend: str) -> Iterator[Path | None]:
     """Send the process's stdout and stderr (file descriptors 1 and 2) to the engine log while
@@ -164,7 +202,7 @@ def captured_output(backend: str) -> Iterator[Path | None]:
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     ok = False
     try:
-        with open(path, "ab") as out:
+        with open(path, "ab") as out, _foreign_records_to(out):
             for fd in saved:
                 os.dup2(out.fileno(), fd)
             try:

@@ -85,8 +85,9 @@ def round_one(
     max_candidate_tokens: int = 256,
 ) -> RoundOne:
     """Prompts and tokens of round one over ``items`` (real prompt builder, strided layout)."""
-    from selectllm_local import clustering, prompttokens
     from selectllm_local.bench.run import strided_plan
+    from selectllm_local.cluster import kmeans as clustering
+    from selectllm_local.selection import prompttokens
 
     n = len(items)
     k_cand = min(candidates or clustering.choose_k(n), n)
@@ -132,8 +133,10 @@ def dry_run(
     dtype_bytes: int = 2,
 ) -> dict[str, Any]:
     """Estimate prompts, tokens, FLOPs and seconds of the selection stage for ``pool``."""
-    from selectllm_local import data, hardware, tinymodel
+    from selectllm_local import hardware
     from selectllm_local.bench.model import model_shape
+    from selectllm_local.data import pool as data
+    from selectllm_local.models import random_weights as tinymodel
 
     if not 0 < utilization <= 1:
         raise UserError(f"--utilization must be in (0, 1] (got {utilization}).")

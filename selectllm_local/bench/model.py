@@ -27,10 +27,10 @@ def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str
 
     With ``cfg.tokenizer == "pool"`` the model gets a tokenizer trained on ``items``' text.
     """
-    from selectllm_local import tinymodel
+    from selectllm_local.models import random_weights as tinymodel
 
     if cfg.model:
-        from selectllm_local.models import resolve_model_path
+        from selectllm_local.models.registry import resolve_model_path
 
         path = Path(resolve_model_path(cfg.model)).expanduser()
         if not (path / "config.json").is_file():
@@ -50,7 +50,7 @@ def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str
         log.info("building a random-weight %s model in %s (once; cached)", cfg.shape, out)
         tinymodel.build_random_model(tmp, cfg.shape, seed=cfg.seed, dtype="bfloat16")
         if cfg.tokenizer == "pool":
-            from selectllm_local import prompting
+            from selectllm_local.selection import prompts as prompting
 
             texts = [f"{prompting.candidate_text(it)}\n{it.output or ''}" for it in items]
             texts += [p.read_text("utf-8") for p in prompting.prompts_dir().rglob("*.*")] * 50
@@ -62,7 +62,7 @@ def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str
 
 def model_shape(path: Path | str) -> dict[str, Any]:
     """The architecture fields ``tinymodel.non_embedding_params`` needs, read from config.json."""
-    from selectllm_local.runstore import read_json
+    from selectllm_local.run.store import read_json
 
     c = read_json(Path(path) / "config.json")
     c = c.get("text_config", c)
@@ -85,6 +85,6 @@ def train_pool_tokenizer(out_dir: Path | str, texts: list[str], *, vocab_size: i
     this one, trained on the pool itself (digits split, ChatML template, same special tokens), so
     prompt lengths and the shared-prefix fraction match what a trained model would see.
     """
-    from selectllm_local.tinymodel import build_tokenizer
+    from selectllm_local.models.random_weights import build_tokenizer
 
     return build_tokenizer(out_dir, vocab_size=vocab_size, texts=texts)

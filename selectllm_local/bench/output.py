@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from selectllm_local.runstore import atomic_path, write_json
+from selectllm_local.run.store import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # -- workload --------------------------------------------------------------------------------------
 def load_items(pool: Path | str | None, need: int) -> list[PoolItem]:
     """The pool's rows (through ``data.load_pool``), at least ``need`` of them (wrapping if short)."""
-    from selectllm_local import data
+    from selectllm_local.data import pool as data
 
     if pool is None:
         raise UserError("The benchmark needs a pool file: pass --pool (e.g. Dolly or Alpaca).")
@@ -89,7 +89,7 @@ def workload(
 
 def selection_settings(setting: BenchSetting, cfg: BenchConfig) -> Any:
     """Selection settings for one benchmark setting: no retries (one call per subset, always)."""
-    from selectllm_local.selection import SelectionSettings
+    from selectllm_local.selection.rounds import SelectionSettings
 
     max_tokens = None if (setting.reasons or setting.mode == "logprobs") else cfg.max_tokens
     return SelectionSettings(
@@ -106,7 +106,7 @@ def selection_settings(setting: BenchSetting, cfg: BenchConfig) -> Any:
 
 def render_seconds(plan: Plan, items: Sequence[PoolItem], backend: Any, sel: Any) -> float:
     """Time to build every prompt of a workload with the real prompt builder (no engine)."""
-    from selectllm_local import prompting
+    from selectllm_local.selection import prompts as prompting
 
     t0 = time.perf_counter()
     template = prompting.PromptTemplate.load(sel.prompt, sel.criteria, reasons=sel.reasons)
@@ -158,7 +158,7 @@ def measure_setting(
     Slices ``first_slice ..`` are used: settings sharing an engine must not share slices, or the
     prefix cache would serve whole prompts measured by the setting before.
     """
-    from selectllm_local import selection
+    from selectllm_local.selection import rounds as selection
 
     sel = selection_settings(setting, cfg)
     runs: list[dict[str, Any]] = []
@@ -217,7 +217,8 @@ def run_benchmark(
     ``backend``: an already loaded engine to measure instead of starting one per setting (tests
     pass the session's shared vLLM engine); only settings of that backend are measured then.
     """
-    from selectllm_local import hardware, tinymodel
+    from selectllm_local import hardware
+    from selectllm_local.models import random_weights as tinymodel
     from selectllm_local.progress import progress_bar
 
     device = hardware.default_device()
@@ -319,7 +320,7 @@ def bench_environment(machine: str | None = None) -> dict[str, Any]:
     import os
 
     from selectllm_local import hardware
-    from selectllm_local.rundir import environment
+    from selectllm_local.run.rundir import environment
 
     env = environment()
     facts = hardware.machine_facts()

@@ -60,7 +60,7 @@ def plan_stages(cfg: Any, items: Sequence[PoolItem]) -> Path:
     For a GPU node without the embedder or FAISS: plan here, copy the folder over, and the
     ``select`` of ``select_stages`` reuses every planned stage there.
     """
-    from selectllm_local.pipeline import plan_run
+    from selectllm_local.run.pipeline import plan_run
 
     sel = stages_config(cfg, items, Path(cfg.stages_dir), "auto", "")
     plan_run(sel.plan, progress=False)
@@ -70,7 +70,7 @@ def plan_stages(cfg: Any, items: Sequence[PoolItem]) -> Path:
 def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str, Any]:
     """Run ``select_run`` on ``cfg.subsets x cfg.candidates`` rows of ``items`` with ``backend``,
     in ``cfg.stages_dir`` when given (a planned one is reused), else in a temporary folder."""
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     with tempfile.TemporaryDirectory(prefix="selectllm-bench-") as tmp:
         run_dir = Path(cfg.stages_dir) if cfg.stages_dir else Path(tmp) / "run"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import command, emit, show_progress
 from selectllm_local.config import BenchCommand, RandomModelCommand
 
@@ -22,7 +22,7 @@ def bench(cfg: BenchCommand, *, json_out: bool) -> None:
 @command(app, RandomModelCommand, name="random-model")
 def random_model(cfg: RandomModelCommand, *, json_out: bool) -> None:
     """Write a random-weight model of a real shape (offline demos and throughput benchmarks)."""
-    from selectllm_local.tinymodel import build_random_model
+    from selectllm_local.models.random_weights import build_random_model
 
     path = build_random_model(cfg.out_dir, cfg.shape, seed=cfg.seed, dtype=cfg.dtype)
     emit(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import command, emit
 from selectllm_local.config import CompareCommand
 
@@ -16,8 +16,8 @@ def compare(cfg: CompareCommand, *, json_out: bool) -> None:
     bias, length, category and cluster preferences. Given two finished experiment cells (or two
     method folders of cells), print their paired metric differences with 95% intervals over seeds
     and test rows, verdicts and minimum detectable effects."""
-    from selectllm_local import summaries
-    from selectllm_local.compare import compare_runs
+    from selectllm_local.cli import summaries
+    from selectllm_local.review.compare import compare_runs
 
     result = compare_runs(cfg.run_dir_a, cfg.run_dir_b)
     text = _cells_text if "paired" in result else summaries.compare_text

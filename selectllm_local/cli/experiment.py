@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import command, emit, show_progress
 from selectllm_local.config import ExperimentCommand, ReportCommand
 
@@ -16,10 +16,10 @@ def experiment(cfg: ExperimentCommand, *, json_out: bool) -> None:
     Resumable: re-running the same command skips finished cells. --dry-run estimates the time
     instead, on this CPU and on one GPU, loading no model.
     """
-    from selectllm_local import summaries
+    from selectllm_local.cli import summaries
 
     if cfg.dry_run:
-        from selectllm_local.experiment.estimate import estimate_experiment, format_estimate
+        from selectllm_local.costs.estimate import estimate_experiment, format_estimate
 
         est = estimate_experiment(
             cfg.config, rates=cfg.rates, gpu=cfg.gpu, utilization=cfg.utilization, pool=cfg.pool,
@@ -38,7 +38,7 @@ def experiment(cfg: ExperimentCommand, *, json_out: bool) -> None:
 @command(app, ReportCommand)
 def report(cfg: ReportCommand, *, json_out: bool) -> None:
     """Render an HTML report of a run: clusters, picks, lengths, positions, throughput."""
-    from selectllm_local.report import render_report
+    from selectllm_local.review.report import render_report
 
     path = render_report(cfg.run_dir, cfg.out)
     emit(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import CONFIG_HELP, command, emit, handle_errors
 from selectllm_local.config import ModelsFetchCommand, ModelsListCommand, loader
 
@@ -28,8 +28,8 @@ def models_list(
     """List the known packaged models, whether they are cached and where."""
     if ctx.invoked_subcommand is not None:  # `models fetch ...`: its own options apply
         return
-    from selectllm_local import summaries
-    from selectllm_local.models import models_doc
+    from selectllm_local.cli import summaries
+    from selectllm_local.models.registry import models_doc
 
     loader.file_values(config_file, ModelsListCommand, command="models")  # unknown keys exit 2
     doc = models_doc()
@@ -40,7 +40,7 @@ def models_list(
 def fetch(cfg: ModelsFetchCommand, *, json_out: bool) -> None:
     """Download a known model's wheels (no dependencies), extract its .gguf, convert and cache it."""
     from selectllm_local.cli.options import show_progress
-    from selectllm_local.models import fetch_model
+    from selectllm_local.models.registry import fetch_model
 
     show_progress(json_out)  # the download and conversion lines: not under --json
     path = fetch_model(cfg.name)

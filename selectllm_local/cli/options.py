@@ -23,7 +23,7 @@ import typer
 
 from selectllm_local.config import loader
 from selectllm_local.config.base import field_docs, field_types, flags_of
-from selectllm_local.errors import UserError
+from selectllm_local.errors import UserError, expected_failure
 
 F = TypeVar("F", bound=Callable[..., Any])
 # How a value came in when the user gave it (typer vendors click, so compared by name).
@@ -43,20 +43,53 @@ def console(stderr: bool = False):  # noqa: ANN201 - rich.console.Console (impor
     return Console()
 
 
+# Where a command writes, by the config's field names (``plan.run_dir`` through the plan's
+# ``resolved_run_dir``): named in the message of a full disk whose error carries no file name.
+OUTPUT_FIELDS = ("run_dir", "out", "out_dir", "stages_dir")
+OUTPUTS_KEY = "selectllm.outputs"
+
+
+def output_folders(cfg: Any) -> list[Path]:
+    """The folders a command built from ``cfg`` writes into, first the main one."""
+    folders = [getattr(cfg, f, None) for f in OUTPUT_FIELDS]
+    plan = getattr(cfg, "plan", None)
+    if plan is not None and hasattr(plan, "resolved_run_dir"):
+        folders.insert(0, plan.resolved_run_dir)
+    return [Path(f) for f in folders if isinstance(f, str | Path)]
+
+
+def _command_name(ctx: Any) -> str:
+    """``selectllm models fetch``: the command as typed, whatever the program was called."""
+    names: list[str] = []
+    while getattr(ctx, "parent", None) is not None:  # click's Context (typer vendors click)
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["selectllm", *names])
+
+
 def handle_errors(fn: F) -> F:
-    """Turn user errors into one paragraph on stderr and their exit code (2); Ctrl-C into 130."""
+    """The one rule for expected failures: a ``UserError``, a missing optional package (the
+    extra to install) and a full or unwritable disk (the path; the run resumes) print one
+    paragraph on stderr and exit 2 (``errors.expected_failure``); Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as exc:
+        except (UserError, ModuleNotFoundError, OSError) as exc:
+            ctx = kwargs.get("ctx")
+            meta = getattr(ctx, "meta", {})
+            err = expected_failure(
+                exc, feature=f"`{_command_name(ctx)}`", folders=meta.get(OUTPUTS_KEY, ())
+            )
+            if err is None:
+                raise
             from rich.markup import escape
 
             console(stderr=True).print(
-                f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+                f"[bold red]Error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
             )
-            raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
+            raise typer.Exit(code=getattr(err, "exit_code", 2)) from None
         except KeyboardInterrupt:
             console(stderr=True).print(
                 "[yellow]Interrupted.[/] Finished work is saved; run the same command again to resume."
@@ -159,7 +192,9 @@ def command(app: typer.Typer, config_cls: type, *, name: str | None = None) -> C
         def run(ctx: typer.Context, **kw: Any) -> Any:
             values = loader.file_values(kw["config_file"], config_cls, command=cmd)
             values.update({k: v for k, v in kw.items() if k in known and _given(ctx, k)})
-            return fn(loader.build(config_cls, values), json_out=kw["json_out"])
+            cfg: Any = loader.build(config_cls, values)
+            ctx.meta[OUTPUTS_KEY] = output_folders(cfg)  # named if the disk fills up
+            return fn(cfg, json_out=kw["json_out"])
 
         signature = inspect.Signature([CONTEXT, *params, *COMMON])
         run.__signature__ = signature  # type: ignore[attr-defined]

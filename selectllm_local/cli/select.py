@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import command, emit, show_progress
 from selectllm_local.config import BaselineCommand, PlanConfig, SelectConfig, SplitConfig
 
@@ -10,8 +10,8 @@ from selectllm_local.config import BaselineCommand, PlanConfig, SelectConfig, Sp
 @command(app, PlanConfig)
 def plan(cfg: PlanConfig, *, json_out: bool) -> None:
     """Embed, cluster and lay out the prompts for a budget (no LLM); write the run directory."""
-    from selectllm_local import summaries
-    from selectllm_local.pipeline import plan_run
+    from selectllm_local.cli import summaries
+    from selectllm_local.run.pipeline import plan_run
 
     summary = plan_run(cfg, progress=show_progress(json_out)).summary()
     emit(summary, json_out, lambda: summaries.plan_text(summary))
@@ -20,8 +20,8 @@ def plan(cfg: PlanConfig, *, json_out: bool) -> None:
 @command(app, SelectConfig)
 def select(cfg: SelectConfig, *, json_out: bool) -> None:
     """Let a local LLM choose exactly BUDGET instructions; resumes if run again."""
-    from selectllm_local import summaries
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.cli import summaries
+    from selectllm_local.run.pipeline import select_run
 
     outcome = select_run(cfg, progress=show_progress(json_out))
     emit(outcome.summary, json_out, lambda: summaries.select_text(outcome))
@@ -30,9 +30,9 @@ def select(cfg: SelectConfig, *, json_out: bool) -> None:
 @command(app, BaselineCommand)
 def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
     """Select with a baseline at the same budget (written like select's selected.jsonl)."""
-    from selectllm_local import summaries
-    from selectllm_local.baselines import LIKELIHOOD_METHODS, baseline_run
-    from selectllm_local.preflight import check_writable, resolve_local_model
+    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS, baseline_run
+    from selectllm_local.cli import summaries
+    from selectllm_local.run.preflight import check_writable, resolve_local_model
 
     check_writable(cfg.plan.resolved_run_dir)  # before the pool is embedded or scored
     scorer = cfg.baseline.scorer_model
@@ -60,9 +60,9 @@ def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
 @command(app, SplitConfig)
 def split(cfg: SplitConfig, *, json_out: bool) -> None:
     """Hold out a seeded test set (rows with a response) so evaluation uses unseen data."""
-    from selectllm_local import summaries
-    from selectllm_local.data import FieldMap
-    from selectllm_local.splits import split_run
+    from selectllm_local.cli import summaries
+    from selectllm_local.data.pool import FieldMap
+    from selectllm_local.data.splits import split_run
 
     outcome = split_run(
         cfg.pool,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selectllm_local.cli import app
+from selectllm_local.cli.app import app
 from selectllm_local.cli.options import command, emit, show_progress
 from selectllm_local.config import EvaluateCommand, FinetuneCommand
 
@@ -10,9 +10,9 @@ from selectllm_local.config import EvaluateCommand, FinetuneCommand
 @command(app, FinetuneCommand)
 def finetune(cfg: FinetuneCommand, *, json_out: bool) -> None:
     """Fine-tune BASE_MODEL with LoRA / 4-bit QLoRA on selected records (the paper's recipe)."""
-    from selectllm_local import summaries
-    from selectllm_local.finetune import finetune_run
-    from selectllm_local.preflight import check_writable
+    from selectllm_local.cli import summaries
+    from selectllm_local.run.preflight import check_writable
+    from selectllm_local.training.finetune import finetune_run
 
     check_writable(cfg.out, flag="--out")  # before the model is fetched or trained
     adapter = finetune_run(
@@ -26,7 +26,7 @@ def finetune(cfg: FinetuneCommand, *, json_out: bool) -> None:
     result = {"adapter": str(adapter), "train_log": str(cfg.out / "train_log.jsonl")}
     trained = cfg.out / "train_summary.json"
     if trained.exists():
-        from selectllm_local.runstore import read_json
+        from selectllm_local.run.store import read_json
 
         s = read_json(trained)
         result |= {k: s.get(k) for k in ("train_loss", "optimizer_steps", "seconds")}
@@ -36,9 +36,9 @@ def finetune(cfg: FinetuneCommand, *, json_out: bool) -> None:
 @command(app, EvaluateCommand)
 def evaluate(cfg: EvaluateCommand, *, json_out: bool) -> None:
     """Answer a test set with base model + adapter; score Rouge-L F1 and embedding cosine."""
-    from selectllm_local import summaries
-    from selectllm_local.evaluate import evaluate_run
-    from selectllm_local.preflight import check_writable
+    from selectllm_local.cli import summaries
+    from selectllm_local.evaluation.evaluate import evaluate_run
+    from selectllm_local.run.preflight import check_writable
 
     check_writable(cfg.out, flag="--out")  # before the model is fetched or loaded
     outcome = evaluate_run(

@@ -14,10 +14,15 @@ import functools
 import inspect
 import sys
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from selectllm_local.errors import UserError
+
+BackendName = Literal["auto", "vllm", "transformers", "fake"]
+"""Every name ``--backend`` accepts; ``backends.registry.LOADERS`` has a loader for each but auto."""
+BACKEND_NAMES: tuple[str, ...] = typing.get_args(BackendName)
 
 REQUIRED: Any = dataclasses.MISSING  # a setting with no default: a flag or config key must give it
 
@@ -121,11 +126,7 @@ class Section:
             raise self._bad(name, f"must be one of {', '.join(allowed)} (got {value!r}).")
 
     def _known_backend(self, name: str) -> None:
-        try:  # the backends own the list of names (a lazy import: backends import this module)
-            from selectllm_local.backends import BACKEND_NAMES  # type: ignore[attr-defined]
-        except ImportError:
-            return
-        self._one_of(name, tuple(BACKEND_NAMES))
+        self._one_of(name, BACKEND_NAMES)
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -149,3 +150,39 @@ def to_jsonable(obj: Any) -> dict[str, Any]:
 
 def as_path(value: Any) -> Path | None:
     return None if value is None else Path(value)
+
+
+def check_keys(
+    cls: type | Iterable[str],
+    table: Mapping[str, Any],
+    *,
+    where: str,
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse keys that are not fields of ``cls`` (or not in a list of names), naming them."""
+    names = (
+        [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        if isinstance(cls, type)
+        else list(cls)
+    )
+    known = sorted(names)
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        hints = hints or (flag_keys(dataclasses.fields(cls)) if isinstance(cls, type) else {})  # type: ignore[arg-type]
+        hint = "".join(
+            f" The key of --{k.replace('_', '-')} is {hints[k]}." for k in unknown if k in hints
+        )
+        raise UserError(
+            f"{where} has unknown key(s): {', '.join(unknown)}.{hint} Known keys: {', '.join(known)}."
+        )
+
+
+def flag_keys(fields: Iterable[dataclasses.Field]) -> dict[str, str]:
+    """Flags spelled unlike their field (``--k``) as would-be keys -> the real key."""
+    out = {}
+    for f in fields:
+        for flag in flags_of(f):
+            key = flag.split("/")[0].removeprefix("--").replace("-", "_")
+            if key != f.name and flag.startswith("--"):  # long flags only (not -n)
+                out[key] = f.name
+    return out

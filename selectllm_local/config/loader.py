@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from selectllm_local.config.base import field_types, flag_name, flags_of, is_section
+from selectllm_local.config.base import (
+    check_keys,
+    field_types,
+    flag_keys,
+    flag_name,
+    is_section,
+)
 from selectllm_local.config.sections import EngineConfig, PlanConfig, SelectorConfig
 from selectllm_local.config.training import BaselineConfig, EvaluateConfig, FinetuneConfig
 from selectllm_local.errors import UserError
@@ -66,42 +72,6 @@ def _normalise(table: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_keys(
-    cls: type | Iterable[str],
-    table: Mapping[str, Any],
-    *,
-    where: str,
-    hints: Mapping[str, str] | None = None,
-) -> None:
-    """Refuse keys that are not fields of ``cls`` (or not in a list of names), naming them."""
-    names = (
-        [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        if isinstance(cls, type)
-        else list(cls)
-    )
-    known = sorted(names)
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        hints = hints or (_flag_keys(dataclasses.fields(cls)) if isinstance(cls, type) else {})  # type: ignore[arg-type]
-        hint = "".join(
-            f" The key of --{k.replace('_', '-')} is {hints[k]}." for k in unknown if k in hints
-        )
-        raise UserError(
-            f"{where} has unknown key(s): {', '.join(unknown)}.{hint} Known keys: {', '.join(known)}."
-        )
-
-
-def _flag_keys(fields: Iterable[dataclasses.Field]) -> dict[str, str]:
-    """Flags spelled unlike their field (``--k``) as would-be keys -> the real key."""
-    out = {}
-    for f in fields:
-        for flag in flags_of(f):
-            key = flag.split("/")[0].removeprefix("--").replace("-", "_")
-            if key != f.name and flag.startswith("--"):  # long flags only (not -n)
-                out[key] = f.name
-    return out
-
-
 def leaves(cls: type) -> dict[str, list[Leaf]]:
     """Setting name -> where it lives: ``(declaring class, field)`` for each section having it."""
     out: dict[str, list[Leaf]] = {}
@@ -143,7 +113,7 @@ def file_values(path: Path | str | None, cls: type, *, command: str) -> dict[str
         elif key in OWN_TABLES:
             continue
         elif key == command:
-            hints = _flag_keys(f for where in known.values() for _, f in where)
+            hints = flag_keys(f for where in known.values() for _, f in where)
             check_keys(known, value, where=f"Config file {path}: [{key}]", hints=hints)
             out.update(value)
         elif key in SECTIONS:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from selectllm_local.config.base import Section
+from selectllm_local.config.base import Section, check_keys
 from selectllm_local.config.sections import DTYPES
 
 QUANTIZATIONS = ("auto", "nf4", "none")
@@ -165,8 +165,6 @@ class FinetuneConfig(Section):
         cls, values: Mapping[str, Any], *, where: str = "[finetune]"
     ) -> FinetuneConfig:
         """Build from a config-file table, naming unknown keys."""
-        from selectllm_local.config.loader import check_keys
-
         table = {k.replace("-", "_"): v for k, v in values.items()}
         check_keys(cls, table, where=where)
         return cls(**table)

@@ -4,8 +4,9 @@
 (select -> fine-tune -> evaluate), ``results.py`` writes the table and the plot.
 """
 
+from selectllm_local.experiment.cells import Cell
 from selectllm_local.experiment.config import ExperimentConfig, load_experiment_config
-from selectllm_local.experiment.runner import Cell, ExperimentOutcome, run_experiment
+from selectllm_local.experiment.runner import ExperimentOutcome, run_experiment
 
 __all__ = [
     "Cell",

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from selectllm_local.runstore import read_json, write_json
+from selectllm_local.run.store import read_json, write_json
 
 LEDGER = "selection_seconds.json"
 HEARTBEAT = 30.0

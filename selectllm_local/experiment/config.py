@@ -188,8 +188,8 @@ def _model(spec: str, here: Path, path: Path, key: str, *, required: bool = True
     """``tiny:<shape>`` as is; a known model's name (``selectllm models``) or a path (relative to
     the file; a ``.gguf`` file or folder is converted once) made a loadable folder. With
     ``required=False`` (a dry run) a model that is not here is returned as its resolved path."""
-    from selectllm_local.models import KNOWN_MODELS, resolve_model_path
-    from selectllm_local.tinymodel import SHAPES
+    from selectllm_local.models.random_weights import SHAPES
+    from selectllm_local.models.registry import KNOWN_MODELS, resolve_model_path
 
     if spec.startswith("tiny:"):
         if spec.removeprefix("tiny:") not in SHAPES:
@@ -199,7 +199,7 @@ def _model(spec: str, here: Path, path: Path, key: str, *, required: bool = True
     if not required and not resolved.exists():
         if spec not in KNOWN_MODELS:
             return str(resolved)
-        from selectllm_local.models import cached_model
+        from selectllm_local.models.registry import cached_model
 
         found = cached_model(spec)  # in the cache, or its name: a dry run fetches nothing
         return str(found) if found is not None else spec
@@ -253,9 +253,9 @@ def load_experiment_config(
     folders that are not on this machine, and ``pool`` replaces the file's pool (e.g. a local copy
     of Dolly); a real run passes neither.
     """
-    from selectllm_local import data
-    from selectllm_local.evaluate import load_testset
-    from selectllm_local.runstore import stable_hash
+    from selectllm_local.data import pool as data
+    from selectllm_local.evaluation.evaluate import load_testset
+    from selectllm_local.run.store import stable_hash
 
     path = Path(path).resolve()
     if not path.is_file():
@@ -279,7 +279,7 @@ def load_experiment_config(
         )
     evaluate: EvaluateConfig = _section(path, raw, EvaluateConfig)
     all_tests = load_testset(test_set)
-    from selectllm_local.splits import TestOverlap
+    from selectllm_local.data.splits import TestOverlap
 
     # against the whole test set, not only the rows scored; before de-duplication
     leak = TestOverlap(all_tests if exp.exclude_test_from_pool else [])
@@ -441,7 +441,7 @@ def _sample(rows: list[Any], n: int, seed: int) -> list[Any]:
 
 
 def _methods(path: Path, methods: Any) -> list[str]:
-    from selectllm_local.baselines import BASELINES, DEPRECATED
+    from selectllm_local.baselines.registry import BASELINES, DEPRECATED
 
     if not isinstance(methods, list) or not methods:
         raise UserError(

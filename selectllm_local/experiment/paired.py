@@ -22,7 +22,7 @@ from typing import Any
 
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import stats
-from selectllm_local.runstore import read_json, read_jsonl
+from selectllm_local.run.store import read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def run_comparisons(
 
     Returns the comparison rows (``results.csv``) and notes on what could not be compared.
     """
-    from selectllm_local.experiment.runner import Cell
+    from selectllm_local.experiment.cells import Cell
 
     refs = [r for r in REFERENCES if r in methods]
     cells: dict[tuple[str, int], dict[int, CellRows]] = {}
@@ -221,7 +221,8 @@ def _method_text() -> list[str]:
         "noise (with 2 seeds the seed part is crude). The verdict is better or worse only when "
         "the interval excludes zero; for the reference NLL lower is better, so a negative Δ is "
         "better. p is two-sided, from the bootstrap draws (twice the smaller share on either "
-        "side of zero, counted as (k+1)/(draws+1)); Holm's step-down correction over every "
+        "side of zero, read off the same draws as the interval, so p ≤ 0.05 exactly when the "
+        "interval excludes zero; p = 0 means no draw crossed zero); Holm's step-down correction over every "
         "comparison in this table keeps the family-wise error at 5% (holds: Holm p ≤ 0.05).",
     ]
 

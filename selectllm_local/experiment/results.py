@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selectllm_local.experiment import paired, stats
-from selectllm_local.runstore import atomic_path, read_json
+from selectllm_local.run.store import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,9 @@ def selections_text(
 ) -> str:
     """What the methods picked, before any training: pairwise overlap against the overlap two
     random selections would have, and the position bias of the LLM selections."""
-    from selectllm_local.compare import run_position_bias
-    from selectllm_local.diagnostics import overlap
-    from selectllm_local.experiment.runner import Cell, plan_dir_of
+    from selectllm_local.experiment.cells import Cell, plan_dir_of
+    from selectllm_local.review.compare import run_position_bias
+    from selectllm_local.review.diagnostics import overlap
 
     key = root / "data" / "pool.key.json"
     pool_size = int(read_json(key)["rows"]) if key.exists() else 0
@@ -230,12 +230,13 @@ def selections_text(
 
 def times_text(rows: list[dict[str, Any]], methods: list[str]) -> str:
     """Mean wall seconds per stage and method: the selection's own time (``selection_seconds``,
-    "–" where a cell did not record it), fine-tune and evaluation (``seconds``)."""
+    "–" where a cell did not record it), fine-tune, the answers and their scores (``evaluate``)
+    and the reference NLL (``seconds``; "–" in a cell made before NLL was timed)."""
     lines = [
         "### Wall time per cell (mean seconds over seeds)",
         "",
-        "| method | selection | finetune | evaluate | total |",
-        "|---|---|---|---|---|",
+        "| method | selection | finetune | evaluate | reference NLL | total |",
+        "|---|---|---|---|---|---|",
     ]
     unknown = False
     for m in methods:
@@ -247,12 +248,13 @@ def times_text(rows: list[dict[str, Any]], methods: list[str]) -> str:
         stages = [
             [float(r["seconds"][st]) for r in cell if isinstance(r.get("seconds"), dict)
              and isinstance(r["seconds"].get(st), int | float)]
-            for st in ("finetune", "evaluate")
+            for st in ("finetune", "evaluate", "reference_nll")
         ]  # fmt: skip
         means = [sum(v) / len(v) if v else None for v in (sel, *stages)]
         known = [v for v in means if v is not None]
-        total = f"{sum(known):.0f}" if means[0] is not None else f"≥ {sum(known):.0f}"
-        unknown = unknown or means[0] is None
+        whole = len(known) == len(means)
+        total = f"{sum(known):.0f}" if whole else f"≥ {sum(known):.0f}"
+        unknown = unknown or not whole
         cells = ["–" if v is None else f"{v:.0f}" for v in means]
         if sel and len(sel) < len(cell):
             cells[0] += f" ({len(sel)} of {len(cell)} cells)"
@@ -260,8 +262,8 @@ def times_text(rows: list[dict[str, Any]], methods: list[str]) -> str:
     if unknown:
         lines += [
             "",
-            "–: the cell did not record its selection time (`selection_seconds` in done.json); "
-            "such totals are lower bounds.",
+            "–: the cells did not record that stage's time (`selection_seconds` or `seconds` in "
+            "done.json); such totals are lower bounds.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -43,26 +43,16 @@ from typing import Any
 
 from selectllm_local.config.training import NLL_SETTINGS
 from selectllm_local.errors import UserError
+from selectllm_local.experiment.cells import Cell, plan_dir_of
 from selectllm_local.experiment.config import (
     ENGINE_METHODS,
     ExperimentConfig,
     load_experiment_config,
 )
-from selectllm_local.runstore import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from selectllm_local.run.store import read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from selectllm_local.testhooks import hold_after
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Cell:
-    method: str
-    budget: int
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method.replace(':', '-')}/b{self.budget}-s{self.seed}"
 
 
 @dataclass
@@ -95,7 +85,7 @@ def run_experiment(
     ``max_cells`` stops after that many cells have been *run* in this call (finished cells that
     are skipped do not count), which is how a long experiment can be run in slices.
     """
-    from selectllm_local.runstore import run_lock
+    from selectllm_local.run.store import run_lock
 
     cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates everything
     with run_lock(cfg.run_dir):  # two experiments on one folder would redo each other's cells
@@ -109,7 +99,7 @@ def _run_experiment(
     root = cfg.run_dir
     root.mkdir(parents=True, exist_ok=True)
     from selectllm_local.progress import track
-    from selectllm_local.rundir import environment
+    from selectllm_local.run.rundir import environment
 
     write_json(root / "experiment.json", {"config": cfg.to_dict(), "environment": environment()})
     pool_path = _write_pool(cfg)
@@ -186,7 +176,7 @@ def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
     shape = spec.removeprefix("tiny:")
     out = root / "models" / f"{role}-{shape}"
     if not (out / "selectllm_model.json").exists():
-        from selectllm_local.tinymodel import build_random_model
+        from selectllm_local.models.random_weights import build_random_model
 
         tmp = root / "models" / f".{role}-{shape}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -198,7 +188,7 @@ def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
 
 
 def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
-    from selectllm_local.runstore import file_hash
+    from selectllm_local.run.store import file_hash
 
     is_select = cell.method.partition(":")[0] == "select"
     uses_engine = cell.method.partition(":")[0] in ENGINE_METHODS
@@ -222,7 +212,7 @@ def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
 
 def _nll_key(cfg: ExperimentConfig) -> str | None:
     """The key of the cells' reference-NLL stage (None: the NLL is off)."""
-    from selectllm_local.evaluate import nll_key
+    from selectllm_local.evaluation.evaluate import nll_key
 
     return nll_key(cfg.all_test_examples, cfg.nll_rows, cfg.evaluate) if cfg.nll_rows else None
 
@@ -235,7 +225,7 @@ def _finished(done: dict[str, Any], key: str, nll_key: str | None) -> bool:
 
 def _selection_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
     """What a cell's selection depends on (not the training or the evaluation)."""
-    from selectllm_local.runstore import file_hash
+    from selectllm_local.run.store import file_hash
 
     is_select = cell.method.partition(":")[0] == "select"
     uses_engine = cell.method.partition(":")[0] in ENGINE_METHODS
@@ -281,8 +271,8 @@ def _run_cell(
     *,
     progress: bool,
 ) -> None:
-    from selectllm_local.evaluate import evaluate_run
-    from selectllm_local.finetune import finetune_run
+    from selectllm_local.evaluation.evaluate import evaluate_run
+    from selectllm_local.training.finetune import finetune_run
 
     # A stage finished by an earlier run is reused, and its time is the one that run recorded
     # (the selection's, the trainer's and the evaluation's own seconds), not the instant of
@@ -390,8 +380,8 @@ def _selection(
 
 def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: bool) -> list[int]:
     """Pool indices chosen by ``cell.method`` (select or a baseline) in the shared plan dir."""
+    from selectllm_local.baselines.ifd import IFD_FILE
     from selectllm_local.config import PlanConfig
-    from selectllm_local.likelihood import IFD_FILE
 
     seed = selection_seed(cfg, cell)
     plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, seed)
@@ -400,13 +390,13 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
         pool=pool_path, budget=cell.budget, seed=seed, run_dir=plan_dir, **cfg.plan
     )
     if cell.method.partition(":")[0] == "select":
-        from selectllm_local.pipeline import select_run
+        from selectllm_local.run.pipeline import select_run
 
         selector = _resolve_model(str(cfg.engine.model), cfg.run_dir, role="selector")
         selected = select_run(cfg.select_config(plan_cfg, selector, cell.method), progress=progress)
         picks = [int(i) for i in selected.selected]
     else:
-        from selectllm_local.baselines import baseline_run
+        from selectllm_local.baselines.registry import baseline_run
 
         name, _, variant = cell.method.partition(":")
         scorer = _resolve_model(str(cfg.baseline.scorer_model), cfg.run_dir, role="base")
@@ -429,22 +419,13 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
     return picks
 
 
-def plan_dir_of(root: Path, method: str, budget: int, seed: int) -> Path:
-    """The run directory a cell selects in: one per (budget, seed), shared by ``select`` and the
-    baselines; a ``select:<mode>`` variant gets its own copy of the same plan (same pool,
-    embeddings and seed, so the same clusters and subsets) so that each mode's run stays whole."""
-    name, _, variant = method.partition(":")
-    suffix = f"-select-{variant}" if name == "select" and variant else ""
-    return root / "plans" / f"b{budget}-s{seed}{suffix}"
-
-
 def _seed_embedding_cache(plans: Path, plan_dir: Path) -> None:
     """Give a new plan dir the embeddings another cell already computed (one embed per pool).
 
     The cache itself checks the model and every row's text hash, so a copy that does not fit is
     simply not used; the key file is copied last, so a crash leaves no half-valid cache.
     """
-    from selectllm_local.embedding import CACHE_FILE, CACHE_KEY_FILE
+    from selectllm_local.embed.encoder import CACHE_FILE, CACHE_KEY_FILE
 
     if (plan_dir / CACHE_KEY_FILE).exists():
         return

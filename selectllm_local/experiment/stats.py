@@ -11,7 +11,8 @@ bootstrap. With one seed it is the plain paired bootstrap over rows; with two or
 seed part is crude but still widens the interval when the seeds disagree.
 
 What each comparison gives (:class:`Paired`): the mean paired difference (A - B), its 95%
-percentile interval, the bootstrap standard error, a two-sided bootstrap p-value, the minimum
+percentile interval, the bootstrap standard error, a two-sided bootstrap p-value (read off the
+same draws, so ``p <= 0.05`` exactly when the interval excludes zero), the minimum
 detectable effect and a verdict. The verdict is "better" or "worse" only when the interval excludes
 zero, in the metric's own direction (lower is better for a negative log-likelihood); otherwise it
 is "no detectable difference". :func:`holm` corrects a family of such p-values.
@@ -110,11 +111,28 @@ def bootstrap_means(diffs: np.ndarray, *, draws: int = DRAWS, seed: int = 0) -> 
 
 def p_value(boot: np.ndarray) -> float:
     """Two-sided bootstrap p-value of "the difference is zero": twice the smaller share of draws
-    on either side of zero, each share counted as (k + 1) / (draws + 1) so that it is never 0."""
+    on either side of zero (a draw at exactly zero counts on both sides).
+
+    It is the exact counterpart of :func:`interval`: ``p <= alpha`` holds exactly when the
+    ``1 - alpha`` interval excludes zero, so a verdict and its p-value never disagree. A p-value
+    of 0 means no draw crossed zero: read it as "below 2 / draws".
+    """
     n = len(boot)
-    below = (int(np.sum(boot <= 0)) + 1) / (n + 1)
-    above = (int(np.sum(boot >= 0)) + 1) / (n + 1)
-    return min(1.0, 2.0 * min(below, above))
+    below = int(np.sum(boot <= 0))
+    above = int(np.sum(boot >= 0))
+    return min(1.0, 2.0 * min(below, above) / n)
+
+
+def interval(boot: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    """The ``1 - alpha`` percentile interval, read off the sorted draws without interpolation:
+    the ``j``-th smallest and ``j``-th largest draw, ``j = floor(alpha / 2 x draws)`` (0-based).
+
+    So the low end is above zero exactly when at most ``j`` draws are at or below zero, which is
+    ``p_value <= alpha``; interpolated quantiles would blur that boundary.
+    """
+    ordered = np.sort(np.asarray(boot, dtype=float))
+    j = int(np.floor(alpha / 2 * len(ordered)))
+    return float(ordered[j]), float(ordered[len(ordered) - 1 - j])
 
 
 def verdict(low: float, high: float, *, higher_is_better: bool) -> str:
@@ -141,7 +159,7 @@ def compare(
         raise ValueError(f"A and B differ in shape: {a.shape} and {b.shape}")
     d = a - b
     boot = bootstrap_means(d, draws=draws, seed=seed)
-    low, high = (float(x) for x in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
+    low, high = interval(boot, alpha)
     se = float(np.std(boot, ddof=1))
     return Paired(
         difference=float(d.mean()),

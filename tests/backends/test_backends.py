@@ -16,8 +16,8 @@ from selectllm_local.backends import load_backend, resolve_backend_name, resolve
 from selectllm_local.backends.base import BackendOptions
 from selectllm_local.backends.hf_backend import bucket_by_length
 from selectllm_local.errors import UserError
-from selectllm_local.grammar import id_constraint
-from selectllm_local.parsing import parse_ids
+from selectllm_local.selection.grammar import id_constraint
+from selectllm_local.selection.parse import parse_ids
 from tests.helpers import EXAMPLE_POOL, HAS_VLLM, requires_vllm
 
 
@@ -229,3 +229,11 @@ def test_one_new_token_keeps_the_padding_limit() -> None:
     lengths = [100] * 8 + [1000] * 8
     assert len(bucket_by_length(lengths, 16, 0.04, new_tokens=1)) == 2
     assert len(bucket_by_length(lengths, 16, 0.04, new_tokens=150)) == 1
+
+
+def test_every_backend_name_has_a_loader() -> None:
+    from selectllm_local.backends.registry import LOADERS
+    from selectllm_local.config.base import BACKEND_NAMES
+
+    assert BACKEND_NAMES[0] == "auto"
+    assert list(LOADERS) == list(BACKEND_NAMES[1:])

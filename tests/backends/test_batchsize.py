@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from selectllm_local.backends.batchsize import MAX_BATCH, ModelMemory, gpu_batch_size
-from selectllm_local.tinymodel import SHAPES
+from selectllm_local.models.random_weights import SHAPES
 
 GIB = 2**30
 

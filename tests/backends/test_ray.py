@@ -49,7 +49,7 @@ def select(
 ) -> Any:
     """``select_run`` on the tiny model; ``engine``: a loaded backend to reuse."""
     from selectllm_local.config import SelectConfig
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     cfg = SelectConfig.of(
         pool=pool, budget=10, run_dir=run, model=model, backend=backend, n_clusters=6,
@@ -170,7 +170,7 @@ def test_driver_sigkill_then_resume_sends_only_unfinished(ray_address: str, tmp_
     assert len(response_keys(run)) == 20 and set(response_keys(run).values()) == {1}
 
     from selectllm_local.config import SelectConfig
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     cfg = SelectConfig.of(pool=pool, budget=20, run_dir=tmp_path / "ref", model="fake",
                           backend="fake", n_clusters=6)  # fmt: skip
@@ -211,15 +211,15 @@ def test_ray_not_installed_exits_2_naming_the_extra(tmp_path: Path) -> None:
 
 
 def test_embed_on_ray_writes_the_same_cache(ray_address: str, tmp_path: Path) -> None:
-    from selectllm_local import embedding
-    from selectllm_local.runstore import RunStore, read_json
+    from selectllm_local.embed import cache as embed_cache
+    from selectllm_local.run.store import RunStore, read_json
 
     rows = [json.loads(x) for x in EXAMPLE_POOL.read_text("utf-8").splitlines()[:96]]
     texts = [r["instruction"] + "\n" + r.get("context", "") for r in rows]
-    local, _ = embedding.load_or_embed(
+    local, _ = embed_cache.load_or_embed(
         RunStore(tmp_path / "a"), texts, progress=False, batch_size=8
     )
-    on_ray, cached = embedding.load_or_embed(
+    on_ray, cached = embed_cache.load_or_embed(
         RunStore(tmp_path / "b"), texts, progress=False, ray_address=ray_address, batch_size=8
     )  # chunks of 64 rows (embed_texts' 8 x batch size): 2 chunks, 2 workers
     assert not cached and on_ray.shape == local.shape == (96, 384)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from selectllm_local.baselines import (
+from selectllm_local.baselines.registry import (
     BASELINES,
     LCS_MAX_TOKENS,
     kcenter_greedy,
@@ -30,7 +30,7 @@ def _item(i: int, instruction: str, inp: str = "") -> PoolItem:
 
 @pytest.fixture(scope="module")
 def pool() -> list[PoolItem]:
-    from selectllm_local.data import load_pool
+    from selectllm_local.data.pool import load_pool
 
     items, _ = load_pool(EXAMPLE_POOL)
     return items[:300]
@@ -135,7 +135,7 @@ def test_cluster_random_one_per_subset() -> None:
 
 
 def test_perplexity_with_a_real_model(tiny_llama_dir: Path, pool: list[PoolItem]) -> None:
-    from selectllm_local.perplexity import perplexities
+    from selectllm_local.baselines.perplexity import perplexities
 
     texts = [f"{it.instruction}\n{it.input}".strip() for it in pool[:24]]
     ppl = perplexities(texts, str(tiny_llama_dir), batch_size=8, progress=False)
@@ -166,8 +166,8 @@ def test_answer_perplexity_scores_the_models_own_greedy_answer(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectllm_local.perplexity import answer_perplexities, perplexities
-    from selectllm_local.trainset import render_prompt
+    from selectllm_local.baselines.perplexity import answer_perplexities, perplexities
+    from selectllm_local.training.trainset import render_prompt
 
     items = pool[:6]
     ppl = answer_perplexities(

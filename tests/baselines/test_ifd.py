@@ -28,7 +28,7 @@ ROWS_CLI = 30  # held-out Dolly rows the CLI tests select from
 
 
 def dolly_items(n: int, skip: int = 0) -> list:
-    from selectllm_local.data import load_pool
+    from selectllm_local.data.pool import load_pool
 
     items, _ = load_pool(EXAMPLE_POOL)
     return [it for it in items if it.output][skip : skip + n]
@@ -38,7 +38,7 @@ def dolly_items(n: int, skip: int = 0) -> list:
 
 
 def test_ifd_pick_drops_ifd_at_least_one_and_takes_the_highest() -> None:
-    from selectllm_local.likelihood import ifd_pick
+    from selectllm_local.baselines.ifd import ifd_pick
 
     ifd = np.array([0.5, 1.2, 0.9, np.nan, 0.7, 1.0, 0.2, 3.0])
     rng = np.random.default_rng(0)
@@ -51,8 +51,8 @@ def test_ifd_pick_drops_ifd_at_least_one_and_takes_the_highest() -> None:
 def test_cluster_pick_is_select_with_ifd_as_judge(n: int, budget: int, k: int) -> None:
     """Exact budget and distinct picks in one round (budget >= subsets) and in a tournament
     (budget < subsets); in one round each subset keeps exactly its k best candidates."""
-    from selectllm_local.likelihood import cluster_pick, preference
-    from selectllm_local.subsets import make_plan
+    from selectllm_local.baselines.ifd import cluster_pick, preference
+    from selectllm_local.cluster.subsets import make_plan
 
     rng = np.random.default_rng(n + budget)
     labels = np.arange(n) % k
@@ -74,7 +74,7 @@ def test_cluster_pick_is_select_with_ifd_as_judge(n: int, budget: int, k: int) -
 def test_windows_cut_to_max_length_and_score_the_same_response(smollm2_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from selectllm_local.likelihood import ifd_windows
+    from selectllm_local.baselines.ifd import ifd_windows
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     long_prompt, long_answer = "word " * 400, "answer " * 400
@@ -121,7 +121,7 @@ def reference(smollm2_dir: Path) -> tuple[list, np.ndarray]:
 
 
 def _engine_ifd(backend, items: list, tmp_path: Path) -> np.ndarray:  # noqa: ANN001
-    from selectllm_local.likelihood import ifd_scores
+    from selectllm_local.baselines.ifd import ifd_scores
 
     out = ifd_scores(items, backend, key="k", cache_path=tmp_path / "s.jsonl", progress=False)
     assert out.scored_now == len(items)
@@ -173,7 +173,7 @@ class Counting:
 
 
 def test_scores_resume_after_a_torn_line(hf_backend, tmp_path: Path) -> None:  # noqa: ANN001
-    from selectllm_local.likelihood import ifd_scores
+    from selectllm_local.baselines.ifd import ifd_scores
 
     items = dolly_items(12)
     cache = tmp_path / "ifd_scores.jsonl"

@@ -15,7 +15,7 @@ from selectllm_local.bench import dry as benchdry
 from selectllm_local.bench import output as benchout
 from selectllm_local.bench import run as bench
 from selectllm_local.errors import UserError
-from selectllm_local.tinymodel import SHAPES, non_embedding_params
+from selectllm_local.models.random_weights import SHAPES, non_embedding_params
 from tests.helpers import ALPACA, DOLLY, requires_shared_data
 
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from selectllm_local import tinymodel
 from selectllm_local.bench import config as bench
+from selectllm_local.models import random_weights as tinymodel
 
 
 def test_gpu_preset_is_the_issue_workload_on_the_installed_engine() -> None:

@@ -37,11 +37,46 @@ def test_help_is_fast_and_imports_no_heavy_library() -> None:
     assert r.returncode == 0 and "plan" in r.stdout and "select" in r.stdout
 
 
-def test_every_command_has_help() -> None:
-    for cmd in ("plan", "select", "baseline", "split", "experiment", "bench", "report", "compare"):
-        r = run_cli(cmd, "--help")
-        assert r.returncode == 0, (cmd, r.stderr)
-        assert "Usage" in r.stdout
+def registered_commands() -> dict[str, object]:
+    """Every command of the app (click objects) by the words typed after ``selectllm``."""
+    import typer.main
+
+    from selectllm_local.cli import app
+
+    found: dict[str, object] = {}
+
+    def walk(group: object, prefix: str) -> None:
+        for name, cmd in getattr(group, "commands", {}).items():
+            found[f"{prefix}{name}"] = cmd
+            walk(cmd, f"{prefix}{name} ")
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_every_registered_command_has_help_naming_its_options() -> None:
+    from typer.testing import CliRunner
+
+    from selectllm_local.cli import app
+
+    commands = registered_commands()
+    assert {"plan", "select", "models fetch"} <= set(commands)  # the walk reaches sub-commands
+    for path, cmd in commands.items():
+        r = CliRunner().invoke(app, [*path.split(), "--help"], env={"COLUMNS": "300"})
+        assert r.exit_code == 0, (path, r.output)
+        assert "Usage" in r.output, path
+        shown = set(r.output.replace("/", " ").replace(",", " ").split())
+        for param in getattr(cmd, "params", []):
+            if getattr(param, "hidden", False):
+                continue
+            if param.param_type_name == "option":
+                names = param.opts
+            else:  # an argument: its metavar
+                names = [param.metavar or param.name.upper()]
+            assert any(n in shown for n in names), (path, names)
+    # the real entry point too (a subprocess, as a user runs it)
+    r = run_cli("models", "fetch", "--help")
+    assert r.returncode == 0 and "Usage" in r.stdout, r.stderr
 
 
 def test_missing_budget_is_a_clear_error() -> None:

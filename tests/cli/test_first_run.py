@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from selectllm_local import models
 from selectllm_local.backends import LOADERS
 from selectllm_local.cli import app
-from selectllm_local.ggufconvert import MARKER
+from selectllm_local.models import registry as models
+from selectllm_local.models.gguf import MARKER
 from tests.helpers import small_pool
 
 SMOL = "smollm2-135m-instruct"

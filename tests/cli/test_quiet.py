@@ -43,6 +43,8 @@ def test_select_shows_no_engine_output_by_default_and_verbose_shows_it(
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert not VLLM_LINE.search(quiet.stderr), quiet.stderr[-3000:]
     assert not PY_WARNING.search(quiet.stderr), quiet.stderr[-3000:]
+    # an engine's own loggers (vLLM's Triton check) pass records up to our console handler
+    assert not re.search(r"^WARNING", quiet.stderr, re.M), quiet.stderr[-3000:]
     assert "starting the vLLM engine" in quiet.stderr  # our own lines still show
     assert "vLLM engine ready" in quiet.stderr
     # what was hidden is kept in the run directory
@@ -81,6 +83,35 @@ def test_a_good_start_leaves_no_temporary_log_and_restores_stderr(
     os.write(2, b"shown after\n")
     err = capfd.readouterr().err
     assert "hidden engine chatter" not in err and "shown after" in err
+
+
+def test_other_libraries_log_records_go_to_the_engine_log_while_it_starts(
+    tmp_path: Path,
+) -> None:
+    """Records of vLLM's or Triton's loggers that reach the root logger's handler (the console
+    in the CLI) go to the engine log during a start; the package's own records still show."""
+    import io
+    import logging
+
+    shown = io.StringIO()
+    handler = logging.StreamHandler(shown)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    log = tmp_path / startup.ENGINE_LOG
+    try:
+        with startup.engine_log(log), startup.captured_output("vLLM"):
+            logging.getLogger("vllm.triton_utils.importing").warning("Triton is installed, but")
+            logging.getLogger("selectllm_local.backends").info("our own line")
+        logging.getLogger("vllm.after").warning("after the start")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert "Triton" not in shown.getvalue() and "our own line" in shown.getvalue()
+    assert "after the start" in shown.getvalue()  # only during a start
+    assert "WARNING vllm.triton_utils.importing: Triton is installed, but" in log.read_text()
+    assert not handler.filters
 
 
 def test_engine_runs_eager_on_cpu_and_compiled_on_cuda_unless_told() -> None:

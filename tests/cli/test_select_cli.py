@@ -106,7 +106,7 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(
     assert len(resumed) == 40 == len(set(resumed)) == summary["selected"]
 
     from selectllm_local.config import SelectConfig
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     cfg = SelectConfig.of(pool=pool, budget=40, model=str(tiny_model_dir), backend="vllm", n_clusters=8,
                        max_model_len=4096, run_dir=tmp_path / "whole")  # fmt: skip

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selectllm_local import clustering
-from selectllm_local.clustering import (
+from selectllm_local.cluster import kmeans as clustering
+from selectllm_local.cluster.kmeans import (
     DEFAULT_MAX_K,
     balance,
     balanced_clusters,
@@ -18,8 +18,8 @@ from selectllm_local.clustering import (
     kmeans_device,
     train_centroids,
 )
+from selectllm_local.cluster.subsets import make_plan
 from selectllm_local.errors import UserError
-from selectllm_local.subsets import make_plan
 
 
 def _faiss_has_gpu() -> bool:

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from selectllm_local.errors import UserError
-from selectllm_local.subsets import (
+from selectllm_local.cluster.subsets import (
     LAYOUTS,
     allocate_picks,
     build_subsets,
@@ -16,6 +15,7 @@ from selectllm_local.subsets import (
     next_round,
     rounds_needed,
 )
+from selectllm_local.errors import UserError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from selectllm_local.cli import app
+from selectllm_local.costs.estimate import estimate_experiment, format_estimate
+from selectllm_local.costs.rates import RATE_KEYS, Costs, model_size
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import load_experiment_config
-from selectllm_local.experiment.estimate import estimate_experiment, format_estimate
-from selectllm_local.experiment.rates import RATE_KEYS, Costs, model_size
 from tests.helpers import REPO, TINY_CI, tiny_experiment_config
 
 TINY = TINY_CI
@@ -233,7 +233,7 @@ def test_bad_gpu_rates_file_names_the_flag(tmp_path: Path, doc: object, message:
 
 
 def test_committed_gpu_rates_load(tmp_path: Path) -> None:
-    from selectllm_local.experiment.rates import load_gpu_rates
+    from selectllm_local.costs.rates import load_gpu_rates
 
     rates, where = load_gpu_rates(REPO / "benchmarks/results/costs_gpu_h200_llama2-7b.json")
     assert rates is not None and "H200" in where

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from selectllm_local.data import FieldMap, embedding_text, load_pool
+from selectllm_local.data.pool import FieldMap, embedding_text, load_pool
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
 from tests.helpers import ALPACA, DOLLY, requires_shared_data

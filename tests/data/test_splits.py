@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from selectllm_local.data.splits import prompt_key, split_pool
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
-from selectllm_local.splits import prompt_key, split_pool
 from tests.helpers import DOLLY, DOLLY_TESTSET, EXAMPLE_POOL, REPO, tiny_experiment_config
 
 
@@ -87,7 +87,7 @@ def test_cli_writes_original_records(tmp_path: Path) -> None:
     }
     assert all(json.dumps(r, sort_keys=True) in source for r in test + pool)
     # the test set is usable by evaluate as is
-    from selectllm_local.evaluate import load_testset
+    from selectllm_local.evaluation.evaluate import load_testset
 
     assert len(load_testset(tmp_path / "test.jsonl")) == 100
 
@@ -117,19 +117,19 @@ def test_cli_refuses_test_as_large_as_pool(tmp_path: Path) -> None:
     ],
 )
 def test_normaliser_strips_every_citation_marker(text: str, expected: str) -> None:
-    from selectllm_local.splits import normalise_text
+    from selectllm_local.data.splits import normalise_text
 
     assert normalise_text(text) == expected
 
 
 def _ex(instruction: str, input_text: str, reference: str):
-    from selectllm_local.evaluate import TestExample
+    from selectllm_local.evaluation.evaluate import TestExample
 
     return TestExample(instruction, input_text, reference)
 
 
 def test_overlap_rules_and_counts(caplog: pytest.LogCaptureFixture) -> None:
-    from selectllm_local.splits import remove_test_rows
+    from selectllm_local.data.splits import remove_test_rows
 
     pool = [
         PoolItem(0, "0", 1, "Who wrote Hamlet?", "ctx A", "Shakespeare wrote it.[12]  In 1600."),
@@ -160,17 +160,17 @@ def test_warning_only_when_most_but_not_all_test_examples_match() -> None:
     minority (the pool is a sample of the test set's source)."""
     import logging
 
-    from selectllm_local.splits import remove_test_rows
+    from selectllm_local.data.splits import remove_test_rows
 
     pool = [PoolItem(0, "0", 1, "Q one", "", "A one"), PoolItem(1, "1", 2, "Q two", "", "A two")]
 
     def warnings(tests) -> list[str]:
         handler = _Records()
-        logging.getLogger("selectllm_local.splits").addHandler(handler)
+        logging.getLogger("selectllm_local.data.splits").addHandler(handler)
         try:
             remove_test_rows(pool, tests)
         finally:
-            logging.getLogger("selectllm_local.splits").removeHandler(handler)
+            logging.getLogger("selectllm_local.data.splits").removeHandler(handler)
         return [r.getMessage() for r in handler.records if r.levelno >= logging.WARNING]
 
     assert warnings([_ex("Q one", "", "A one"), _ex("Q two", "", "A two")]) == []
@@ -196,8 +196,8 @@ class _Records:
 def test_test_rows_leave_before_deduplication(tmp_path: Path) -> None:
     """A prompt held twice whose second copy is the test example: both copies go, neither is
     counted as a duplicate, and de-duplication cannot keep the first copy."""
-    from selectllm_local import data
-    from selectllm_local.splits import TestOverlap
+    from selectllm_local.data import pool as data
+    from selectllm_local.data.splits import TestOverlap
 
     rows = [
         {"instruction": "Why are plants green?", "context": "", "response": "Chlorophyll."},
@@ -222,7 +222,7 @@ def test_test_rows_leave_before_deduplication(tmp_path: Path) -> None:
 def _surviving_test_prompts(items: list[PoolItem], tests: list) -> list[str]:
     """Test examples still in ``items``, by the code's own normaliser: the same prompt
     (instruction + input) or the same instruction + response."""
-    from selectllm_local.splits import pair_key, prompt_key
+    from selectllm_local.data.splits import pair_key, prompt_key
 
     prompts = {prompt_key(it.instruction, it.input) for it in items}
     pairs = {pair_key(it.instruction, it.output or "") for it in items}
@@ -237,7 +237,7 @@ def _surviving_test_prompts(items: list[PoolItem], tests: list) -> list[str]:
 def test_no_paper_test_prompt_survives_in_the_dolly_experiment_pool(tmp_path: Path) -> None:
     """The shipped Dolly 15k and the shipped 1,000-row test split, through the experiment's own
     pool building: none of the 1,000 test prompts is left (before: 12 were, by this normaliser)."""
-    from selectllm_local.evaluate import load_testset
+    from selectllm_local.evaluation.evaluate import load_testset
     from selectllm_local.experiment import load_experiment_config
 
     tests = load_testset(DOLLY_TESTSET)
@@ -250,7 +250,7 @@ def test_no_paper_test_prompt_survives_in_the_dolly_experiment_pool(tmp_path: Pa
     assert cfg.test_removed == {"same_pair": 1001, "same_prompt": 21, "same_input_answer": 1}
     assert cfg.test_overlap == 1023 and len(cfg.pool_items) == 15014 - 1023 - 173
     # the same check fails on the pool with only the de-duplication: it can tell
-    from selectllm_local import data
+    from selectllm_local.data import pool as data
 
     everything, _ = data.load_pool(DOLLY)
     assert len(_surviving_test_prompts(everything, tests)) == 1000
@@ -259,7 +259,7 @@ def test_no_paper_test_prompt_survives_in_the_dolly_experiment_pool(tmp_path: Pa
 def test_smollm2_experiment_pool_is_leak_free() -> None:
     """The shipped experiment config, as a dry run loads it: its sampled pool holds no test
     prompt either, and it reads the shipped data (no path outside the repository)."""
-    from selectllm_local.evaluate import load_testset
+    from selectllm_local.evaluation.evaluate import load_testset
     from selectllm_local.experiment import load_experiment_config
 
     cfg = load_experiment_config(REPO / "experiments" / "smollm2_dolly.toml", require_models=False)
@@ -270,7 +270,7 @@ def test_smollm2_experiment_pool_is_leak_free() -> None:
 
 def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
     """A pool row that differs from a test example only by citation markers is dropped."""
-    from selectllm_local.evaluate import load_testset
+    from selectllm_local.evaluation.evaluate import load_testset
     from selectllm_local.experiment import load_experiment_config
 
     test = load_testset(REPO / "examples" / "testsets" / "dolly")[0]

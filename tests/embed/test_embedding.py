@@ -9,20 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectllm_local import embedding
-from selectllm_local.clustering import balanced_clusters, choose_k
-from selectllm_local.data import embedding_text, load_pool
-from selectllm_local.embedding import (
+from selectllm_local.cluster.kmeans import balanced_clusters, choose_k
+from selectllm_local.cluster.subsets import make_plan
+from selectllm_local.data.pool import embedding_text, load_pool
+from selectllm_local.embed import encoder as embedding
+from selectllm_local.embed.cache import EmbeddingCache, load_or_embed
+from selectllm_local.embed.encoder import (
     DEFAULT_EMBEDDER,
-    EmbeddingCache,
     embed_texts,
-    load_or_embed,
     model_id,
     resolve_model,
 )
 from selectllm_local.errors import UserError
-from selectllm_local.runstore import RunStore
-from selectllm_local.subsets import make_plan
+from selectllm_local.run.store import RunStore
 from tests.helpers import DOLLY
 
 TEXTS = [
@@ -57,7 +56,7 @@ def test_local_folder_and_bad_names(tmp_path: Path, caplog: pytest.LogCaptureFix
         resolve_model(str(f))
     with pytest.raises(UserError, match="offline"):
         resolve_model("BAAI/bge-small-en-v1.5", offline=True)
-    with caplog.at_level(logging.WARNING, logger="selectllm_local.embedding"):
+    with caplog.at_level(logging.WARNING, logger="selectllm_local.embed.encoder"):
         assert resolve_model("BAAI/bge-small-en-v1.5") == "BAAI/bge-small-en-v1.5"
     assert "may download" in caplog.text
 

@@ -9,7 +9,7 @@ import pytest
 
 from selectllm_local.config import EvaluateConfig
 from selectllm_local.errors import UserError
-from selectllm_local.evaluate import evaluate_run, load_testset, score
+from selectllm_local.evaluation.evaluate import evaluate_run, load_testset, score
 from tests.helpers import EXAMPLE_POOL, REPO, requires_gpu, requires_vllm
 
 PAPER_DOLLY = REPO / "examples" / "testsets" / "dolly"
@@ -79,7 +79,7 @@ def test_score_metrics() -> None:
 
 @pytest.fixture(scope="module")
 def adapter(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from selectllm_local.finetune import FinetuneConfig, finetune
+    from selectllm_local.training.finetune import FinetuneConfig, finetune
 
     records = [json.loads(x) for x in EXAMPLE_POOL.read_text().splitlines()[:8]]
     cfg = FinetuneConfig(
@@ -142,8 +142,8 @@ def test_reference_nll_is_batch_free_response_only_and_matches_transformers(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectllm_local.evaluate import TestExample, fit_prompts, reference_nll
-    from selectllm_local.refnll import encode
+    from selectllm_local.evaluation.evaluate import TestExample, fit_prompts, reference_nll
+    from selectllm_local.evaluation.refnll import encode
 
     ex = load_testset(PAPER_DOLLY, limit=6)  # prompts and references of very different lengths
     ex.append(TestExample("Name a colour.", "", "Red."))  # short: scored whole, EOS included
@@ -176,7 +176,7 @@ def test_resume_adds_only_the_missing_nll(
 ) -> None:
     """A folder evaluated before the NLL existed (no rows, no reference_nll.jsonl) gains the NLL
     and its rows on a resumed run, without new answers; a finished one is left alone."""
-    from selectllm_local import evaluate
+    from selectllm_local.evaluation import evaluate
 
     cfg = EvaluateConfig(backend="transformers", limit=4, max_new_tokens=6, max_prompt_tokens=128)
     kw = {"base_model": tiny_llama_dir, "adapter": adapter, "out_dir": tmp_path, "progress": False}
@@ -205,7 +205,7 @@ def test_resume_adds_only_the_missing_nll(
 
 
 def test_batching_does_not_change_answers(tiny_llama_dir: Path, adapter: Path) -> None:
-    from selectllm_local.evaluate import generate_answers
+    from selectllm_local.evaluation.evaluate import generate_answers
 
     ex = load_testset(PAPER_DOLLY, limit=5)
     kw = {"base_model": tiny_llama_dir, "adapter": adapter, "progress": False}
@@ -216,7 +216,7 @@ def test_batching_does_not_change_answers(tiny_llama_dir: Path, adapter: Path) -
 
 def test_unknown_backend_and_missing_adapter(tiny_llama_dir: Path, tmp_path: Path) -> None:
     ex = load_testset(PAPER_DOLLY, limit=1)
-    from selectllm_local.evaluate import generate_answers, resolve_backend
+    from selectllm_local.evaluation.evaluate import generate_answers, resolve_backend
 
     with pytest.raises(UserError, match="--backend 'onnx' is not known"):
         resolve_backend("onnx")
@@ -230,7 +230,7 @@ def test_unknown_backend_and_missing_adapter(tiny_llama_dir: Path, tmp_path: Pat
 @requires_gpu
 @requires_vllm  # GPU nodes with only the transformers stack skip, with the reason, not fail
 def test_vllm_lora_path_on_gpu(tiny_llama_dir: Path, adapter: Path) -> None:
-    from selectllm_local.evaluate import generate_answers
+    from selectllm_local.evaluation.evaluate import generate_answers
 
     ex = load_testset(PAPER_DOLLY, limit=4)
     cfg = EvaluateConfig(backend="vllm", max_new_tokens=6, max_prompt_tokens=256)
@@ -242,7 +242,7 @@ def test_long_prompts_are_cut_in_the_input_not_from_the_left(tiny_llama_dir: Pat
     """A long context loses its end, as in training; the instruction and the cue always stay."""
     from transformers import AutoTokenizer
 
-    from selectllm_local.evaluate import TestExample, fit_prompts
+    from selectllm_local.evaluation.evaluate import TestExample, fit_prompts
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     context = " ".join(f"word{i}" for i in range(600))
@@ -264,7 +264,7 @@ def test_long_prompts_are_cut_in_the_input_not_from_the_left(tiny_llama_dir: Pat
 def test_auto_sends_an_adapter_without_gpu_to_transformers(adapter: Path) -> None:
     """One ``auto`` policy for select and evaluate: vLLM when installed, an adapter needs a GPU."""
     from selectllm_local.backends import resolve_backend_name
-    from selectllm_local.evaluate import resolve_backend
+    from selectllm_local.evaluation.evaluate import resolve_backend
     from selectllm_local.hardware import cuda_available
 
     assert resolve_backend("auto", adapter=None) == resolve_backend_name("auto")
@@ -275,7 +275,7 @@ def test_auto_sends_an_adapter_without_gpu_to_transformers(adapter: Path) -> Non
 def test_long_prompts_keep_their_end(hf_backend) -> None:
     """A backend cuts long prompts from the left so the '### Response:' cue survives (evaluation
     first cuts in the input, ``fit_prompts``; this is the engine's last guard)."""
-    from selectllm_local.trainset import render_prompt
+    from selectllm_local.training.trainset import render_prompt
 
     prompt = render_prompt("word " * 400 + "What is the capital of France?", "")
     fitted = hf_backend.fit_prompt(prompt, 64)

@@ -69,7 +69,7 @@ def test_bad_configs_fail_before_heavy_work(tmp_path: Path, replace: tuple, matc
 def test_samples_are_seeded_fixed_and_cleaned_against_the_whole_test_set(tmp_path: Path) -> None:
     """pool_sample / test_sample draw the same rows every time (sample_seed), in file order; the
     pool is cleaned against all test examples, not only the sampled ones."""
-    from selectllm_local.experiment.runner import plan_dir_of
+    from selectllm_local.experiment.cells import plan_dir_of
 
     cfg_path = tiny_experiment_config(
         tmp_path,

@@ -53,7 +53,7 @@ def make_cell(
         _write_jsonl(ev / "reference_nll.jsonl", nll)
     done = {"method": method, "budget": budget, "seed": seed, "n_test": ROWS,
             "rougeL_f1": float(np.mean(scores["rougeL_f1"])), "cosine": float(np.mean(scores["cosine"])),
-            "seconds": {"selection": 0.1, "finetune": 100.0, "evaluate": 50.0}}  # fmt: skip
+            "seconds": {"selection": 0.1, "finetune": 100.0, "evaluate": 50.0, "reference_nll": 20.0}}  # fmt: skip
     if selection_seconds is not None:
         done["selection_seconds"] = selection_seconds
     (cell / "done.json").write_text(json.dumps(done), "utf-8")
@@ -118,8 +118,8 @@ def test_results_give_verdicts_in_each_metrics_direction(tmp_path: Path) -> None
     )
     assert "lower is better" in md
     # selection time: recorded for llm (mean of 3600 and 3000), unknown ("–", never 0) elsewhere
-    assert "| llm | 3300 | 100 | 50 | 3450 |" in md
-    assert "| random | – | 100 | 50 | ≥ 150 |" in md
+    assert "| llm | 3300 | 100 | 50 | 20 | 3470 |" in md
+    assert "| random | – | 100 | 50 | 20 | ≥ 170 |" in md
     cells_csv = (tmp_path / "cells.csv").read_text("utf-8").splitlines()
     assert len(cells_csv) == 1 + 6 and "selection_seconds" in cells_csv[0]
 
@@ -142,7 +142,8 @@ def test_results_of_a_half_done_run_compare_the_seeds_there_are(tmp_path: Path) 
     done.write_text(json.dumps(d), "utf-8")
     rows = _write(tmp_path)
     assert (
-        "| llm | 3600 (1 of 2 cells) | 100 | 50 | 3750 |" in (tmp_path / "results.md").read_text()
+        "| llm | 3600 (1 of 2 cells) | 100 | 50 | 20 | 3770 |"
+        in (tmp_path / "results.md").read_text()
     )
     got = {(r["method"], r["reference"], r["metric"]): r for r in rows}
     assert got[("llm", "random", "rougeL_f1")]["seeds"] == "1"

@@ -7,6 +7,7 @@ import pytest
 
 from selectllm_local.experiment import stats
 from selectllm_local.experiment.stats import (
+    ALPHA,
     BETTER,
     NO_DIFFERENCE,
     WORSE,
@@ -134,3 +135,14 @@ def test_paired_matrices_keep_the_seeds_and_rows_both_have() -> None:
     assert empty[0].shape == (0, 0) and not empty[2]
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_means(empty[0])
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.01, 0.02, 0.03, 0.05])
+def test_the_verdict_and_the_p_value_never_disagree(shift: float) -> None:
+    """Near the boundary too: the interval excludes zero exactly when p <= alpha (same draws)."""
+    rng = np.random.default_rng(int(shift * 1000))
+    for trial in range(40):
+        a = rng.normal(shift, 0.2, size=(3, 60))
+        b = rng.normal(0.0, 0.2, size=(3, 60))
+        p = compare(a, b, higher_is_better=True, draws=500, seed=trial)
+        assert (p.verdict != NO_DIFFERENCE) == (p.p_value <= ALPHA), (trial, p)

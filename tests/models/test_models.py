@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from selectllm_local import models
 from selectllm_local.backends import resolve_model
 from selectllm_local.cli import app
 from selectllm_local.errors import UserError
 from selectllm_local.hardware import engine_dtype
+from selectllm_local.models import registry as models
 
 
 def write_gguf(path: Path, arch: str, *, floats: int = 4096) -> Path:

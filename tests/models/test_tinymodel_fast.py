@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig
 
-from selectllm_local import tinymodel
+from selectllm_local.models import random_weights as tinymodel
 
 
 def _config(tied: bool) -> object:

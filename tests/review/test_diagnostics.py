@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectllm_local.diagnostics import (
+from selectllm_local.review.diagnostics import (
     chi2_sf,
     overlap,
     position_bias,
@@ -146,9 +146,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A generate run (a tournament: 20 subsets, budget 8), a logprobs run of the same plan, a
     random baseline in the first run directory, and a random baseline of another pool."""
     from selectllm_local.backends.fake import FakeBackend
-    from selectllm_local.baselines import baseline_run
+    from selectllm_local.baselines.registry import baseline_run
     from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig, SelectorConfig
-    from selectllm_local.pipeline import plan_run, select_run
+    from selectllm_local.run.pipeline import plan_run, select_run
 
     tmp = tmp_path_factory.mktemp("diag")
     pool = _pool(tmp, 120)
@@ -168,7 +168,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_select_summary_and_report_flag_an_echoing_selector(runs: dict[str, Path]) -> None:
-    from selectllm_local.report import render_report
+    from selectllm_local.review.report import render_report
 
     summary = json.loads((runs["gen"] / "summary.json").read_text("utf-8"))
     assert summary["rounds"] == 2
@@ -184,8 +184,8 @@ def test_select_summary_and_report_flag_an_echoing_selector(runs: dict[str, Path
 
 def test_later_round_sizes_match_the_tournament_the_selection_ran(runs: dict[str, Path]) -> None:
     """The sizes read back from the files are those ``subsets.next_round`` dealt."""
-    from selectllm_local.runstore import read_jsonl
-    from selectllm_local.subsets import next_round
+    from selectllm_local.cluster.subsets import next_round
+    from selectllm_local.run.store import read_jsonl
 
     run = runs["gen"]
     subsets, responses = read_jsonl(run / "subsets.jsonl"), read_jsonl(run / "responses.jsonl")

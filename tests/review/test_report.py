@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from selectllm_local.errors import UserError
-from selectllm_local.report import render_report
+from selectllm_local.review.report import render_report
 from tests.helpers import EXAMPLE_POOL
 
 SECTIONS = (
@@ -39,7 +39,7 @@ def _small_pool(tmp: Path, n: int = 120) -> Path:
 def select_run_dir(tmp_path_factory: pytest.TempPathFactory, vllm_backend, tiny_model_dir) -> Path:
     """A run directory written by the real pipeline (embedder, FAISS, the shared vLLM engine)."""
     from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     tmp = tmp_path_factory.mktemp("report")
     cfg = SelectConfig(
@@ -67,7 +67,7 @@ def test_report_of_a_select_run(select_run_dir: Path) -> None:
 
 def test_report_of_a_plan_only_run(tmp_path: Path) -> None:
     from selectllm_local.config import PlanConfig
-    from selectllm_local.pipeline import plan_run
+    from selectllm_local.run.pipeline import plan_run
 
     plan_run(
         PlanConfig(pool=_small_pool(tmp_path, 60), budget=6, n_clusters=4, run_dir=tmp_path / "p"),

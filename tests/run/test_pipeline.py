@@ -16,7 +16,7 @@ import pytest
 
 from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
-from selectllm_local.pipeline import plan_run, select_run
+from selectllm_local.run.pipeline import plan_run, select_run
 from tests.helpers import EXAMPLE_POOL
 
 
@@ -64,7 +64,7 @@ def test_plan_records_the_kmeans_device(tmp_path: Path, monkeypatch: pytest.Monk
     and plan_summary.json says so, also when the clusters are reused."""
     import faiss
 
-    from selectllm_local import clustering
+    from selectllm_local.cluster import kmeans as clustering
 
     monkeypatch.setattr(clustering, "faiss_gpus", lambda: 1)
     monkeypatch.setattr(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectllm_local.runstore import (
+from selectllm_local.run.store import (
     AppendLog,
     RunStore,
     atomic_path,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selectllm_local.parsing import parse_ids, parse_reasons
+from selectllm_local.selection.parse import parse_ids, parse_reasons
 
 
 @pytest.mark.parametrize(

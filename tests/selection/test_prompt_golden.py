@@ -80,7 +80,7 @@ def sha(text: str) -> str:
 def planned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """(pool, planned run directory, plan digest): the example run's plan, made once."""
     from selectllm_local.config import PlanConfig
-    from selectllm_local.pipeline import plan_run
+    from selectllm_local.run.pipeline import plan_run
 
     root = tmp_path_factory.mktemp("prompt-golden")
     pool = root / "example.jsonl"
@@ -98,7 +98,7 @@ def render(
     """Run ``select`` of the example run with ``over`` settings; the hash of each prompt sent,
     keyed ``name/call/position`` in the order the engine received them."""
     from selectllm_local.config import SelectConfig
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     pool, planned_dir, _ = planned
     shutil.copytree(planned_dir, run_dir, ignore=shutil.ignore_patterns(".lock"))
@@ -176,7 +176,7 @@ def test_one_word_changed_in_the_template_is_seen(
 ) -> None:
     """The comparison is not blind: one word edited in the shipped ids template changes every
     generate-mode prompt, and leaves the --reasons prompts (another template) as recorded."""
-    from selectllm_local import prompting
+    from selectllm_local.selection import prompts as prompting
 
     golden = json.loads(GOLDEN.read_text("utf-8"))
     edited = tmp_path / "prompts"

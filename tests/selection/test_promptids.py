@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from selectllm_local import data, prompting, tinymodel
 from selectllm_local.backends.base import TokenizedPrompt, prompt_token_ids
 from selectllm_local.bench import run as bench
-from selectllm_local.promptids import PromptBuilder
+from selectllm_local.data import pool as data
+from selectllm_local.models import random_weights as tinymodel
+from selectllm_local.selection import prompts as prompting
+from selectllm_local.selection.promptids import PromptBuilder
 from tests.helpers import EXAMPLE_POOL
 
 LLAMA3_STYLE = (
@@ -192,3 +194,88 @@ def test_each_subset_keeps_its_own_answer_example(
         examples.add(example)
     assert builder.enabled and builder.built["fast"] == len(plan.subsets)
     assert len(examples) > len(plan.subsets) // 2  # not one example for every prompt
+
+
+@pytest.fixture(scope="module")
+def other_rows() -> list[Any]:
+    """A second pool the builder was not tuned on: Dolly 15k rows outside the example sample."""
+    from tests.helpers import DOLLY
+
+    items, _ = data.load_pool(DOLLY)
+    sample = {it.instruction for it in data.load_pool(EXAMPLE_POOL)[0]}
+    fresh = [it for it in items[9000:] if it.instruction not in sample][:480]
+    return [dataclasses.replace(it, index=i) for i, it in enumerate(fresh)]
+
+
+@pytest.mark.parametrize("pool", ["example", "dolly-9000"])
+@pytest.mark.parametrize("mode", ["ids", "logprobs"])
+@pytest.mark.parametrize("budget", [256, 48])
+def test_fast_ids_equal_the_slow_path_on_real_tokenizers(
+    pool: str, mode: str, budget: int, rows: list[Any], other_rows: list[Any],
+    tokenizers: dict[str, Any], smollm2_dir: Path,
+) -> None:  # fmt: skip
+    """Real SmolLM2 tokenizer and the Dolly BPE with a Llama-3 template, on two pools: every
+    prompt assembled from cached pieces (candidates tokenized once, counts and ids of cut ones
+    derived from their own tokens) equals rendering the prompt and tokenizing it whole."""
+    from transformers import AutoTokenizer
+
+    pool_rows = rows if pool == "example" else other_rows
+    smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    tpl = prompting.PromptTemplate.load()
+    plan = bench.strided_plan(40, 12, 1)
+    for name, tok in [("smollm2", smol), ("dolly-bpe", tokenizers["dolly-bpe-llama3-template"])]:
+        backend = _TokenizerBackend(tok)
+        builder = PromptBuilder(
+            tpl, pool_rows, backend, special_tokens=backend.special_tokens,
+            count_tokens=backend.count_tokens, mode=mode,
+        )  # fmt: skip
+        builder.prepare([i for s in plan.subsets for i in s.candidates], budget)
+        labels = prompting.LETTER_LABELS[:12] if mode == "logprobs" else None
+        cut = 0
+        for s in plan.subsets:
+            got = builder.build(s, labels, budget)
+            want = _reference(tpl, backend, s, pool_rows, budget, labels, mode)
+            assert str(got) == str(want), name
+            assert got.token_ids == want.token_ids, (name, s.id)
+            cut += " [...]" in got
+        # the fast path served every prompt, and no derived count or id was ever wrong
+        assert builder.enabled and builder.built["fast"] == len(plan.subsets), name
+        assert builder._derive_checks >= 0, name
+        if budget == 48:
+            assert cut >= len(plan.subsets) // 2, name  # truncation and derivation really ran
+            assert builder._derive_checks == 0 and builder._id_checks == 0, name
+
+
+def test_summed_byte_ends_split_text_where_the_tokenizers_offsets_do(
+    other_rows: list[Any], smollm2_dir: Path
+) -> None:
+    """The token ends summed from byte lengths (no offsets asked of the tokenizer) put every word
+    boundary of a text, accented and typographic characters included, after exactly the tokens
+    the tokenizer's own character offsets put there."""
+    import bisect
+
+    from transformers import AutoTokenizer
+
+    from selectllm_local.selection.promptids import _boundary, _byte_offset
+
+    smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    backend = _TokenizerBackend(smol)
+    builder = PromptBuilder(
+        prompting.PromptTemplate.load(), other_rows, backend,
+        special_tokens=backend.special_tokens, count_tokens=backend.count_tokens, mode="ids",
+    )  # fmt: skip
+    texts = [prompting.candidate_text(it) + "\n" for it in other_rows]
+    texts = [t for t in texts if not t.isascii()][:60]
+    assert len(texts) >= 20  # the pool has non-ASCII text to try
+    offsets = smol.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    summed = builder._encode_ends(texts, None)
+    boundaries = 0
+    for text, enc, (ids, ends) in zip(texts, offsets, summed, strict=True):
+        assert ids == enc.ids and ends is not None and len(ends) == len(ids)
+        char_ends = [end for _start, end in enc.offsets]
+        for b in range(1, len(text) - 1):
+            if _boundary(text, b):
+                boundaries += 1
+                got = bisect.bisect_right(ends, _byte_offset(text, b))
+                assert got == bisect.bisect_right(char_ends, b), (text[:60], b)
+    assert boundaries > 1000

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from selectllm_local.errors import UserError
-from selectllm_local.grammar import id_constraint
-from selectllm_local.parsing import parse_ids, parse_reasons
-from selectllm_local.prompting import (
+from selectllm_local.records import PoolItem, Subset
+from selectllm_local.selection.grammar import id_constraint
+from selectllm_local.selection.parse import parse_ids, parse_reasons
+from selectllm_local.selection.prompts import (
     PromptTemplate,
     answer_example,
     defuse,
@@ -22,7 +23,6 @@ from selectllm_local.prompting import (
     render_messages,
     truncate_to_tokens,
 )
-from selectllm_local.records import PoolItem, Subset
 from tests.helpers import GOLDEN_DIR as GOLDEN
 
 
@@ -165,7 +165,7 @@ def test_id_regex_admits_exactly_the_valid_answers(n: int, k: int) -> None:
 
 def test_paper_setting_allows_any_order_and_no_grammar_admits_a_duplicate() -> None:
     """(14, 3) is the paper's Dolly 3k prompt: any order (6.6k characters), never forced sorted."""
-    from selectllm_local.grammar import MAX_REGEX_CHARS, ids_ordered
+    from selectllm_local.selection.grammar import MAX_REGEX_CHARS, ids_ordered
 
     rx = re.compile(id_constraint(14, 3).regex)
     assert rx.fullmatch("[9, 2, 14]") and rx.fullmatch("[2, 9, 14]")

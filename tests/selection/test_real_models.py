@@ -37,7 +37,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def planned(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One planned run directory (embeddings, clusters, subsets) that every test copies."""
     from selectllm_local.config import PlanConfig
-    from selectllm_local.pipeline import plan_run
+    from selectllm_local.run.pipeline import plan_run
 
     run_dir = tmp_path_factory.mktemp("planned") / "run"
     plan_run(
@@ -48,7 +48,7 @@ def planned(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_select(pool: Path, planned: Path, run_dir: Path, model: Path, backend, **over):  # noqa: ANN001, ANN201
     from selectllm_local.config import SelectConfig
-    from selectllm_local.pipeline import select_run
+    from selectllm_local.run.pipeline import select_run
 
     shutil.copytree(planned, run_dir, ignore=shutil.ignore_patterns(".lock"))
     cfg = SelectConfig.of(pool=pool, budget=BUDGET, model=str(model), n_clusters=K, seed=0,
@@ -67,7 +67,7 @@ def test_chat_template_and_bos_are_the_models_own(smollm2_dir: Path) -> None:
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    from selectllm_local.models import fetch_gguf
+    from selectllm_local.models.registry import fetch_gguf
 
     fields = GGUFReader(str(fetch_gguf("smollm2-135m-instruct"))).fields
     tok = AutoTokenizer.from_pretrained(smollm2_dir)

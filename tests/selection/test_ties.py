@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from selectllm_local.backends.base import TokenizedPrompt, request_seed
 from selectllm_local.backends.fake import FakeBackend
-from selectllm_local.picks import TIE_TOLERANCE, tie_key, top_k_tied
 from selectllm_local.records import Plan, PoolItem, Subset
-from selectllm_local.selection import SelectionSettings, select
+from selectllm_local.selection.picks import TIE_TOLERANCE, tie_key, top_k_tied
+from selectllm_local.selection.rounds import SelectionSettings, select
 from tests.helpers import requires_vllm, small_pool
 
 TOL = TIE_TOLERANCE

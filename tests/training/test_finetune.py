@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from selectllm_local.errors import UserError
-from selectllm_local.finetune import FinetuneConfig, finetune, train_lora, training_examples
+from selectllm_local.training.finetune import (
+    FinetuneConfig,
+    finetune,
+    train_lora,
+    training_examples,
+)
 from tests.helpers import EXAMPLE_POOL, requires_gpu
 
 RECORDS = [json.loads(x) for x in EXAMPLE_POOL.read_text().splitlines()[:12]]
@@ -135,7 +140,7 @@ def test_qlora_nf4_on_cpu(tiny_llama_dir: Path, tmp_path: Path) -> None:
 
 
 def test_finetune_in_subprocess(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    from selectllm_local.finetune import finetune_in_subprocess
+    from selectllm_local.training.finetune import finetune_in_subprocess
 
     cfg = FinetuneConfig(**{**SMALL, "max_steps": 1})
     adapter = finetune_in_subprocess(
@@ -146,7 +151,7 @@ def test_finetune_in_subprocess(tiny_llama_dir: Path, tmp_path: Path) -> None:
 
 
 def test_subprocess_user_error_comes_back_as_user_error(tmp_path: Path) -> None:
-    from selectllm_local.finetune import finetune_in_subprocess
+    from selectllm_local.training.finetune import finetune_in_subprocess
 
     with pytest.raises(UserError, match="does not exist"):
         finetune_in_subprocess(
@@ -180,7 +185,7 @@ def test_warmup_setting_matches_the_transformers_version() -> None:
     """transformers 4 would read a float warmup_steps as 0 steps: the ratio goes where it is read."""
     import transformers
 
-    from selectllm_local.finetune import warmup_kwargs
+    from selectllm_local.training.finetune import warmup_kwargs
 
     assert warmup_kwargs(0.03, "4.57.1") == {"warmup_ratio": 0.03}
     assert warmup_kwargs(0.03, "5.19.0") == {"warmup_steps": 0.03}

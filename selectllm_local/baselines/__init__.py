@@ -1,0 +1,1 @@
+"""Selections that are not the LLM: random, k-center, length, perplexity, IFD and their registry."""

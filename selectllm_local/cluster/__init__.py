@@ -1,0 +1,1 @@
+"""FAISS k-means into balanced clusters and the diverse prompt subsets drawn from them."""

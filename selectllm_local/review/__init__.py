@@ -1,0 +1,1 @@
+"""Looking at a finished selection: diagnostics, comparisons and the HTML report."""

@@ -1,0 +1,1 @@
+"""The selection stage: prompts, token ids, the engine rounds, parsing, logprob picks."""

@@ -1,0 +1,149 @@
+"""Logprob mode of the selection: candidates ranked by the label log-probability, no generation.
+
+Reads the label log-probabilities at the answer position (one forward pass per prompt), keeps
+every candidate's score, and picks the top ``k`` (near-ties within ``picks.TIE_TOLERANCE`` of the
+cut broken by a seeded hash of the candidates' content ids, so batching cannot decide). Labels are letters checked to be single tokens;
+a subset larger than the label set is split into near-equal chunks scored separately, each chunk's
+scores normalised over its own labels (log-softmax), then merged. ``permutations > 1`` scores
+cyclic shifts of the candidate order and averages, which cancels a preference for early or late
+positions; ``permutations = 0`` scores every shift (each candidate shown once at each position,
+the full correction, at one prompt per candidate). Jobs are counted as they are built (linear in their number). A prompt the backend
+never answers is sent again (``retries``); a subset still unscored falls back like an invalid
+answer in generate mode, flagged ``fallback`` with ``no answer`` errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from selectllm_local.records import Subset, SubsetResult
+from selectllm_local.selection.picks import (
+    NO_ANSWER,
+    fallback_picks,
+    result_of,
+    tie_key,
+    top_k_tied,
+)
+
+log = logging.getLogger("selectllm_local.selection.rounds")
+
+
+def logprob_round(
+    pending: list[Subset], ctx: Any, emit: Callable[[SubsetResult], None], progress: bool
+) -> None:
+    """Score every pending subset's candidates by label log-probability (``ctx``: selection's
+    ``_Round``); unanswered prompts are retried, then fall back (``picks.fallback_picks``)."""
+    assert ctx.labels is not None
+    n_labels, perms = len(ctx.labels), ctx.cfg.permutations
+    jobs: list[tuple[Subset, list[int]]] = []  # (subset, display positions shown, 0-based)
+    expected: dict[int, int] = {}  # counted while appending: linear in the number of jobs
+    job_ids: dict[int, list[int]] = {s.id: [] for s in pending}
+    for s in pending:
+        n = len(s.candidates)
+        n_chunks = math.ceil(n / n_labels)
+        bounds = [round(j * n / n_chunks) for j in range(n_chunks + 1)]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            chunk = list(range(a, b))
+            shifts = min(perms, len(chunk)) if perms else len(chunk)  # 0: every shift
+            for p in range(shifts):
+                shift = (p * len(chunk)) // shifts
+                job_ids[s.id].append(len(jobs))
+                jobs.append((s, chunk[shift:] + chunk[:shift]))
+                expected[s.id] = expected.get(s.id, 0) + 1
+    prompts, labels, sizes = [], [], []
+    ctx.prepare(pending)
+    for s, order in jobs:
+        shown = Subset(
+            s.id, [s.candidates[i] for i in order], s.k, [s.clusters[i] for i in order], s.round
+        )
+        prompt, size = ctx.render_sized(shown, ctx.labels[: len(order)])
+        prompts.append(prompt)
+        sizes.append(size)
+        labels.append(ctx.labels[: len(order)])
+    scores_by_job: dict[int, list[float]] = {}
+    tries = {s.id: 0 for s in pending}
+    t0 = time.perf_counter()
+    by_id = {s.id: s for s in pending}
+
+    def finish(s: Subset) -> None:
+        sums: list[list[float]] = [[] for _ in s.candidates]
+        ptoks = 0
+        for j in job_ids[s.id]:
+            for pos, sc in zip(jobs[j][1], scores_by_job[j], strict=True):
+                sums[pos].append(sc)
+            ptoks += sizes[j]
+        avg = [math.fsum(v) / len(v) for v in sums]  # order-free: shifts tie exactly
+        keys = [tie_key(ctx.cfg.seed, ctx.items[i].uid) for i in s.candidates]
+        top = top_k_tied(avg, s.k, keys)
+        if top.tie_rule:
+            log.debug("subset %d: margin %.2g, decided by the tie rule", s.id, top.margin)
+        emit(
+            result_of(
+                s,
+                [j + 1 for j in top.chosen],
+                raw=[],
+                attempts=tries[s.id],
+                fallback=False,
+                errors=[NO_ANSWER] * (tries[s.id] - expected[s.id]),
+                prompt_tokens=ptoks,
+                output_tokens=expected[s.id],
+                seconds=round(time.perf_counter() - t0, 4),
+                scores=[round(x, 6) for x in avg],
+                margin=None if top.margin is None else round(top.margin, 9),
+                tie_rule=top.tie_rule,
+            )
+        )
+
+    seen: Counter[int] = Counter()
+    todo = list(range(len(jobs)))
+    for _attempt in range(ctx.cfg.retries + 1):
+        if not todo:
+            break
+        batch = list(todo)
+        for j in batch:
+            tries[jobs[j][0].id] += 1
+
+        def on_output(i: int, scores: list[float], batch: list[int] = batch) -> None:
+            j = batch[i]
+            s = jobs[j][0]
+            norm = max(scores)
+            logz = norm + math.log(math.fsum(math.exp(x - norm) for x in scores))
+            scores_by_job[j] = [sc - logz for sc in scores]
+            seen[s.id] += 1
+            if seen[s.id] == expected[s.id]:
+                finish(s)
+
+        ctx.backend.score_labels(
+            [prompts[j] for j in batch],
+            [labels[j] for j in batch],
+            progress=progress,
+            on_output=on_output,
+        )
+        todo = [j for j in batch if j not in scores_by_job]
+        if todo:
+            log.info("%d of %d label-scoring prompts got no answer", len(todo), len(batch))
+    for sid in sorted({jobs[j][0].id for j in todo}):  # never answered: documented fallback
+        s = by_id[sid]
+        positions = fallback_picks(s, [], ctx.cfg.seed)
+        log.warning(
+            "subset %d (round %d): the backend never scored it in %d attempts; fallback picks %s",
+            s.id,
+            s.round,
+            ctx.cfg.retries + 1,
+            positions,
+        )
+        emit(
+            result_of(
+                s,
+                positions,
+                raw=[],
+                attempts=ctx.cfg.retries + 1,
+                fallback=True,
+                errors=[NO_ANSWER] * (ctx.cfg.retries + 1),
+            )
+        )
