@@ -9,3 +9,30 @@ functions that need them, so importing this package and running ``selectllm --he
 """
 
 __version__ = "0.1.0"
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers; at run time ``__getattr__`` imports them on first use
+    from selectllm_local.api import baseline, evaluate, finetune, plan, select
+    from selectllm_local.errors import UserError
+
+# The Python API (``selectllm_local/api.py``): imported on first use (PEP 562), so importing the
+# package stays instant and works on a core install.
+_API = ("plan", "select", "baseline", "finetune", "evaluate")
+__all__ = ["UserError", "__version__", "baseline", "evaluate", "finetune", "plan", "select"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from selectllm_local import api
+
+        return getattr(api, name)
+    if name == "UserError":
+        from selectllm_local.errors import UserError
+
+        return UserError
+    raise AttributeError(f"module 'selectllm_local' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API, "UserError"])
