@@ -148,4 +148,40 @@ def test_the_readme_example_runs(tmp_path: Path, smollm2_dir: Path) -> None:
     assert all(c["instruction"] in instructions for c in chosen)
     (random_file,) = [p for p in run.rglob("selected.jsonl") if "random" in str(p)]
     assert n_lines(random_file) == budget
-    assert "clusters; selected" in proc.stdout
+    assert "clusters" in proc.stdout and "selected [" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (OSError(28, "No space left on device"), "run-here"),  # names the run directory
+        (ModuleNotFoundError("No module named 'vllm'", name="vllm"), "vllm"),  # names the extra
+    ],
+)
+def test_a_full_disk_or_a_missing_extra_becomes_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: Exception, message: str
+) -> None:
+    from selectllm_local.run import pipeline
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(pipeline, "plan_run", fail)  # the conversion is what is tested
+    with pytest.raises(UserError, match=message) as caught:
+        api.plan(pool=small_pool(tmp_path, 10), budget=2, run_dir=tmp_path / "run-here")
+    assert caught.value.__cause__ is raised
+
+
+def test_a_bug_is_not_disguised_as_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selectllm_local.run import pipeline
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise ModuleNotFoundError(
+            "No module named 'selectllm_local.gone'", name="selectllm_local.gone"
+        )
+
+    monkeypatch.setattr(pipeline, "plan_run", fail)
+    with pytest.raises(ModuleNotFoundError):
+        api.plan(pool=small_pool(tmp_path, 10), budget=2, run_dir=tmp_path / "r")
