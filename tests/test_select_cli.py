@@ -111,7 +111,7 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(
     cfg = SelectConfig.of(pool=pool, budget=40, model=str(tiny_model_dir), backend="vllm", n_clusters=8,
                        max_model_len=4096, run_dir=tmp_path / "whole")  # fmt: skip
     whole = select_run(cfg, backend=vllm_backend, progress=False)
-    assert whole.summary["counts"]["sent_this_run"] == total
+    assert whole.summary.counts.sent_this_run == total
     assert whole.selected == resumed
 
 
