@@ -128,6 +128,8 @@ class SubsetResult:
     # tolerance, so the seeded tie rule chose (``picks.top_k_tied``)
     margin: float | None = None
     tie_rule: bool = False
+    # the stable name of each error in ``errors``, set where it was found (``selection.parse``)
+    error_kinds: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -138,7 +140,28 @@ class SubsetResult:
     def from_dict(cls, d: dict[str, Any]) -> SubsetResult:
         d = dict(d)
         d["reasons"] = {int(k): v for k, v in d.get("reasons", {}).items()}
+        if len(d.get("error_kinds", [])) != len(d.get("errors", [])):  # written before kinds
+            d["error_kinds"] = [_legacy_error_kind(e) for e in d.get("errors", [])]
         return cls(**d)
+
+
+def _legacy_error_kind(message: str) -> str:
+    """The kind of an error in a ``responses.jsonl`` line written before kinds were recorded:
+    read from the message, whose wording that code fixed (new lines carry ``error_kinds``)."""
+    for prefix, kind in (
+        ("empty", "empty"),
+        ("no identifiers", "no_ids"),
+        ("id 0", "zero"),
+        ("id out of range", "out_of_range"),
+        ("duplicate", "duplicate"),
+        ("too few", "too_few"),
+        ("too many", "too_many"),
+        ("not an integer", "not_integer"),
+        ("no answer", "no_answer"),
+    ):
+        if message.startswith(prefix):
+            return kind
+    return "other"
 
 
 # -- summaries: what a run reports (summary.json, plan_summary.json and ``--json``) ----------
