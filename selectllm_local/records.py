@@ -338,3 +338,24 @@ class SelectSummary:
         d = _plain(self)
         d["counts"] = self.counts.to_dict()
         return d
+
+
+@dataclass
+class BaselineSummary:
+    """A baseline's ``summary.json`` and ``baseline --json``."""
+
+    OPTIONAL = ("ifd",)
+
+    method: str
+    pool: int
+    budget: int
+    selected: int
+    seed: int
+    options: dict[str, str]
+    scorer: str | None
+    seconds: float
+    files: dict[str, str]
+    ifd: dict[str, Any] | None = None  # the likelihood baselines: how the IFD scores came out
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)

@@ -199,7 +199,7 @@ def _diagnostic_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, st
 
 def baseline_text(outcome: Any) -> str:
     return (
-        f"{outcome.name}: selected {len(outcome.indices)} of {outcome.summary['pool']} "
+        f"{outcome.name}: selected {len(outcome.indices)} of {outcome.summary.pool} "
         f"instructions -> {outcome.out_dir / 'selected.jsonl'}"
     )
 

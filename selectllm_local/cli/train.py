@@ -49,4 +49,4 @@ def evaluate(cfg: EvaluateCommand, *, json_out: bool) -> None:
         config=cfg.evaluate,
         progress=show_progress(json_out),
     )
-    emit(outcome.summary(), json_out, lambda: summaries.evaluate_text(outcome))
+    emit(outcome.to_dict(), json_out, lambda: summaries.evaluate_text(outcome))

@@ -78,7 +78,7 @@ class ExperimentOutcome:
     plot: Path | None = None
     seconds: float = 0.0
 
-    def summary(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """What ``--json`` prints: the cells and where the results are."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
