@@ -49,7 +49,7 @@ def _measure(cfg: Any, backend: Any, repeats: int) -> list[dict[str, Any]]:
         s = select_run(cfg, backend=backend, progress=False, report=False).summary
         out.append({"prompts": s.counts.prompts_sent_this_run,
                     "engine_s": s.seconds["engine"],
-                    "prompts_per_s": s.throughput["prompts_per_s"]})  # fmt: skip
+                    "prompts_per_s": s.throughput.prompts_per_s})  # fmt: skip
     return out
 
 

@@ -309,6 +309,25 @@ class SelectionCounts:
 
 
 @dataclass
+class TokenCounts:
+    """Tokens the engine read and wrote in this run (its counters' change)."""
+
+    prompt: int
+    output: int
+    cached_prompt: int
+    padding: int
+
+
+@dataclass
+class Throughput:
+    """Rates over the engine's own seconds; None when it reported none (no call made)."""
+
+    prompts_per_s: float | None
+    prompt_tokens_per_s: float | None
+    output_tokens_per_s: float | None
+
+
+@dataclass
 class SelectSummary:
     """``summary.json`` and ``select --json``: what the selection did, cost and wrote."""
 
@@ -328,8 +347,8 @@ class SelectSummary:
     kmeans_device: str
     counts: SelectionCounts
     position_bias: dict[str, Any] | None
-    tokens_this_run: dict[str, int]
-    throughput: dict[str, float | None]
+    tokens_this_run: TokenCounts
+    throughput: Throughput
     seconds: dict[str, float]
     files: dict[str, str]
     ray: dict[str, Any] | None = None
@@ -356,6 +375,23 @@ class BaselineSummary:
     seconds: float
     files: dict[str, str]
     ifd: dict[str, Any] | None = None  # the likelihood baselines: how the IFD scores came out
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+@dataclass
+class FinetuneSummary:
+    """``finetune --json``: the adapter, the training log, and how training went (when this
+    process trained; the numbers come from ``train_summary.json``)."""
+
+    OPTIONAL = ("train_loss", "optimizer_steps", "seconds")
+
+    adapter: str
+    train_log: str
+    train_loss: float | None = None
+    optimizer_steps: int | None = None
+    seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)

@@ -43,3 +43,22 @@ def test_an_answer_log_without_kinds_still_counts_its_errors() -> None:
     counts = SelectionCounts.from_dict(count_results([r]))
     assert counts.errors == {"empty": 1, "no_answer": 1, "out_of_range": 1}
     assert counts.fallback == 1 and counts.ties is None and "ties" not in counts.to_dict()
+
+
+def test_finetune_summary_reports_the_trainer_only_when_it_ran(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from selectllm_local.training.finetune import finetune_summary
+
+    adapter = tmp_path / "adapter"
+    bare = finetune_summary(tmp_path, adapter)
+    assert bare.to_dict() == {
+        "adapter": str(adapter),
+        "train_log": str(tmp_path / "train_log.jsonl"),
+    }
+    (tmp_path / "train_summary.json").write_text(
+        json.dumps({"train_loss": 1.5, "optimizer_steps": 3, "seconds": 2.0, "other": 1})
+    )
+    done = finetune_summary(tmp_path, adapter).to_dict()
+    assert list(done) == ["adapter", "train_log", "train_loss", "optimizer_steps", "seconds"]
+    assert done["train_loss"] == 1.5 and done["optimizer_steps"] == 3

@@ -14,11 +14,11 @@ import pytest
 from conftest import EXAMPLE_POOL, HANG_GUARD
 
 from selectllm_local.errors import UserError
-from selectllm_local.run.store import LOCK_FILE, run_lock
+from selectllm_local.run.lock import LOCK_FILE, run_lock
 
 HOLD = """
 import sys, time
-from selectllm_local.run.store import run_lock
+from selectllm_local.run.lock import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
     while True:  # held until the test kills this process, however slow the machine is

@@ -9,6 +9,7 @@ loaded, and reports ``summary.json``'s seconds per stage plus our code's share o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Sequence
@@ -87,7 +88,7 @@ def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str
         "rows": min(len(items), cfg.subsets * cfg.candidates),
         "subsets": s.counts.subsets,
         "seconds": seconds,
-        "tokens": s.tokens_this_run,
-        "throughput": s.throughput,
+        "tokens": dataclasses.asdict(s.tokens_this_run),
+        "throughput": dataclasses.asdict(s.throughput),
         "plan_reused": bool(cfg.stages_dir),
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from selectllm_local.records import PlanSummary, TieCounts
+    from selectllm_local.records import FinetuneSummary, PlanSummary, TieCounts
     from selectllm_local.run.pipeline import SelectOutcome
 
 
@@ -80,8 +80,8 @@ def select_text(outcome: SelectOutcome) -> str:
     s = outcome.summary
     c, tp, tokens = s.counts, s.throughput, s.tokens_this_run
     rate = (
-        f"; {tp['prompts_per_s']} prompts/s, {tp['prompt_tokens_per_s']} prompt tokens/s"
-        if tp.get("prompts_per_s") is not None
+        f"; {tp.prompts_per_s} prompts/s, {tp.prompt_tokens_per_s} prompt tokens/s"
+        if tp.prompts_per_s is not None
         else ""
     )
     lines = [
@@ -90,7 +90,7 @@ def select_text(outcome: SelectOutcome) -> str:
         *([s.note] if s.note else []),
         f"Subsets: {c.subsets} ({c.no_call} needed no call, {c.resumed} resumed), "
         f"valid first try {c.valid_first_try}, retried {c.retried}, fallback {c.fallback}.",
-        f"Tokens this run: {tokens['prompt']} prompt, {tokens['output']} output{rate}. "
+        f"Tokens this run: {tokens.prompt} prompt, {tokens.output} output{rate}. "
         f"Total {s.seconds['total']} s.",
         *_ray_lines(s.ray),
         *_tie_lines(c.ties),
@@ -211,14 +211,14 @@ def split_text(outcome: Any) -> str:
     )
 
 
-def finetune_text(result: dict[str, Any]) -> str:
+def finetune_text(s: FinetuneSummary) -> str:
     trained = ""
-    if result.get("train_loss") is not None:
+    if s.train_loss is not None:
         trained = (
-            f"trained {result.get('optimizer_steps')} steps in {result.get('seconds', 0):.0f} s, "
-            f"final train loss {result['train_loss']:.4f}; "
+            f"trained {s.optimizer_steps} steps in {s.seconds or 0:.0f} s, "
+            f"final train loss {s.train_loss:.4f}; "
         )
-    return f"{trained}adapter written to {result['adapter']}; training log {result['train_log']}"
+    return f"{trained}adapter written to {s.adapter}; training log {s.train_log}"
 
 
 def evaluate_text(outcome: Any) -> str:

@@ -95,7 +95,7 @@ def run_experiment(
     ``max_cells`` stops after that many cells have been *run* in this call (finished cells that
     are skipped do not count), which is how a long experiment can be run in slices.
     """
-    from selectllm_local.run.store import run_lock
+    from selectllm_local.run.lock import run_lock
 
     cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates everything
     with run_lock(cfg.run_dir):  # two experiments on one folder would redo each other's cells

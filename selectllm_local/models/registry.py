@@ -278,7 +278,7 @@ def fetch_model(name: str, *, cache: Path | None = None, download: bool = True) 
 def cache_lock(cache: Path) -> Iterator[None]:
     """Hold ``cache/.fetch.lock`` (an exclusive ``flock``), waiting for another holder to finish.
 
-    Unlike a run's lock (``runstore.run_lock``, which refuses a second run at once), a fetch
+    Unlike a run's lock (``run.lock.run_lock``, which refuses a second run at once), a fetch
     waits: the other process is getting the very files this one needs. The kernel drops the
     lock when its holder dies, however it dies.
     """

@@ -112,9 +112,9 @@ def default_k(n: int, budget: int, *, max_k: int) -> int:
 
 def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
     """Stages 1-5: pool -> embeddings -> balanced clusters -> subsets with exact pick counts."""
-    from selectllm_local.run.store import run_lock
+    from selectllm_local.run.lock import run_lock
 
-    with run_lock(cfg.resolved_run_dir):  # one run per folder (runstore.run_lock)
+    with run_lock(cfg.resolved_run_dir):  # one run per folder (run.lock)
         return _plan_run(cfg, progress=progress)
 
 
@@ -288,7 +288,7 @@ def select_run(
 
     ``report`` writes ``report.html`` into the run directory once the selection is saved (every
     caller, ``select --json`` included, gets it; benchmarks turn it off)."""
-    from selectllm_local.run.store import run_lock
+    from selectllm_local.run.lock import run_lock
 
     check_writable(cfg.plan.resolved_run_dir)
     with run_lock(cfg.plan.resolved_run_dir):  # a run in use is named before anything else

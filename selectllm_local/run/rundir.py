@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectllm_local.errors import UserError
-from selectllm_local.records import Plan, PoolItem, PoolStats
+from selectllm_local.records import Plan, PoolItem, PoolStats, Throughput, TokenCounts
 from selectllm_local.run.store import (
     RunStore,
     atomic_path,
@@ -233,6 +233,15 @@ def write_extra_format(fmt: str, rows: list[dict[str, Any]], store: RunStore) ->
 
 
 def engine_usage(delta: dict[str, Any], prompts: int) -> dict[str, Any]:
+    """``tokens_this_run`` and ``throughput`` of a summary (typed) from the engine's counters."""
+    usage = _engine_usage(delta, prompts)
+    return {
+        "tokens_this_run": TokenCounts(**usage["tokens_this_run"]),
+        "throughput": Throughput(**usage["throughput"]),
+    }
+
+
+def _engine_usage(delta: dict[str, Any], prompts: int) -> dict[str, Any]:
     """``tokens_this_run`` and ``throughput`` of a summary from the engine's counter deltas;
     rates are None when the engine reported no time (no LLM call, or an engine that keeps none)."""
     secs = float(delta.get("engine_seconds", 0.0))

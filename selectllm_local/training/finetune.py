@@ -28,7 +28,7 @@ from typing import Any
 
 from selectllm_local.config import FinetuneConfig
 from selectllm_local.errors import UserError, expected_failure
-from selectllm_local.records import PoolItem
+from selectllm_local.records import FinetuneSummary, PoolItem
 from selectllm_local.training.lora import train_lora
 from selectllm_local.training.trainset import (
     as_example,
@@ -180,6 +180,20 @@ def finetune_in_subprocess(
             f"{out / 'finetune.log'}:\n" + "\n".join(tail)
         )
     return out / "adapter"
+
+
+def finetune_summary(out_dir: Path, adapter: Path) -> FinetuneSummary:
+    """What ``finetune`` reports: the adapter and log, and the trainer's numbers when it ran."""
+    from selectllm_local.run.store import read_json
+
+    summary = FinetuneSummary(adapter=str(adapter), train_log=str(out_dir / "train_log.jsonl"))
+    trained = out_dir / "train_summary.json"
+    if trained.exists():
+        s = read_json(trained)
+        summary.train_loss = s.get("train_loss")
+        summary.optimizer_steps = s.get("optimizer_steps")
+        summary.seconds = s.get("seconds")
+    return summary
 
 
 def finetune_run(
