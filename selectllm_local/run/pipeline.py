@@ -33,6 +33,7 @@ from selectllm_local.records import (
     Subset,
     SubsetSummary,
 )
+from selectllm_local.run import answers
 from selectllm_local.run.answers import SelectionInterrupted
 from selectllm_local.run.preflight import Ready, check_writable, preflight
 from selectllm_local.run.rundir import environment, load_pool_stage
@@ -309,8 +310,6 @@ def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool
     closed at the end. Finished subsets are appended to ``responses.jsonl`` as they finish; a
     re-run with the same configuration (same hash) asks the LLM only about the others.
     """
-    from selectllm_local.run import answers
-
     seconds: dict[str, float] = {}
     with timed() as total:
         template = answers.template_of(cfg)
