@@ -62,6 +62,6 @@ def test_lock_of_a_killed_process_is_taken_over(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=HANG_GUARD)
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == proc.pid  # left behind
-    with caplog.at_level("INFO", logger="selectllm_local.run.store"), run_lock(run_dir):
+    with caplog.at_level("INFO", logger="selectllm_local.run.lock"), run_lock(run_dir):
         assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert f"left by process {proc.pid}" in caplog.text
