@@ -1,5 +1,5 @@
 """Write ``run/``: a plan + select run directory made by the code of commit b8dc753 (before the
-run bookkeeping moved into ``RunStore.cached``), for ``tests/test_runstore.py``'s check that an
+run bookkeeping moved into ``RunStore.cached``), for ``tests/run/test_run_bookkeeping.py``'s check that an
 old run directory is still finished. Run from a checkout of that commit:
 
     git worktree add /tmp/old b8dc753
