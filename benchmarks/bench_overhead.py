@@ -206,11 +206,11 @@ def _fixed_run(cfg: Any, backend: Any, run_dir: Path) -> tuple[float, float, int
     for name in ("responses.jsonl", "selected.jsonl", "summary.json"):
         (run_dir / name).unlink(missing_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    out = select_run(cfg, backend=backend, progress=False)
+    out = select_run(cfg, backend=backend, progress=False, report=False)
     return (
         time.perf_counter() - t0,
         time.process_time() - c0,
-        out.summary["counts"]["prompts_sent_this_run"],
+        out.summary.counts.prompts_sent_this_run,
     )
 
 

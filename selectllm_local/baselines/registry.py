@@ -35,7 +35,7 @@ import numpy as np
 
 from selectllm_local.baselines.perplexity import ANSWER_TOKENS, answer_perplexities, perplexities
 from selectllm_local.errors import UserError
-from selectllm_local.records import Plan, PoolItem
+from selectllm_local.records import BaselineSummary, Plan, PoolItem
 from selectllm_local.run.rundir import item_record
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,7 @@ class BaselineOutcome:
     name: str
     out_dir: Path
     indices: list[int]
-    summary: dict[str, Any]
+    summary: BaselineSummary
 
 
 def baseline_run(
@@ -425,21 +425,21 @@ def baseline_run(
             item_record(items[idx], idx, method=name + variant, rank=rank, cluster=cluster, **extra)
         )
     write_jsonl(out / "selected.jsonl", rows)
-    summary = {
-        "method": name + variant,
-        "pool": len(items),
-        "budget": cfg.budget,
-        "selected": len(picks),
-        "seed": cfg.seed,
-        "options": {k: str(v) for k, v in opts.items()},
-        "scorer": str(scorer) if scorer is not None and not callable(scorer) else None,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "files": {"selected": str(out / "selected.jsonl")},
-    }
+    summary = BaselineSummary(
+        method=name + variant,
+        pool=len(items),
+        budget=cfg.budget,
+        selected=len(picks),
+        seed=cfg.seed,
+        options={k: str(v) for k, v in opts.items()},
+        scorer=str(scorer) if scorer is not None and not callable(scorer) else None,
+        seconds=round(time.perf_counter() - t0, 3),
+        files={"selected": str(out / "selected.jsonl")},
+    )
     if likely is not None:
-        summary["ifd"] = likely.summary()
-        summary["scorer"] = likely.model
-    write_json(out / "summary.json", summary)
+        summary.ifd = likely.summary()
+        summary.scorer = likely.model
+    write_json(out / "summary.json", summary.to_dict())
     return BaselineOutcome(name=name + variant, out_dir=out, indices=picks, summary=summary)
 
 

@@ -28,6 +28,7 @@ def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str
     With ``cfg.tokenizer == "pool"`` the model gets a tokenizer trained on ``items``' text.
     """
     from selectllm_local.models import random_weights as tinymodel
+    from selectllm_local.run.store import build_once
 
     if cfg.model:
         from selectllm_local.models.registry import resolve_model_path
@@ -42,11 +43,8 @@ def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str
         )
     tag = f"-tok-{Path(str(cfg.pool)).stem}" if cfg.tokenizer == "pool" else ""
     out = Path(cfg.cache_dir) / f"{cfg.shape}-seed{cfg.seed}{tag}"
-    if not (out / "selectllm_model.json").is_file():
-        import shutil
 
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+    def build(tmp: Path) -> None:
         log.info("building a random-weight %s model in %s (once; cached)", cfg.shape, out)
         tinymodel.build_random_model(tmp, cfg.shape, seed=cfg.seed, dtype="bfloat16")
         if cfg.tokenizer == "pool":
@@ -55,8 +53,8 @@ def prepare_model(cfg: BenchConfig, items: Sequence[PoolItem] = ()) -> tuple[str
             texts = [f"{prompting.candidate_text(it)}\n{it.output or ''}" for it in items]
             texts += [p.read_text("utf-8") for p in prompting.prompts_dir().rglob("*.*")] * 50
             train_pool_tokenizer(tmp, texts)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+
+    build_once(out, build, done=lambda p: (p / "selectllm_model.json").is_file())
     return str(out), model_shape(out)
 
 

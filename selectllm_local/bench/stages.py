@@ -9,6 +9,7 @@ loaded, and reports ``summary.json``'s seconds per stage plus our code's share o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Sequence
@@ -78,16 +79,16 @@ def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str
             for name in ("responses.jsonl", "selected.jsonl", "summary.json"):
                 (run_dir / name).unlink(missing_ok=True)
         sel = stages_config(cfg, items, run_dir, backend.name, backend.model_path)
-        out = select_run(sel, backend=backend, progress=False)
+        out = select_run(sel, backend=backend, progress=False, report=False)
     s = out.summary
-    seconds = dict(s["seconds"])
+    seconds = dict(s.seconds)
     seconds["our_code_in_select"] = round(max(0.0, seconds["select"] - seconds["engine"]), 3)
     seconds["model_load"] = float(backend.stats.get("startup_seconds", 0.0))
     return {
         "rows": min(len(items), cfg.subsets * cfg.candidates),
-        "subsets": s["counts"]["subsets"],
+        "subsets": s.counts.subsets,
         "seconds": seconds,
-        "tokens": s["tokens_this_run"],
-        "throughput": s["throughput"],
+        "tokens": dataclasses.asdict(s.tokens_this_run),
+        "throughput": dataclasses.asdict(s.throughput),
         "plan_reused": bool(cfg.stages_dir),
     }

@@ -32,7 +32,7 @@ def experiment(cfg: ExperimentCommand, *, json_out: bool) -> None:
     outcome = run_experiment(
         cfg.config, run_dir=cfg.run_dir, max_cells=cfg.max_cells, progress=show_progress(json_out)
     )
-    emit(outcome.summary(), json_out, lambda: summaries.experiment_text(outcome))
+    emit(outcome.to_dict(), json_out, lambda: summaries.experiment_text(outcome))
 
 
 @command(app, ReportCommand)

@@ -13,8 +13,8 @@ def plan(cfg: PlanConfig, *, json_out: bool) -> None:
     from selectllm_local.cli import summaries
     from selectllm_local.run.pipeline import plan_run
 
-    summary = plan_run(cfg, progress=show_progress(json_out)).summary()
-    emit(summary, json_out, lambda: summaries.plan_text(summary))
+    summary = plan_run(cfg, progress=show_progress(json_out)).summary
+    emit(summary.to_dict(), json_out, lambda: summaries.plan_text(summary))
 
 
 @command(app, SelectConfig)
@@ -24,7 +24,7 @@ def select(cfg: SelectConfig, *, json_out: bool) -> None:
     from selectllm_local.run.pipeline import select_run
 
     outcome = select_run(cfg, progress=show_progress(json_out))
-    emit(outcome.summary, json_out, lambda: summaries.select_text(outcome))
+    emit(outcome.summary.to_dict(), json_out, lambda: summaries.select_text(outcome))
 
 
 @command(app, BaselineCommand)
@@ -54,7 +54,7 @@ def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
         progress=show_progress(json_out),
         **cfg.baseline.options(cfg.name),
     )
-    emit(outcome.summary, json_out, lambda: summaries.baseline_text(outcome))
+    emit(outcome.summary.to_dict(), json_out, lambda: summaries.baseline_text(outcome))
 
 
 @command(app, SplitConfig)
@@ -72,4 +72,4 @@ def split(cfg: SplitConfig, *, json_out: bool) -> None:
         fields=FieldMap(cfg.instruction_field, cfg.input_field, cfg.output_field),
         skip_bad_rows=cfg.skip_bad_rows,
     )
-    emit(outcome.summary(), json_out, lambda: summaries.split_text(outcome))
+    emit(outcome.to_dict(), json_out, lambda: summaries.split_text(outcome))

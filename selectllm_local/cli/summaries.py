@@ -6,7 +6,11 @@ never disagree. Nothing here prints; the CLI does.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from selectllm_local.records import FinetuneSummary, PlanSummary, TieCounts
+    from selectllm_local.run.pipeline import SelectOutcome
 
 
 def _table(title: str, rows: list[tuple[str, Any]]):  # noqa: ANN202 - rich type
@@ -20,115 +24,100 @@ def _table(title: str, rows: list[tuple[str, Any]]):  # noqa: ANN202 - rich type
     return t
 
 
-def plan_text(s: dict[str, Any]) -> Any:
+def plan_text(s: PlanSummary) -> Any:
     """Pool, embeddings and clusters, and the prompt plan of a ``plan_run`` summary."""
     from rich.console import Group
 
-    parts: list[Any] = []
-    pool, emb, cl, sub, tok = (
-        s["pool"],
-        s["embeddings"],
-        s["clusters"],
-        s["subsets"],
-        s["prompt_tokens_estimate"],
-    )
-    parts.append(
+    pool, emb, cl, sub, tok = s.pool, s.embeddings, s.clusters, s.subsets, s.prompt_tokens_estimate
+    rounds = sub.rounds_expected
+    return Group(
         _table(
             "Pool",
             [
-                ("file", f"{pool['path']} ({pool['format']}, schema: {pool['schema']})"),
-                ("rows read", pool["rows_read"]),
-                ("kept", pool["kept"]),
+                ("file", f"{pool.path} ({pool.format}, schema: {pool.schema})"),
+                ("rows read", pool.rows_read),
+                ("kept", pool.kept),
                 (
                     "dropped",
-                    f"{pool['duplicates_dropped']} duplicates, {pool['empty_dropped']} empty, "
-                    f"{pool['bad_rows_skipped']} bad rows skipped",
+                    f"{pool.duplicates_dropped} duplicates, {pool.empty_dropped} empty, "
+                    f"{pool.bad_rows_skipped} bad rows skipped",
                 ),
             ],
-        )
-    )
-    parts.append(
+        ),
         _table(
             "Embeddings and clusters",
             [
-                ("embedder", f"{emb['model']} (dim {emb['dim']})"),
-                ("embeddings", "reused from cache" if emb["cached"] else "computed and cached"),
-                ("K (clusters = candidates per prompt)", cl["k"]),
-                ("cluster sizes", f"{cl['min_size']}..{cl['max_size']}"),
+                ("embedder", f"{emb.model} (dim {emb.dim})"),
+                ("embeddings", "reused from cache" if emb.cached else "computed and cached"),
+                ("K (clusters = candidates per prompt)", cl.k),
+                ("cluster sizes", f"{cl.min_size}..{cl.max_size}"),
             ],
-        )
-    )
-    rounds = sub["rounds_expected"]
-    parts.append(
+        ),
         _table(
             "Prompt plan",
             [
-                ("layout", sub["layout"]),
-                ("subsets (prompts)", sub["count"]),
-                ("candidates per subset", f"{sub['candidates_min']}..{sub['candidates_max']}"),
-                (
-                    "picks per subset",
-                    f"{sub['picks_min']}..{sub['picks_max']} (total {sub['picks_total']})",
-                ),
-                ("budget", s["budget"]),
+                ("layout", sub.layout),
+                ("subsets (prompts)", sub.count),
+                ("candidates per subset", f"{sub.candidates_min}..{sub.candidates_max}"),
+                ("picks per subset", f"{sub.picks_min}..{sub.picks_max} (total {sub.picks_total})"),
+                ("budget", s.budget),
                 ("rounds", "1" if rounds == 1 else f"{rounds} (tournament: budget < subsets)"),
-                ("subsets needing no LLM call", sub["subsets_needing_no_call"]),
+                ("subsets needing no LLM call", sub.subsets_needing_no_call),
                 (
                     "prompt tokens (round one)",
                     f"{tok.get('total', 0):,} in {tok.get('prompts', 0)} prompts, "
                     f"max {tok.get('max_per_prompt', 0):,} per prompt ({tok.get('method', '')})",
                 ),
             ],
-        )
+        ),
+        f"[dim]Run directory: {s.run_dir}  "
+        f"({', '.join(f'{k} {v:.1f}s' for k, v in s.seconds.items())})[/]",
     )
-    secs = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items())
-    parts.append(f"[dim]Run directory: {s['run_dir']}  ({secs})[/]")
-    return Group(*parts)
 
 
-def select_text(outcome: Any) -> str:
-    """Counts, tokens and files of a ``select_run`` outcome; renders the HTML report on the way."""
-    from selectllm_local.review.report import render_report
-
+def select_text(outcome: SelectOutcome) -> str:
+    """Counts, tokens, files and report of a ``select_run`` outcome (the run wrote them all)."""
     s = outcome.summary
-    c, tp = s["counts"], s["throughput"]
+    c, tp, tokens = s.counts, s.throughput, s.tokens_this_run
+    rate = (
+        f"; {tp.prompts_per_s} prompts/s, {tp.prompt_tokens_per_s} prompt tokens/s"
+        if tp.prompts_per_s is not None
+        else ""
+    )
     lines = [
-        f"Selected [bold]{s['selected']}[/] of {s['pool']} instructions "
-        f"({s['rounds']} round(s), backend {s['backend']}, mode {s['mode']}).",
-        *([s["note"]] if s.get("note") else []),
-        f"Subsets: {c['subsets']} ({c['no_call']} needed no call, {c['resumed']} resumed), "
-        f"valid first try {c['valid_first_try']}, retried {c['retried']}, fallback {c['fallback']}.",
-        f"Tokens this run: {s['tokens_this_run']['prompt']} prompt, "
-        f"{s['tokens_this_run']['output']} output"
-        + (
-            f"; {tp['prompts_per_s']} prompts/s, {tp['prompt_tokens_per_s']} prompt tokens/s"
-            if tp.get("prompts_per_s") is not None
-            else ""
-        )
-        + f". Total {s['seconds']['total']} s.",
-        *(
-            [
-                f"Ray: {s['ray']['actors']} actors, {s['ray']['shards']} shards, "
-                f"{s['ray']['shards_requeued']} re-queued, {s['ray']['actor_restarts']} actor "
-                "restarts."
-            ]
-            if s.get("ray")
-            else []
-        ),
-        *(
-            [
-                f"Near-ties: {c['ties']['decided_by_tie_rule']} of {c['ties']['scored']} scored "
-                f"subsets within {c['ties']['tolerance']:g} nats of the cut, decided by the seeded "
-                f"tie rule; smallest margin {c['ties']['min_margin']:.2g}."
-            ]
-            if c.get("ties")
-            else []
-        ),
-        *_position_markup(s.get("position_bias"), s.get("llm_called", True)),
+        f"Selected [bold]{s.selected}[/] of {s.pool} instructions "
+        f"({s.rounds} round(s), backend {s.backend}, mode {s.mode}).",
+        *([s.note] if s.note else []),
+        f"Subsets: {c.subsets} ({c.no_call} needed no call, {c.resumed} resumed), "
+        f"valid first try {c.valid_first_try}, retried {c.retried}, fallback {c.fallback}.",
+        f"Tokens this run: {tokens.prompt} prompt, {tokens.output} output{rate}. "
+        f"Total {s.seconds['total']} s.",
+        *_ray_lines(s.ray),
+        *_tie_lines(c.ties),
+        *_position_markup(s.position_bias, s.llm_called),
         f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.",
-        f"Report: {render_report(outcome.run_dir)} (open it in a browser).",
+        *([f"Report: {outcome.report} (open it in a browser)."] if outcome.report else []),
     ]
     return "\n".join(lines)
+
+
+def _ray_lines(ray: dict[str, Any] | None) -> list[str]:
+    if not ray:
+        return []
+    return [
+        f"Ray: {ray['actors']} actors, {ray['shards']} shards, {ray['shards_requeued']} "
+        f"re-queued, {ray['actor_restarts']} actor restarts."
+    ]
+
+
+def _tie_lines(ties: TieCounts | None) -> list[str]:
+    if ties is None:
+        return []
+    return [
+        f"Near-ties: {ties.decided_by_tie_rule} of {ties.scored} scored subsets within "
+        f"{ties.tolerance:g} nats of the cut, decided by the seeded tie rule; smallest margin "
+        f"{ties.min_margin:.2g}."
+    ]
 
 
 def _position_markup(bias: dict[str, Any] | None, llm_called: bool) -> list[str]:
@@ -210,7 +199,7 @@ def _diagnostic_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, st
 
 def baseline_text(outcome: Any) -> str:
     return (
-        f"{outcome.name}: selected {len(outcome.indices)} of {outcome.summary['pool']} "
+        f"{outcome.name}: selected {len(outcome.indices)} of {outcome.summary.pool} "
         f"instructions -> {outcome.out_dir / 'selected.jsonl'}"
     )
 
@@ -222,14 +211,14 @@ def split_text(outcome: Any) -> str:
     )
 
 
-def finetune_text(result: dict[str, Any]) -> str:
+def finetune_text(s: FinetuneSummary) -> str:
     trained = ""
-    if result.get("train_loss") is not None:
+    if s.train_loss is not None:
         trained = (
-            f"trained {result.get('optimizer_steps')} steps in {result.get('seconds', 0):.0f} s, "
-            f"final train loss {result['train_loss']:.4f}; "
+            f"trained {s.optimizer_steps} steps in {s.seconds or 0:.0f} s, "
+            f"final train loss {s.train_loss:.4f}; "
         )
-    return f"{trained}adapter written to {result['adapter']}; training log {result['train_log']}"
+    return f"{trained}adapter written to {s.adapter}; training log {s.train_log}"
 
 
 def evaluate_text(outcome: Any) -> str:

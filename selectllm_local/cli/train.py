@@ -12,7 +12,7 @@ def finetune(cfg: FinetuneCommand, *, json_out: bool) -> None:
     """Fine-tune BASE_MODEL with LoRA / 4-bit QLoRA on selected records (the paper's recipe)."""
     from selectllm_local.cli import summaries
     from selectllm_local.run.preflight import check_writable
-    from selectllm_local.training.finetune import finetune_run
+    from selectllm_local.training.finetune import finetune_run, finetune_summary
 
     check_writable(cfg.out, flag="--out")  # before the model is fetched or trained
     adapter = finetune_run(
@@ -23,14 +23,8 @@ def finetune(cfg: FinetuneCommand, *, json_out: bool) -> None:
         subprocess=cfg.subprocess,
         progress=show_progress(json_out),
     )
-    result = {"adapter": str(adapter), "train_log": str(cfg.out / "train_log.jsonl")}
-    trained = cfg.out / "train_summary.json"
-    if trained.exists():
-        from selectllm_local.run.store import read_json
-
-        s = read_json(trained)
-        result |= {k: s.get(k) for k in ("train_loss", "optimizer_steps", "seconds")}
-    emit(result, json_out, lambda: summaries.finetune_text(result))
+    summary = finetune_summary(cfg.out, adapter)
+    emit(summary.to_dict(), json_out, lambda: summaries.finetune_text(summary))
 
 
 @command(app, EvaluateCommand)
@@ -49,4 +43,4 @@ def evaluate(cfg: EvaluateCommand, *, json_out: bool) -> None:
         config=cfg.evaluate,
         progress=show_progress(json_out),
     )
-    emit(outcome.summary(), json_out, lambda: summaries.evaluate_text(outcome))
+    emit(outcome.to_dict(), json_out, lambda: summaries.evaluate_text(outcome))

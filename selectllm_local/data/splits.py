@@ -94,7 +94,8 @@ class SplitOutcome:
     source_rows: int
     seed: int
 
-    def summary(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """``split.json`` and ``split --json``."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
@@ -132,7 +133,7 @@ def split_run(
     write_json(
         out / "split.json",
         {
-            **outcome.summary(),
+            **outcome.to_dict(),
             "source": str(pool),
             "schema": stats.schema,
             "duplicates_dropped": stats.duplicates,

@@ -349,7 +349,8 @@ class EvalOutcome:
     reused: list[str] = field(default_factory=list)
     """Stages found finished in ``out_dir`` (``resume``): "answers", "reference_nll"."""
 
-    def summary(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """``evaluate --json``."""
         d = asdict(self)
         d["out_dir"] = str(self.out_dir)
         return d

@@ -49,7 +49,17 @@ from selectllm_local.experiment.config import (
     ExperimentConfig,
     load_experiment_config,
 )
-from selectllm_local.run.store import read_json, read_jsonl, stable_hash, write_json, write_jsonl
+from selectllm_local.run.store import (
+    build_once,
+    marker_matches,
+    read_json,
+    read_jsonl,
+    read_marker,
+    stable_hash,
+    write_json,
+    write_jsonl,
+    write_marker,
+)
 from selectllm_local.testhooks import hold_after
 
 log = logging.getLogger(__name__)
@@ -68,7 +78,7 @@ class ExperimentOutcome:
     plot: Path | None = None
     seconds: float = 0.0
 
-    def summary(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """What ``--json`` prints: the cells and where the results are."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
@@ -85,7 +95,7 @@ def run_experiment(
     ``max_cells`` stops after that many cells have been *run* in this call (finished cells that
     are skipped do not count), which is how a long experiment can be run in slices.
     """
-    from selectllm_local.run.store import run_lock
+    from selectllm_local.run.lock import run_lock
 
     cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates everything
     with run_lock(cfg.run_dir):  # two experiments on one folder would redo each other's cells
@@ -112,8 +122,8 @@ def _run_experiment(
     for i, cell in enumerate(shown, 1):
         cell_dir = root / "cells" / cell.name
         key = _cell_key(cfg, cell, pool_path)
-        done = cell_dir / "done.json"
-        if done.exists() and _finished(read_json(done), key, _nll_key(cfg)):
+        done = read_marker(cell_dir / "done.json")
+        if done is not None and _finished(done, key, _nll_key(cfg)):
             outcome.cells_skipped.append(cell.name)
             continue
         if max_cells is not None and len(outcome.cells_run) >= max_cells:
@@ -153,10 +163,10 @@ def _write_pool(cfg: ExperimentConfig) -> Path:
         "experiment pool: %d rows; test rows removed: %s",
         len(rows), ", ".join(f"{k} {v}" for k, v in removed.items()),
     )  # fmt: skip
-    info = {"key": key, "rows": len(rows), "test_rows_removed": removed}
-    if not (path.exists() and marker.exists() and read_json(marker) == info):
+    info = {"rows": len(rows), "test_rows_removed": removed}
+    if not (path.exists() and marker_matches(marker, key, **info)):
         write_jsonl(path, rows)
-        write_json(marker, info)
+        write_marker(marker, key, **info)
     return path
 
 
@@ -175,16 +185,14 @@ def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
         return Path(spec)
     shape = spec.removeprefix("tiny:")
     out = root / "models" / f"{role}-{shape}"
-    if not (out / "selectllm_model.json").exists():
+
+    def build(tmp: Path) -> None:
         from selectllm_local.models.random_weights import build_random_model
 
-        tmp = root / "models" / f".{role}-{shape}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         # float32 for a model that is fine-tuned (CPU training), bfloat16 for a selector.
         build_random_model(tmp, shape, seed=0, dtype="float32" if role == "base" else "bfloat16")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
+
+    return build_once(out, build, done=lambda p: (p / "selectllm_model.json").exists())
 
 
 def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
@@ -251,11 +259,11 @@ def selection_seed(cfg: ExperimentConfig, cell: Cell) -> int:
 def _prepare_cell_dir(cell_dir: Path, key: str) -> None:
     """Keep a cell's finished stages only if they were made with the same key."""
     marker = cell_dir / "cell.json"
-    if cell_dir.exists() and not (marker.exists() and read_json(marker).get("key") == key):
+    if cell_dir.exists() and not marker_matches(marker, key):
         log.info("configuration of %s changed: starting it afresh", cell_dir)
         shutil.rmtree(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"key": key})
+    write_marker(marker, key)
 
 
 # -- one cell ----------------------------------------------------------------------------------

@@ -14,13 +14,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from selectllm_local.errors import UserError
+from selectllm_local.run.store import build_once
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +128,9 @@ def convert_gguf(path: Path | str, *, cache: Path | None = None, dtype: str = "b
     meta = gguf_metadata(path)
     arch = check_architecture(path, meta)
     log.info("converting %s (%s) into %s: once, about a minute", path.name, arch, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     t0 = time.perf_counter()
-    try:
+
+    def build(tmp: Path) -> None:
         _write_hf_folder(path, meta, tmp, dtype=dtype)
         info = {
             "source": path.name,
@@ -144,15 +142,8 @@ def convert_gguf(path: Path | str, *, cache: Path | None = None, dtype: str = "b
         }
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n", "utf-8")
         _usual_modes(tmp)
-        if out.exists():  # a broken leftover or a concurrent conversion
-            shutil.rmtree(out, ignore_errors=True)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not is_converted(out):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_once(out, build, done=is_converted)
     log.info("converted %s in %.0f s", path.name, time.perf_counter() - t0)
     return out
 

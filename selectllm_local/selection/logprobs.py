@@ -24,6 +24,7 @@ from typing import Any
 from selectllm_local.records import Subset, SubsetResult
 from selectllm_local.selection.picks import (
     NO_ANSWER,
+    NO_ANSWER_KIND,
     fallback_picks,
     result_of,
     tie_key,
@@ -90,6 +91,7 @@ def logprob_round(
                 attempts=tries[s.id],
                 fallback=False,
                 errors=[NO_ANSWER] * (tries[s.id] - expected[s.id]),
+                error_kinds=[NO_ANSWER_KIND] * (tries[s.id] - expected[s.id]),
                 prompt_tokens=ptoks,
                 output_tokens=expected[s.id],
                 seconds=round(time.perf_counter() - t0, 4),
@@ -145,5 +147,6 @@ def logprob_round(
                 attempts=ctx.cfg.retries + 1,
                 fallback=True,
                 errors=[NO_ANSWER] * (ctx.cfg.retries + 1),
+                error_kinds=[NO_ANSWER_KIND] * (ctx.cfg.retries + 1),
             )
         )

@@ -44,6 +44,10 @@ class ParseResult:
     error: str | None = None
     reasons: dict[int, str] = field(default_factory=dict)
     salvage: list[int] = field(default_factory=list)
+    kind: str | None = None
+    """The error's stable name for the counts (``summary.json`` ``counts.errors``), set here
+    where the error is found: empty, no_ids, not_integer, zero, out_of_range, duplicate,
+    too_few, too_many."""
 
     @property
     def ok(self) -> bool:
@@ -143,20 +147,30 @@ def validate_ids(raw_ids: list[Any], n_candidates: int, k: int) -> ParseResult:
         if 1 <= iv <= n_candidates and iv not in salvage:
             salvage.append(iv)
     if bad:
-        return ParseResult([], f"not an integer id: {', '.join(bad[:3])}", salvage=salvage)
+        return ParseResult(
+            [], f"not an integer id: {', '.join(bad[:3])}", salvage=salvage, kind="not_integer"
+        )
     if 0 in ints:
-        return ParseResult([], "id 0 given; ids start at 1", salvage=salvage)
+        return ParseResult([], "id 0 given; ids start at 1", salvage=salvage, kind="zero")
     out = sorted({i for i in ints if not 1 <= i <= n_candidates})
     if out:
         shown = ", ".join(map(str, out[:5]))
-        return ParseResult([], f"id out of range 1..{n_candidates}: {shown}", salvage=salvage)
+        return ParseResult(
+            [], f"id out of range 1..{n_candidates}: {shown}", salvage=salvage, kind="out_of_range"
+        )
     if len(set(ints)) != len(ints):
         dup = sorted({i for i in ints if ints.count(i) > 1})
-        return ParseResult([], f"duplicate id: {', '.join(map(str, dup))}", salvage=salvage)
+        return ParseResult(
+            [], f"duplicate id: {', '.join(map(str, dup))}", salvage=salvage, kind="duplicate"
+        )
     if len(ints) < k:
-        return ParseResult([], f"too few ids: {len(ints)} given, {k} asked", salvage=salvage)
+        return ParseResult(
+            [], f"too few ids: {len(ints)} given, {k} asked", salvage=salvage, kind="too_few"
+        )
     if len(ints) > k:
-        return ParseResult([], f"too many ids: {len(ints)} given, {k} asked", salvage=salvage)
+        return ParseResult(
+            [], f"too many ids: {len(ints)} given, {k} asked", salvage=salvage, kind="too_many"
+        )
     return ParseResult(ints, None, salvage=salvage)
 
 
@@ -164,10 +178,10 @@ def parse_ids(text: str | bytes, n_candidates: int, k: int) -> ParseResult:
     """Parse an ids-only answer (``[3, 7]`` and the looser shapes above) and validate it."""
     text = _as_text(text)
     if not text.strip():
-        return ParseResult([], "empty answer")
+        return ParseResult([], "empty answer", kind="empty")
     got = _extract(text)
     if got is None:
-        return ParseResult([], "no identifiers found")
+        return ParseResult([], "no identifiers found", kind="no_ids")
     raw_ids, reasons = got
     result = validate_ids(raw_ids, n_candidates, k)
     if result.ok:

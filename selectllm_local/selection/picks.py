@@ -33,6 +33,7 @@ log = logging.getLogger("selectllm_local.selection.rounds")
 
 Key = tuple[int, int]  # (round, subset id)
 NO_ANSWER = "no answer: the backend returned nothing for this prompt"
+NO_ANSWER_KIND = "no_answer"  # its kind in the counts (the parser names the others)
 # Nats. Scores closer than this to the cut count as tied (module docstring). It sits two orders
 # of magnitude above the batch drift measured in float32 (vLLM and transformers, CPU) and below
 # any preference a model expresses: 1e-3 nats is a 0.1% difference in probability.
@@ -97,24 +98,6 @@ class SelectionOutcome:
     seconds: float = 0.0
 
 
-def error_kind(message: str) -> str:
-    """Stable key for a validation error message (for counts)."""
-    for prefix, kind in (
-        ("empty", "empty"),
-        ("no identifiers", "no_ids"),
-        ("id 0", "zero"),
-        ("id out of range", "out_of_range"),
-        ("duplicate", "duplicate"),
-        ("too few", "too_few"),
-        ("too many", "too_many"),
-        ("not an integer", "not_integer"),
-        ("no answer", "no_answer"),
-    ):
-        if message.startswith(prefix):
-            return kind
-    return "other"
-
-
 def fallback_picks(subset: Subset, salvage: Sequence[int], seed: int) -> list[int]:
     """Documented fallback: salvaged valid ids first, then seeded draws from the rest (1-based)."""
     n = len(subset.candidates)
@@ -151,6 +134,7 @@ def done_result(
         attempts=attempts,
         fallback=fallback,
         errors=list(st["errors"]),
+        error_kinds=list(st["kinds"]),
         prompt_tokens=st["pt"],
         output_tokens=st["ot"],
         seconds=round(time.perf_counter() - st["t0"], 4),
@@ -169,7 +153,7 @@ def count_results(results: Any, *, called_now: int = 0, resumed: int = 0) -> dic
     """Counts for the summary: first-try validity, retries, fallbacks, error kinds, tokens."""
     rs = list(results)
     asked = [r for r in rs if r.attempts > 0]
-    kinds: Counter[str] = Counter(error_kind(e) for r in rs for e in r.errors)
+    kinds: Counter[str] = Counter(k for r in rs for k in r.error_kinds)
     out: dict[str, Any] = {
         "subsets": len(rs),
         "asked": len(asked),

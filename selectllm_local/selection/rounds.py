@@ -48,6 +48,7 @@ from selectllm_local.selection import prompts as prompting
 from selectllm_local.selection.logprobs import logprob_round
 from selectllm_local.selection.picks import (
     NO_ANSWER,
+    NO_ANSWER_KIND,
     Key,
     SelectionOutcome,
     count_results,
@@ -173,7 +174,15 @@ def _generate_round(
     ctx.prepare(pending)
     prompts = {s.id: ctx.render(s) for s in pending}
     state: dict[int, dict[str, Any]] = {
-        s.id: {"raw": [], "errors": [], "pt": 0, "ot": 0, "salvage": [], "t0": time.perf_counter()}
+        s.id: {
+            "raw": [],
+            "errors": [],
+            "kinds": [],
+            "pt": 0,
+            "ot": 0,
+            "salvage": [],
+            "t0": time.perf_counter(),
+        }
         for s in pending
     }
     todo = list(pending)
@@ -207,6 +216,7 @@ def _generate_round(
                 emit(done_result(s, res.ids, st, attempt + 1, False, reasons))
             else:
                 st["errors"].append(res.error)
+                st["kinds"].append(res.kind or "other")
                 st["salvage"] = res.salvage
                 failed.append(s)
 
@@ -222,6 +232,7 @@ def _generate_round(
         for s in batch:  # a prompt the backend never answered counts as a failed attempt
             if s.id not in answered:
                 state[s.id]["errors"].append(NO_ANSWER)
+                state[s.id]["kinds"].append(NO_ANSWER_KIND)
                 failed.append(s)
         if failed:
             log.info("attempt %d: %d of %d answers invalid", attempt + 1, len(failed), len(batch))

@@ -96,6 +96,8 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(
     )
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads(again.stdout)
+    assert json.loads((run / "summary.json").read_text("utf-8")) == summary  # one to_dict()
+    assert (run / "report.html").is_file()  # the run writes the report, --json or not
     c = summary["counts"]
     assert (
         c["resumed"] == finished and c["sent_this_run"] == total - finished
@@ -111,7 +113,8 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(
     cfg = SelectConfig.of(pool=pool, budget=40, model=str(tiny_model_dir), backend="vllm", n_clusters=8,
                        max_model_len=4096, run_dir=tmp_path / "whole")  # fmt: skip
     whole = select_run(cfg, backend=vllm_backend, progress=False)
-    assert whole.summary["counts"]["sent_this_run"] == total
+    assert whole.summary.counts.sent_this_run == total
+    assert whole.report == tmp_path / "whole" / "report.html" and whole.report.is_file()
     assert whole.selected == resumed
 
 

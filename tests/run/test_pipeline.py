@@ -99,7 +99,7 @@ def test_select_resumes_after_a_torn_line_to_the_same_selection(
         )
 
     whole = select_run(cfg(), backend=vllm_backend, progress=False)
-    counts = whole.summary["counts"]
+    counts = whole.summary.counts.to_dict()
     assert len(whole.selected) == 10 == len(set(whole.selected))
     responses = run / "responses.jsonl"
     lines = responses.read_text("utf-8").splitlines(keepends=True)
@@ -109,14 +109,14 @@ def test_select_resumes_after_a_torn_line_to_the_same_selection(
     responses.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2], "utf-8")
     (run / "selected.jsonl").unlink()
     resumed = select_run(cfg(), backend=vllm_backend, progress=False)
-    rc = resumed.summary["counts"]
+    rc = resumed.summary.counts.to_dict()
     assert rc["resumed"] == len(lines) - 1 and rc["sent_this_run"] == 1
     assert resumed.selected == whole.selected
     assert len(responses.read_text("utf-8").splitlines()) == len(lines)
 
     # nothing left to ask: a third run sends no prompt and writes the same selection
     third = select_run(cfg(), backend=vllm_backend, progress=False)
-    assert third.summary["counts"]["sent_this_run"] == 0 and third.selected == whole.selected
+    assert third.summary.counts.sent_this_run == 0 and third.selected == whole.selected
     rows = [json.loads(x) for x in (run / "selected.jsonl").read_text("utf-8").splitlines()]
     assert [r["selectllm"]["index"] for r in rows] == whole.selected
     assert {"subset_id", "round", "cluster", "position", "uid"} <= set(rows[0]["selectllm"])
@@ -133,5 +133,5 @@ def test_select_with_a_changed_setting_starts_afresh(
     select_run(SelectConfig(plan=plan, engine=engine), backend=vllm_backend, progress=False)
     changed = SelectConfig(plan=plan, selector=SelectorConfig(retries=0), engine=engine)
     out = select_run(changed, backend=vllm_backend, progress=False)
-    assert out.summary["counts"]["resumed"] == 0  # earlier answers were for another setting
+    assert out.summary.counts.resumed == 0  # earlier answers were for another setting
     assert list(run.glob("responses.*.jsonl"))  # ... and are kept aside, not deleted

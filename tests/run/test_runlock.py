@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from selectllm_local.errors import UserError
-from selectllm_local.run.store import LOCK_FILE, run_lock
+from selectllm_local.run.lock import LOCK_FILE, run_lock
 from tests.helpers import EXAMPLE_POOL, HANG_GUARD
 
 HOLD = """
 import sys, time
-from selectllm_local.run.store import run_lock
+from selectllm_local.run.lock import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
     while True:  # held until the test kills this process, however slow the machine is
@@ -62,6 +62,6 @@ def test_lock_of_a_killed_process_is_taken_over(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=HANG_GUARD)
     assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == proc.pid  # left behind
-    with caplog.at_level("INFO", logger="selectllm_local.run.store"), run_lock(run_dir):
+    with caplog.at_level("INFO", logger="selectllm_local.run.lock"), run_lock(run_dir):
         assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert f"left by process {proc.pid}" in caplog.text

@@ -55,7 +55,7 @@ def run_select(pool: Path, planned: Path, run_dir: Path, model: Path, backend, *
                        dtype="float32", run_dir=run_dir, backend=backend.name,
                        max_candidate_tokens=CUT, min_candidate_tokens=16, **over)  # fmt: skip
     out = select_run(cfg, backend=backend, progress=False)
-    assert len(out.selected) == BUDGET == len(set(out.selected)) == out.summary["selected"]
+    assert len(out.selected) == BUDGET == len(set(out.selected)) == out.summary.selected
     assert all(0 <= i < ROWS for i in out.selected)
     lines = (run_dir / "selected.jsonl").read_text("utf-8").splitlines()
     assert len(lines) == BUDGET
@@ -88,13 +88,11 @@ def test_vllm_constrained_exact_budget_all_valid_first_try(
     pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
     out = run_select(pool, planned, tmp_path / "run", smollm2_dir, smollm2_vllm)
-    c = out.summary["counts"]
+    c = out.summary.counts.to_dict()
     assert c["asked"] == c["subsets"] == ROWS // K
     assert c["valid_first_try"] == c["asked"] and c["retried"] == c["fallback"] == 0
     assert str(smollm2_vllm.llm.llm_engine.model_config.dtype) == "torch.float32"
-    print(
-        f"\nSmolLM2 vLLM select: {json.dumps(out.summary['seconds'])} {out.summary['throughput']}"
-    )
+    print(f"\nSmolLM2 vLLM select: {json.dumps(out.summary.seconds)} {out.summary.throughput}")
 
 
 @requires_vllm
@@ -102,7 +100,7 @@ def test_vllm_logprobs_mode_exact_budget(
     pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
     out = run_select(pool, planned, tmp_path / "run", smollm2_dir, smollm2_vllm, mode="logprobs")
-    assert out.summary["mode"] == "logprobs" and out.summary["counts"]["fallback"] == 0
+    assert out.summary.mode == "logprobs" and out.summary.counts.fallback == 0
 
 
 @requires_vllm
@@ -110,7 +108,7 @@ def test_vllm_free_decoding_accounts_for_every_answer(
     pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path, smollm2_vllm
 ) -> None:
     out = run_select(pool, planned, tmp_path / "run", smollm2_dir, smollm2_vllm, constrained=False)
-    c = out.summary["counts"]
+    c = out.summary.counts.to_dict()
     assert c["valid_first_try"] + c["retried"] + c["fallback"] == c["asked"] == ROWS // K
     assert c["invalid_answers"] == sum(c["errors"].values())
     share = c["valid_first_try"] / c["asked"]
@@ -131,6 +129,6 @@ def test_transformers_constrained_exact_budget(
         out = run_select(pool, planned, tmp_path / "run", smollm2_dir, backend)
     finally:
         backend.close()
-    c = out.summary["counts"]
+    c = out.summary.counts.to_dict()
     assert c["valid_first_try"] == c["asked"] == ROWS // K and c["fallback"] == 0
-    print(f"\nSmolLM2 transformers select: {json.dumps(out.summary['seconds'])}")
+    print(f"\nSmolLM2 transformers select: {json.dumps(out.summary.seconds)}")

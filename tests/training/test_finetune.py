@@ -185,7 +185,7 @@ def test_warmup_setting_matches_the_transformers_version() -> None:
     """transformers 4 would read a float warmup_steps as 0 steps: the ratio goes where it is read."""
     import transformers
 
-    from selectllm_local.training.finetune import warmup_kwargs
+    from selectllm_local.training.lora import warmup_kwargs
 
     assert warmup_kwargs(0.03, "4.57.1") == {"warmup_ratio": 0.03}
     assert warmup_kwargs(0.03, "5.19.0") == {"warmup_steps": 0.03}
