@@ -100,7 +100,7 @@ def recipe(config: Path | None, dtype: str) -> tuple[Any, Any]:
     [evaluate] sections (one epoch, transformers evaluation), else the smollm2 experiment's."""
     import tomllib
 
-    from selectllm_local.config import EvaluateConfig, FinetuneConfig
+    from selectllm_local.config import EngineConfig, EvaluateConfig, FinetuneConfig
 
     if config is not None:
         doc = tomllib.loads(config.read_text("utf-8"))
@@ -113,7 +113,8 @@ def recipe(config: Path | None, dtype: str) -> tuple[Any, Any]:
             "val_fraction": 0.0,
             "early_stopping_patience": 0,
         }
-        ev = {**doc.get("evaluate", {}), "backend": "transformers", "limit": None}
+        ev = {**EvaluateConfig.table(doc.get("evaluate", {})), "limit": None}
+        ev["engine"] = {**ev.get("engine", {}), "backend": "transformers"}
         return FinetuneConfig(**ft), EvaluateConfig(**ev)
     ft_cfg = FinetuneConfig(
         lora_r=16, lora_alpha=32, lora_dropout=0.05, learning_rate=5e-4, epochs=1.0,
@@ -121,7 +122,9 @@ def recipe(config: Path | None, dtype: str) -> tuple[Any, Any]:
         quantization="none", dtype=dtype,
     )  # fmt: skip
     ev_cfg = EvaluateConfig(
-        backend="transformers", max_new_tokens=128, batch_size=16, max_prompt_tokens=512
+        engine=EngineConfig(backend="transformers", batch_size=16),
+        max_new_tokens=128,
+        max_prompt_tokens=512,
     )
     return ft_cfg, ev_cfg
 
@@ -182,7 +185,7 @@ def measure_evaluation(
         "answers": len(gens),
         "adapter": adapter is not None,
         "max_new_tokens": max_new_tokens,
-        "batch_size": cfg.batch_size,
+        "batch_size": cfg.engine.batch_size,
         "prompt_tokens": sum(g.prompt_tokens for g in gens),
         "output_tokens": out,
         "answer_fill": out / (len(gens) * max_new_tokens),

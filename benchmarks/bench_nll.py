@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selectllm_local.config import EvaluateConfig
+from selectllm_local.config import EngineConfig, EvaluateConfig
 from selectllm_local.evaluation.evaluate import generate_answers, load_testset, reference_nll
 from selectllm_local.run.rundir import environment
 
@@ -90,8 +90,7 @@ def main() -> None:
     pick = np.sort(np.random.default_rng(0).choice(len(tests), args.rows, replace=False))
     rows = [tests[int(i)] for i in pick]
     cfg = EvaluateConfig(
-        backend="transformers",
-        batch_size=args.batch_size,
+        engine=EngineConfig(backend="transformers", batch_size=args.batch_size),
         max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=512,
         nll_max_tokens=256,

@@ -172,13 +172,15 @@ def part_evaluate(ctx: dict[str, Any]) -> dict[str, Any]:
     from selectllm_local.backends import load_backend
     from selectllm_local.backends.base import prompt_token_ids
     from selectllm_local.bench.model import prepare_model
-    from selectllm_local.config import EvaluateConfig
+    from selectllm_local.config import EngineConfig, EvaluateConfig
     from selectllm_local.evaluation.evaluate import engine_options, fit_prompts, load_testset
 
     n, new, batch = (6, 8, 3) if ctx["dry_run"] else (64, 64, 16)
     model, _ = prepare_model(_bench_config(ctx))
     cfg = EvaluateConfig(
-        backend="transformers", max_new_tokens=new, batch_size=batch, max_prompt_tokens=512
+        engine=EngineConfig(backend="transformers", batch_size=batch),
+        max_new_tokens=new,
+        max_prompt_tokens=512,
     )
     engine = load_backend("transformers", model, engine_options(cfg, adapter=None))
     try:

@@ -26,7 +26,9 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from selectllm_local.config.vocab import Dtype
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def gpu_datasheet() -> GPUSpec | None:
     return match_gpu(name) if name else None
 
 
-def resolve_dtype(dtype: str, device: str | None = None, *, cpu_auto: str | None = None) -> str:
+def resolve_dtype(dtype: str, device: str | None = None, *, cpu_auto: str | None = None) -> Dtype:
     """``auto`` -> the dtype that runs fast here; any other name is returned unchanged.
 
     On a GPU: bfloat16 where the GPU supports it, else float16. On a CPU: ``cpu_auto`` when the
@@ -134,25 +136,25 @@ def resolve_dtype(dtype: str, device: str | None = None, *, cpu_auto: str | None
     would measure an emulation path, not the machine.
     """
     if dtype != "auto":
-        return dtype
+        return cast(Dtype, dtype)
     device = default_device(device)
     if device.startswith("cuda"):
         import torch
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     if cpu_auto is not None:
-        return cpu_auto
+        return cast(Dtype, cpu_auto)
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "bfloat16"
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
-def engine_dtype(dtype: str, device: str | None = None) -> str:
+def engine_dtype(dtype: str, device: str | None = None) -> Dtype:
     """The dtype a selection engine loads with: ``auto`` on a CPU -> :func:`resolve_dtype`'s pick
     (float32 unless the CPU has native bf16 GEMMs; bf16 elsewhere is an emulation several times
     slower); on a GPU ``auto`` stays, so the engine picks from the model's config."""
     if dtype != "auto" or default_device(device).startswith("cuda"):
-        return dtype
+        return cast(Dtype, dtype)
     resolved = resolve_dtype(dtype, device)
     log.info("--dtype auto on this CPU: %s", resolved)
     return resolved

@@ -14,10 +14,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 from selectllm_local.backends.base import Backend, BackendOptions
 from selectllm_local.backends.startup import explain_startup_errors
-from selectllm_local.config.base import BACKEND_NAMES
+from selectllm_local.config.base import BACKEND_NAMES, BackendName
 from selectllm_local.errors import UserError, install_hint
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ LOADERS: Mapping[str, Callable[[str, BackendOptions], Backend]] = {
 }
 
 
-def resolve_backend_name(name: str, *, lora: bool = False) -> str:
+def resolve_backend_name(name: str, *, lora: bool = False) -> BackendName:
     """The one ``auto`` policy (module docstring); other names are checked and returned."""
     if name not in BACKEND_NAMES:
         raise UserError(
@@ -76,7 +77,7 @@ def resolve_backend_name(name: str, *, lora: bool = False) -> str:
             f"or {BACKEND_NAMES[-1]}."
         )
     if name != "auto":
-        return name
+        return cast(BackendName, name)
     from selectllm_local import hardware
 
     if importlib.util.find_spec("vllm") is None:

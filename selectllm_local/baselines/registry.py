@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from selectllm_local.baselines.perplexity import ANSWER_TOKENS, answer_perplexities, perplexities
+from selectllm_local.config.vocab import PERPLEXITY_BANDS
 from selectllm_local.errors import UserError
 from selectllm_local.records import BaselineSummary, Plan, PoolItem
 from selectllm_local.run.rundir import item_record
@@ -56,7 +57,6 @@ DEPRECATED = {"perplexity": "instruction-perplexity"}  # old name -> what it alw
 NEEDS_EMBEDDINGS = ("kcenter",)
 NEEDS_PLAN = ("cluster-random", "cluster-ifd")
 LIKELIHOOD_METHODS = ("ifd", "cluster-ifd")  # scored on the selection engine ([engine] model)
-PERPLEXITY_BANDS = ("high", "low", "middle")
 DIVERSITY_SAMPLE = 500  # pool items each candidate is compared with (docs/EXPERIMENTS.md)
 LCS_MAX_TOKENS = (
     64  # Rouge-L tokens kept per text: one 64-bit word per text in the bit-parallel LCS

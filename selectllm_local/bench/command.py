@@ -7,47 +7,31 @@ parsed options and prints either the JSON document or the human text returned he
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from selectllm_local.config import BenchCommand
 
 
-def bench_command(
-    *,
-    pool: Path,
-    preset: str = "tiny",
-    shape: str | None = None,
-    model: str | None = None,
-    dtype: str | None = None,
-    subsets: int | None = None,
-    candidates: int | None = None,
-    repeats: int | None = None,
-    stages: bool | None = None,
-    stages_dir: Path | None = None,
-    plan_only: bool = False,
-    machine: str = "",
-    out: Path = Path("benchmarks/results"),
-    name: str | None = None,
-    dry_run: bool = False,
-    gpu: str = "h100",
-    utilization: float = 0.4,
-    budget: int | None = None,
-    setting: list[str] | None = None,
-    progress: bool = False,
-) -> tuple[dict[str, Any], str]:
-    """Estimate (``dry_run``) or measure, write the outputs; return (JSON document, human text)."""
+def bench_command(cmd: BenchCommand, *, progress: bool = False) -> tuple[dict[str, Any], str]:
+    """Estimate (``dry_run``) or measure, write the outputs; return (JSON document, human text).
+
+    ``cmd`` is the command's config as the CLI (or a script) built it: its settings are declared
+    once, in ``config.BenchCommand``."""
     from selectllm_local.bench import config, dry, output, run
 
-    if dry_run:
-        est = dry.dry_run(pool, shape=shape or "llama-3-8b", model=model, gpu=gpu,
-                          utilization=utilization, candidates=candidates, budget=budget)  # fmt: skip
+    if cmd.dry_run:
+        est = dry.dry_run(cmd.pool, shape=cmd.shape or "llama-3-8b", model=cmd.model, gpu=cmd.gpu,
+                          utilization=cmd.utilization, candidates=cmd.candidates,
+                          budget=cmd.budget)  # fmt: skip
         return est, dry.format_dry_run(est)
     cfg = config.config_from_preset(
-        preset, pool=pool, shape=shape, model=model, dtype=dtype, subsets=subsets,
-        candidates=candidates, repeats=repeats, machine=machine, stages=stages,
-        stages_dir=stages_dir,
-        settings=[config.parse_setting(s) for s in setting] if setting else None,
+        cmd.preset, pool=cmd.pool, shape=cmd.shape, model=cmd.model, dtype=cmd.dtype,
+        subsets=cmd.subsets, candidates=cmd.candidates, repeats=cmd.repeats, machine=cmd.machine,
+        stages=cmd.stages, stages_dir=cmd.stages_dir,
+        settings=[config.parse_setting(s) for s in cmd.setting] if cmd.setting else None,
     )  # fmt: skip
-    if plan_only:
+    if cmd.plan_only:
         from selectllm_local.bench.stages import plan_stages
 
         per_setting = cfg.warmup + cfg.repeats
@@ -58,7 +42,7 @@ def bench_command(
             "--stages instead of --plan-only: the select reuses the plan (no embedder, no FAISS)."
         )
     doc = run.run_benchmark(cfg, progress=progress)
-    paths = output.write_outputs(doc, out, name or f"select_{preset}")
+    paths = output.write_outputs(doc, cmd.out, cmd.name or f"select_{cmd.preset}")
     return doc, output.results_text(doc) + (
         f"\n\nWrote {', '.join(str(p) for p in paths.values())}."
     )

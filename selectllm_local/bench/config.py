@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selectllm_local.config.vocab import BackendName, Dtype, Mode
 from selectllm_local.errors import UserError
 
 SCHEMA = "selectllm-bench/1"
@@ -31,16 +32,16 @@ RESULT_KEYS = (
 class BenchSetting:
     """One measured configuration. ``batch`` is max_num_seqs (vLLM) or batch size (transformers)."""
 
-    backend: str = "vllm"
+    backend: BackendName = "vllm"
     batch: int | None = None
     prefix_caching: bool = True
     constrained: bool = True
-    mode: str = "generate"  # generate | logprobs
+    mode: Mode = "generate"
     reasons: bool = False
 
     @property
     def label(self) -> str:
-        parts = [self.backend]
+        parts: list[str] = [self.backend]
         if self.batch:
             parts.append(f"b{self.batch}")
         parts.append(
@@ -93,7 +94,7 @@ class BenchConfig:
     shape: str = "qwen2.5-0.5b"
     model: str | None = None  # a local model folder instead of a shape
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "selectllm" / "models")
-    dtype: str = "auto"  # engine + matmul dtype; auto: bf16 where native, else float32
+    dtype: Dtype = "auto"  # engine + matmul dtype; auto: bf16 where native, else float32
     subsets: int = 64
     candidates: int = 14
     picks: int = 1

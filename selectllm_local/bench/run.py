@@ -34,6 +34,7 @@ from typing import Any
 
 from selectllm_local.bench.config import RESULT_KEYS, SCHEMA, BenchConfig, BenchSetting
 from selectllm_local.bench.model import model_shape, prepare_model
+from selectllm_local.config.vocab import Dtype
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset
 
@@ -123,7 +124,7 @@ def render_seconds(plan: Plan, items: Sequence[PoolItem], backend: Any, sel: Any
 
 
 # -- measurement -----------------------------------------------------------------------------------
-def _open_backend(setting: BenchSetting, model: str, cfg: BenchConfig, dtype: str) -> Any:
+def _open_backend(setting: BenchSetting, model: str, cfg: BenchConfig, dtype: Dtype) -> Any:
     from selectllm_local.backends import BackendOptions, load_backend
 
     opts = BackendOptions(

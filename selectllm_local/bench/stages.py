@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from selectllm_local.config.vocab import BackendName
 from selectllm_local.records import PoolItem
 
 
 def stages_config(
-    cfg: Any, items: Sequence[PoolItem], run_dir: Path, backend: str, model: str
+    cfg: Any, items: Sequence[PoolItem], run_dir: Path, backend: BackendName, model: str
 ) -> Any:
     """The ``select`` run of ``select_stages``: pool file written into ``run_dir``."""
     from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig, SelectorConfig

@@ -12,7 +12,7 @@ def bench(cfg: BenchCommand, *, json_out: bool) -> None:
     """Benchmark selection throughput against this machine's measured matmul peak."""
     from selectllm_local.bench.command import bench_command
 
-    doc, text = bench_command(**vars(cfg), progress=show_progress(json_out))
+    doc, text = bench_command(cfg, progress=show_progress(json_out))
     if json_out:
         emit(doc, json_out, lambda: text)
     else:  # laid out for the width already (or Markdown when piped): printed as it is

@@ -19,7 +19,8 @@ def experiment(cfg: ExperimentCommand, *, json_out: bool) -> None:
     from selectllm_local.cli import summaries
 
     if cfg.dry_run:
-        from selectllm_local.costs.estimate import estimate_experiment, format_estimate
+        from selectllm_local.costs.estimate import estimate_experiment
+        from selectllm_local.costs.table import format_estimate
 
         est = estimate_experiment(
             cfg.config, rates=cfg.rates, gpu=cfg.gpu, utilization=cfg.utilization, pool=cfg.pool,

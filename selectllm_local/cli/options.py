@@ -23,6 +23,7 @@ import typer
 
 from selectllm_local.config import loader
 from selectllm_local.config.base import field_docs, field_types, flags_of
+from selectllm_local.config.vocab import vocabulary
 from selectllm_local.errors import UserError, expected_failure
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -123,7 +124,10 @@ def emit(result: dict[str, Any], json_out: bool, text: Callable[[], Any]) -> Non
 
 
 def _cli_type(tp: Any) -> Any:
-    """The type typer parses: ``X | None`` -> ``X``; ``str | list[str]`` -> ``str``."""
+    """The type typer parses: ``X | None`` -> ``X``; ``str | list[str]`` -> ``str``; a
+    ``Literal`` vocabulary -> ``str`` (its section checks the word and names the flag)."""
+    if vocabulary(tp):
+        return str
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return args[0] if len(args) == 1 else str

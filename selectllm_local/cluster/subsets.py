@@ -20,10 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from selectllm_local.config.vocab import LAYOUTS
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, Subset
-
-LAYOUTS = ("diverse", "cluster", "random")
 
 
 def _rng(seed: int, *salt: int) -> np.random.Generator:

@@ -29,12 +29,12 @@ from selectllm_local.config.loader import SECTIONS, build, check_keys, file_valu
 from selectllm_local.config.sections import (
     DEFAULT_EMBEDDER,
     DEFAULT_MAX_K,
-    LAYOUTS,
     EngineConfig,
     PlanConfig,
     SelectorConfig,
 )
 from selectllm_local.config.training import BaselineConfig, EvaluateConfig, FinetuneConfig
+from selectllm_local.config.vocab import LAYOUTS
 
 __all__ = [
     "DEFAULT_EMBEDDER",

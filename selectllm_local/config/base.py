@@ -16,13 +16,12 @@ import sys
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
+from selectllm_local.config.vocab import BACKEND_NAMES as BACKEND_NAMES  # re-exported
+from selectllm_local.config.vocab import BackendName as BackendName  # re-exported
+from selectllm_local.config.vocab import vocabulary
 from selectllm_local.errors import UserError
-
-BackendName = Literal["auto", "vllm", "transformers", "fake"]
-"""Every name ``--backend`` accepts; ``backends.registry.LOADERS`` has a loader for each but auto."""
-BACKEND_NAMES: tuple[str, ...] = typing.get_args(BackendName)
 
 REQUIRED: Any = dataclasses.MISSING  # a setting with no default: a flag or config key must give it
 
@@ -125,8 +124,13 @@ class Section:
         if value not in allowed:
             raise self._bad(name, f"must be one of {', '.join(allowed)} (got {value!r}).")
 
-    def _known_backend(self, name: str) -> None:
-        self._one_of(name, BACKEND_NAMES)
+    def _check_vocabularies(self) -> None:
+        """Check every field annotated with a ``Literal`` (``config/vocab.py``) against it."""
+        types: dict[str, Any] = field_types(type(self))  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            words = vocabulary(types[f.name])
+            if words and getattr(self, f.name) is not None:
+                self._one_of(f.name, words)
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)

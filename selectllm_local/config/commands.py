@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from selectllm_local.config.base import REQUIRED, Section, as_path, setting, to_jsonable
 from selectllm_local.config.sections import EngineConfig, PlanConfig, SelectorConfig
 from selectllm_local.config.training import BaselineConfig, EvaluateConfig, FinetuneConfig
+from selectllm_local.config.vocab import Dtype, OutputFormat, WeightDtype
 
-OUTPUT_FORMATS = ("jsonl", "parquet", "hf")
 C = TypeVar("C", bound="Command")
 
 
@@ -39,11 +39,11 @@ class SelectConfig(Command):
     plan: PlanConfig
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    format: str = "jsonl"
+    format: OutputFormat = "jsonl"
     """Extra output besides selected.jsonl: jsonl (none), parquet, hf (a datasets folder)."""
 
     def __post_init__(self) -> None:
-        self._one_of("format", OUTPUT_FORMATS)
+        self._check_vocabularies()
 
 
 @dataclass
@@ -182,7 +182,7 @@ class BenchCommand(Command):
     """Random-weight model shape (see random-model) [default: the preset's]."""
     model: str | None = None
     """A local model folder, .gguf file or known name instead of a shape."""
-    dtype: str | None = None
+    dtype: Dtype | None = None
     """auto | bfloat16 | float16 | float32 [default: the preset's]."""
     subsets: int | None = None
     """Prompts per repeat [default: the preset's]."""
@@ -217,6 +217,7 @@ class BenchCommand(Command):
     def __post_init__(self) -> None:
         self.pool, self.out = Path(self.pool), Path(self.out)
         self.stages_dir = as_path(self.stages_dir)
+        self._check_vocabularies()
         if self.plan_only and self.stages_dir is None:
             raise self._bad("plan_only", "needs --stages-dir (the folder to plan).")
 
@@ -259,11 +260,12 @@ class RandomModelCommand(Command):
     """Directory to write the model to."""
     seed: int = 0
     """Weight seed."""
-    dtype: str = "bfloat16"
+    dtype: WeightDtype = "bfloat16"
     """bfloat16 | float16 | float32."""
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
+        self._check_vocabularies()
 
 
 @dataclass

@@ -73,16 +73,49 @@ def _normalise(table: dict[str, Any]) -> dict[str, Any]:
 
 
 def leaves(cls: type) -> dict[str, list[Leaf]]:
-    """Setting name -> where it lives: ``(declaring class, field)`` for each section having it."""
+    """Setting name -> where it lives: ``(declaring class, field)`` for each section having it
+    (sections nested in sections too: the engine of ``[evaluate]``)."""
     out: dict[str, list[Leaf]] = {}
     types = field_types(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if is_section(types[f.name]):
-            for sub in dataclasses.fields(types[f.name]):
-                out.setdefault(sub.name, []).append((types[f.name], sub))
+            for name, where in leaves(types[f.name]).items():
+                out.setdefault(name, []).extend(where)
         else:
             out.setdefault(f.name, []).append((cls, f))
     return out
+
+
+def _flat(cls: type, table: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked section table as settings by name (a nested section's table opened up)."""
+    types = field_types(cls)
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in types and is_section(types[key]) and isinstance(value, Mapping):
+            out.update(_flat(types[key], value))
+        else:
+            out[key] = value
+    return out
+
+
+def _open_nested(cls: type | None, table: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """A command's table with the tables of sections nested in its section checked and opened."""
+    types = field_types(cls) if cls is not None else {}
+    out = dict(table)
+    for key, value in table.items():
+        if key in types and is_section(types[key]) and isinstance(value, Mapping):
+            check_keys(types[key], value, where=f"{where[:-1]}.{key}]")
+            del out[key]
+            out.update(value)
+    return out
+
+
+def section_table(cls: type, table: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """A file's table for section ``cls``, checked (unknown keys named; moved keys handled)."""
+    if hasattr(cls, "table"):  # a section with keys of earlier versions (``EvaluateConfig``)
+        return cls.table(table, where=where)
+    check_keys(cls, table, where=where)
+    return dict(table)
 
 
 def sections_of(cls: type) -> set[str]:
@@ -112,14 +145,16 @@ def file_values(path: Path | str | None, cls: type, *, command: str) -> dict[str
             out[key] = value
         elif key in OWN_TABLES:
             continue
-        elif key == command:
+        elif key == command:  # any setting of the command (``[evaluate.engine]`` opened up)
+            where = f"Config file {path}: [{key}]"
+            value = _open_nested(SECTIONS.get(key), value, where=where)
             hints = flag_keys(f for where in known.values() for _, f in where)
-            check_keys(known, value, where=f"Config file {path}: [{key}]", hints=hints)
+            check_keys(known, value, where=where, hints=hints)
             out.update(value)
         elif key in SECTIONS:
-            check_keys(SECTIONS[key], value, where=f"Config file {path}: [{key}]")
+            table = section_table(SECTIONS[key], value, where=f"Config file {path}: [{key}]")
             if key in used:
-                out.update(value)
+                out.update(_flat(SECTIONS[key], table))
         elif key in RENAMED:
             raise UserError(f"Config file {path}: the table [{key}] is now {RENAMED[key]}.")
         else:
@@ -140,14 +175,15 @@ def build(cls: type[T], values: Mapping[str, Any]) -> T:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserError(f"Unknown setting(s) {', '.join(unknown)} for {cls.__name__}.")
+    return _build(cls, values)
+
+
+def _build(cls: type[T], values: Mapping[str, Any]) -> T:
     types = field_types(cls)  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        sec = types[f.name]
-        if is_section(sec):
-            given = {s.name: values[s.name] for s in dataclasses.fields(sec) if s.name in values}
-            _require(sec, given)
-            kwargs[f.name] = sec(**given)
+        if is_section(types[f.name]):
+            kwargs[f.name] = _build(types[f.name], values)
         elif f.name in values:
             kwargs[f.name] = values[f.name]
     _require(cls, kwargs)

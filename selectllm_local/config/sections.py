@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from selectllm_local.config.base import REQUIRED, Section, as_path, setting
+from selectllm_local.config.vocab import BackendName, Dtype, Layout, Mode
 
-LAYOUTS = ("diverse", "cluster", "random")
-MODES = ("generate", "logprobs")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 DEFAULT_MAX_K = 32
 
@@ -33,7 +31,7 @@ class PlanConfig(Section):
     """How many instructions to select in the end (1 .. pool size)."""
     run_dir: Path | None = setting(None, "--run-dir", "--out")
     """Run directory [default: runs/<pool file stem>]. Re-running on it resumes and reuses caches."""
-    layout: str = "diverse"
+    layout: Layout = "diverse"
     """Subset layout: diverse (one candidate per cluster, the paper), cluster (within one cluster), random."""
     n_clusters: int | None = setting(None, "--k")
     """K = candidates per diverse prompt (= clusters). Default (``pipeline.default_k``): the larger
@@ -78,7 +76,7 @@ class PlanConfig(Section):
         self.pool = Path(self.pool)
         self.run_dir = as_path(self.run_dir)
         self._at_least("budget", 1)
-        self._one_of("layout", LAYOUTS)
+        self._check_vocabularies()
         if self.n_clusters is not None:
             self._at_least("n_clusters", 2)
         self._at_least("max_k", 2)
@@ -100,7 +98,7 @@ class SelectorConfig(Section):
 
     SECTION = "selector"
 
-    mode: str = "generate"
+    mode: Mode = "generate"
     """generate (the model writes ids) or logprobs (read label log-probabilities: a full ranking)."""
     reasons: bool = False
     """Also ask for a one-sentence reason per pick (prompts/select_reasons.j2; generate mode)."""
@@ -131,7 +129,7 @@ class SelectorConfig(Section):
     def __post_init__(self) -> None:
         self.prompt = as_path(self.prompt)
         self.criteria = as_path(self.criteria)
-        self._one_of("mode", MODES)
+        self._check_vocabularies()
         if self.mode == "logprobs" and self.reasons:
             raise self._bad(
                 "reasons", "needs generated text; it cannot be used with --mode logprobs."
@@ -152,12 +150,12 @@ class EngineConfig(Section):
 
     SECTION = "engine"
 
-    backend: str = "auto"
+    backend: BackendName = "auto"
     """LLM backend: auto (vLLM when installed, else transformers), vllm, transformers."""
     model: str | None = setting(None, "--model", "-m")
     """Model: a local folder (never touches the network), a .gguf file, a known name (selectllm
     models), or a hub id (not with --offline)."""
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     """Model dtype: auto, bfloat16, float16, float32."""
     max_model_len: int | None = None
     """Context length to run the model with [default: the model's own]."""
@@ -203,7 +201,7 @@ class EngineConfig(Section):
     """Backend-specific keyword arguments passed through unchanged (code and config files only)."""
 
     def __post_init__(self) -> None:
-        self._one_of("dtype", DTYPES)
+        self._check_vocabularies()
         if self.batch_size is not None:
             self._at_least("batch_size", 1)
         self._at_least("tensor_parallel_size", 1)
@@ -215,7 +213,6 @@ class EngineConfig(Section):
             self._at_least("max_model_len", 16)
         if self.max_num_seqs is not None:
             self._at_least("max_num_seqs", 1)
-        self._known_backend("backend")
         if self.ray_actors is not None:
             self._at_least("ray_actors", 1)
         if self.ray_gpus_per_actor is not None:

@@ -8,18 +8,24 @@ experiment and the library all read them from here).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from selectllm_local.config.base import Section, check_keys
-from selectllm_local.config.sections import DTYPES
+from selectllm_local.config.sections import EngineConfig
+from selectllm_local.config.vocab import Dtype, PerplexityBand, Quantization
+from selectllm_local.errors import UserError
 
-QUANTIZATIONS = ("auto", "nf4", "none")
+log = logging.getLogger(__name__)
+
 # [evaluate] settings of the reference NLL only: they do not change the answers, so an experiment
 # cell keeps its answers when they change (the NLL stage has its own key).
 NLL_SETTINGS = ("nll_limit", "nll_max_tokens")
-PERPLEXITY_BANDS = ("high", "low", "middle")
+# [evaluate] keys of earlier versions that are settings of its engine now ([evaluate.engine]).
+MOVED_TO_ENGINE = ("backend", "batch_size", "seed")
+EVALUATE_BATCH_SIZE = 16  # prompts per batch of an evaluation engine when none is given
 
 
 @dataclass
@@ -30,7 +36,7 @@ class BaselineConfig(Section):
 
     shortest: bool = False
     """length: shortest first instead of longest (experiment: write the method as length:shortest)."""
-    band: str = "high"
+    band: PerplexityBand = "high"
     """answer-/instruction-perplexity: keep the high, low or middle band (experiment:
     answer-perplexity:low and so on)."""
     scorer_model: str | None = None
@@ -45,7 +51,7 @@ class BaselineConfig(Section):
     scoring model is the engine's --model ([engine] model in an experiment)."""
 
     def __post_init__(self) -> None:
-        self._one_of("band", PERPLEXITY_BANDS)
+        self._check_vocabularies()
         self._at_least("scorer_batch_size", 1)
         self._at_least("diversity_sample", 1)
         self._at_least("ifd_max_length", 8)
@@ -94,9 +100,9 @@ class FinetuneConfig(Section):
     """Learning-rate schedule (QLoRA: constant after a short warm-up); any transformers scheduler name."""
     target_modules: str | list[str] = "all-linear"
     """Modules that get LoRA adapters: all-linear (QLoRA) or module names, comma-separated."""
-    quantization: str = "auto"
+    quantization: Quantization = "auto"
     """Base-model weights: nf4 (4-bit QLoRA, bitsandbytes), none, or auto (nf4 on CUDA, else none)."""
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     """Compute dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32."""
     gradient_checkpointing: bool | None = None
     """Recompute activations to save memory [default: on for CUDA, off on CPU]."""
@@ -141,8 +147,7 @@ class FinetuneConfig(Section):
             )
         if not 0.0 <= float(self.warmup_ratio) < 1.0:
             raise self._bad("warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio!r}).")
-        self._one_of("quantization", QUANTIZATIONS)
-        self._one_of("dtype", DTYPES)
+        self._check_vocabularies()
         if isinstance(self.target_modules, str) and "," in self.target_modules:
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         if not self.target_modules:
@@ -175,35 +180,69 @@ class FinetuneConfig(Section):
 
 @dataclass
 class EvaluateConfig(Section):
-    """How a fine-tuned model is scored on the test set (the one home of these defaults)."""
+    """How a fine-tuned model is scored on the test set (the one home of these defaults).
+
+    The engine that writes the answers is an :class:`EngineConfig` of its own (``[evaluate.engine]``
+    in a file; the engine flags of ``selectllm evaluate``): every engine setting reaches the
+    evaluation unchanged. Its model is the base model (+ adapter) being evaluated.
+    """
 
     SECTION = "evaluate"
 
-    backend: str = "auto"
-    """Engine that writes the answers: auto, vllm, transformers."""
     limit: int | None = None
     """Score only the first N test examples."""
     max_new_tokens: int = 256
     """Answer length limit (tokens)."""
-    batch_size: int = 16
-    """transformers: prompts per batch."""
     max_prompt_tokens: int = 1024
     """Longer prompts keep their end (the instruction is at the end)."""
-    seed: int = 0
-    """Sampling seed (answers are greedy; the seed fixes the engine)."""
     nll_limit: int | None = None
     """Score the reference NLL (mean per-token negative log-likelihood of each reference answer)
     on the first N test examples [default: the examples answered]; 0 turns it off."""
     nll_max_tokens: int = 256
     """Reference NLL: tokens of each reference scored at most (a longer one is scored on its start)."""
 
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """The engine writing the answers (backend, dtype, gpu_memory_utilization, max_num_seqs, ...;
+    batch_size default 16; seed: the answers are greedy, the seed fixes the engine)."""
+
     def __post_init__(self) -> None:
+        if isinstance(self.engine, Mapping):  # a table from a file or a dict from code
+            self.engine = EngineConfig(**self.engine)
         if self.limit is not None:
             self._at_least("limit", 1)
         if self.nll_limit is not None:
             self._at_least("nll_limit", 0)
         self._at_least("nll_max_tokens", 1)
         self._at_least("max_new_tokens", 1)
-        self._at_least("batch_size", 1)
         self._at_least("max_prompt_tokens", 1)
-        self._known_backend("backend")
+        if self.engine.batch_size is None:
+            self.engine.batch_size = EVALUATE_BATCH_SIZE
+        if self.engine.model is not None:
+            raise self._bad(
+                "engine",
+                f"model = {self.engine.model!r}: an evaluation runs the base model it is given "
+                "(--base-model, [experiment] base_model); leave the engine's model unset.",
+            )
+
+    @classmethod
+    def table(cls, values: Mapping[str, Any], *, where: str = "[evaluate]") -> dict[str, Any]:
+        """An ``[evaluate]`` table checked, with keys of earlier versions moved to its engine.
+
+        ``backend``, ``batch_size`` and ``seed`` were ``[evaluate]`` keys; they still work and
+        mean the same (``[evaluate.engine]``), with a warning naming the new place.
+        """
+        table = dict(values)
+        engine = dict(table.get("engine") or {})
+        for key in MOVED_TO_ENGINE:
+            if key in table:
+                if key in engine:
+                    raise UserError(
+                        f"{where} {key} is now [evaluate.engine] {key}; the file gives both."
+                    )
+                log.warning("%s %s is now [evaluate.engine] %s; read it there", where, key, key)
+                engine[key] = table.pop(key)
+        check_keys(cls, table, where=where)
+        if engine:
+            check_keys(EngineConfig, engine, where=f"{where[:-1]}.engine]")
+            table["engine"] = engine
+        return table

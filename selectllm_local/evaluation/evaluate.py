@@ -37,6 +37,7 @@ from selectllm_local.training.trainset import as_example, render_prompt
 
 if TYPE_CHECKING:
     from selectllm_local.config import EngineConfig, EvaluateConfig
+    from selectllm_local.config.vocab import BackendName
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def _load_records(path: Path) -> list[TestExample]:
 # -- generation --------------------------------------------------------------------------------
 
 
-def resolve_backend(name: str, *, adapter: str | Path | None = None) -> str:
+def resolve_backend(name: str, *, adapter: str | Path | None = None) -> BackendName:
     """The backends' ``auto`` policy for this evaluation (an adapter counts)."""
     from selectllm_local.backends import resolve_backend_name
 
@@ -145,20 +146,20 @@ def resolve_backend(name: str, *, adapter: str | Path | None = None) -> str:
 
 
 def engine_options(config: EvaluateConfig, *, adapter: str | Path | None) -> EngineConfig:
-    """The engine section an evaluation runs with (what ``load_backend`` takes)."""
+    """The engine section an evaluation runs with (what ``load_backend`` takes): the evaluation's
+    own ``engine`` with the adapter, the resolved backend and dtype and a context that fits."""
     from selectllm_local import hardware
-    from selectllm_local.config import EngineConfig
 
-    extra: dict[str, Any] = {}
+    engine = config.engine
+    extra: dict[str, Any] = dict(engine.extra)
     if adapter is not None:
         rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text("utf-8"))["r"])
         extra["max_lora_rank"] = max(8, rank)
-    return EngineConfig(
-        backend=resolve_backend(config.backend, adapter=adapter),
-        dtype=hardware.resolve_dtype("auto", cpu_auto="float32"),
-        max_model_len=config.max_prompt_tokens + config.max_new_tokens,
-        seed=config.seed,
-        batch_size=config.batch_size,
+    return dataclasses.replace(
+        engine,
+        backend=resolve_backend(engine.backend, adapter=adapter),
+        dtype=hardware.resolve_dtype(engine.dtype, cpu_auto="float32"),
+        max_model_len=engine.max_model_len or config.max_prompt_tokens + config.max_new_tokens,
         lora_path=str(adapter) if adapter is not None else None,
         extra=extra,
     )
@@ -207,7 +208,7 @@ def generate_answers(
         )
         prompts = [engine.fit_prompt(p, config.max_prompt_tokens) for p in cut]
         gens = engine.generate(
-            prompts, max_tokens=config.max_new_tokens, seed=config.seed, progress=progress
+            prompts, max_tokens=config.max_new_tokens, seed=config.engine.seed, progress=progress
         )
     finally:
         engine.close()
@@ -249,7 +250,7 @@ def reference_nll(
                 engine.tokenizer,
                 prompts,
                 [e.reference for e in examples],
-                batch_size=config.batch_size,
+                batch_size=config.engine.batch_size or 16,
                 max_tokens=config.nll_max_tokens,
                 on_batch=advance,
             )
@@ -497,13 +498,15 @@ def _answer_stage(
     from selectllm_local.run.store import write_jsonl
 
     t0 = time.perf_counter()
-    chosen = resolve_backend(config.backend, adapter=adapter)
+    chosen = resolve_backend(config.engine.backend, adapter=adapter)
     picked = [examples[r] for r in rows]
     preds = generate_answers(
         picked,
         base_model=base_model,
         adapter=adapter,
-        config=dataclasses.replace(config, backend=chosen),
+        config=dataclasses.replace(
+            config, engine=dataclasses.replace(config.engine, backend=chosen)
+        ),
         progress=progress,
     )
     scores = score(preds, [e.reference for e in picked])

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selectllm_local.config.training import NLL_SETTINGS
+from selectllm_local.config import EngineConfig, EvaluateConfig
+from selectllm_local.config.training import MOVED_TO_ENGINE, NLL_SETTINGS
 from selectllm_local.errors import UserError
 from selectllm_local.experiment.cells import Cell, plan_dir_of
 from selectllm_local.experiment.config import (
@@ -49,6 +50,7 @@ from selectllm_local.experiment.config import (
     ExperimentConfig,
     load_experiment_config,
 )
+from selectllm_local.experiment.inputs import ExperimentInputs, load_inputs
 from selectllm_local.run.store import (
     build_once,
     marker_matches,
@@ -97,13 +99,14 @@ def run_experiment(
     """
     from selectllm_local.run.lock import run_lock
 
-    cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates everything
+    cfg = load_experiment_config(Path(config_path), run_dir=run_dir)  # validates the file
+    data = load_inputs(cfg)  # the pool and test set (budgets checked), before anything is written
     with run_lock(cfg.run_dir):  # two experiments on one folder would redo each other's cells
-        return _run_experiment(cfg, max_cells=max_cells, progress=progress)
+        return _run_experiment(cfg, data, max_cells=max_cells, progress=progress)
 
 
 def _run_experiment(
-    cfg: ExperimentConfig, *, max_cells: int | None, progress: bool
+    cfg: ExperimentConfig, data: ExperimentInputs, *, max_cells: int | None, progress: bool
 ) -> ExperimentOutcome:
     t0 = time.perf_counter()
     root = cfg.run_dir
@@ -111,9 +114,10 @@ def _run_experiment(
     from selectllm_local.progress import track
     from selectllm_local.run.rundir import environment
 
-    write_json(root / "experiment.json", {"config": cfg.to_dict(), "environment": environment()})
-    pool_path = _write_pool(cfg)
-    _write_test_rows(cfg)
+    info = {"config": cfg.to_dict(), "data": data.summary(), "environment": environment()}
+    write_json(root / "experiment.json", info)
+    pool_path = _write_pool(cfg, data)
+    _write_test_rows(cfg, data)
     base_model = _resolve_model(cfg.base_model, root, role="base")
     cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds_of(m)]
     outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
@@ -121,9 +125,9 @@ def _run_experiment(
     shown = track(cells, "experiment cells", enabled=progress, note=lambda c: c.name)  # i of n
     for i, cell in enumerate(shown, 1):
         cell_dir = root / "cells" / cell.name
-        key = _cell_key(cfg, cell, pool_path)
+        key = _cell_key(cfg, data, cell, pool_path)
         done = read_marker(cell_dir / "done.json")
-        if done is not None and _finished(done, key, _nll_key(cfg)):
+        if done is not None and _finished(done, key, _nll_key(cfg, data)):
             outcome.cells_skipped.append(cell.name)
             continue
         if max_cells is not None and len(outcome.cells_run) >= max_cells:
@@ -131,7 +135,7 @@ def _run_experiment(
             continue
         log.info("cell %d/%d: %s", i, len(cells), cell.name)
         _prepare_cell_dir(cell_dir, key)
-        _run_cell(cfg, cell, cell_dir, key, pool_path, base_model, progress=progress)
+        _run_cell(cfg, data, cell, cell_dir, key, pool_path, base_model, progress=progress)
         outcome.cells_run.append(cell.name)
         hold()  # a test's stop point (testhooks); a no-op otherwise
     from selectllm_local.experiment.results import write_results
@@ -152,13 +156,13 @@ def _run_experiment(
 # -- set-up ------------------------------------------------------------------------------------
 
 
-def _write_pool(cfg: ExperimentConfig) -> Path:
+def _write_pool(cfg: ExperimentConfig, data: ExperimentInputs) -> Path:
     """The pool every method selects from, as original records (limit applied, test rows out)."""
     path = cfg.run_dir / "data" / "pool.jsonl"
-    rows = [it.raw for it in cfg.pool_items]
-    key = stable_hash([it.uid for it in cfg.pool_items])
+    rows = [it.raw for it in data.pool_items]
+    key = stable_hash([it.uid for it in data.pool_items])
     marker = cfg.run_dir / "data" / "pool.key.json"
-    removed = {"total": cfg.test_overlap, **cfg.test_removed}
+    removed = {"total": data.test_overlap, **data.test_removed}
     log.info(
         "experiment pool: %d rows; test rows removed: %s",
         len(rows), ", ".join(f"{k} {v}" for k, v in removed.items()),
@@ -170,11 +174,11 @@ def _write_pool(cfg: ExperimentConfig) -> Path:
     return path
 
 
-def _write_test_rows(cfg: ExperimentConfig) -> None:
+def _write_test_rows(cfg: ExperimentConfig, data: ExperimentInputs) -> None:
     """Which rows of the test set are answered and which NLL-scored (for the reader: every
     ``predictions.jsonl`` and ``reference_nll.jsonl`` line names its row too)."""
     path = cfg.run_dir / "data" / "test_rows.json"
-    rows = {"test_set": str(cfg.test_set), "rows": cfg.test_rows, "nll_rows": cfg.nll_rows}
+    rows = {"test_set": str(cfg.test_set), "rows": data.test_rows, "nll_rows": data.nll_rows}
     if not (path.exists() and read_json(path) == rows):
         write_json(path, rows)
 
@@ -195,7 +199,7 @@ def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
     return build_once(out, build, done=lambda p: (p / "selectllm_model.json").exists())
 
 
-def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
+def _cell_key(cfg: ExperimentConfig, data: ExperimentInputs, cell: Cell, pool_path: Path) -> str:
     from selectllm_local.run.store import file_hash
 
     is_select = cell.method.partition(":")[0] == "select"
@@ -205,24 +209,37 @@ def _cell_key(cfg: ExperimentConfig, cell: Cell, pool_path: Path) -> str:
             "cell": [cell.method, cell.budget, cell.seed]
             + ([] if cfg.selection_seed is None else [f"selection_seed={cfg.selection_seed}"]),
             "pool": file_hash(pool_path),
-            "test": cfg.test_key,
+            "test": data.test_key,
             "base_model": cfg.base_model,
             "plan": cfg.plan,
             "selector": cfg.selector_for(cell.method).to_dict() if is_select else None,
             "engine": cfg.engine.to_dict() if uses_engine else None,
             "baseline": None if is_select else cfg.baseline.to_dict(),
             "finetune": cfg.finetune.to_dict(),
-            # the NLL settings have their own key (``_nll_key``): changing them keeps the answers
-            "evaluate": {k: v for k, v in cfg.evaluate.to_dict().items() if k not in NLL_SETTINGS},
+            "evaluate": evaluate_key(cfg.evaluate),
         }
     )
 
 
-def _nll_key(cfg: ExperimentConfig) -> str | None:
+def evaluate_key(evaluate: EvaluateConfig) -> dict[str, Any]:
+    """The ``[evaluate]`` settings that go into a cell's key, in the shape they had before the
+    engine was nested (commit 0edf93f: backend, batch_size and seed were ``[evaluate]`` keys), so
+    finished cells keep their keys (tests/test_experiment_keys.py). Any other engine setting is
+    added only when it differs from its default. The NLL settings have their own key
+    (``_nll_key``): changing them keeps the answers."""
+    engine = evaluate.engine.to_dict()
+    flat = {k: v for k, v in evaluate.to_dict().items() if k not in (*NLL_SETTINGS, "engine")}
+    flat.update({k: engine.pop(k) for k in MOVED_TO_ENGINE})
+    defaults = EngineConfig().to_dict()
+    changed = {k: v for k, v in engine.items() if v != defaults[k]}
+    return {**flat, "engine": changed} if changed else flat
+
+
+def _nll_key(cfg: ExperimentConfig, data: ExperimentInputs) -> str | None:
     """The key of the cells' reference-NLL stage (None: the NLL is off)."""
     from selectllm_local.evaluation.evaluate import nll_key
 
-    return nll_key(cfg.all_test_examples, cfg.nll_rows, cfg.evaluate) if cfg.nll_rows else None
+    return nll_key(data.all_test_examples, data.nll_rows, cfg.evaluate) if data.nll_rows else None
 
 
 def _finished(done: dict[str, Any], key: str, nll_key: str | None) -> bool:
@@ -271,6 +288,7 @@ def _prepare_cell_dir(cell_dir: Path, key: str) -> None:
 
 def _run_cell(
     cfg: ExperimentConfig,
+    data: ExperimentInputs,
     cell: Cell,
     cell_dir: Path,
     key: str,
@@ -287,11 +305,11 @@ def _run_cell(
     # reading it back.
     reused: list[str] = []
     picks, selection_seconds, selection_reused = _selection(
-        cfg, cell, cell_dir, pool_path, progress=progress
+        cfg, data, cell, cell_dir, pool_path, progress=progress
     )
     if selection_reused:
         reused.append("selection")
-    records = [cfg.pool_items[i] for i in picks]
+    records = [data.pool_items[i] for i in picks]
 
     t = time.perf_counter()
     ft_dir = cell_dir / "finetune"
@@ -304,7 +322,7 @@ def _run_cell(
             base_model=base_model,
             out_dir=ft_dir,
             config=cfg.finetune.replace(seed=cell.seed),
-            subprocess=cfg.finetune_subprocess,
+            subprocess=cfg.experiment.finetune_subprocess,
             progress=progress,
         )
     ft_seconds = time.perf_counter() - t
@@ -314,10 +332,12 @@ def _run_cell(
         base_model=base_model,
         adapter=adapter,
         out_dir=cell_dir / "eval",
-        config=dataclasses.replace(cfg.evaluate, seed=cell.seed),
+        config=dataclasses.replace(
+            cfg.evaluate, engine=dataclasses.replace(cfg.evaluate.engine, seed=cell.seed)
+        ),
         progress=progress,
-        rows=cfg.test_rows,
-        nll_rows=cfg.nll_rows,
+        rows=data.test_rows,
+        nll_rows=data.nll_rows,
         resume=True,
     )
     reused += ["evaluate" if s == "answers" else s for s in ev.reused]
@@ -332,7 +352,7 @@ def _run_cell(
         cell_dir / "done.json",
         {
             "key": key,
-            "nll_key": _nll_key(cfg),
+            "nll_key": _nll_key(cfg, data),
             "method": cell.method,
             "budget": cell.budget,
             "seed": cell.seed,
@@ -351,7 +371,13 @@ def _run_cell(
 
 
 def _selection(
-    cfg: ExperimentConfig, cell: Cell, cell_dir: Path, pool_path: Path, *, progress: bool
+    cfg: ExperimentConfig,
+    data: ExperimentInputs,
+    cell: Cell,
+    cell_dir: Path,
+    pool_path: Path,
+    *,
+    progress: bool,
 ) -> tuple[list[int], float | None, bool]:
     """(pool indices, seconds the selection took, whether it was made by an earlier run).
 
@@ -367,9 +393,9 @@ def _selection(
     plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, selection_seed(cfg, cell))
     clock = SelectionClock(plan_dir, cell.method, _selection_key(cfg, cell, pool_path))
     with clock:
-        picks = _select(cfg, cell, pool_path, progress=progress)
+        picks = _select(cfg, data, cell, pool_path, progress=progress)
     seconds = round(clock.seconds, 3)
-    items = cfg.pool_items
+    items = data.pool_items
     write_json(
         sel_path,
         {
@@ -386,7 +412,9 @@ def _selection(
     return picks, seconds, clock.was_complete
 
 
-def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: bool) -> list[int]:
+def _select(
+    cfg: ExperimentConfig, data: ExperimentInputs, cell: Cell, pool_path: Path, *, progress: bool
+) -> list[int]:
     """Pool indices chosen by ``cell.method`` (select or a baseline) in the shared plan dir."""
     from selectllm_local.baselines.ifd import IFD_FILE
     from selectllm_local.config import PlanConfig
@@ -423,7 +451,7 @@ def _select(cfg: ExperimentConfig, cell: Cell, pool_path: Path, *, progress: boo
             **likely,
             **cfg.baseline.options(name, variant),
         ).indices
-    _check_same_pool(cfg, plan_dir)
+    _check_same_pool(data, plan_dir)
     return picks
 
 
@@ -448,13 +476,13 @@ def _seed_embedding_cache(plans: Path, plan_dir: Path) -> None:
         return
 
 
-def _check_same_pool(cfg: ExperimentConfig, plan_dir: Path) -> None:
+def _check_same_pool(data: ExperimentInputs, plan_dir: Path) -> None:
     """Indices from the plan dir must mean the same rows as the experiment's pool."""
 
     p = plan_dir / "pool.jsonl"
     if p.exists():
         uids = [r["uid"] for r in read_jsonl(p)]
-        if uids != [it.uid for it in cfg.pool_items]:
+        if uids != [it.uid for it in data.pool_items]:
             raise UserError(
                 f"The pool cached in {plan_dir} differs from the experiment's pool; delete that "
                 "folder and run the experiment again."

@@ -45,7 +45,9 @@ def test_stages_plan_made_here_is_reused_where_faiss_and_the_embedder_are_missin
     common = dict(
         pool=Path("examples/dolly_sample_1500.jsonl"), preset="tiny", setting=["transformers:b8"]
     )
-    doc, text = bench_command(**common, stages_dir=stages, plan_only=True)  # type: ignore[arg-type]
+    from selectllm_local.config import BenchCommand
+
+    doc, text = bench_command(BenchCommand.of(**common, stages_dir=stages, plan_only=True))
     assert doc == {"planned": str(stages)} and "--stages" in text
     planned = {
         f: (stages / f).read_bytes() for f in ("embeddings.npy", "clusters.npy", "subsets.jsonl")

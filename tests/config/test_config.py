@@ -158,9 +158,12 @@ def test_shipped_experiments_load_and_validate(path: Path) -> None:
         cls = ExperimentTable if table == "experiment" else SECTIONS[table]
         known = set(cls.__dataclass_fields__)
         assert set(values) <= known, (table, set(values) - known)
+    from selectllm_local.experiment.inputs import load_inputs
+
     cfg = load_experiment_config(path, require_models=False)
-    assert cfg.methods and cfg.budgets and cfg.seeds and cfg.test_rows
-    assert max(cfg.budgets) < len(cfg.pool_items), (cfg.budgets, len(cfg.pool_items))
+    data = load_inputs(cfg)  # as the runner and the dry run load them
+    assert cfg.methods and cfg.budgets and cfg.seeds and data.test_rows
+    assert max(cfg.budgets) < len(data.pool_items), (cfg.budgets, len(data.pool_items))
 
 
 def test_shared_setting_sets_every_section_and_required_names_the_flag() -> None:
@@ -207,13 +210,13 @@ def test_bench_stages_and_gpu_preset_flags_reach_the_benchmark(
     from selectllm_local.bench import command as bench_command_mod
     from selectllm_local.config import BenchCommand
 
-    # bench_command takes every BenchCommand setting (the CLI passes them all by name).
-    params = set(inspect.signature(bench_command_mod.bench_command).parameters) - {"progress"}
-    assert params == set(BenchCommand.__dataclass_fields__)
+    # bench_command takes the BenchCommand itself: its settings are declared once.
+    params = list(inspect.signature(bench_command_mod.bench_command).parameters)
+    assert params == ["cmd", "progress"]
     seen: list[dict] = []
 
-    def record(**kw: object) -> tuple[dict, str]:
-        seen.append(kw)
+    def record(cmd: BenchCommand, **kw: object) -> tuple[dict, str]:
+        seen.append(vars(cmd))
         return {}, ""
 
     monkeypatch.setattr(bench_command_mod, "bench_command", record)
@@ -249,3 +252,80 @@ def test_experiment_takes_its_file_as_argument_or_as_config(tmp_path: Path) -> N
     for args in ([str(cfg)], ["--config", str(cfg)]):
         r = invoke("experiment", *args, "--run-dir", str(tmp_path / "r"))
         assert r.exit_code == 2 and "unknown method 'nope'" in r.output, r.output
+
+
+def test_every_vocabulary_field_refuses_an_unknown_word_naming_its_flag() -> None:
+    """Each vocabulary is one ``Literal`` (config/vocab.py); every field typed with one checks it."""
+    import dataclasses
+
+    from selectllm_local.config import commands
+    from selectllm_local.config.base import flag_name
+    from selectllm_local.config.vocab import vocabulary
+
+    required = {"pool": "p", "budget": 2, "name": "x", "shape": "tiny-qwen2", "out_dir": "o"}
+    classes = [*SECTIONS.values(), commands.SelectConfig, commands.BenchCommand,
+               commands.RandomModelCommand]  # fmt: skip
+    checked = []
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            words = vocabulary(field_types(cls)[f.name])
+            if not words:
+                continue
+            values = {k: v for k, v in required.items() if k in cls.__dataclass_fields__}
+            if "plan" in cls.__dataclass_fields__:
+                values["plan"] = PlanConfig(pool="p", budget=2)
+            for word in words:  # every word of the vocabulary is accepted
+                cls(**values, **{f.name: word})
+            with pytest.raises(UserError, match=flag_name(cls, f.name) + ".*must be one of"):
+                cls(**values, **{f.name: "no-such-word"})
+            checked.append(f"{cls.__name__}.{f.name}")
+    assert {"PlanConfig.layout", "SelectorConfig.mode", "EngineConfig.dtype",
+            "BaselineConfig.band", "FinetuneConfig.quantization"} <= set(checked)  # fmt: skip
+
+
+def test_evaluation_engine_settings_reach_the_engine_from_flags_and_files(tmp_path: Path) -> None:
+    """[evaluate.engine] (flags of `evaluate`) is the evaluation's engine: every setting arrives."""
+    from selectllm_local.config import EvaluateCommand
+    from selectllm_local.evaluation.evaluate import engine_options
+
+    flags = {"test_set": "t.jsonl", "base_model": "m", "out": "o"}
+    cmd = EvaluateCommand.of(**flags, gpu_memory_utilization=0.5, max_num_seqs=4,
+                             tensor_parallel_size=2, backend="vllm", limit=3)  # fmt: skip
+    engine = engine_options(cmd.evaluate, adapter=None)
+    assert (engine.gpu_memory_utilization, engine.max_num_seqs) == (0.5, 4)
+    assert engine.tensor_parallel_size == 2 and engine.backend == "vllm"
+    assert engine.batch_size == 16 and cmd.evaluate.limit == 3  # the evaluation's default batch
+    (tmp_path / "e.toml").write_text(
+        "[evaluate]\nmax_new_tokens = 7\n[evaluate.engine]\nmax_num_seqs = 3\nbatch_size = 2\n"
+        "[engine]\nmax_num_seqs = 99\n"  # the selector's engine: not the evaluation's
+    )
+    values = file_values(tmp_path / "e.toml", EvaluateCommand, command="evaluate")
+    cmd = EvaluateCommand.of(**flags, **values)
+    assert cmd.evaluate.max_new_tokens == 7 and cmd.evaluate.engine.max_num_seqs == 3
+    assert engine_options(cmd.evaluate, adapter=None).batch_size == 2
+
+
+def test_old_evaluate_keys_still_work_and_name_their_new_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from selectllm_local.config import EvaluateCommand
+
+    old = tmp_path / "old.toml"
+    old.write_text('[evaluate]\nbackend = "transformers"\nbatch_size = 3\nmax_new_tokens = 5\n')
+    values = file_values(old, EvaluateCommand, command="evaluate")
+    cmd = EvaluateCommand.of(test_set="t", base_model="m", out="o", **values)
+    assert cmd.evaluate.engine.backend == "transformers" and cmd.evaluate.engine.batch_size == 3
+    # an experiment file's [evaluate] table: the old keys move, with a warning naming the place
+    from selectllm_local.config import EvaluateConfig
+
+    table = EvaluateConfig.table({"backend": "vllm", "limit": 2})
+    assert table == {"limit": 2, "engine": {"backend": "vllm"}}
+    assert "[evaluate] backend is now [evaluate.engine] backend" in caplog.text
+    with pytest.raises(UserError, match=r"seed is now \[evaluate.engine\] seed"):
+        EvaluateConfig.table({"seed": 1, "engine": {"seed": 2}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[evaluate.engine]\nmax_num_seq = 2\n")
+    with pytest.raises(UserError, match=r"\[evaluate.engine\] has unknown key\(s\): max_num_seq"):
+        file_values(bad, EvaluateCommand, command="evaluate")
+    r = invoke("evaluate", "t.jsonl", "--base-model", "m", "--out", str(tmp_path), "--model", "x")
+    assert r.exit_code == 2 and "base model" in r.output

@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from selectllm_local.cli import app
-from selectllm_local.costs.estimate import estimate_experiment, format_estimate
+from selectllm_local.costs.estimate import estimate_experiment
 from selectllm_local.costs.rates import RATE_KEYS, Costs, model_size
+from selectllm_local.costs.table import format_estimate
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import load_experiment_config
 from tests.helpers import REPO, TINY_CI, tiny_experiment_config

@@ -239,13 +239,14 @@ def test_no_paper_test_prompt_survives_in_the_dolly_experiment_pool(tmp_path: Pa
     pool building: none of the 1,000 test prompts is left (before: 12 were, by this normaliser)."""
     from selectllm_local.evaluation.evaluate import load_testset
     from selectllm_local.experiment import load_experiment_config
+    from selectllm_local.experiment.inputs import load_inputs
 
     tests = load_testset(DOLLY_TESTSET)
     assert len(tests) == 1000
     cfg_path = tiny_experiment_config(
         tmp_path, (f'"{EXAMPLE_POOL}"', f'"{DOLLY}"'), ("pool_limit = 200", "")
     )
-    cfg = load_experiment_config(cfg_path, run_dir=tmp_path / "run")
+    cfg = load_inputs(load_experiment_config(cfg_path, run_dir=tmp_path / "run"))
     assert _surviving_test_prompts(cfg.pool_items, tests) == []
     assert cfg.test_removed == {"same_pair": 1001, "same_prompt": 21, "same_input_answer": 1}
     assert cfg.test_overlap == 1023 and len(cfg.pool_items) == 15014 - 1023 - 173
@@ -261,17 +262,20 @@ def test_smollm2_experiment_pool_is_leak_free() -> None:
     prompt either, and it reads the shipped data (no path outside the repository)."""
     from selectllm_local.evaluation.evaluate import load_testset
     from selectllm_local.experiment import load_experiment_config
+    from selectllm_local.experiment.inputs import load_inputs
 
     cfg = load_experiment_config(REPO / "experiments" / "smollm2_dolly.toml", require_models=False)
     assert cfg.pool == DOLLY and cfg.test_set == DOLLY_TESTSET
-    assert 0 < len(cfg.pool_items) <= 15014 - 1023 and cfg.test_overlap == 1023
-    assert _surviving_test_prompts(cfg.pool_items, load_testset(DOLLY_TESTSET)) == []
+    data = load_inputs(cfg)
+    assert 0 < len(data.pool_items) <= 15014 - 1023 and data.test_overlap == 1023
+    assert _surviving_test_prompts(data.pool_items, load_testset(DOLLY_TESTSET)) == []
 
 
 def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
     """A pool row that differs from a test example only by citation markers is dropped."""
     from selectllm_local.evaluation.evaluate import load_testset
     from selectllm_local.experiment import load_experiment_config
+    from selectllm_local.experiment.inputs import load_inputs
 
     test = load_testset(REPO / "examples" / "testsets" / "dolly")[0]
     rows = [
@@ -290,17 +294,20 @@ def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text(text)
     cfg = load_experiment_config(cfg_path, run_dir=tmp_path / "run")
-    assert cfg.test_overlap == 1 and len(cfg.pool_items) == 40
-    assert cfg.test_removed["same_pair"] == 1
+    data = load_inputs(cfg)
+    assert data.test_overlap == 1 and len(data.pool_items) == 40
+    assert data.test_removed["same_pair"] == 1
     # the run directory records the counts by reason beside the pool it wrote
     from selectllm_local.experiment.runner import _write_pool
 
-    written = _write_pool(cfg)
+    written = _write_pool(cfg, data)
     assert len(written.read_text().splitlines()) == 40
     info = json.loads((tmp_path / "run" / "data" / "pool.key.json").read_text())
     assert info["rows"] == 40 and info["test_rows_removed"] == {
         "total": 1, "same_pair": 1, "same_prompt": 0, "same_input_answer": 0,
     }  # fmt: skip
     mtime = written.stat().st_mtime_ns
-    assert _write_pool(cfg) == written and written.stat().st_mtime_ns == mtime  # not rewritten
-    assert cfg.to_dict()["test_removed"] == cfg.test_removed  # saved in experiment.json
+    assert (
+        _write_pool(cfg, data) == written and written.stat().st_mtime_ns == mtime
+    )  # not rewritten
+    assert data.summary()["test_removed"] == data.test_removed  # saved in experiment.json

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from selectllm_local.config import EvaluateConfig
+from selectllm_local.config import EngineConfig, EvaluateConfig
 from selectllm_local.errors import UserError
 from selectllm_local.evaluation.evaluate import evaluate_run, load_testset, score
 from tests.helpers import EXAMPLE_POOL, REPO, requires_gpu, requires_vllm
@@ -94,11 +94,10 @@ def test_evaluate_run_writes_outputs_and_is_reproducible(
     tiny_llama_dir: Path, adapter: Path, tmp_path: Path
 ) -> None:
     cfg = EvaluateConfig(
-        backend="transformers",
+        engine=EngineConfig(backend="transformers", batch_size=4),
         limit=6,
         nll_limit=9,
         max_new_tokens=8,
-        batch_size=4,
         max_prompt_tokens=256,
     )
     kw = {"base_model": tiny_llama_dir, "config": cfg, "progress": False}
@@ -149,8 +148,12 @@ def test_reference_nll_is_batch_free_response_only_and_matches_transformers(
     ex.append(TestExample("Name a colour.", "", "Red."))  # short: scored whole, EOS included
     kw = {"base_model": tiny_llama_dir, "adapter": adapter, "progress": False}
     cfg = EvaluateConfig(max_prompt_tokens=128, nll_max_tokens=48)
-    batched = reference_nll(ex, config=EvaluateConfig(**{**cfg.to_dict(), "batch_size": 7}), **kw)
-    single = reference_nll(ex, config=EvaluateConfig(**{**cfg.to_dict(), "batch_size": 1}), **kw)
+    batched = reference_nll(
+        ex, config=EvaluateConfig(**{**cfg.to_dict(), "engine": {"batch_size": 7}}), **kw
+    )
+    single = reference_nll(
+        ex, config=EvaluateConfig(**{**cfg.to_dict(), "engine": {"batch_size": 1}}), **kw
+    )
     assert [r.tokens for r in batched] == [r.tokens for r in single]
     for b, s in zip(batched, single, strict=True):
         assert b.nll == pytest.approx(s.nll, rel=1e-5)
@@ -178,7 +181,12 @@ def test_resume_adds_only_the_missing_nll(
     and its rows on a resumed run, without new answers; a finished one is left alone."""
     from selectllm_local.evaluation import evaluate
 
-    cfg = EvaluateConfig(backend="transformers", limit=4, max_new_tokens=6, max_prompt_tokens=128)
+    cfg = EvaluateConfig(
+        engine=EngineConfig(backend="transformers"),
+        limit=4,
+        max_new_tokens=6,
+        max_prompt_tokens=128,
+    )
     kw = {"base_model": tiny_llama_dir, "adapter": adapter, "out_dir": tmp_path, "progress": False}
     evaluate_run(PAPER_DOLLY, config=EvaluateConfig(**{**cfg.to_dict(), "nll_limit": 0}), **kw)
     assert not (tmp_path / "reference_nll.jsonl").exists()
@@ -209,8 +217,12 @@ def test_batching_does_not_change_answers(tiny_llama_dir: Path, adapter: Path) -
 
     ex = load_testset(PAPER_DOLLY, limit=5)
     kw = {"base_model": tiny_llama_dir, "adapter": adapter, "progress": False}
-    five = EvaluateConfig(backend="transformers", max_new_tokens=6, batch_size=5)
-    one = EvaluateConfig(backend="transformers", max_new_tokens=6, batch_size=1)
+    five = EvaluateConfig(
+        engine=EngineConfig(backend="transformers", batch_size=5), max_new_tokens=6
+    )
+    one = EvaluateConfig(
+        engine=EngineConfig(backend="transformers", batch_size=1), max_new_tokens=6
+    )
     assert generate_answers(ex, config=five, **kw) == generate_answers(ex, config=one, **kw)
 
 
@@ -221,7 +233,7 @@ def test_unknown_backend_and_missing_adapter(tiny_llama_dir: Path, tmp_path: Pat
     with pytest.raises(UserError, match="--backend 'onnx' is not known"):
         resolve_backend("onnx")
     with pytest.raises(UserError, match="backend"):
-        EvaluateConfig(backend="onnx")
+        EvaluateConfig(engine=EngineConfig(backend="onnx"))
     with pytest.raises(UserError, match="adapter_config.json"):
         generate_answers(ex, base_model=tiny_llama_dir, adapter=tmp_path)
 
@@ -233,7 +245,9 @@ def test_vllm_lora_path_on_gpu(tiny_llama_dir: Path, adapter: Path) -> None:
     from selectllm_local.evaluation.evaluate import generate_answers
 
     ex = load_testset(PAPER_DOLLY, limit=4)
-    cfg = EvaluateConfig(backend="vllm", max_new_tokens=6, max_prompt_tokens=256)
+    cfg = EvaluateConfig(
+        engine=EngineConfig(backend="vllm"), max_new_tokens=6, max_prompt_tokens=256
+    )
     out = generate_answers(ex, base_model=tiny_llama_dir, adapter=adapter, config=cfg)
     assert len(out) == 4 and all(isinstance(x, str) for x in out)
 

@@ -15,6 +15,7 @@ import pytest
 
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import load_experiment_config, run_experiment
+from selectllm_local.experiment.inputs import load_inputs
 from tests.helpers import HANG_GUARD, REPO, TINY_CI, tiny_experiment_config
 
 TINY = TINY_CI
@@ -78,22 +79,24 @@ def test_samples_are_seeded_fixed_and_cleaned_against_the_whole_test_set(tmp_pat
         ("limit = 8 ", "# no limit "),
     )
     a, b = (
-        load_experiment_config(cfg_path),
-        load_experiment_config(cfg_path),
+        load_inputs(load_experiment_config(cfg_path)),
+        load_inputs(load_experiment_config(cfg_path)),
     )
     assert len(a.pool_items) == 300 and len(a.test_examples) == 5
     assert [i.uid for i in a.pool_items] == [i.uid for i in b.pool_items]
     assert a.test_examples == b.test_examples
     rows = [it.source_row for it in a.pool_items]
     assert rows == sorted(rows)  # the sample keeps the file's order
-    full = load_experiment_config(
-        tiny_experiment_config(tmp_path, ("limit = 8 ", "# no limit "), name="f.toml")
+    full = load_inputs(
+        load_experiment_config(
+            tiny_experiment_config(tmp_path, ("limit = 8 ", "# no limit "), name="f.toml")
+        )
     )
     assert a.test_overlap == full.test_overlap  # same rows removed as with every test example
     other = tiny_experiment_config(
         tmp_path, ("pool_limit = 200 ", "pool_sample = 300\nsample_seed = 1 "), name="o.toml"
     )
-    assert {i.uid for i in load_experiment_config(other).pool_items} != {
+    assert {i.uid for i in load_inputs(load_experiment_config(other)).pool_items} != {
         i.uid for i in a.pool_items
     }
     # NLL rows: the answered rows plus a seeded draw of the others; the answered rows unchanged
@@ -106,12 +109,13 @@ def test_samples_are_seeded_fixed_and_cleaned_against_the_whole_test_set(tmp_pat
         ("limit = 8 ", "# no limit "),
         name="n.toml",
     )
-    m1, m2 = load_experiment_config(more), load_experiment_config(more)
+    m1, m2 = (load_inputs(load_experiment_config(more)) for _ in range(2))
     assert m1.test_rows == a.test_rows and m1.test_key == a.test_key
     assert set(m1.test_rows) < set(m1.nll_rows) and len(m1.nll_rows) == 40
     assert m1.nll_rows == m2.nll_rows == sorted(m1.nll_rows)
-    assert a.selector_for("select:logprobs").mode == "logprobs"
-    assert a.selector_for("select").mode == a.selector.mode
+    c = load_experiment_config(cfg_path)
+    assert c.selector_for("select:logprobs").mode == "logprobs"
+    assert c.selector_for("select").mode == c.selector.mode
     root = tmp_path / "r"
     assert plan_dir_of(root, "select:logprobs", 8, 0).name == "b8-s0-select-logprobs"
     assert plan_dir_of(root, "random", 8, 0) == plan_dir_of(root, "select", 8, 0)
@@ -130,7 +134,7 @@ def test_pool_without_responses_is_refused(tmp_path: Path) -> None:
         tmp_path, (f'pool = "{REPO}/examples/dolly_sample_1500.jsonl"', f'pool = "{pool}"')
     )
     with pytest.raises(UserError, match=r"\[experiment\] pool .* 200 of 200 rows have no response"):
-        load_experiment_config(cfg)
+        load_inputs(load_experiment_config(cfg))
 
 
 def test_cli_bad_config_exit_2(tmp_path: Path) -> None:
