@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from selectllm_local.backends.base import BackendOptions, Constraint
+from selectllm_local.backends.base import Constraint
+from selectllm_local.config import EngineConfig
 from selectllm_local.records import Generation
 
 # script(prompt, call_number) -> answer text (str or bytes); call_number counts calls per prompt
@@ -51,9 +52,10 @@ class FakeBackend:
         self._seen: dict[str, int] = {}
         self.special_tokens: list[str] = ["<|im_start|>", "<|im_end|>"]
         self.stats: dict[str, float] = {"prompt_tokens": 0, "output_tokens": 0}
+        self.tokenizer: Any = None  # scripted: no Hugging Face tokenizer behind it
 
     @classmethod
-    def from_options(cls, options: BackendOptions) -> FakeBackend:
+    def from_options(cls, options: EngineConfig) -> FakeBackend:
         """The fake as ``--backend fake`` loads it: default script, optional ``block_after``."""
         opts: dict[str, Any] = dict(options.extra.get("fake", {}))
         env = os.environ.get("SELECTLLM_FAKE_BLOCK_AFTER")

@@ -25,7 +25,6 @@ from typing import Any
 
 from selectllm_local import hardware
 from selectllm_local.backends.base import (
-    BackendOptions,
     ChatTokenizer,
     Constraint,
     check_windows,
@@ -33,6 +32,7 @@ from selectllm_local.backends.base import (
     request_seed,
 )
 from selectllm_local.backends.batchsize import CPU_BATCH, ModelMemory, gpu_batch_size
+from selectllm_local.config import EngineConfig
 from selectllm_local.progress import progress_bar
 from selectllm_local.records import Generation
 
@@ -168,7 +168,7 @@ class HFBackend(ChatTokenizer):
 
     name = "transformers"
 
-    def __init__(self, model_path: str, options: BackendOptions) -> None:
+    def __init__(self, model_path: str, options: EngineConfig) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from selectllm_local.backends.base import Backend
 from selectllm_local.records import PoolItem
 
 
@@ -67,7 +68,7 @@ def plan_stages(cfg: Any, items: Sequence[PoolItem]) -> Path:
     return Path(cfg.stages_dir)
 
 
-def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str, Any]:
+def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Backend) -> dict[str, Any]:
     """Run ``select_run`` on ``cfg.subsets x cfg.candidates`` rows of ``items`` with ``backend``,
     in ``cfg.stages_dir`` when given (a planned one is reused), else in a temporary folder."""
     from selectllm_local.run.pipeline import select_run

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from selectllm_local.backends.base import Backend
 from selectllm_local.config import PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, PoolStats, Subset
@@ -287,7 +288,9 @@ def _select_key(cfg: SelectConfig, store: RunStore, template_fp: str, backend_na
     )
 
 
-def select_run(cfg: SelectConfig, *, backend: Any = None, progress: bool = True) -> SelectOutcome:
+def select_run(
+    cfg: SelectConfig, *, backend: Backend | None = None, progress: bool = True
+) -> SelectOutcome:
     """``_select_run`` holding the run directory's lock: a second run on it exits 2."""
     from selectllm_local.run.store import run_lock
 
@@ -297,7 +300,9 @@ def select_run(cfg: SelectConfig, *, backend: Any = None, progress: bool = True)
         return _select_run(cfg, backend=backend, ready=ready, progress=progress)
 
 
-def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool) -> SelectOutcome:
+def _select_run(
+    cfg: SelectConfig, *, backend: Backend | None, ready: Ready, progress: bool
+) -> SelectOutcome:
     """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
 
     ``cfg`` holds the plan, selector and engine sections. ``backend`` lets tests and benchmarks reuse a loaded engine
@@ -338,7 +343,7 @@ def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool
         for r in rows
     }
 
-    def load() -> Any:
+    def load() -> Backend:
         if not ready.model:
             raise UserError(
                 "select needs --model (a local model folder) to ask the LLM; only a budget equal "
@@ -353,8 +358,9 @@ def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool
             model = str(eng.model) if eng.ray and eng.model else ready.model
             return load_backend(backend_name, model, eng, offline=cfg.plan.offline)
 
-    engine = backend if backend is not None else LazyBackend(load)
-    stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}
+    lazy = LazyBackend(load)  # starts nothing until used
+    engine: Backend = backend if backend is not None else lazy
+    stats_before = dict(backend.stats) if backend is not None else {}
     t_sel = time.perf_counter()
     try:
         with AppendLog(responses) as log_file:
@@ -387,8 +393,8 @@ def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool
         files[cfg.format] = extra
     seconds_write = time.perf_counter() - t
 
-    real = backend if backend is not None else engine.loaded
-    stats = dict(getattr(real, "stats", {}) or {})
+    real = backend if backend is not None else lazy.loaded
+    stats = dict(real.stats) if real is not None else {}
     delta = {k: stats.get(k, 0) - stats_before.get(k, 0) for k in stats if k != "startup_seconds"}
     startup = 0.0 if backend is not None else float(stats.get("startup_seconds", 0.0))
     counts = outcome.counts
