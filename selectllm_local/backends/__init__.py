@@ -102,6 +102,10 @@ class LazyBackend:
         return self._real.model_path
 
     @property
+    def options(self) -> EngineConfig:
+        return self._real.options
+
+    @property
     def stats(self) -> dict[str, float]:
         return self._backend.stats if self._backend is not None else {}
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from selectllm_local.config import EngineConfig
 from selectllm_local.records import Generation
 
 
@@ -71,6 +72,11 @@ class Backend(Protocol):
     @property
     def model_path(self) -> str:
         """The model folder (or name) the engine loaded."""
+        ...
+
+    @property
+    def options(self) -> EngineConfig:
+        """The engine settings it was loaded with."""
         ...
 
     @property

@@ -52,6 +52,7 @@ class FakeBackend:
         self._seen: dict[str, int] = {}
         self.special_tokens: list[str] = ["<|im_start|>", "<|im_end|>"]
         self.stats: dict[str, float] = {"prompt_tokens": 0, "output_tokens": 0}
+        self.options = EngineConfig(backend="fake", max_model_len=max_context)
         self.tokenizer: Any = None  # scripted: no Hugging Face tokenizer behind it
 
     @classmethod
@@ -62,7 +63,9 @@ class FakeBackend:
         if env and "block_after" not in opts:
             opts["block_after"] = int(env)
         ctx = options.max_model_len or 100_000
-        return cls(max_context=ctx, block_after=opts.get("block_after"))
+        fake = cls(max_context=ctx, block_after=opts.get("block_after"))
+        fake.options = options
+        return fake
 
     def _delivered_one(self) -> None:
         """Count a delivered answer; past ``block_after``, wait until a signal interrupts."""

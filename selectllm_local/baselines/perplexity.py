@@ -15,10 +15,52 @@ from typing import Any
 import numpy as np
 
 from selectllm_local import hardware
+from selectllm_local.baselines.request import Request, top
+from selectllm_local.config.training import PERPLEXITY_BANDS
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
 
 ANSWER_TOKENS = 128  # answer-perplexity: tokens of the base model's greedy answer scored
+
+
+def perplexity_pick(req: Request) -> np.ndarray:
+    """``answer-perplexity`` / ``instruction-perplexity``: the rows in ``band`` (high | low |
+    middle) of the scorer's perplexities. Options: ``band``, ``batch_size``, ``max_length``,
+    ``answer_tokens``, ``progress``."""
+    opts = req.opts
+    band = opts.get("band", "high")
+    if band not in PERPLEXITY_BANDS:
+        raise UserError(f"--band must be one of {', '.join(PERPLEXITY_BANDS)} (got '{band}').")
+    if req.scorer is None:
+        raise UserError(
+            "The perplexity baselines need a scoring model: give --scorer-model PATH (a local "
+            "causal LM, normally the base model to be fine-tuned)."
+        )
+    batch_size, max_length = int(opts.get("batch_size", 16)), int(opts.get("max_length", 256))
+    progress = bool(opts.get("progress", True))
+    texts = [f"{it.instruction}\n{it.input}".strip() for it in req.items]
+    if callable(req.scorer):
+        ppl = np.asarray(req.scorer(texts), dtype=np.float64)
+    elif req.name == "answer-perplexity":
+        ppl = answer_perplexities(
+            req.items,
+            str(req.scorer),
+            batch_size=batch_size,
+            answer_tokens=int(opts.get("answer_tokens", ANSWER_TOKENS)),
+            max_prompt_tokens=max_length,
+            progress=progress,
+        )
+    else:
+        ppl = perplexities(
+            texts, str(req.scorer), batch_size=batch_size, max_length=max_length, progress=progress
+        )
+    if band == "high":
+        key = -ppl
+    elif band == "low":
+        key = ppl
+    else:  # closest to the median
+        key = np.abs(ppl - np.median(ppl))
+    return top(key, req.budget, req.rng)
 
 
 def perplexities(
