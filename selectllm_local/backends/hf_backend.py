@@ -299,7 +299,9 @@ class HFBackend(ChatTokenizer):
                 new = new_ids[r].tolist()
                 n_out = next((j for j, t in enumerate(new) if t in stop), len(new))
                 text = self.tokenizer.decode(new[:n_out], skip_special_tokens=True)
-                gen = Generation(text, len(encoded[i]), n_out + (n_out < len(new)))
+                gen = Generation(
+                    text, len(encoded[i]), n_out + (n_out < len(new)), token_ids=new[:n_out]
+                )
                 self.stats["output_tokens"] += gen.output_tokens
                 results[i] = gen
                 if on_output is not None:

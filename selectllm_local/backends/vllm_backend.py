@@ -210,7 +210,12 @@ class VLLMBackend(ChatTokenizer):
 
         def handle(i: int, out: Any) -> None:
             comp = out.outputs[0]
-            gen = Generation(comp.text, len(out.prompt_token_ids or []), len(comp.token_ids))
+            gen = Generation(
+                comp.text,
+                len(out.prompt_token_ids or []),
+                len(comp.token_ids),
+                token_ids=list(comp.token_ids),
+            )
             self.stats["output_tokens"] += gen.output_tokens
             results[i] = gen
             if on_output is not None:
