@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from selectllm_local.backends import load_backend, resolve_backend_name, resolve_model
-from selectllm_local.backends.hf_backend import bucket_by_length
+from selectllm_local.backends.batchsize import bucket_by_length
 from selectllm_local.config import EngineConfig
 from selectllm_local.errors import UserError
 from selectllm_local.selection.grammar import id_constraint
