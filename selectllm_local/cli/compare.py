@@ -29,6 +29,7 @@ def _cells_text(result: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.markup import escape
 
+    from selectllm_local.experiment import stats
     from selectllm_local.experiment.stats import DRAWS, MDE_FACTOR
 
     a, b = result["a"], result["b"]
@@ -47,7 +48,8 @@ def _cells_text(result: dict[str, Any]) -> Any:
                 f"B {r['b_mean']:.4f}",
                 f"  A - B = {r['difference']:+.4f}{rel}, 95% interval "
                 f"[{r['low']:+.4f}, {r['high']:+.4f}]: [bold]{r['verdict']}[/]{held}",
-                f"  p = {r['p_value']:.3g} (Holm {r['holm_p']:.3g}), minimum detectable effect "
+                f"  p = {stats.format_p(r['p_value'])} (Holm {stats.format_p(r['holm_p'])}), "
+                f"minimum detectable effect "
                 f"{r['mde']:.4f}",
             ]  # fmt: skip
         parts.append(

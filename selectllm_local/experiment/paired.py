@@ -203,7 +203,7 @@ def comparisons_text(rows: list[dict[str, Any]], notes: list[str], budgets: list
                 lines.append(
                     f"| {r['method']} | {labels[r['metric']]} | {_num(r['difference'])} | "
                     f"[{_num(r['low'])}, {_num(r['high'])}] | {_num(r['relative_pct'], '+.1f%')} | "
-                    f"{r['verdict']} | {r['p_value']:.3g} | {r['holm_p']:.3g} | "
+                    f"{r['verdict']} | {stats.format_p(r['p_value'])} | {stats.format_p(r['holm_p'])} | "
                     f"{'yes' if r['survives_holm'] else '–'} | {r['seeds']} × {r['rows']} |"
                 )
             lines.append("")
@@ -222,7 +222,7 @@ def _method_text() -> list[str]:
         "the interval excludes zero; for the reference NLL lower is better, so a negative Δ is "
         "better. p is two-sided, from the bootstrap draws (twice the smaller share on either "
         "side of zero, read off the same draws as the interval, so p ≤ 0.05 exactly when the "
-        "interval excludes zero; p = 0 means no draw crossed zero); Holm's step-down correction over every "
+        "interval excludes zero; ≤ when no draw crossed zero); Holm's step-down correction over every "
         "comparison in this table keeps the family-wise error at 5% (holds: Holm p ≤ 0.05).",
     ]
 

@@ -111,16 +111,22 @@ def bootstrap_means(diffs: np.ndarray, *, draws: int = DRAWS, seed: int = 0) -> 
 
 def p_value(boot: np.ndarray) -> float:
     """Two-sided bootstrap p-value of "the difference is zero": twice the smaller share of draws
-    on either side of zero (a draw at exactly zero counts on both sides).
+    on either side of zero (a draw at exactly zero counts on both sides), at least 2 / draws.
 
     It is the exact counterpart of :func:`interval`: ``p <= alpha`` holds exactly when the
-    ``1 - alpha`` interval excludes zero, so a verdict and its p-value never disagree. A p-value
-    of 0 means no draw crossed zero: read it as "below 2 / draws".
+    ``1 - alpha`` interval excludes zero (for draws >= 2 / alpha), so a verdict and its p-value
+    never disagree. When no draw crossed zero the p-value is the bound 2 / draws (a table shows
+    "≤"), which Holm then multiplies like any other.
     """
     n = len(boot)
     below = int(np.sum(boot <= 0))
     above = int(np.sum(boot >= 0))
-    return min(1.0, 2.0 * min(below, above) / n)
+    return min(1.0, 2.0 * max(min(below, above), 1) / n)
+
+
+def format_p(p: float, draws: int = DRAWS) -> str:
+    """A bootstrap p-value for a table; the floor 2 / draws (no draw crossed zero) reads "≤"."""
+    return f"≤ {p:.2g}" if p <= 2 / draws else f"{p:.3g}"
 
 
 def interval(boot: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:

@@ -146,3 +146,10 @@ def test_the_verdict_and_the_p_value_never_disagree(shift: float) -> None:
         b = rng.normal(0.0, 0.2, size=(3, 60))
         p = compare(a, b, higher_is_better=True, draws=500, seed=trial)
         assert (p.verdict != NO_DIFFERENCE) == (p.p_value <= ALPHA), (trial, p)
+
+
+def test_a_p_value_of_zero_reads_as_a_bound() -> None:
+    boot = np.full(4000, 0.5)  # no draw crosses zero
+    assert stats.p_value(boot) == 2 / 4000
+    assert stats.format_p(stats.p_value(boot), 4000) == "≤ 0.0005"
+    assert stats.format_p(0.0123) == "0.0123"
