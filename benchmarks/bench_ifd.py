@@ -32,11 +32,11 @@ POOL = REPO / "examples" / "dolly_sample_1500.jsonl"
 
 def bench_backend(name: str, model: str, items: list, args: argparse.Namespace) -> dict:
     from selectllm_local.backends import load_backend
-    from selectllm_local.backends.base import BackendOptions
     from selectllm_local.baselines import ifd as likelihood
+    from selectllm_local.config import EngineConfig
 
     t = time.perf_counter()
-    options = BackendOptions(dtype=args.dtype, max_model_len=2048, enforce_eager=True)
+    options = EngineConfig(dtype=args.dtype, max_model_len=2048, enforce_eager=True)
     backend = load_backend(name, model, options)
     startup = time.perf_counter() - t
     walls, cpus, tokens = [], [], 0

@@ -85,10 +85,10 @@ class _StubModel:
 
 
 def _backend(model_dir: Path, tokenizer: Any) -> Any:
-    from selectllm_local.backends import BackendOptions
     from selectllm_local.backends.hf_backend import HFBackend
+    from selectllm_local.config import EngineConfig
 
-    backend = HFBackend(str(model_dir), BackendOptions(dtype="float32", device="cpu"))
+    backend = HFBackend(str(model_dir), EngineConfig(dtype="float32", device="cpu"))
     tokenizer.padding_side = "left"
     backend.tokenizer = tokenizer
     backend._has_template = True
@@ -128,6 +128,7 @@ def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> floa
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from selectllm_local.bench import run as bench
+    from selectllm_local.config import SelectorConfig
     from selectllm_local.data import pool as data
     from selectllm_local.models import random_weights as tinymodel
     from selectllm_local.selection import rounds as selection
@@ -139,9 +140,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         sys.exit(f"the pool has {len(items)} rows; {need} are needed")
     load0 = list(os.getloadavg())
     plan = bench.strided_plan(args.subsets, args.candidates, args.picks)
-    cfg = selection.SelectionSettings(
-        mode=args.mode, max_candidate_tokens=args.max_candidate_tokens, retries=0
-    )
+    cfg = SelectorConfig(mode=args.mode, max_candidate_tokens=args.max_candidate_tokens, retries=0)
     with tempfile.TemporaryDirectory(prefix="selectllm-overhead-") as tmp_s:
         tmp = Path(tmp_s)
         tok = _tokenizer(args.tokenizer, items, tmp)

@@ -31,7 +31,7 @@ from selectllm_local.config.base import field_types, is_section
 from selectllm_local.errors import UserError, expected_failure
 
 if TYPE_CHECKING:
-    from selectllm_local.baselines.registry import BaselineOutcome
+    from selectllm_local.baselines.run import BaselineOutcome
     from selectllm_local.evaluation.evaluate import EvalOutcome
     from selectllm_local.run.pipeline import PlanOutcome, SelectOutcome
 
@@ -150,7 +150,8 @@ def baseline(
 ) -> BaselineOutcome:
     """Select with baseline ``name`` (random, length, kcenter, ifd...) at the same budget, as
     ``selectllm baseline NAME`` (written beside select's selection in ``run_dir``)."""
-    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS, baseline_run
+    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS
+    from selectllm_local.baselines.run import baseline_run
     from selectllm_local.run.preflight import check_writable, resolve_local_model
 
     given = dict(name=name, pool=pool, budget=budget, run_dir=run_dir, model=model,

@@ -105,6 +105,8 @@ class Generation:
     output_tokens: int
     # logprob mode: score per candidate label (higher = more preferred), aligned with candidates
     scores: list[float] | None = None
+    # the generated token ids, where the engine reports them (a final stop token may be included)
+    token_ids: list[int] | None = None
 
 
 @dataclass

@@ -38,9 +38,9 @@ def vllm_backend(tiny_model_dir: Path):
     if not HAS_VLLM:
         missing(VLLM_MISSING)
     from selectllm_local.backends import load_backend
-    from selectllm_local.backends.base import BackendOptions
+    from selectllm_local.config import EngineConfig
 
-    backend = load_backend("vllm", str(tiny_model_dir), BackendOptions(max_model_len=4096))
+    backend = load_backend("vllm", str(tiny_model_dir), EngineConfig(max_model_len=4096))
     yield backend
     backend.close()
 
@@ -48,9 +48,9 @@ def vllm_backend(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def hf_backend(tiny_model_dir: Path):
     from selectllm_local.backends import load_backend
-    from selectllm_local.backends.base import BackendOptions
+    from selectllm_local.config import EngineConfig
 
-    backend = load_backend("transformers", str(tiny_model_dir), BackendOptions(batch_size=8))
+    backend = load_backend("transformers", str(tiny_model_dir), EngineConfig(batch_size=8))
     yield backend
     backend.close()
 
@@ -74,10 +74,10 @@ def smollm2_vllm(smollm2_dir: Path):
     if not HAS_VLLM:
         missing(VLLM_MISSING)
     from selectllm_local.backends import load_backend
-    from selectllm_local.backends.base import BackendOptions
+    from selectllm_local.config import EngineConfig
 
     # eager: torch.compile of 30 layers costs more than the few prompts the tests send
-    options = BackendOptions(dtype="float32", max_model_len=4096, enforce_eager=True)
+    options = EngineConfig(dtype="float32", max_model_len=4096, enforce_eager=True)
     backend = load_backend("vllm", str(smollm2_dir), options)
     yield backend
     backend.close()

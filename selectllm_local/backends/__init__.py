@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from selectllm_local.backends.base import Backend, BackendOptions, Constraint
+from selectllm_local.backends.base import Backend, Constraint
 from selectllm_local.backends.registry import (
     BACKEND_NAMES,
     LOADERS,
@@ -36,7 +36,9 @@ from selectllm_local.backends.registry import (
     resolve_model,
 )
 from selectllm_local.backends.startup import explain_startup_errors
+from selectllm_local.config import EngineConfig
 from selectllm_local.config.base import BackendName
+from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,6 @@ __all__ = [
     "LOADERS",
     "Backend",
     "BackendName",
-    "BackendOptions",
     "Constraint",
     "LazyBackend",
     "check_backend_installed",
@@ -58,12 +59,12 @@ __all__ = [
 def load_backend(
     name: BackendName | str,
     model_path: str,
-    options: BackendOptions | None = None,
+    options: EngineConfig | None = None,
     *,
     offline: bool = False,
 ) -> Backend:
     """Load ``name`` (see ``BACKEND_NAMES``) on ``model_path`` with ``options``."""
-    options = options or BackendOptions()
+    options = options or EngineConfig()
     resolved = resolve_backend_name(name, lora=bool(options.lora_path))
     model = model_path if resolved == "fake" else resolve_model(model_path, offline=offline)
     if options.ray:  # the same backend, served by Ray actors (each resolves dtype on its node)
@@ -75,7 +76,8 @@ def load_backend(
 
 
 class LazyBackend:
-    """Loads the real backend on first use, so runs that need no LLM call never start one."""
+    """A ``Backend`` that loads the real one on first use, so runs that need no LLM call never
+    start an engine. ``stats`` reads as empty (nothing counted) until then."""
 
     def __init__(self, loader: Callable[[], Backend]) -> None:
         self._loader = loader
@@ -85,12 +87,61 @@ class LazyBackend:
     def loaded(self) -> Backend | None:
         return self._backend
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
+    @property
+    def _real(self) -> Backend:
         if self._backend is None:
             self._backend = self._loader()
-        return getattr(self._backend, name)
+        return self._backend
+
+    @property
+    def name(self) -> str:
+        return self._real.name
+
+    @property
+    def model_path(self) -> str:
+        return self._real.model_path
+
+    @property
+    def options(self) -> EngineConfig:
+        return self._real.options
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return self._backend.stats if self._backend is not None else {}
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._real.tokenizer
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return self._real.special_tokens
+
+    @property
+    def max_context(self) -> int:
+        return self._real.max_context
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return self._real.render_chat(messages)
+
+    def count_tokens(self, text: str) -> int:
+        return self._real.count_tokens(text)
+
+    def fit_prompt(self, text: str, max_tokens: int) -> str:
+        return self._real.fit_prompt(text, max_tokens)
+
+    def generate(self, prompts: list[str], **kwargs: Any) -> list[Generation]:
+        return self._real.generate(prompts, **kwargs)
+
+    def score_labels(
+        self, prompts: list[str], labels: list[list[str]], **kwargs: Any
+    ) -> list[list[float]]:
+        return self._real.score_labels(prompts, labels, **kwargs)
+
+    def token_logprobs(
+        self, sequences: list[list[int]], starts: list[int], *, progress: bool = False
+    ) -> list[list[float]]:
+        return self._real.token_logprobs(sequences, starts, progress=progress)
 
     def close(self) -> None:
         if self._backend is not None:

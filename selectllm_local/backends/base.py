@@ -60,15 +60,40 @@ def request_seed(seed: int, prompt: str) -> int:
     return int.from_bytes(digest, "big") >> 1  # < 2**63: what every torch generator takes
 
 
-# What every backend takes: the engine section of the configuration, used as is (no copying of
-# fields). Each backend ignores what it cannot use (vLLM knobs under transformers and back).
-BackendOptions = EngineConfig
-
-
 @runtime_checkable
 class Backend(Protocol):
-    name: str
-    model_path: str
+    """What every caller may use of an engine; nothing outside this is probed with ``getattr``."""
+
+    @property
+    def name(self) -> str:
+        """The backend's name (``BACKEND_NAMES``)."""
+        ...
+
+    @property
+    def model_path(self) -> str:
+        """The model folder (or name) the engine loaded."""
+        ...
+
+    @property
+    def options(self) -> EngineConfig:
+        """The engine settings it was loaded with."""
+        ...
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Running counters: ``prompt_tokens``, ``output_tokens`` and what the engine adds
+        (``startup_seconds``, ``engine_seconds``, ``cached_prompt_tokens``, ``padding_tokens``)."""
+        ...
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer, or None where there is none (the scripted fake)."""
+        ...
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """The tokenizer's special and added tokens, which pool text must not smuggle in."""
+        ...
 
     @property
     def max_context(self) -> int:

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from selectllm_local.backends.base import BackendOptions, Constraint
+from selectllm_local.backends.base import Constraint
+from selectllm_local.config import EngineConfig
 from selectllm_local.records import Generation
 
 # script(prompt, call_number) -> answer text (str or bytes); call_number counts calls per prompt
@@ -51,16 +52,20 @@ class FakeBackend:
         self._seen: dict[str, int] = {}
         self.special_tokens: list[str] = ["<|im_start|>", "<|im_end|>"]
         self.stats: dict[str, float] = {"prompt_tokens": 0, "output_tokens": 0}
+        self.options = EngineConfig(backend="fake", max_model_len=max_context)
+        self.tokenizer: Any = None  # scripted: no Hugging Face tokenizer behind it
 
     @classmethod
-    def from_options(cls, options: BackendOptions) -> FakeBackend:
+    def from_options(cls, options: EngineConfig) -> FakeBackend:
         """The fake as ``--backend fake`` loads it: default script, optional ``block_after``."""
         opts: dict[str, Any] = dict(options.extra.get("fake", {}))
         env = os.environ.get("SELECTLLM_FAKE_BLOCK_AFTER")
         if env and "block_after" not in opts:
             opts["block_after"] = int(env)
         ctx = options.max_model_len or 100_000
-        return cls(max_context=ctx, block_after=opts.get("block_after"))
+        fake = cls(max_context=ctx, block_after=opts.get("block_after"))
+        fake.options = options
+        return fake
 
     def _delivered_one(self) -> None:
         """Count a delivered answer; past ``block_after``, wait until a signal interrupts."""

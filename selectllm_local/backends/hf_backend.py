@@ -4,7 +4,7 @@ Batched ``generate`` with left padding wastes compute on pad tokens when prompts
 lengths share a batch (16% of prompt tokens at batch 8-16 on Dolly subsets). Prompts are therefore
 sorted by length and cut into buckets whose padding stays under ``max_padding`` of their real
 tokens; the padding spent is reported in ``stats``. Decoding is greedy unless a temperature is
-given; sampling draws from one generator per prompt (``_SeededSampling``), so a prompt's sample
+given; sampling draws from one generator per prompt (``SeededSampling``), so a prompt's sample
 does not depend on its batch. A light constrained mode covers the ids grammar: at each step only tokens that keep the
 answer a prefix of the constraint regex are allowed (checked with ``regex`` partial matching over
 the few tokens made of the grammar's characters); open-ended grammars (reasons) are parsed only.
@@ -20,147 +20,31 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from selectllm_local import hardware
 from selectllm_local.backends.base import (
-    BackendOptions,
     ChatTokenizer,
     Constraint,
     check_windows,
     prompt_token_ids,
     request_seed,
 )
-from selectllm_local.backends.batchsize import CPU_BATCH, ModelMemory, gpu_batch_size
+from selectllm_local.backends.batchsize import (
+    CPU_BATCH,
+    ModelMemory,
+    bucket_by_length,
+    gpu_batch_size,
+)
+from selectllm_local.backends.hf_decoding import Overlap, RegexGate, SeededSampling
+from selectllm_local.config import EngineConfig
 from selectllm_local.progress import progress_bar
 from selectllm_local.records import Generation
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PADDING = 0.04
-# A batch split in two runs its decode steps twice. One decode step of a batch costs about as long
-# as prefilling this many tokens (a 7B model on an H200: 26 ms a step against ~23k prompt
-# tokens/s, ~600 tokens; float32 on a 2-core CPU, ~100), so padding below that is cheaper than a
-# split.
-DECODE_STEP_TOKENS = 256
 HEAD_CHUNK = 256  # token_logprobs: positions per output-head product (256 x vocab floats)
-
-
-def bucket_by_length(
-    lengths: Sequence[int],
-    max_batch: int,
-    max_padding: float = DEFAULT_MAX_PADDING,
-    new_tokens: int = 1,
-) -> list[list[int]]:
-    """Group indices into batches of similar length.
-
-    Indices are sorted by length and a batch is closed when it is full or when adding the next
-    (longer) prompt would pad it by more than ``max_padding`` x its real tokens plus
-    ``DECODE_STEP_TOKENS`` per decode step after the first: with one new token (scoring,
-    logprobs) the padding stays within ``max_padding``; with long answers (evaluation) splitting
-    would repeat every decode step, and batches stay full.
-    """
-    allowance = DECODE_STEP_TOKENS * max(0, new_tokens - 1)
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    total = 0
-    for i in order:
-        n = lengths[i]
-        if cur:
-            new_total = total + n
-            padding = n * (len(cur) + 1) - new_total  # n is the new maximum (sorted)
-            if len(cur) >= max_batch or padding > max_padding * new_total + allowance:
-                batches.append(cur)
-                cur, total = [], 0
-        cur.append(i)
-        total += n
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-class _RegexGate:
-    """Allowed next tokens for one regex, by partial matching of the decoded answer so far."""
-
-    def __init__(
-        self, pattern: str, candidate_ids: list[int], strings: list[str], eos: int
-    ) -> None:
-        import regex
-
-        self.rx = regex.compile(pattern)
-        self.cands = candidate_ids
-        self.strings = strings
-        self.eos = eos
-
-    def allowed(self, text: str) -> list[int]:
-        out = [
-            t
-            for t in self.cands
-            if self.strings[t] and self.rx.fullmatch(text + self.strings[t], partial=True)
-        ]
-        if self.rx.fullmatch(text) or not out:
-            out.append(self.eos)
-        return out
-
-
-class _SeededSampling:
-    """Sampling at ``temperature`` that no batch can change: a logits processor for greedy search.
-
-    ``generate(do_sample=True)`` draws every row of a batch from one global RNG, so a prompt's
-    sample depended on its batch mates. Here each row has its own generator, seeded with its
-    prompt's ``request_seed``, and adds Gumbel noise to its logits / temperature at each step;
-    the argmax of that is an exact sample of softmax(logits / temperature) (the Gumbel-max trick).
-    Masked tokens (-inf, the constraint gate) stay masked.
-    """
-
-    def __init__(self, seeds: list[int], temperature: float) -> None:
-        import torch
-
-        self.temperature = temperature
-        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        vocab = scores.shape[-1]
-        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in self.gens])
-        gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
-        return scores.float() / self.temperature + gumbel.to(scores.device, torch.float32)
-
-
-class _Overlap:
-    """One worker thread that runs each batch's post-processing while the next batch computes.
-
-    Jobs run in submission order; leaving the block waits for all of them and re-raises the
-    first error (a callback that fails, Ctrl-C in a callback) in the caller's thread.
-    """
-
-    def __enter__(self) -> _Overlap:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-post")
-        self._futures: list[Any] = []
-        return self
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        self._futures.append(self._pool.submit(fn, *args))
-        # Surface a failure early instead of computing more batches after it.
-        done = [f for f in self._futures if f.done()]
-        for f in done:
-            f.result()
-            self._futures.remove(f)
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        try:
-            for f in self._futures:
-                if exc_type is None:
-                    f.result()
-                else:
-                    f.cancel()
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 class HFBackend(ChatTokenizer):
@@ -168,7 +52,7 @@ class HFBackend(ChatTokenizer):
 
     name = "transformers"
 
-    def __init__(self, model_path: str, options: BackendOptions) -> None:
+    def __init__(self, model_path: str, options: EngineConfig) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -196,7 +80,7 @@ class HFBackend(ChatTokenizer):
         )
         ChatTokenizer.__init__(self, self.tokenizer)
         self._vocab: list[str] | None = None
-        self._gates: dict[str, _RegexGate] = {}
+        self._gates: dict[str, RegexGate] = {}
         self.stats: dict[str, float] = {
             "startup_seconds": time.perf_counter() - t0,
             "prompt_tokens": 0,
@@ -255,7 +139,7 @@ class HFBackend(ChatTokenizer):
         self.stats["prompt_tokens"] += sum(len(s) for s in seqs)
         return ids.to(self.device), mask.to(self.device)
 
-    def _gate(self, c: Constraint | None) -> _RegexGate | None:
+    def _gate(self, c: Constraint | None) -> RegexGate | None:
         """A token gate for small-alphabet regexes (the ids grammar); None otherwise."""
         if c is None or not c.regex or "[^" in c.regex or "." in c.regex.replace("\\.", ""):
             return None
@@ -267,7 +151,7 @@ class HFBackend(ChatTokenizer):
             if self._vocab is None:
                 self._vocab = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
             cands = [i for i, s in enumerate(self._vocab) if s and set(s) <= alphabet]
-            gate = _RegexGate(c.regex, cands, self._vocab, int(self.tokenizer.eos_token_id))
+            gate = RegexGate(c.regex, cands, self._vocab, int(self.tokenizer.eos_token_id))
             if len(self._gates) > 256:
                 self._gates.clear()
             self._gates[c.regex] = gate
@@ -299,7 +183,9 @@ class HFBackend(ChatTokenizer):
                 new = new_ids[r].tolist()
                 n_out = next((j for j, t in enumerate(new) if t in stop), len(new))
                 text = self.tokenizer.decode(new[:n_out], skip_special_tokens=True)
-                gen = Generation(text, len(encoded[i]), n_out + (n_out < len(new)))
+                gen = Generation(
+                    text, len(encoded[i]), n_out + (n_out < len(new)), token_ids=new[:n_out]
+                )
                 self.stats["output_tokens"] += gen.output_tokens
                 results[i] = gen
                 if on_output is not None:
@@ -309,7 +195,7 @@ class HFBackend(ChatTokenizer):
         try:
             with (
                 progress_bar("LLM prompts", total=len(prompts), enabled=progress) as advance,
-                _Overlap() as overlap,
+                Overlap() as overlap,
             ):
                 for batch in batches:
                     ids, mask = self._pad([encoded[i] for i in batch])
@@ -339,7 +225,7 @@ class HFBackend(ChatTokenizer):
                     kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                     if temperature > 0:
                         seeds = [request_seed(seed, prompts[i]) for i in batch]
-                        kwargs["logits_processor"] = [_SeededSampling(seeds, temperature)]
+                        kwargs["logits_processor"] = [SeededSampling(seeds, temperature)]
                     with torch.inference_mode():
                         out = self.model.generate(**kwargs)
                     # Decoding, parsing and writing this batch's answers overlap the next batch.

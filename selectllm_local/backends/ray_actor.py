@@ -67,9 +67,7 @@ class ShardServer:
             "max_context": int(self.backend.max_context),
             "restarted": self.restarted,
             "pid": os.getpid(),
-            "startup_seconds": float(self.backend.stats.get("startup_seconds", 0.0))
-            if hasattr(self.backend, "stats")
-            else 0.0,
+            "startup_seconds": float(self.backend.stats.get("startup_seconds", 0.0)),
         }
 
     def _serve(self, n: int) -> None:
@@ -78,7 +76,7 @@ class ShardServer:
         self.served += n
 
     def _stats(self) -> dict[str, float]:
-        stats = getattr(self.backend, "stats", {}) or {}
+        stats = self.backend.stats
         return {k: float(stats.get(k, 0)) for k in COUNTED}
 
     def _delta(self, before: dict[str, float], t0: float) -> dict[str, float]:

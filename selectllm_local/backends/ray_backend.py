@@ -27,8 +27,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from selectllm_local.backends.base import BackendOptions, ChatTokenizer, Constraint
+from selectllm_local.backends.base import ChatTokenizer, Constraint
 from selectllm_local.backends.ray_cluster import connect, forwarded_env, unwrap_task_error
+from selectllm_local.config import EngineConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
@@ -50,7 +51,7 @@ class RayBackend:
     """``Backend`` whose ``generate``/``score_labels`` run on Ray actors (module docstring)."""
 
     def __init__(
-        self, backend: str, model: str, resolved_model: str, options: BackendOptions, *,
+        self, backend: str, model: str, resolved_model: str, options: EngineConfig, *,
         offline: bool = False,
     ) -> None:  # fmt: skip
         from selectllm_local.backends.fake import FakeBackend
@@ -62,7 +63,7 @@ class RayBackend:
         from selectllm_local.backends.ray_dispatch import ShardDispatcher
 
         self.name, self.model_path, self.options = backend, resolved_model, options
-        self._face: Any = (
+        self._face: ChatTokenizer | FakeBackend = (
             FakeBackend.from_options(options)
             if backend == "fake"
             else ChatTokenizer(_auto_tokenizer(resolved_model))
@@ -124,11 +125,11 @@ class RayBackend:
 
     @property
     def tokenizer(self) -> Any:
-        return getattr(self._face, "tokenizer", None)
+        return self._face.tokenizer
 
     @property
     def special_tokens(self) -> list[str]:
-        return list(getattr(self._face, "special_tokens", []) or [])
+        return list(self._face.special_tokens)
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return str(self._face.render_chat(messages))

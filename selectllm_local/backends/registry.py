@@ -16,8 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
-from selectllm_local.backends.base import Backend, BackendOptions
+from selectllm_local.backends.base import Backend
 from selectllm_local.backends.startup import explain_startup_errors
+from selectllm_local.config import EngineConfig
 from selectllm_local.config.base import BACKEND_NAMES, BackendName
 from selectllm_local.errors import UserError, install_hint
 
@@ -43,26 +44,26 @@ def check_backend_installed(name: str) -> None:
         raise UserError(message)
 
 
-def _load_vllm(model: str, options: BackendOptions) -> Backend:
+def _load_vllm(model: str, options: EngineConfig) -> Backend:
     check_backend_installed("vllm")
     from selectllm_local.backends.vllm_backend import VLLMBackend
 
     return VLLMBackend(model, options)
 
 
-def _load_transformers(model: str, options: BackendOptions) -> Backend:
+def _load_transformers(model: str, options: EngineConfig) -> Backend:
     from selectllm_local.backends.hf_backend import HFBackend
 
     return HFBackend(model, options)
 
 
-def _load_fake(model: str, options: BackendOptions) -> Backend:
+def _load_fake(model: str, options: EngineConfig) -> Backend:
     from selectllm_local.backends.fake import FakeBackend
 
     return FakeBackend.from_options(options)
 
 
-LOADERS: Mapping[str, Callable[[str, BackendOptions], Backend]] = {
+LOADERS: Mapping[str, Callable[[str, EngineConfig], Backend]] = {
     "vllm": _load_vllm,
     "transformers": _load_transformers,
     "fake": _load_fake,
@@ -132,7 +133,7 @@ def resolve_model(model_path: str, *, offline: bool = False) -> str:
     return model_path
 
 
-def load_local(resolved: str, model: str, options: BackendOptions) -> Backend:
+def load_local(resolved: str, model: str, options: EngineConfig) -> Backend:
     """Start backend ``resolved`` (a name ``resolve_backend_name`` returned) in this process."""
     if resolved != "fake":
         from selectllm_local import hardware

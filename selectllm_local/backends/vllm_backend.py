@@ -30,13 +30,13 @@ from typing import Any
 from selectllm_local import hardware
 from selectllm_local.backends import startup
 from selectllm_local.backends.base import (
-    BackendOptions,
     ChatTokenizer,
     Constraint,
     TokenizedPrompt,
     check_windows,
     request_seed,
 )
+from selectllm_local.config import EngineConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
 
@@ -48,7 +48,7 @@ class VLLMBackend(ChatTokenizer):
 
     name = "vllm"
 
-    def __init__(self, model_path: str, options: BackendOptions) -> None:
+    def __init__(self, model_path: str, options: EngineConfig) -> None:
         # In-process engine core: simpler to stop (Ctrl-C) and to free; required on CPU tests.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         # vLLM logs to stdout by default, which would corrupt `select --json`; keep it quiet.
@@ -65,7 +65,7 @@ class VLLMBackend(ChatTokenizer):
         startup.quiet_engine_logs()  # from now on errors only, unless verbose
         self._started()
 
-    def _start(self, model_path: str, options: BackendOptions, cuda: bool) -> None:
+    def _start(self, model_path: str, options: EngineConfig, cuda: bool) -> None:
         from vllm import LLM
 
         self.model_path = model_path
@@ -210,7 +210,12 @@ class VLLMBackend(ChatTokenizer):
 
         def handle(i: int, out: Any) -> None:
             comp = out.outputs[0]
-            gen = Generation(comp.text, len(out.prompt_token_ids or []), len(comp.token_ids))
+            gen = Generation(
+                comp.text,
+                len(out.prompt_token_ids or []),
+                len(comp.token_ids),
+                token_ids=list(comp.token_ids),
+            )
             self.stats["output_tokens"] += gen.output_tokens
             results[i] = gen
             if on_output is not None:

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from selectllm_local.backends.base import Backend
+from selectllm_local.baselines.request import Request
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
 from selectllm_local.run.store import AppendLog, file_hash, read_jsonl, stable_hash
@@ -166,7 +168,7 @@ class IFDScores:
 
 def ifd_scores(
     items: Sequence[PoolItem],
-    backend: Any,
+    backend: Backend,
     *,
     key: str,
     cache_path: Path,
@@ -282,3 +284,34 @@ def cluster_pick(plan: Any, ifd: np.ndarray, rng: np.random.Generator, *, seed: 
                 f"cluster-ifd round {rnd}: next_round made no progress from {len(winners)} "
                 f"winners towards budget {budget}"
             )
+
+
+def _scores_of(req: Request) -> np.ndarray:
+    if req.scores is None:
+        raise UserError(
+            f"Baseline '{req.name}' needs the IFD scores of the pool (run it through `selectllm "
+            "baseline` or the experiment, which score the pool on the selection engine)."
+        )
+    return req.scores
+
+
+def ifd_runner(req: Request) -> np.ndarray:
+    """``ifd``: the highest-IFD rows (IFD >= 1 dropped)."""
+    return ifd_pick(_scores_of(req), req.budget, req.rng)
+
+
+def cluster_ifd_runner(req: Request) -> np.ndarray:
+    """``cluster-ifd``: the plan's subsets with the IFD as the judge; topped up with the best of
+    the rest when the plan's picks do not cover the budget."""
+    scores = _scores_of(req)
+    if req.plan is None:
+        raise UserError(
+            f"Baseline '{req.name}' needs the selection plan (run it through the pipeline)."
+        )
+    picks = cluster_pick(req.plan, scores, req.rng, seed=req.seed)
+    if len(picks) < req.budget:
+        chosen = set(picks)
+        order = np.lexsort((req.rng.random(len(scores)), -preference(scores)))
+        rest = [int(i) for i in order if int(i) not in chosen]
+        picks.extend(rest[: req.budget - len(picks)])
+    return np.array(picks[: req.budget])

@@ -2,23 +2,66 @@
 
 ``perplexities``: of the instruction text itself (``instruction-perplexity``).
 ``answer_perplexities``: of the base model's own greedy answer to each instruction (the paper's
-``answer-perplexity``). Both load the model once, score in length-sorted batches and run in
-float32 on a CPU (``hardware.resolve_dtype``), bf16/fp16 on a GPU.
+``answer-perplexity``), generated and scored on a ``backends`` engine. Both load the model once,
+score in length-sorted batches and run in float32 on a CPU (``hardware.resolve_dtype``), bf16/fp16
+on a GPU.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from selectllm_local import hardware
+from selectllm_local.baselines.request import Request, top
+from selectllm_local.config.vocab import PERPLEXITY_BANDS, BackendName
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
 
 ANSWER_TOKENS = 128  # answer-perplexity: tokens of the base model's greedy answer scored
+
+
+def perplexity_pick(req: Request) -> np.ndarray:
+    """``answer-perplexity`` / ``instruction-perplexity``: the rows in ``band`` (high | low |
+    middle) of the scorer's perplexities. Options: ``band``, ``batch_size``, ``max_length``,
+    ``answer_tokens``, ``progress``."""
+    opts = req.opts
+    band = opts.get("band", "high")
+    if band not in PERPLEXITY_BANDS:
+        raise UserError(f"--band must be one of {', '.join(PERPLEXITY_BANDS)} (got '{band}').")
+    if req.scorer is None:
+        raise UserError(
+            "The perplexity baselines need a scoring model: give --scorer-model PATH (a local "
+            "causal LM, normally the base model to be fine-tuned)."
+        )
+    batch_size, max_length = int(opts.get("batch_size", 16)), int(opts.get("max_length", 256))
+    progress = bool(opts.get("progress", True))
+    texts = [f"{it.instruction}\n{it.input}".strip() for it in req.items]
+    if callable(req.scorer):
+        ppl = np.asarray(req.scorer(texts), dtype=np.float64)
+    elif req.name == "answer-perplexity":
+        ppl = answer_perplexities(
+            req.items,
+            str(req.scorer),
+            batch_size=batch_size,
+            answer_tokens=int(opts.get("answer_tokens", ANSWER_TOKENS)),
+            max_prompt_tokens=max_length,
+            progress=progress,
+        )
+    else:
+        ppl = perplexities(
+            texts, str(req.scorer), batch_size=batch_size, max_length=max_length, progress=progress
+        )
+    if band == "high":
+        key = -ppl
+    elif band == "low":
+        key = ppl
+    else:  # closest to the median
+        key = np.abs(ppl - np.median(ppl))
+    return top(key, req.budget, req.rng)
 
 
 def perplexities(
@@ -92,6 +135,7 @@ def answer_perplexities(
     max_prompt_tokens: int = 256,
     device: str | None = None,
     progress: bool = True,
+    backend: BackendName = "transformers",
 ) -> np.ndarray:
     """Perplexity of the model's own greedy answer to each instruction (the paper's baseline).
 
@@ -99,11 +143,12 @@ def answer_perplexities(
     as in evaluation), the model answers greedily (``answer_tokens`` at most), and the answer's
     tokens, as generated (not re-tokenised), plus the end-of-text token are scored given the
     prompt. An empty answer scores the end token alone: the model's surprise at stopping at once.
+    Both passes run on a ``backends`` engine (``backend``: its batching, progress and offline
+    rules): ``generate`` for the answers, ``token_logprobs`` (one prefill each) for the scores.
     """
-    import torch
-    from rich.progress import track
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from selectllm_local.backends import load_backend
+    from selectllm_local.backends.base import TokenizedPrompt
+    from selectllm_local.config import EngineConfig
     from selectllm_local.evaluation.evaluate import TestExample, fit_prompts
     from selectllm_local.models.registry import resolve_model_path
 
@@ -112,53 +157,32 @@ def answer_perplexities(
         raise UserError(
             f"--scorer-model {model_path} does not exist; give a local model directory."
         )
-    tok = AutoTokenizer.from_pretrained(model_path)
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    examples = [TestExample(it.instruction, it.input, "") for it in items]
-    prompts = [tok(p)["input_ids"] for p in fit_prompts(examples, tok, max_prompt_tokens)]
     dev = hardware.default_device(device)
-    dtype = getattr(torch, hardware.resolve_dtype("auto", dev, cpu_auto="float32"))
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(dev).eval()
-
-    def padded(rows: list[list[int]], left: bool) -> tuple[Any, Any]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            sl = slice(width - len(r), width) if left else slice(0, len(r))
-            ids[j, sl], mask[j, sl] = torch.tensor(r), 1
-        return ids.to(dev), mask.to(dev)
-
-    answers: list[list[int]] = [[] for _ in prompts]
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    out = np.zeros(len(prompts), dtype=np.float64)
-    with torch.inference_mode():
-        for batch in track(batches, description="base-model answers", disable=not progress):
-            ids, mask = padded([prompts[i] for i in batch], left=True)
-            gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=answer_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=eos,
-            )[:, ids.shape[1] :].tolist()
-            for j, i in enumerate(batch):
-                row = gen[j]
-                answers[i] = row[: row.index(eos)] if eos in row else row
-        for batch in track(batches, description="answer perplexity", disable=not progress):
-            seqs = [prompts[i] + answers[i] + [eos] for i in batch]
-            ids, mask = padded(seqs, left=False)
-            scored = torch.zeros_like(mask, dtype=torch.float32)  # answer positions only
-            for j, i in enumerate(batch):
-                scored[j, len(prompts[i]) : len(seqs[j])] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), ids[:, 1:], reduction="none"
-            )
-            m = scored[:, 1:]
-            out[batch] = torch.exp((nll * m).sum(1) / m.sum(1)).cpu().numpy()
-    del model
-    return out
+    options = EngineConfig(
+        backend=backend,
+        device=dev,
+        dtype=hardware.resolve_dtype("auto", dev, cpu_auto="float32"),
+        batch_size=batch_size,
+        max_model_len=max_prompt_tokens + answer_tokens + 8,
+    )
+    engine = load_backend(backend, model_path, options, offline=True)  # a checked local folder
+    try:
+        tok = engine.tokenizer
+        eos = int(tok.eos_token_id)
+        examples = [TestExample(it.instruction, it.input, "") for it in items]
+        texts = fit_prompts(examples, tok, max_prompt_tokens)
+        prompts = [list(tok(p)["input_ids"]) for p in texts]  # with the BOS the model expects
+        gens = engine.generate(
+            [TokenizedPrompt(t, ids) for t, ids in zip(texts, prompts, strict=True)],
+            max_tokens=answer_tokens,
+            progress=progress,
+        )
+        answers = []
+        for g in gens:
+            ids = list(g.token_ids or [])
+            answers.append(ids[: ids.index(eos)] if eos in ids else ids)
+        seqs = [p + a + [eos] for p, a in zip(prompts, answers, strict=True)]
+        logps = engine.token_logprobs(seqs, [len(p) for p in prompts], progress=progress)
+    finally:
+        engine.close()
+    return np.array([math.exp(-sum(lp) / len(lp)) for lp in logps], dtype=np.float64)

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from selectllm_local.backends.base import Backend
 from selectllm_local.bench.config import RESULT_KEYS, SCHEMA, BenchConfig, BenchSetting
 from selectllm_local.bench.model import model_shape, prepare_model
 from selectllm_local.config.vocab import Dtype
@@ -90,10 +91,10 @@ def workload(
 
 def selection_settings(setting: BenchSetting, cfg: BenchConfig) -> Any:
     """Selection settings for one benchmark setting: no retries (one call per subset, always)."""
-    from selectllm_local.selection.rounds import SelectionSettings
+    from selectllm_local.config import SelectorConfig
 
     max_tokens = None if (setting.reasons or setting.mode == "logprobs") else cfg.max_tokens
-    return SelectionSettings(
+    return SelectorConfig(
         mode=setting.mode,
         reasons=setting.reasons,
         max_candidate_tokens=cfg.max_candidate_tokens,
@@ -105,13 +106,13 @@ def selection_settings(setting: BenchSetting, cfg: BenchConfig) -> Any:
     )
 
 
-def render_seconds(plan: Plan, items: Sequence[PoolItem], backend: Any, sel: Any) -> float:
+def render_seconds(plan: Plan, items: Sequence[PoolItem], backend: Backend, sel: Any) -> float:
     """Time to build every prompt of a workload with the real prompt builder (no engine)."""
     from selectllm_local.selection import prompts as prompting
 
     t0 = time.perf_counter()
     template = prompting.PromptTemplate.load(sel.prompt, sel.criteria, reasons=sel.reasons)
-    special = list(getattr(backend, "special_tokens", []) or [])
+    special = list(backend.special_tokens)
     for s in plan.subsets:
         labels = prompting.LETTER_LABELS[: len(s.candidates)] if sel.mode == "logprobs" else None
         messages = prompting.render_messages(
@@ -125,9 +126,10 @@ def render_seconds(plan: Plan, items: Sequence[PoolItem], backend: Any, sel: Any
 
 # -- measurement -----------------------------------------------------------------------------------
 def _open_backend(setting: BenchSetting, model: str, cfg: BenchConfig, dtype: Dtype) -> Any:
-    from selectllm_local.backends import BackendOptions, load_backend
+    from selectllm_local.backends import load_backend
+    from selectllm_local.config import EngineConfig
 
-    opts = BackendOptions(
+    opts = EngineConfig(
         dtype=dtype,
         max_model_len=cfg.max_model_len,
         seed=cfg.seed,
@@ -149,7 +151,7 @@ _COUNTERS = (
 
 def measure_setting(
     setting: BenchSetting,
-    backend: Any,
+    backend: Backend,
     items: Sequence[PoolItem],
     cfg: BenchConfig,
     first_slice: int = 0,
@@ -211,7 +213,7 @@ def measure_setting(
 
 
 def run_benchmark(
-    cfg: BenchConfig, *, backend: Any = None, progress: bool = False
+    cfg: BenchConfig, *, backend: Backend | None = None, progress: bool = False
 ) -> dict[str, Any]:
     """Measure every setting of ``cfg``; returns the JSON document (see ``RESULT_KEYS``).
 

@@ -14,8 +14,9 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from selectllm_local.backends.base import Backend
 from selectllm_local.config.vocab import BackendName
 from selectllm_local.records import PoolItem
 
@@ -69,7 +70,7 @@ def plan_stages(cfg: Any, items: Sequence[PoolItem]) -> Path:
     return Path(cfg.stages_dir)
 
 
-def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str, Any]:
+def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Backend) -> dict[str, Any]:
     """Run ``select_run`` on ``cfg.subsets x cfg.candidates`` rows of ``items`` with ``backend``,
     in ``cfg.stages_dir`` when given (a planned one is reused), else in a temporary folder."""
     from selectllm_local.run.pipeline import select_run
@@ -79,7 +80,9 @@ def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Any) -> dict[str
         if cfg.stages_dir:  # a second measurement must not resume the first one's answers
             for name in ("responses.jsonl", "selected.jsonl", "summary.json"):
                 (run_dir / name).unlink(missing_ok=True)
-        sel = stages_config(cfg, items, run_dir, backend.name, backend.model_path)
+        sel = stages_config(
+            cfg, items, run_dir, cast(BackendName, backend.name), backend.model_path
+        )
         out = select_run(sel, backend=backend, progress=False, report=False)
     s = out.summary
     seconds = dict(s.seconds)

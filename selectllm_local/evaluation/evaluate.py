@@ -200,7 +200,7 @@ def generate_answers(
     with status(f"evaluation: starting the {engine_cfg.backend} engine", enabled=progress):
         engine = load_backend(engine_cfg.backend, str(base_model), engine_cfg)
     try:
-        tok = getattr(engine, "tokenizer", None)  # an HF tokenizer (the scripted fake has none)
+        tok = engine.tokenizer  # an HF tokenizer (the scripted fake has none)
         cut = (  # cut in the input first, as training does; the engine then only adds its BOS
             fit_prompts(examples, tok, config.max_prompt_tokens)
             if tok is not None

@@ -432,7 +432,7 @@ def _select(
         selected = select_run(cfg.select_config(plan_cfg, selector, cell.method), progress=progress)
         picks = [int(i) for i in selected.selected]
     else:
-        from selectllm_local.baselines.registry import baseline_run
+        from selectllm_local.baselines.run import baseline_run
 
         name, _, variant = cell.method.partition(":")
         scorer = _resolve_model(str(cfg.baseline.scorer_model), cfg.run_dir, role="base")

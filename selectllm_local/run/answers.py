@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from selectllm_local.backends.base import Backend
+from selectllm_local.backends.ray_backend import RayBackend
 from selectllm_local.errors import UserError
 from selectllm_local.records import SelectionCounts, SelectSummary, SubsetResult
 from selectllm_local.run.preflight import Ready
@@ -98,7 +100,7 @@ class Answers:
 
     outcome: SelectionOutcome
     backend_name: str
-    engine: Any  # the loaded engine, or None when no prompt needed one
+    engine: Backend | None  # the loaded engine, or None when no prompt needed one
     delta: dict[str, Any]  # the engine's counters over this run
     startup: float  # seconds spent starting the engine (0 for one handed in)
 
@@ -110,7 +112,7 @@ def ask(
     key: str,
     done: dict[Key, SubsetResult],
     *,
-    backend: Any,
+    backend: Backend | None,
     ready: Ready,
     progress: bool,
 ) -> Answers:
@@ -119,10 +121,9 @@ def ask(
     from selectllm_local.selection import rounds as selection
     from selectllm_local.testhooks import hold_after
 
-    engine = (
-        backend if backend is not None else LazyBackend(lambda: _load(cfg, store, ready, progress))
-    )
-    stats_before = dict(getattr(backend, "stats", {}) or {}) if backend is not None else {}
+    lazy = LazyBackend(lambda: _load(cfg, store, ready, progress)) if backend is None else None
+    engine: Backend = backend if backend is not None else lazy  # type: ignore[assignment]
+    stats_before = dict(backend.stats) if backend is not None else {}
     responses = store.path("responses.jsonl")
     try:
         with AppendLog(responses) as log_file:
@@ -143,16 +144,16 @@ def ask(
             "be sent to the LLM."
         ) from None
     finally:
-        if backend is None:
-            engine.close()
-    real = backend if backend is not None else engine.loaded
-    stats = dict(getattr(real, "stats", {}) or {})
+        if lazy is not None:
+            lazy.close()
+    real = backend if backend is not None else lazy.loaded if lazy is not None else None
+    stats = dict(real.stats) if real is not None else {}
     delta = {k: stats.get(k, 0) - stats_before.get(k, 0) for k in stats if k != "startup_seconds"}
     startup = 0.0 if backend is not None else float(stats.get("startup_seconds", 0.0))
     return Answers(outcome, ready.backend, real, delta, startup)
 
 
-def _load(cfg: SelectConfig, store: RunStore, ready: Ready, progress: bool) -> Any:
+def _load(cfg: SelectConfig, store: RunStore, ready: Ready, progress: bool) -> Backend:
     """Start the engine (on the first prompt that needs it), its output into engine.log."""
     from selectllm_local.backends import load_backend
     from selectllm_local.backends.startup import ENGINE_LOG, engine_log
@@ -235,7 +236,7 @@ def summarize(
             "total": round(total, 3),
         },
         files=files,
-        ray=run.engine.ray_summary() if hasattr(run.engine, "ray_summary") else None,
+        ray=run.engine.ray_summary() if isinstance(run.engine, RayBackend) else None,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from selectllm_local.backends.base import Backend
 from selectllm_local.config import PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import (
@@ -283,7 +284,7 @@ class SelectOutcome:
 
 
 def select_run(
-    cfg: SelectConfig, *, backend: Any = None, progress: bool = True, report: bool = True
+    cfg: SelectConfig, *, backend: Backend | None = None, progress: bool = True, report: bool = True
 ) -> SelectOutcome:
     """``_select_run`` holding the run directory's lock: a second run on it exits 2.
 
@@ -302,7 +303,9 @@ def select_run(
         return outcome
 
 
-def _select_run(cfg: SelectConfig, *, backend: Any, ready: Ready, progress: bool) -> SelectOutcome:
+def _select_run(
+    cfg: SelectConfig, *, backend: Backend | None, ready: Ready, progress: bool
+) -> SelectOutcome:
     """Stages 1-5 (cached, ``plan_run``), then the LLM's picks, resumable subset by subset.
 
     ``cfg`` holds the plan, selector and engine sections. ``backend`` lets tests and benchmarks

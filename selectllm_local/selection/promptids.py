@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from selectllm_local.backends.base import TokenizedPrompt
+from selectllm_local.backends.base import Backend, TokenizedPrompt
 from selectllm_local.records import PoolItem, Subset
 from selectllm_local.selection import prompts as prompting
 
@@ -63,9 +63,9 @@ class _Skeleton:
     verified: bool = False
 
 
-def fast_tokenizer(backend: Any) -> Any | None:
+def fast_tokenizer(backend: Backend) -> Any | None:
     """The backend's Rust tokenizer (``tokenizers.Tokenizer``) when it has one, else None."""
-    tok = getattr(backend, "tokenizer", None)
+    tok = backend.tokenizer
     return getattr(tok, "backend_tokenizer", None) if tok is not None else None
 
 
@@ -81,7 +81,7 @@ class PromptBuilder:
         self,
         template: prompting.PromptTemplate,
         items: Sequence[PoolItem],
-        backend: Any,
+        backend: Backend,
         *,
         special_tokens: Sequence[str],
         count_tokens: Callable[[str], int],
@@ -92,7 +92,7 @@ class PromptBuilder:
         self.template, self.items, self.backend = template, items, backend
         self.special, self.count_tokens, self.mode = list(special_tokens), count_tokens, mode
         self.seed, self.ordered = seed, ordered  # the answer example's seed; increasing-ids rule
-        self.tokenizer = getattr(backend, "tokenizer", None)
+        self.tokenizer = backend.tokenizer
         self._fast: Any = fast_tokenizer(backend)
         self.enabled = self._fast is not None and not _PER_CANDIDATE.search(template.source)
         self._skeletons: dict[tuple[Any, ...], _Skeleton | None] = {}

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from selectllm_local.backends.base import TokenizedPrompt
+from selectllm_local.backends.base import Backend, TokenizedPrompt
 from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetResult
@@ -62,17 +62,13 @@ from selectllm_local.selection.promptids import PromptBuilder
 log = logging.getLogger(__name__)
 
 
-# How picks are asked for: the selector section of the configuration, used as is.
-SelectionSettings = SelectorConfig
-
-
 class _Round:
     """Shared state for rendering and fitting the prompts of one selection run."""
 
-    def __init__(self, items: Sequence[PoolItem], backend: Any, cfg: SelectionSettings) -> None:
+    def __init__(self, items: Sequence[PoolItem], backend: Backend, cfg: SelectorConfig) -> None:
         self.items, self.backend, self.cfg = items, backend, cfg
         self.template = prompting.PromptTemplate.load(cfg.prompt, cfg.criteria, reasons=cfg.reasons)
-        self.special = list(getattr(backend, "special_tokens", []) or [])
+        self.special = list(backend.special_tokens)
         # Candidates are counted again in later rounds, retries and permutations: remember.
         self.count_tokens = functools.lru_cache(maxsize=1 << 16)(backend.count_tokens)
         self.labels: list[str] | None = None
@@ -254,9 +250,9 @@ def _generate_round(
 def select(
     plan: Plan,
     items: Sequence[PoolItem],
-    backend: Any,
+    backend: Backend | None,
     *,
-    cfg: SelectionSettings,
+    cfg: SelectorConfig,
     done: dict[Key, SubsetResult] | None = None,
     on_result: Callable[[SubsetResult], None] | None = None,
     progress: bool = True,

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from selectllm_local.backends import load_backend, resolve_backend_name, resolve_model
-from selectllm_local.backends.base import BackendOptions
-from selectllm_local.backends.hf_backend import bucket_by_length
+from selectllm_local.backends.batchsize import bucket_by_length
+from selectllm_local.config import EngineConfig
 from selectllm_local.errors import UserError
 from selectllm_local.selection.grammar import id_constraint
 from selectllm_local.selection.parse import parse_ids
@@ -42,9 +42,9 @@ def backend(request: pytest.FixtureRequest):
 
 def test_missing_or_bad_model_paths_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
-        load_backend("transformers", str(tmp_path / "nope"), BackendOptions())
+        load_backend("transformers", str(tmp_path / "nope"), EngineConfig())
     with pytest.raises(UserError, match="no config.json"):
-        load_backend("transformers", str(tmp_path), BackendOptions())
+        load_backend("transformers", str(tmp_path), EngineConfig())
     with pytest.raises(UserError, match="--backend 'tpu' is not known"):
         resolve_backend_name("tpu")
 
@@ -85,7 +85,7 @@ def test_fake_backend_is_selectable_by_name() -> None:
     from selectllm_local.backends.fake import FakeBackend
 
     assert "fake" in BACKEND_NAMES
-    fake = load_backend("fake", "no-such-model", BackendOptions(extra={"fake": {"block_after": 5}}))
+    fake = load_backend("fake", "no-such-model", EngineConfig(extra={"fake": {"block_after": 5}}))
     assert isinstance(fake, FakeBackend) and fake.block_after == 5
     gens = fake.generate(["Choose exactly 2 of these"], max_tokens=8)
     assert gens[0].text == "[1, 2]"

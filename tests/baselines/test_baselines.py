@@ -11,14 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from selectllm_local.baselines.registry import (
-    BASELINES,
-    LCS_MAX_TOKENS,
-    kcenter_greedy,
-    max_rouge_l_to_sample,
-    rouge_tokens,
-    run_baseline,
-)
+from selectllm_local.baselines.diversity import LCS_MAX_TOKENS, max_rouge_l_to_sample, rouge_tokens
+from selectllm_local.baselines.draws import kcenter_greedy
+from selectllm_local.baselines.registry import BASELINES, RUNNERS, run_baseline
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset
 from tests.helpers import EXAMPLE_POOL
@@ -254,7 +249,12 @@ def test_cli_budget_too_large_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "budget" in res.output
 
 
-def test_all_names_listed() -> None:
+def test_one_registry_of_names() -> None:
+    """The Literal, the runners and the experiment's methods name the same baselines."""
+    from selectllm_local.baselines.registry import DEPRECATED
+
+    assert tuple(RUNNERS) == BASELINES
+    assert all(new in BASELINES for new in DEPRECATED.values())
     assert set(BASELINES) == {
         "random",
         "length",

@@ -140,12 +140,12 @@ def test_transformers_ifd_matches_a_direct_forward_pass(
     reference, smollm2_dir: Path, tmp_path: Path
 ) -> None:  # noqa: ANN001
     from selectllm_local.backends import load_backend
-    from selectllm_local.backends.base import BackendOptions
+    from selectllm_local.config import EngineConfig
 
     items, ref = reference
     # batch 8: rows of different lengths share a padded batch
     backend = load_backend(
-        "transformers", str(smollm2_dir), BackendOptions(dtype="float32", batch_size=8)
+        "transformers", str(smollm2_dir), EngineConfig(dtype="float32", batch_size=8)
     )
     try:
         got = _engine_ifd(backend, items, tmp_path)

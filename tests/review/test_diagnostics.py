@@ -146,7 +146,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A generate run (a tournament: 20 subsets, budget 8), a logprobs run of the same plan, a
     random baseline in the first run directory, and a random baseline of another pool."""
     from selectllm_local.backends.fake import FakeBackend
-    from selectllm_local.baselines.registry import baseline_run
+    from selectllm_local.baselines.run import baseline_run
     from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig, SelectorConfig
     from selectllm_local.run.pipeline import plan_run, select_run
 

@@ -120,10 +120,10 @@ def test_transformers_constrained_exact_budget(
     pool: Path, planned: Path, tmp_path: Path, smollm2_dir: Path
 ) -> None:
     from selectllm_local.backends import load_backend
-    from selectllm_local.backends.base import BackendOptions
+    from selectllm_local.config import EngineConfig
     from selectllm_local.hardware import engine_dtype
 
-    backend = load_backend("transformers", str(smollm2_dir), BackendOptions(batch_size=10))
+    backend = load_backend("transformers", str(smollm2_dir), EngineConfig(batch_size=10))
     try:  # dtype auto: float32 unless this CPU has native bf16
         assert str(backend.model.dtype) == f"torch.{engine_dtype('auto', 'cpu')}"
         out = run_select(pool, planned, tmp_path / "run", smollm2_dir, backend)

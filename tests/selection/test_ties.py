@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from selectllm_local.backends.base import TokenizedPrompt, request_seed
 from selectllm_local.backends.fake import FakeBackend
+from selectllm_local.config import SelectorConfig
 from selectllm_local.records import Plan, PoolItem, Subset
 from selectllm_local.selection.picks import TIE_TOLERANCE, tie_key, top_k_tied
-from selectllm_local.selection.rounds import SelectionSettings, select
+from selectllm_local.selection.rounds import select
 from tests.helpers import requires_vllm, small_pool
 
 TOL = TIE_TOLERANCE
@@ -115,7 +116,7 @@ def test_selection_records_margins_and_counts_tie_decisions() -> None:
     subs = [Subset(j, list(range(6 * j, 6 * j + 6)), 2, [0] * 6) for j in range(4)]
     plan = Plan(6, [i % 6 for i in range(24)], "diverse", 8, subs, 1)
     flat = FakeBackend(scorer=lambda p, labs: [-1.0] * len(labs))
-    out = select(plan, items, flat, cfg=SelectionSettings(mode="logprobs", seed=3), progress=False)
+    out = select(plan, items, flat, cfg=SelectorConfig(mode="logprobs", seed=3), progress=False)
     ties = out.counts["ties"]
     assert ties["decided_by_tie_rule"] == ties["scored"] == 4 and ties["tolerance"] == TOL
     for s in subs:
@@ -124,12 +125,12 @@ def test_selection_records_margins_and_counts_tie_decisions() -> None:
         want = sorted(s.candidates, key=lambda i: tie_key(3, items[i].uid))[:2]
         assert sorted(res.picks) == sorted(want)
     steep = FakeBackend(scorer=lambda p, labs: [-1.0 * i for i in range(len(labs))])
-    out = select(plan, items, steep, cfg=SelectionSettings(mode="logprobs"), progress=False)
+    out = select(plan, items, steep, cfg=SelectorConfig(mode="logprobs"), progress=False)
     assert out.counts["ties"]["decided_by_tie_rule"] == 0
     assert all(r.margin == pytest.approx(1.0) for r in out.results.values())
     assert (
         "ties"
-        not in select(plan, items, FakeBackend(), cfg=SelectionSettings(), progress=False).counts
+        not in select(plan, items, FakeBackend(), cfg=SelectorConfig(), progress=False).counts
     )
 
 
@@ -147,10 +148,10 @@ def test_request_seed_depends_on_the_prompt_and_the_call_seed_only() -> None:
 def hf_float32(tiny_model_dir: Path):
     """The tiny model in float32, batches of up to 8 (sampling, not float noise, is the subject)."""
     from selectllm_local.backends import load_backend
-    from selectllm_local.backends.base import BackendOptions
+    from selectllm_local.config import EngineConfig
 
     backend = load_backend(
-        "transformers", str(tiny_model_dir), BackendOptions(batch_size=8, dtype="float32")
+        "transformers", str(tiny_model_dir), EngineConfig(batch_size=8, dtype="float32")
     )
     yield backend
     backend.close()

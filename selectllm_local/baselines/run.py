@@ -1,0 +1,185 @@
+"""The run-directory entry point of the baselines (the CLI and the experiment call this): load
+the pool (and plan) as ``select`` does, score IFD on the selection engine where needed, run the
+baseline and write its selection beside ``select``'s."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selectllm_local.backends.base import Backend
+from selectllm_local.baselines.registry import (
+    LIKELIHOOD_METHODS,
+    NEEDS_EMBEDDINGS,
+    NEEDS_PLAN,
+    canonical_baseline,
+    run_baseline,
+)
+from selectllm_local.baselines.request import Scorer
+from selectllm_local.errors import UserError
+from selectllm_local.records import BaselineSummary, PoolItem
+from selectllm_local.run.rundir import item_record
+
+
+@dataclass
+class BaselineOutcome:
+    """Where a baseline's selection was written, and what it chose."""
+
+    name: str
+    out_dir: Path
+    indices: list[int]
+    summary: BaselineSummary
+
+
+def baseline_run(
+    name: str,
+    cfg: Any,
+    *,
+    scorer: str | Path | Scorer | None = None,
+    engine: Any = None,
+    backend: Backend | None = None,
+    score_cache: Path | None = None,
+    progress: bool = True,
+    **opts: Any,
+) -> BaselineOutcome:
+    """Run baseline ``name`` on the pool of ``cfg`` (a ``PlanConfig``) and write its selection.
+
+    Pool, embeddings and plan come from ``cfg.run_dir`` (computed there once and cached, exactly as
+    ``select`` computes them, so ``cluster-random`` sees the subsets ``select`` sees).
+    ``ifd`` and ``cluster-ifd`` score the pool on the selection engine: ``engine`` (an
+    ``EngineConfig`` naming the model; started only if some row is not scored yet) or an engine
+    already loaded (``backend``); the scores go to ``score_cache`` (default
+    ``<run_dir>/ifd_scores.jsonl``), which an experiment shares between its cells. Output:
+    ``<run_dir>/baselines/<name>-b<budget>-s<seed>/selected.jsonl`` (rows like ``select``'s: the
+    original record plus a ``selectllm`` block) and ``summary.json``, both written atomically.
+    """
+    name = canonical_baseline(name)
+    t0 = time.perf_counter()
+    items, embeddings, plan = _inputs(name, cfg, progress)
+    scores = likely = None
+    if name in LIKELIHOOD_METHODS:
+        likely = _ifd_scores(
+            name, items, cfg, engine, backend, score_cache, progress, opts.get("max_length")
+        )
+        scores = likely.ifd
+    picks = run_baseline(
+        name,
+        items,
+        cfg.budget,
+        seed=cfg.seed,
+        embeddings=embeddings,
+        plan=plan,
+        scorer=scorer,
+        scores=scores,
+        progress=progress,
+        **opts,
+    )
+    variant = (
+        "-shortest" if opts.get("shortest") else (f"-{opts['band']}" if "band" in opts else "")
+    )  # (band: only the perplexity baselines are given one)
+    out = cfg.resolved_run_dir / "baselines" / f"{name}{variant}-b{cfg.budget}-s{cfg.seed}"
+    rows = []
+    for rank, idx in enumerate(picks, 1):
+        cluster = int(plan.labels[idx]) if plan is not None else None
+        extra = {} if scores is None else {"ifd": _finite(scores[idx])}
+        rows.append(
+            item_record(items[idx], idx, method=name + variant, rank=rank, cluster=cluster, **extra)
+        )
+    from selectllm_local.run.store import write_json, write_jsonl
+
+    write_jsonl(out / "selected.jsonl", rows)
+    summary = BaselineSummary(
+        method=name + variant,
+        pool=len(items),
+        budget=cfg.budget,
+        selected=len(picks),
+        seed=cfg.seed,
+        options={k: str(v) for k, v in opts.items()},
+        scorer=str(scorer) if scorer is not None and not callable(scorer) else None,
+        seconds=round(time.perf_counter() - t0, 3),
+        files={"selected": str(out / "selected.jsonl")},
+    )
+    if likely is not None:
+        summary.ifd = likely.summary()
+        summary.scorer = likely.model
+    write_json(out / "summary.json", summary.to_dict())
+    return BaselineOutcome(name=name + variant, out_dir=out, indices=picks, summary=summary)
+
+
+def _inputs(name: str, cfg: Any, progress: bool) -> tuple[Any, Any, Any]:
+    """The pool, and the embeddings and plan where ``name`` needs them, as ``select`` has them."""
+    from selectllm_local.run import pipeline
+    from selectllm_local.run.store import RunStore
+
+    if name in LIKELIHOOD_METHODS:  # before any planning: a pool without responses stops here
+        from selectllm_local.baselines.ifd import require_responses
+
+        pooled, _stats, _cached = pipeline.load_pool_stage(cfg, RunStore(cfg.resolved_run_dir))
+        require_responses(pooled, name)
+    if name in NEEDS_EMBEDDINGS or name in NEEDS_PLAN:
+        planned = pipeline.plan_run(cfg, progress=progress)
+        return planned.items, planned.embeddings, planned.plan
+    items, _stats, _cached = pipeline.load_pool_stage(cfg, RunStore(cfg.resolved_run_dir))
+    if cfg.budget > len(items):
+        raise UserError(
+            f"--budget {cfg.budget} is larger than the pool: {cfg.pool} has {len(items)} "
+            f"usable instructions. Choose a budget of at most {len(items)}."
+        )
+    return items, None, None
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _ifd_scores(
+    name: str,
+    items: Sequence[PoolItem],
+    cfg: Any,
+    engine: Any,
+    backend: Backend | None,
+    score_cache: Path | None,
+    progress: bool,
+    max_length: int | None,
+) -> Any:
+    """IFD of every pool row on the selection engine (``likelihood.ifd_scores``), cached."""
+    from selectllm_local import hardware
+    from selectllm_local.backends import LazyBackend, load_backend, resolve_model
+    from selectllm_local.baselines import ifd as likelihood
+
+    likelihood.require_responses(items, name)
+    length = int(max_length or likelihood.DEFAULT_MAX_LENGTH)
+    if backend is not None:  # an engine the caller loaded (options already resolved)
+        opts = backend.options
+        model, dtype = str(backend.model_path), str(opts.dtype)
+    elif engine is None or not engine.model:
+        raise UserError(
+            f"Baseline '{name}' scores the pool with the selection engine's model: give --model "
+            "(a local model folder, a .gguf file or a known name such as smollm2-135m-instruct) "
+            "and optionally --backend."
+        )
+    else:
+        opts = engine
+        model = resolve_model(engine.model, offline=bool(cfg.offline))
+        dtype = hardware.engine_dtype(engine.dtype, engine.device)
+    key = likelihood.model_key(model, dtype, length, opts.max_model_len)
+    offline = bool(cfg.offline)
+    own = LazyBackend(lambda: load_backend(engine.backend, model, engine, offline=offline))
+    try:
+        result = likelihood.ifd_scores(
+            items,
+            backend if backend is not None else own,
+            key=key,
+            cache_path=score_cache or cfg.resolved_run_dir / likelihood.IFD_FILE,
+            max_length=length,
+            progress=progress,
+        )
+    finally:
+        own.close()  # a no-op unless it was started here
+    result.model = model
+    return result
