@@ -104,7 +104,7 @@ def answer_perplexities(
     from rich.progress import track
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectllm_local.evaluation.evaluate import TestExample, fit_prompts
+    from selectllm_local.evaluation.testset import TestExample, fit_prompts
     from selectllm_local.models.registry import resolve_model_path
 
     model_path = resolve_model_path(model_path, flag="--scorer-model")  # .gguf / known name

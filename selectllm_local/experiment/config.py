@@ -254,7 +254,7 @@ def load_experiment_config(
     of Dolly); a real run passes neither.
     """
     from selectllm_local.data import pool as data
-    from selectllm_local.evaluation.evaluate import load_testset
+    from selectllm_local.evaluation.testset import load_testset
     from selectllm_local.run.store import stable_hash
 
     path = Path(path).resolve()
