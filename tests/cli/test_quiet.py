@@ -1,0 +1,121 @@
+"""A quiet quick start: the engine's start-up output goes to the run's engine.log, ``-v`` shows it.
+
+The same path as the quick start (``python -m selectllm_local select POOL --budget B --model M``)
+on the real vLLM engine, smaller: the tiny random-weight model and a 60-row pool, eager, so the
+two engine starts stay short. Each run is a subprocess whose stderr is what a user's terminal
+shows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selectllm_local.backends import startup
+from tests.helpers import HANG_GUARD, requires_vllm, small_pool
+
+CLI = [sys.executable, "-m", "selectllm_local"]
+# A line of vLLM's logger: "(EngineCore pid=12) WARNING 12-06 11:07:01 [file.py:12] ..."
+VLLM_LINE = re.compile(r"pid=\d+\) (DEBUG|INFO|WARNING|ERROR) \d\d-\d\d \d\d:\d\d:\d\d \[")
+PY_WARNING = re.compile(r"\b[A-Z]\w*Warning: ")
+
+
+def _select(tmp_path: Path, model: Path, run: str, *, verbose: bool) -> subprocess.CompletedProcess:
+    pool = small_pool(tmp_path, 60)
+    args = [str(pool), "--model", str(model), "--budget", "6", "--k", "6", "--backend", "vllm",
+            "--max-model-len", "4096", "--enforce-eager", "--run-dir", str(tmp_path / run)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    cmd = [*CLI, *(["-v"] if verbose else []), "select", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG_GUARD)
+
+
+@requires_vllm
+@pytest.mark.slow
+def test_select_shows_no_engine_output_by_default_and_verbose_shows_it(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    quiet = _select(tmp_path, tiny_model_dir, "quiet", verbose=False)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert not VLLM_LINE.search(quiet.stderr), quiet.stderr[-3000:]
+    assert not PY_WARNING.search(quiet.stderr), quiet.stderr[-3000:]
+    # an engine's own loggers (vLLM's Triton check) pass records up to our console handler
+    assert not re.search(r"^WARNING", quiet.stderr, re.M), quiet.stderr[-3000:]
+    assert "starting the vLLM engine" in quiet.stderr  # our own lines still show
+    assert "vLLM engine ready" in quiet.stderr
+    # what was hidden is kept in the run directory
+    assert VLLM_LINE.search((tmp_path / "quiet" / startup.ENGINE_LOG).read_text("utf-8"))
+
+    loud = _select(tmp_path, tiny_model_dir, "loud", verbose=True)
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert VLLM_LINE.search(loud.stderr), loud.stderr[-3000:]
+    assert not (tmp_path / "loud" / startup.ENGINE_LOG).exists()
+
+
+def test_a_failed_start_shows_the_tail_of_its_output(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "run" / startup.ENGINE_LOG
+    with (
+        caplog.at_level("INFO", logger="selectllm_local"),
+        startup.engine_log(log),
+        pytest.raises(RuntimeError, match="no engine"),
+        startup.captured_output("vLLM"),
+    ):
+        # written at the file-descriptor level, as a C library would
+        os.write(2, b"line one of the engine\nthe cause, last\n")
+        raise RuntimeError("no engine")
+    assert log.read_text("utf-8").endswith("the cause, last\n")
+    failure = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(failure) == 1 and str(log) in failure[0] and "the cause, last" in failure[0]
+
+
+def test_a_good_start_leaves_no_temporary_log_and_restores_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with startup.captured_output("vLLM") as path:
+        os.write(2, b"hidden engine chatter\n")
+    assert path is not None and not path.exists()
+    os.write(2, b"shown after\n")
+    err = capfd.readouterr().err
+    assert "hidden engine chatter" not in err and "shown after" in err
+
+
+def test_other_libraries_log_records_go_to_the_engine_log_while_it_starts(
+    tmp_path: Path,
+) -> None:
+    """Records of vLLM's or Triton's loggers that reach the root logger's handler (the console
+    in the CLI) go to the engine log during a start; the package's own records still show."""
+    import io
+    import logging
+
+    shown = io.StringIO()
+    handler = logging.StreamHandler(shown)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    log = tmp_path / startup.ENGINE_LOG
+    try:
+        with startup.engine_log(log), startup.captured_output("vLLM"):
+            logging.getLogger("vllm.triton_utils.importing").warning("Triton is installed, but")
+            logging.getLogger("selectllm_local.backends").info("our own line")
+        logging.getLogger("vllm.after").warning("after the start")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert "Triton" not in shown.getvalue() and "our own line" in shown.getvalue()
+    assert "after the start" in shown.getvalue()  # only during a start
+    assert "WARNING vllm.triton_utils.importing: Triton is installed, but" in log.read_text()
+    assert not handler.filters
+
+
+def test_engine_runs_eager_on_cpu_and_compiled_on_cuda_unless_told() -> None:
+    assert startup.eager(None, cuda=False) is True
+    assert startup.eager(None, cuda=True) is False
+    assert startup.eager(False, cuda=False) is False
+    assert startup.eager(True, cuda=True) is True
