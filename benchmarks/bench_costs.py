@@ -164,7 +164,8 @@ def measure_evaluation(
 ) -> dict[str, Any]:
     """Greedy answers/s of the transformers backend (base model, or base + ``adapter``)."""
     from selectllm_local.backends import load_backend
-    from selectllm_local.evaluation.evaluate import engine_options, fit_prompts, load_testset
+    from selectllm_local.evaluation.answers import engine_options
+    from selectllm_local.evaluation.testset import fit_prompts, load_testset
 
     max_new_tokens = cfg.max_new_tokens
     examples = load_testset(test_set)[: n + 4]

@@ -1,6 +1,6 @@
 """Cost of the reference NLL per 1,000 test rows, beside the cost of the answers it sits next to.
 
-The reference NLL (``evaluate.reference_nll``) reads prompt + reference once with teacher
+The reference NLL (``evaluation.answers.reference_nll``) reads prompt + reference once with teacher
 forcing: a forward pass over every token, compute-bound like a prefill, with no decode loop. The
 answers behind Rouge-L and cosine are decoded token by token (up to ``max_new_tokens``), and on a
 CPU each decode step re-reads every weight, so they cost far more per row. This script measures
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from selectllm_local.config import EngineConfig, EvaluateConfig
-from selectllm_local.evaluation.evaluate import generate_answers, load_testset, reference_nll
+from selectllm_local.evaluation.answers import generate_answers, reference_nll
+from selectllm_local.evaluation.testset import load_testset
 from selectllm_local.run.rundir import environment
 
 REPO = Path(__file__).resolve().parents[1]

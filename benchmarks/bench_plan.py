@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selectllm_local.cluster.kmeans import DEFAULT_NITER, balance, train_centroids
+from selectllm_local.cluster.balance import balance
+from selectllm_local.cluster.kmeans import DEFAULT_NITER, train_centroids
 from selectllm_local.cluster.subsets import make_plan
 
 

@@ -173,7 +173,8 @@ def part_evaluate(ctx: dict[str, Any]) -> dict[str, Any]:
     from selectllm_local.backends.base import prompt_token_ids
     from selectllm_local.bench.model import prepare_model
     from selectllm_local.config import EngineConfig, EvaluateConfig
-    from selectllm_local.evaluation.evaluate import engine_options, fit_prompts, load_testset
+    from selectllm_local.evaluation.answers import engine_options
+    from selectllm_local.evaluation.testset import fit_prompts, load_testset
 
     n, new, batch = (6, 8, 3) if ctx["dry_run"] else (64, 64, 16)
     model, _ = prepare_model(_bench_config(ctx))

@@ -149,7 +149,7 @@ def answer_perplexities(
     from selectllm_local.backends import load_backend
     from selectllm_local.backends.base import TokenizedPrompt
     from selectllm_local.config import EngineConfig
-    from selectllm_local.evaluation.evaluate import TestExample, fit_prompts
+    from selectllm_local.evaluation.testset import TestExample, fit_prompts
     from selectllm_local.models.registry import resolve_model_path
 
     model_path = resolve_model_path(model_path, flag="--scorer-model")  # .gguf / known name

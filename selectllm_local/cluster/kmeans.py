@@ -2,17 +2,9 @@
 
 Why balanced: the diverse layout puts the p-th member of every cluster into subset p, so each
 prompt shows one candidate per region of the embedding space. That only covers the whole pool when
-all clusters have the same size (here: sizes differ by at most one; the last round is short).
-
-The paper balances greedily: for round 1, 2, ... each cluster in turn takes its nearest still
-unassigned point. Done literally (every cluster scans every point every round) that is
-O(N^2 d / K) work, hours at a million points. :func:`balance` computes the same assignment from
-short candidate lists: one FAISS k-NN search gives every centroid its M nearest points; a pointer
-per cluster walks its list past points that others already took, and a list that runs low is
-refilled with a fresh search restricted (by a FAISS ID selector) to the unassigned points. Because
-a list always holds the nearest unassigned points of its centroid in distance order, the result is
-the literal greedy loop's (up to exact distance ties), at O(N d K) for the one search plus O(N)
-Python steps.
+all clusters have the same size (here: sizes differ by at most one; the last round is short). The
+balancing itself is :mod:`~selectllm_local.cluster.balance`; this module trains the centroids
+(on the GPU when FAISS has one) and chains the two (:func:`balanced_clusters`).
 
 K is the number of candidates in one diverse prompt, so it is capped (:data:`DEFAULT_MAX_K`): the
 paper's rule of about N/1000 clusters would put 1,000 candidates into one prompt for a 1M pool.
@@ -21,11 +13,12 @@ paper's rule of about N/1000 clusters would put 1,000 candidates into one prompt
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
 
+from selectllm_local.cluster.balance import as_f32 as _as_f32
+from selectllm_local.cluster.balance import balance
 from selectllm_local.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,12 +49,6 @@ def choose_k(n: int, *, max_k: int = DEFAULT_MAX_K) -> int:
         raise UserError(f"--max-k must be at least 2 (got {max_k}): a prompt needs two candidates.")
     k = max(2, round(n / POOL_PER_CLUSTER))
     return max(1, min(k, max_k, n))
-
-
-def _as_f32(emb: np.ndarray) -> np.ndarray:
-    if emb.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D, got shape {emb.shape}")
-    return np.ascontiguousarray(emb, dtype=np.float32)
 
 
 def _faiss() -> Any:
@@ -151,218 +138,6 @@ def kmeans(
     centroids = train_centroids(x, k, seed=seed, niter=niter, spherical=spherical)
     _, nearest = _faiss().knn(x, centroids, 1)
     return centroids, nearest[:, 0].astype(np.int32)
-
-
-class _Searcher:
-    """The m nearest points of some centroids, among all points or only the unassigned ones.
-
-    Points are scanned in chunks. One BLAS product per chunk yields, for every (query, point),
-    ``q.x - |x|^2 / 2`` (the norm rides along as an extra column), which ranks points exactly like
-    the squared distance ``|q|^2 - 2 q.x + |x|^2``; one comparison with each query's current m-th
-    best drops everything that can no longer enter its list, and the few survivors go into a
-    (queries x 2m) buffer that is cut back to the best m when it fills. On two cores this is
-    several times faster than FAISS's per-query heaps (``faiss.knn`` with few queries over many
-    points), and it needs only chunk-sized scratch memory.
-    """
-
-    CHUNK = 4096
-
-    def __init__(self, x: np.ndarray, free: np.ndarray) -> None:
-        self.x = x
-        self.free = free  # uint8 flags shared with the balancing loop: 1 = not yet assigned
-        self.half_norms = 0.5 * np.einsum("ij,ij->i", x, x)
-        self.searches = 0
-
-    def nearest(self, queries: np.ndarray, m: int, *, only_free: bool) -> list[np.ndarray]:
-        """Per query, the ids of its min(m, points) nearest points, nearest first."""
-        self.searches += 1
-        n, d = self.x.shape
-        q_aug = np.empty((len(queries), d + 1), dtype=np.float32)
-        q_aug[:, :d] = queries
-        q_aug[:, d] = -1.0
-        free_ids = np.flatnonzero(self.free[:n]) if only_free else None
-        total = n if free_ids is None else len(free_ids)
-        buf = _TopBuffer(len(queries), min(m, total))
-        x_aug = np.empty((self.CHUNK, d + 1), dtype=np.float32)
-        for s in range(0, total, self.CHUNK):
-            e = min(total, s + self.CHUNK)
-            rows = np.arange(s, e) if free_ids is None else free_ids[s:e]
-            xa = x_aug[: e - s]
-            if free_ids is None:
-                xa[:, :d] = self.x[s:e]
-                xa[:, d] = self.half_norms[s:e]
-            else:
-                xa[:, :d] = self.x[rows]
-                xa[:, d] = self.half_norms[rows]
-            buf.add(q_aug @ xa.T, rows)  # (queries, chunk) scores: higher = nearer
-        return buf.result()
-
-
-class _TopBuffer:
-    """Running m highest scores per query (ties keep the earlier, i.e. lower, point id)."""
-
-    def __init__(self, nq: int, m: int) -> None:
-        self.m = m
-        self.cap = 2 * m
-        self.s = np.full((nq, self.cap), -np.inf, dtype=np.float32)
-        self.i = np.full((nq, self.cap), -1, dtype=np.int64)
-        self.cnt = np.zeros(nq, dtype=np.int64)
-        self.tau = np.full(nq, -np.inf, dtype=np.float32)  # accept only score > tau
-
-    def add(self, score: np.ndarray, rows: np.ndarray) -> None:
-        lim = self.tau
-        unset = np.isneginf(lim)
-        if unset.any() and score.shape[1] > self.m:
-            # Nothing below this chunk's own m-th best can enter the top m.
-            kth = np.partition(score, -self.m, axis=1)[:, -self.m]
-            lim = np.where(unset, np.nextafter(kth, np.float32(-np.inf)), lim)
-        # 1-D flatnonzero is ~3x faster than 2-D nonzero; hits come grouped by query.
-        flat = np.flatnonzero(score > lim[:, None])
-        if not len(flat):
-            return
-        c, r = np.divmod(flat, score.shape[1])
-        vals = score[c, r]
-        counts = np.bincount(c, minlength=len(self.cnt))
-        if (self.cnt + counts > self.cap).any():
-            self._compact()
-            keep = vals > self.tau[c]
-            c, r, vals = c[keep], r[keep], vals[keep]
-            counts = np.bincount(c, minlength=len(self.cnt))
-            need = int((self.cnt + counts).max())
-            if need > self.cap:  # only with many exactly tied scores
-                self._grow(need)
-        starts = np.cumsum(counts) - counts
-        pos = self.cnt[c] + np.arange(len(c)) - starts[c]
-        self.s[c, pos] = vals
-        self.i[c, pos] = rows[r]
-        self.cnt += counts
-
-    def _compact(self) -> None:
-        keep = np.argpartition(self.s, self.cap - self.m, axis=1)[:, self.cap - self.m :]
-        s = np.take_along_axis(self.s, keep, axis=1)
-        i = np.take_along_axis(self.i, keep, axis=1)
-        self.s.fill(-np.inf)
-        self.i.fill(-1)
-        self.s[:, : self.m] = s
-        self.i[:, : self.m] = i
-        self.cnt = np.minimum(self.cnt, self.m)
-        self.tau = np.where(self.cnt >= self.m, s.min(axis=1), -np.inf).astype(np.float32)
-
-    def _grow(self, need: int) -> None:
-        extra = need - self.cap
-        self.s = np.pad(self.s, ((0, 0), (0, extra)), constant_values=-np.inf)
-        self.i = np.pad(self.i, ((0, 0), (0, extra)), constant_values=-1)
-        self.cap = need
-
-    def result(self) -> list[np.ndarray]:
-        # Best first; among equal scores the lower point id first (a stable sort on -score of
-        # ids sorted ascending).
-        by_id = np.argsort(np.where(self.i < 0, np.iinfo(np.int64).max, self.i), axis=1)
-        s = np.take_along_axis(self.s, by_id, axis=1)
-        i = np.take_along_axis(self.i, by_id, axis=1)
-        order = np.argsort(-s, axis=1, kind="stable")[:, : self.m]
-        i = np.take_along_axis(i, order, axis=1)
-        n_valid = np.minimum(self.cnt, self.m)
-        return [i[j, : n_valid[j]] for j in range(len(i))]
-
-
-def balance(
-    emb: np.ndarray,
-    centroids: np.ndarray,
-    *,
-    candidates: int | None = None,
-    return_order: bool = False,
-) -> Any:
-    """Greedy round-robin balancing: labels (n,) int32 whose cluster sizes differ by at most 1.
-
-    Round r: cluster 0, 1, ..., K-1 in turn takes its nearest unassigned point (L2 distance to its
-    centroid), until every point is placed; so the first ``n mod K`` clusters get one extra point.
-    ``candidates`` is the length M of each centroid's candidate list (default about 3 N/K); it
-    only changes speed, never the result. With ``return_order`` also returns the pool indices in
-    the order they were assigned (cluster c's members in that order are nearest-first).
-    Deterministic: no randomness beyond the centroids.
-    """
-    x = _as_f32(emb)
-    c = _as_f32(centroids)
-    n, k = len(x), len(c)
-    if n == 0 or k == 0:
-        raise ValueError("balance needs at least one point and one centroid")
-    if c.shape[1] != x.shape[1]:
-        raise ValueError(f"centroids have dimension {c.shape[1]}, embeddings {x.shape[1]}")
-    rounds = math.ceil(n / k)
-    m = min(n, candidates or max(3 * rounds + 8, 64))
-    # free_arr[n] is a sentinel that is never free: every candidate list ends with it.
-    free_arr = np.ones(n + 1, dtype=np.uint8)
-    free_arr[n] = 0
-    free = memoryview(free_arr)  # type: ignore[arg-type]  # fast scalar access from Python, shares memory with free_arr
-    searcher = _Searcher(x, free_arr)
-
-    arrs = searcher.nearest(c, m, only_free=False)  # numpy, for the vectorised low-water check
-    lists: list[list[int]] = [a.tolist() + [n] for a in arrs]  # for the per-point loop
-    complete = [m >= n] * k  # a list holding every free point can never run dry
-    ptr = [0] * k
-    labels = np.full(n, -1, dtype=np.int32)
-    lab = memoryview(labels)  # type: ignore[arg-type]
-    order: list[int] = []
-    placed = 0
-    check_every = max(1, min(16, rounds // 8))
-    low_water = 4 * check_every
-    refills = 0
-
-    def refill(which: list[int]) -> None:
-        nonlocal refills
-        n_free = n - placed
-        mm = min(m, n_free)
-        new = searcher.nearest(c[which], mm, only_free=True)
-        for cl, row in zip(which, new, strict=True):
-            arrs[cl] = row
-            lists[cl] = row.tolist() + [n]
-            ptr[cl] = 0
-            complete[cl] = mm >= n_free
-        refills += len(which)
-
-    for r in range(rounds):
-        if r and r % check_every == 0:
-            # Refill, in one batched search, the lists that might run dry before the next check.
-            low = []
-            for cl in range(k):
-                if complete[cl]:
-                    continue
-                rest = arrs[cl][ptr[cl] :]
-                if len(rest) < low_water or np.count_nonzero(free_arr[rest]) < low_water:
-                    low.append(cl)
-            if low:
-                refill(low)
-        for cl in range(k):
-            if placed == n:
-                break
-            lst = lists[cl]
-            i = ptr[cl]
-            p = lst[i]
-            while not free[p]:
-                if p == n:  # ran dry between checks: refill this one list now
-                    refill([cl])
-                    lst, i = lists[cl], 0
-                else:
-                    i += 1
-                p = lst[i]
-            ptr[cl] = i + 1
-            free[p] = 0
-            lab[p] = cl
-            placed += 1
-            if return_order:
-                order.append(p)
-    log.debug(
-        "balanced %d points into %d clusters (M=%d, %d list refills in %d searches)",
-        n,
-        k,
-        m,
-        refills,
-        searcher.searches,
-    )
-    if return_order:
-        return labels, np.asarray(order, dtype=np.int64)
-    return labels
 
 
 def balanced_clusters(

@@ -85,45 +85,124 @@ def load_pool(
     """
     path = Path(path).expanduser()
     rows = open_rows(path)
-    fields = fields or FieldMap()
-    items: list[PoolItem] = []
-    seen: set[str] = set()
-    bad: list[dict[str, Any]] = []
-    counts = {"read": 0, "duplicates": 0, "empty": 0, "excluded": 0}
-    mapping: dict[str, str | None] | None = None
-    schema = "custom"
-    keys_seen: set[str] = set()
-    pending: list[tuple[int, dict[str, Any]]] = []  # rows read before the schema was recognised
+    bad = _BadRows(path, rows.unit, skip_bad_rows)
+    schema = _SchemaDetector(path, fields or FieldMap())
+    pool = _PoolBuilder(exclude)
+    n_read = 0
+    for row, rec in rows.it:
+        n_read += 1
+        if isinstance(rec, BadRow):
+            bad.reject(row, rec.error)
+            continue
+        if not isinstance(rec, dict):
+            bad.reject(row, f"expected an object with named fields, found {type(rec).__name__}")
+            continue
+        for ready_row, ready in schema.feed(row, rec):
+            assert schema.mapping is not None
+            try:
+                parts = _extract(ready, schema.mapping, schema.schema)
+            except _FieldError as exc:
+                bad.reject(ready_row, str(exc))
+                continue
+            pool.add(ready_row, ready, *parts)
+    mapping = _check_found(path, rows.unit, n_read, bad.rows, schema, pool)
+    stats = PoolStats(
+        path=str(path),
+        format=rows.format,
+        schema=schema.schema,
+        fields=dict(mapping),
+        rows_read=n_read,
+        kept=len(pool.items),
+        duplicates=pool.counts["duplicates"],
+        empty=pool.counts["empty"],
+        bad_rows=bad.rows,
+    )
+    log.info(
+        "pool %s: %d rows (%s, %s schema), kept %d, %d excluded, %d duplicates, %d empty, "
+        "%d bad rows",
+        path, n_read, rows.format, schema.schema, len(pool.items), pool.counts["excluded"],
+        pool.counts["duplicates"], pool.counts["empty"], len(bad.rows),
+    )  # fmt: skip
+    return pool.items, stats
 
-    def reject(row: int, error: str) -> None:
-        if not skip_bad_rows:
+
+class _BadRows:
+    """Malformed rows: an error naming the row, or (``skip_bad_rows``) a list of them."""
+
+    def __init__(self, path: Path, unit: str, skip: bool) -> None:
+        self.path, self.unit, self.skip = path, unit, skip
+        self.rows: list[dict[str, Any]] = []
+
+    def reject(self, row: int, error: str) -> None:
+        if not self.skip:
             raise UserError(
-                f"{path}, {rows.unit} {row}: {error}. Fix that {rows.unit}, or pass "
+                f"{self.path}, {self.unit} {row}: {error}. Fix that {self.unit}, or pass "
                 f"--skip-bad-rows to skip malformed rows and list them in the plan summary."
             )
-        bad.append({"row": row, "error": error})
+        self.rows.append({"row": row, "error": error})
 
-    def add(row: int, rec: dict[str, Any]) -> None:
-        assert mapping is not None
-        try:
-            instruction, inp, output, category = _extract(rec, mapping, schema)
-        except _FieldError as exc:
-            reject(row, str(exc))
-            return
+
+class _SchemaDetector:
+    """Recognises the schema from the first record that has a known field; holds the records
+    before it and releases them, in order, once the schema is known."""
+
+    def __init__(self, path: Path, fields: FieldMap) -> None:
+        self.path, self.fields = path, fields
+        self.schema = "custom"
+        self.mapping: dict[str, str | None] | None = None
+        self.keys_seen: set[str] = set()
+        self.pending: list[tuple[int, dict[str, Any]]] = []  # read before the schema was known
+
+    def feed(self, row: int, rec: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+        """The records ready to normalise: none while the schema is unknown, then the held
+        ones and this one; gives up (:func:`_no_fields`) after ``DETECT_ROWS`` unknown rows."""
+        if self.mapping is not None:
+            return [(row, rec)]
+        self.keys_seen |= set(rec)
+        detected = _detect(rec, self.fields)
+        if detected is None:
+            self.pending.append((row, rec))
+            if len(self.pending) >= DETECT_ROWS:
+                _no_fields(self.path, self.keys_seen, self.fields)
+            return []
+        self.schema, self.mapping = detected
+        ready, self.pending = [*self.pending, (row, rec)], []
+        return ready
+
+
+class _PoolBuilder:
+    """Normalised records into :class:`PoolItem` s, numbered 0..N-1; empty instructions, excluded
+    rows and duplicates (same instruction and input, whitespace aside) are dropped and counted."""
+
+    def __init__(self, exclude: Exclude | None) -> None:
+        self.exclude = exclude
+        self.items: list[PoolItem] = []
+        self.seen: set[str] = set()
+        self.counts = {"duplicates": 0, "empty": 0, "excluded": 0}
+
+    def add(
+        self,
+        row: int,
+        rec: dict[str, Any],
+        instruction: str,
+        inp: str,
+        output: str | None,
+        category: str | None,
+    ) -> None:
         if not instruction:
-            counts["empty"] += 1
+            self.counts["empty"] += 1
             return
-        if exclude is not None and exclude(instruction, inp, output) is not None:
-            counts["excluded"] += 1
+        if self.exclude is not None and self.exclude(instruction, inp, output) is not None:
+            self.counts["excluded"] += 1
             return
         uid = text_hash(" ".join(instruction.split()) + "\n\n" + " ".join(inp.split()))
-        if uid in seen:
-            counts["duplicates"] += 1
+        if uid in self.seen:
+            self.counts["duplicates"] += 1
             return
-        seen.add(uid)
-        items.append(
+        self.seen.add(uid)
+        self.items.append(
             PoolItem(
-                index=len(items),
+                index=len(self.items),
                 uid=uid,
                 source_row=row,
                 instruction=instruction,
@@ -134,69 +213,40 @@ def load_pool(
             )
         )
 
-    for row, rec in rows.it:
-        counts["read"] += 1
-        if isinstance(rec, BadRow):
-            reject(row, rec.error)
-            continue
-        if not isinstance(rec, dict):
-            reject(row, f"expected an object with named fields, found {type(rec).__name__}")
-            continue
-        if mapping is None:
-            keys_seen |= set(rec)
-            detected = _detect(rec, fields)
-            if detected is None:
-                pending.append((row, rec))
-                if len(pending) >= DETECT_ROWS:
-                    _no_fields(path, keys_seen, fields)
-                continue
-            schema, mapping = detected
-            for prow, prec in pending:
-                add(prow, prec)
-            pending.clear()
-        add(row, rec)
 
-    n_read = counts["read"]
-    if mapping is None:
+def _check_found(
+    path: Path,
+    unit: str,
+    n_read: int,
+    bad: list[dict[str, Any]],
+    schema: _SchemaDetector,
+    pool: _PoolBuilder,
+) -> dict[str, str | None]:
+    """The field mapping, once the whole file is read; a clear error if no pool came of it."""
+    if schema.mapping is None:
         if n_read == len(bad) and n_read:
             raise UserError(
-                f"{path}: every one of its {n_read} {rows.unit}s was malformed "
-                f"(first: {rows.unit} {bad[0]['row']}: {bad[0]['error']}). Check the file format."
+                f"{path}: every one of its {n_read} {unit}s was malformed "
+                f"(first: {unit} {bad[0]['row']}: {bad[0]['error']}). Check the file format."
             )
         if n_read == 0:
             raise UserError(f"{path} holds no rows. Point selectllm at a file with instructions.")
-        _no_fields(path, keys_seen, fields)
-    assert mapping is not None
-    if not items and counts["excluded"]:
+        _no_fields(path, schema.keys_seen, schema.fields)
+    assert schema.mapping is not None
+    excluded = pool.counts["excluded"]
+    if not pool.items and excluded:
         raise UserError(
-            f"{path}: all {counts['excluded']} rows with an instruction are test examples (or "
+            f"{path}: all {excluded} rows with an instruction are test examples (or "
             "share a test example's prompt), so no pool is left. Point the pool and the test set "
             "at different data."
         )
-    if not items:
+    if not pool.items:
         raise UserError(
-            f"{path}: none of its {n_read} {rows.unit}s has a non-empty instruction in field "
-            f"'{mapping['instruction']}'. Choose the field that holds the instructions with "
+            f"{path}: none of its {n_read} {unit}s has a non-empty instruction in field "
+            f"'{schema.mapping['instruction']}'. Choose the field that holds the instructions with "
             "--instruction-field."
         )
-    stats = PoolStats(
-        path=str(path),
-        format=rows.format,
-        schema=schema,
-        fields=dict(mapping),
-        rows_read=n_read,
-        kept=len(items),
-        duplicates=counts["duplicates"],
-        empty=counts["empty"],
-        bad_rows=bad,
-    )
-    log.info(
-        "pool %s: %d rows (%s, %s schema), kept %d, %d excluded, %d duplicates, %d empty, "
-        "%d bad rows",
-        path, n_read, rows.format, schema, len(items), counts["excluded"], counts["duplicates"],
-        counts["empty"], len(bad),
-    )  # fmt: skip
-    return items, stats
+    return schema.mapping
 
 
 def _no_fields(path: Path, keys: set[str], fields: FieldMap) -> None:

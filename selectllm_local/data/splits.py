@@ -202,7 +202,7 @@ class TestOverlap:
     __test__ = False  # not a pytest class, despite the name
 
     def __init__(self, tests: Sequence[Any]) -> None:
-        """``tests``: ``evaluate.TestExample``s (``instruction``, ``input``, ``reference``)."""
+        """``tests``: ``evaluation.testset.TestExample``s (``instruction``, ``input``, ``reference``)."""
         self.n_tests = len(tests)
         self._pairs: dict[tuple[str, str], list[int]] = {}
         self._prompts: dict[tuple[str, str], list[int]] = {}

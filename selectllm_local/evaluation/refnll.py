@@ -9,7 +9,7 @@ A row is tokenised as training tokenises it (TRL's prompt-completion format): th
 ``prompt + reference + EOS``, the response starting where they part from the ids of the prompt
 alone. Only those response tokens (the EOS included: stopping is part of the answer) are scored,
 at most ``max_tokens`` of them (a longer reference is scored on its start). The prompt is the one
-the evaluation answers (``evaluate.fit_prompts``: the Alpaca prompt, a long input cut).
+the evaluation answers (``testset.fit_prompts``: the Alpaca prompt, a long input cut).
 
 Batches are rows of similar length, padded on the left with explicit position ids, so every row
 sees the positions it would see alone; the model keeps logits only for the last ``r + 1``

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selectllm_local.cluster import kmeans as clustering
+from selectllm_local.cluster.balance import balance
 from selectllm_local.cluster.kmeans import (
     DEFAULT_MAX_K,
-    balance,
     balanced_clusters,
     choose_k,
     faiss_gpus,

@@ -87,7 +87,7 @@ def test_cli_writes_original_records(tmp_path: Path) -> None:
     }
     assert all(json.dumps(r, sort_keys=True) in source for r in test + pool)
     # the test set is usable by evaluate as is
-    from selectllm_local.evaluation.evaluate import load_testset
+    from selectllm_local.evaluation.testset import load_testset
 
     assert len(load_testset(tmp_path / "test.jsonl")) == 100
 
@@ -123,7 +123,7 @@ def test_normaliser_strips_every_citation_marker(text: str, expected: str) -> No
 
 
 def _ex(instruction: str, input_text: str, reference: str):
-    from selectllm_local.evaluation.evaluate import TestExample
+    from selectllm_local.evaluation.testset import TestExample
 
     return TestExample(instruction, input_text, reference)
 
@@ -237,7 +237,7 @@ def _surviving_test_prompts(items: list[PoolItem], tests: list) -> list[str]:
 def test_no_paper_test_prompt_survives_in_the_dolly_experiment_pool(tmp_path: Path) -> None:
     """The shipped Dolly 15k and the shipped 1,000-row test split, through the experiment's own
     pool building: none of the 1,000 test prompts is left (before: 12 were, by this normaliser)."""
-    from selectllm_local.evaluation.evaluate import load_testset
+    from selectllm_local.evaluation.testset import load_testset
     from selectllm_local.experiment import load_experiment_config
     from selectllm_local.experiment.inputs import load_inputs
 
@@ -260,7 +260,7 @@ def test_no_paper_test_prompt_survives_in_the_dolly_experiment_pool(tmp_path: Pa
 def test_smollm2_experiment_pool_is_leak_free() -> None:
     """The shipped experiment config, as a dry run loads it: its sampled pool holds no test
     prompt either, and it reads the shipped data (no path outside the repository)."""
-    from selectllm_local.evaluation.evaluate import load_testset
+    from selectllm_local.evaluation.testset import load_testset
     from selectllm_local.experiment import load_experiment_config
     from selectllm_local.experiment.inputs import load_inputs
 
@@ -273,7 +273,7 @@ def test_smollm2_experiment_pool_is_leak_free() -> None:
 
 def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
     """A pool row that differs from a test example only by citation markers is dropped."""
-    from selectllm_local.evaluation.evaluate import load_testset
+    from selectllm_local.evaluation.testset import load_testset
     from selectllm_local.experiment import load_experiment_config
     from selectllm_local.experiment.inputs import load_inputs
 

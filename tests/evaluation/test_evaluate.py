@@ -9,7 +9,9 @@ import pytest
 
 from selectllm_local.config import EngineConfig, EvaluateConfig
 from selectllm_local.errors import UserError
-from selectllm_local.evaluation.evaluate import evaluate_run, load_testset, score
+from selectllm_local.evaluation.evaluate import evaluate_run
+from selectllm_local.evaluation.scores import score
+from selectllm_local.evaluation.testset import load_testset
 from tests.helpers import EXAMPLE_POOL, REPO, requires_gpu, requires_vllm
 
 PAPER_DOLLY = REPO / "examples" / "testsets" / "dolly"
@@ -141,8 +143,9 @@ def test_reference_nll_is_batch_free_response_only_and_matches_transformers(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectllm_local.evaluation.evaluate import TestExample, fit_prompts, reference_nll
+    from selectllm_local.evaluation.answers import reference_nll
     from selectllm_local.evaluation.refnll import encode
+    from selectllm_local.evaluation.testset import TestExample, fit_prompts
 
     ex = load_testset(PAPER_DOLLY, limit=6)  # prompts and references of very different lengths
     ex.append(TestExample("Name a colour.", "", "Red."))  # short: scored whole, EOS included
@@ -213,7 +216,7 @@ def test_resume_adds_only_the_missing_nll(
 
 
 def test_batching_does_not_change_answers(tiny_llama_dir: Path, adapter: Path) -> None:
-    from selectllm_local.evaluation.evaluate import generate_answers
+    from selectllm_local.evaluation.answers import generate_answers
 
     ex = load_testset(PAPER_DOLLY, limit=5)
     kw = {"base_model": tiny_llama_dir, "adapter": adapter, "progress": False}
@@ -228,7 +231,7 @@ def test_batching_does_not_change_answers(tiny_llama_dir: Path, adapter: Path) -
 
 def test_unknown_backend_and_missing_adapter(tiny_llama_dir: Path, tmp_path: Path) -> None:
     ex = load_testset(PAPER_DOLLY, limit=1)
-    from selectllm_local.evaluation.evaluate import generate_answers, resolve_backend
+    from selectllm_local.evaluation.answers import generate_answers, resolve_backend
 
     with pytest.raises(UserError, match="--backend 'onnx' is not known"):
         resolve_backend("onnx")
@@ -242,7 +245,7 @@ def test_unknown_backend_and_missing_adapter(tiny_llama_dir: Path, tmp_path: Pat
 @requires_gpu
 @requires_vllm  # GPU nodes with only the transformers stack skip, with the reason, not fail
 def test_vllm_lora_path_on_gpu(tiny_llama_dir: Path, adapter: Path) -> None:
-    from selectllm_local.evaluation.evaluate import generate_answers
+    from selectllm_local.evaluation.answers import generate_answers
 
     ex = load_testset(PAPER_DOLLY, limit=4)
     cfg = EvaluateConfig(
@@ -256,7 +259,7 @@ def test_long_prompts_are_cut_in_the_input_not_from_the_left(tiny_llama_dir: Pat
     """A long context loses its end, as in training; the instruction and the cue always stay."""
     from transformers import AutoTokenizer
 
-    from selectllm_local.evaluation.evaluate import TestExample, fit_prompts
+    from selectllm_local.evaluation.testset import TestExample, fit_prompts
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     context = " ".join(f"word{i}" for i in range(600))
@@ -278,7 +281,7 @@ def test_long_prompts_are_cut_in_the_input_not_from_the_left(tiny_llama_dir: Pat
 def test_auto_sends_an_adapter_without_gpu_to_transformers(adapter: Path) -> None:
     """One ``auto`` policy for select and evaluate: vLLM when installed, an adapter needs a GPU."""
     from selectllm_local.backends import resolve_backend_name
-    from selectllm_local.evaluation.evaluate import resolve_backend
+    from selectllm_local.evaluation.answers import resolve_backend
     from selectllm_local.hardware import cuda_available
 
     assert resolve_backend("auto", adapter=None) == resolve_backend_name("auto")

@@ -315,12 +315,8 @@ def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
 
 
 def test_selection_seed_follows_the_cell_seed_unless_overridden(tmp_path: Path) -> None:
-    from selectllm_local.experiment.runner import (
-        Cell,
-        _selection_key,
-        plan_dir_of,
-        selection_seed,
-    )
+    from selectllm_local.experiment.cells import Cell, plan_dir_of
+    from selectllm_local.experiment.keys import _selection_key, selection_seed
 
     pool = tmp_path / "pool.jsonl"
     pool.write_text("{}\n")

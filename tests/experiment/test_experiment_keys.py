@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from selectllm_local.experiment import runner
+from selectllm_local.experiment import keys, runner
 from selectllm_local.experiment.cells import Cell
 from selectllm_local.experiment.config import load_experiment_config
 from selectllm_local.experiment.inputs import load_inputs
@@ -55,6 +55,6 @@ def test_new_evaluation_engine_settings_are_keyed_and_old_ones_unchanged() -> No
     base = EvaluateConfig(engine=EngineConfig(backend="transformers", batch_size=16))
     old_shape = {"backend": "transformers", "limit": None, "max_new_tokens": 256,
                  "batch_size": 16, "max_prompt_tokens": 1024, "seed": 0}  # fmt: skip
-    assert runner.evaluate_key(base) == old_shape  # as 0edf93f's EvaluateConfig.to_dict() keyed it
+    assert keys.evaluate_key(base) == old_shape  # as 0edf93f's EvaluateConfig.to_dict() keyed it
     more = dataclasses.replace(base, engine=dataclasses.replace(base.engine, max_num_seqs=4))
-    assert runner.evaluate_key(more) == {**old_shape, "engine": {"max_num_seqs": 4}}
+    assert keys.evaluate_key(more) == {**old_shape, "engine": {"max_num_seqs": 4}}
