@@ -73,7 +73,8 @@ class Chunked:
 
 def one_run(planned: Any, backend: Any, size: int, seed: int) -> dict[str, Any]:
     from selectllm_local.config import SelectorConfig
-    from selectllm_local.selection.rounds import logprobs, picks, select
+    from selectllm_local.selection import logprobs, picks
+    from selectllm_local.selection.rounds import select
 
     scores: dict[tuple[int, ...], list[float]] = {}  # by the subset's tie keys (its identity)
     original = picks.top_k_tied

@@ -5,7 +5,7 @@ engine schedules them; prefix caching reuses the shared system block). Each answ
 (``parsing``); each finished subset is handed to ``on_result`` at once, so the caller can append
 it to ``responses.jsonl`` while the rest of the batch is still running, and a re-run skips it.
 
-Failure policy, per subset, never silent:
+Failure policy of generate mode (``generate.py``), per subset, never silent:
 
 1. first attempt: greedy (``temperature``), constrained to the ids grammar where the backend can;
 2. up to ``retries`` more attempts, sampled at ``retry_temperature``; the seed of an attempt is
@@ -41,19 +41,15 @@ from typing import Any, NoReturn
 from selectllm_local.backends.base import Backend, TokenizedPrompt
 from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
-from selectllm_local.records import Generation, Plan, PoolItem, Subset, SubsetResult
+from selectllm_local.records import Plan, PoolItem, Subset, SubsetResult
 from selectllm_local.selection import grammar
-from selectllm_local.selection import parse as parsing
 from selectllm_local.selection import prompts as prompting
+from selectllm_local.selection.generate import generate_round
 from selectllm_local.selection.logprobs import logprob_round
 from selectllm_local.selection.picks import (
-    NO_ANSWER,
-    NO_ANSWER_KIND,
     Key,
     SelectionOutcome,
     count_results,
-    done_result,
-    fallback_picks,
     matches_plan,
     trivial_result,
 )
@@ -162,91 +158,6 @@ def _id_constraint(n: int, k: int, reasons: bool) -> Any:
     return grammar.id_constraint(n, k, reasons=reasons)
 
 
-def _generate_round(
-    pending: list[Subset], ctx: _Round, emit: Callable[[SubsetResult], None], progress: bool
-) -> None:
-    cfg, backend = ctx.cfg, ctx.backend
-    parse = parsing.parse_reasons if cfg.reasons else parsing.parse_ids
-    ctx.prepare(pending)
-    prompts = {s.id: ctx.render(s) for s in pending}
-    state: dict[int, dict[str, Any]] = {
-        s.id: {
-            "raw": [],
-            "errors": [],
-            "kinds": [],
-            "pt": 0,
-            "ot": 0,
-            "salvage": [],
-            "t0": time.perf_counter(),
-        }
-        for s in pending
-    }
-    todo = list(pending)
-    for attempt in range(cfg.retries + 1):
-        if not todo:
-            break
-        temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
-        max_tokens = max(ctx.max_tokens(s) for s in todo)
-        constraints = [ctx.constraint(s) for s in todo]
-        failed: list[Subset] = []
-        batch = list(todo)
-        answered: set[int] = set()
-
-        def on_output(
-            i: int,
-            gen: Generation,
-            batch: list[Subset] = batch,
-            attempt: int = attempt,
-            failed: list[Subset] = failed,
-            answered: set[int] = answered,
-        ) -> None:
-            s = batch[i]
-            answered.add(s.id)
-            st = state[s.id]
-            st["raw"].append(gen.text)
-            st["pt"] += gen.prompt_tokens
-            st["ot"] += gen.output_tokens
-            res = parse(gen.text, len(s.candidates), s.k)
-            if res.ok:
-                reasons = {s.candidates[p - 1]: r for p, r in res.reasons.items()}
-                emit(done_result(s, res.ids, st, attempt + 1, False, reasons))
-            else:
-                st["errors"].append(res.error)
-                st["kinds"].append(res.kind or "other")
-                st["salvage"] = res.salvage
-                failed.append(s)
-
-        backend.generate(
-            [prompts[s.id] for s in batch],
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=cfg.seed + attempt,
-            constraints=constraints,
-            progress=progress,
-            on_output=on_output,
-        )
-        for s in batch:  # a prompt the backend never answered counts as a failed attempt
-            if s.id not in answered:
-                state[s.id]["errors"].append(NO_ANSWER)
-                state[s.id]["kinds"].append(NO_ANSWER_KIND)
-                failed.append(s)
-        if failed:
-            log.info("attempt %d: %d of %d answers invalid", attempt + 1, len(failed), len(batch))
-        todo = sorted(failed, key=lambda s: s.id)
-    for s in todo:
-        st = state[s.id]
-        positions = fallback_picks(s, st["salvage"], cfg.seed)
-        log.warning(
-            "subset %d (round %d): no valid answer in %d attempts (%s); fallback picks %s",
-            s.id,
-            s.round,
-            cfg.retries + 1,
-            "; ".join(st["errors"]),
-            positions,
-        )
-        emit(done_result(s, positions, st, cfg.retries + 1, True, {}))
-
-
 def select(
     plan: Plan,
     items: Sequence[PoolItem],
@@ -277,35 +188,21 @@ def select(
         if on_result is not None:
             on_result(res)
 
-    if plan.budget >= len(items):  # everything is selected: no question to ask
-        round_subsets = [
-            Subset(s.id, s.candidates, len(s.candidates), s.clusters, s.round) for s in plan.subsets
-        ]
-    else:
-        round_subsets = list(plan.subsets)
+    round_subsets = _first_round(plan, len(items))
     rnd = round_subsets[0].round if round_subsets else 1
     from selectllm_local.progress import status
 
     while True:
-        pending: list[Subset] = []
-        for s in round_subsets:
-            key = (s.round, s.id)
-            all_subsets[key] = s
-            prev = done.get(key)
-            if prev is not None and matches_plan(prev, s):
-                results[key] = prev
-                resumed += 1
-            elif s.k >= len(s.candidates) or s.k == 0:
-                emit(trivial_result(s))
-            else:
-                pending.append(s)
+        all_subsets.update({(s.round, s.id): s for s in round_subsets})
+        pending, reused = _sort_round(round_subsets, done, results, emit)
+        resumed += reused
         if pending:
             if backend is None:
                 raise ValueError("a backend is needed: some subsets need the LLM")
             ctx = ctx or _Round(items, backend, cfg)
             log.info("round %d: asking the LLM about %d subsets", rnd, len(pending))
             called += len(pending)
-            run = logprob_round if cfg.mode == "logprobs" else _generate_round
+            run = logprob_round if cfg.mode == "logprobs" else generate_round
             rounds = max(plan.rounds_expected, rnd)
             with status(f"selection round {rnd} of {rounds}", enabled=progress):
                 run(pending, ctx, emit, progress)
@@ -315,31 +212,82 @@ def select(
         if len(winners) < plan.budget:
             raise RuntimeError(f"round {rnd} kept {len(winners)} < budget {plan.budget}")
         rnd += 1
-        from selectllm_local.cluster import subsets as subsets_mod
+        round_subsets = _next_round(winners, plan, rnd, cfg.seed)
+    outcome = _outcome(results, all_subsets, winners, rnd, called, t_start)
+    outcome.counts = count_results(results.values(), called_now=called, resumed=resumed)
+    outcome.counts["prompts_sent_this_run"] = prompts_sent[0]
+    return outcome
 
-        round_subsets = subsets_mod.next_round(
-            winners, plan.labels, plan.budget, rnd, subset_size=plan.n_clusters, seed=cfg.seed
+
+def _first_round(plan: Plan, pool_size: int) -> list[Subset]:
+    """The plan's subsets; each keeps all its candidates when the budget is the whole pool."""
+    if plan.budget >= pool_size:  # everything is selected: no question to ask
+        return [
+            Subset(s.id, s.candidates, len(s.candidates), s.clusters, s.round) for s in plan.subsets
+        ]
+    return list(plan.subsets)
+
+
+def _sort_round(
+    round_subsets: list[Subset],
+    done: dict[Key, SubsetResult],
+    results: dict[Key, SubsetResult],
+    emit: Callable[[SubsetResult], None],
+) -> tuple[list[Subset], int]:
+    """The subsets of a round still to ask the LLM about, and how many results were reused from
+    ``done`` (put into ``results``); a subset that needs no question gets its result (``emit``)
+    at once."""
+    pending: list[Subset] = []
+    reused = 0
+    for s in round_subsets:
+        key = (s.round, s.id)
+        prev = done.get(key)
+        if prev is not None and matches_plan(prev, s):
+            results[key] = prev
+            reused += 1
+        elif s.k >= len(s.candidates) or s.k == 0:
+            emit(trivial_result(s))
+        else:
+            pending.append(s)
+    return pending, reused
+
+
+def _next_round(winners: list[int], plan: Plan, rnd: int, seed: int) -> list[Subset]:
+    """The subsets of round ``rnd``, among the winners of the round before."""
+    from selectllm_local.cluster import subsets as subsets_mod
+
+    round_subsets = subsets_mod.next_round(
+        winners, plan.labels, plan.budget, rnd, subset_size=plan.n_clusters, seed=seed
+    )
+    picks_next = sum(s.k for s in round_subsets)
+    if not round_subsets or not plan.budget <= picks_next < len(winners):
+        raise RuntimeError(
+            f"round {rnd}: next_round gave {picks_next} picks for {len(winners)} winners "
+            f"and budget {plan.budget}"
         )
-        picks_next = sum(s.k for s in round_subsets)
-        if not round_subsets or not plan.budget <= picks_next < len(winners):
-            raise RuntimeError(
-                f"round {rnd}: next_round gave {picks_next} picks for {len(winners)} winners "
-                f"and budget {plan.budget}"
-            )
+    return round_subsets
+
+
+def _outcome(
+    results: dict[Key, SubsetResult],
+    all_subsets: dict[Key, Subset],
+    winners: list[int],
+    rounds: int,
+    called: int,
+    t_start: float,
+) -> SelectionOutcome:
+    """The selection's outcome: each selected item's deciding subset (its last win)."""
     final: dict[int, Key] = {}
     for key in sorted(results):
         for p in results[key].picks:
             final[p] = key
     selected = list(winners)
-    outcome = SelectionOutcome(
+    return SelectionOutcome(
         results=results,
         subsets=all_subsets,
         selected=selected,
         final={p: final[p] for p in selected},
-        rounds=rnd,
+        rounds=rounds,
         llm_called=called > 0,
         seconds=time.perf_counter() - t_start,
     )
-    outcome.counts = count_results(results.values(), called_now=called, resumed=resumed)
-    outcome.counts["prompts_sent_this_run"] = prompts_sent[0]
-    return outcome

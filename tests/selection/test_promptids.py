@@ -256,7 +256,7 @@ def test_summed_byte_ends_split_text_where_the_tokenizers_offsets_do(
 
     from transformers import AutoTokenizer
 
-    from selectllm_local.selection.promptids import _boundary, _byte_offset
+    from selectllm_local.selection.candidateids import _boundary, _byte_offset
 
     smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
     backend = _TokenizerBackend(smol)
