@@ -102,15 +102,19 @@ def ifd_windows(tokenizer: Any, prompt: str, response: str, max_length: int) -> 
     return Windows(lead + p + r, len(lead) + len(p), lead + r, alone_start)
 
 
-def model_key(model_path: str, dtype: str, max_length: int, max_model_len: int | None) -> str:
-    """What the scores depend on besides the text: the model (path and config), the dtype it runs
-    in, the window and the prompt layout. Known before any engine starts, so a run whose rows
-    are all cached starts none."""
+def model_key(
+    model_path: str, dtype: str, max_length: int, max_model_len: int | None, *, backend: str
+) -> str:
+    """What the scores depend on besides the text: the model (path and config), the engine that
+    runs it (vLLM and transformers agree to about 1e-3, enough to reorder near-ties), the dtype,
+    the window and the prompt layout. Known before any engine starts, so a run whose rows are
+    all cached starts none."""
     path = Path(model_path)
     config = path / "config.json"
     return stable_hash(
         {
             "model": str(path),
+            "backend": backend,
             "config": file_hash(config) if config.is_file() else None,
             "dtype": dtype,
             "max_length": max_length,

@@ -149,7 +149,12 @@ def _ifd_scores(
 ) -> Any:
     """IFD of every pool row on the selection engine (``likelihood.ifd_scores``), cached."""
     from selectllm_local import hardware
-    from selectllm_local.backends import LazyBackend, load_backend, resolve_model
+    from selectllm_local.backends import (
+        LazyBackend,
+        load_backend,
+        resolve_backend_name,
+        resolve_model,
+    )
     from selectllm_local.baselines import ifd as likelihood
 
     likelihood.require_responses(items, name)
@@ -167,9 +172,10 @@ def _ifd_scores(
         opts = engine
         model = resolve_model(engine.model, offline=bool(cfg.offline))
         dtype = hardware.engine_dtype(engine.dtype, engine.device)
-    key = likelihood.model_key(model, dtype, length, opts.max_model_len)
+    kind = backend.name if backend is not None else resolve_backend_name(opts.backend)
+    key = likelihood.model_key(model, dtype, length, opts.max_model_len, backend=kind)
     offline = bool(cfg.offline)
-    own = LazyBackend(lambda: load_backend(engine.backend, model, engine, offline=offline))
+    own = LazyBackend(lambda: load_backend(kind, model, engine, offline=offline))
     try:
         result = likelihood.ifd_scores(
             items,

@@ -212,6 +212,42 @@ def measure_setting(
     }
 
 
+def _measure_one(
+    s: BenchSetting,
+    eng: Backend,
+    items: Sequence[PoolItem],
+    cfg: BenchConfig,
+    base: int,
+    startup: float,
+    samples: list[float],
+    mem: Any,
+    dtype: Dtype,
+) -> dict[str, Any]:
+    """One setting's row: the matmul peak re-sampled first, then the timed selection rounds."""
+    from selectllm_local import hardware
+
+    log.info("measuring %s", s.label)
+    samples.append(hardware.measure_matmul(dtype, mem.device).best_flops)
+    row = {"label": s.label, **dataclasses.asdict(s), "startup_seconds": startup}
+    row.update(measure_setting(s, eng, items, cfg, base))
+    mem.read()
+    row["peak_rss_bytes"], row["peak_gpu_bytes"] = mem.rss_peak_bytes, mem.gpu_peak_bytes
+    return row
+
+
+def _add_utilization(
+    rows: list[dict[str, Any]], n_params: int, peak: float, datasheet: float | None
+) -> None:
+    """Each row's share of the measured peak (and of the datasheet's, on a known GPU)."""
+    for row in rows:
+        flops = 2.0 * n_params * row["prompt_tokens"]
+        row["prefill_utilization"] = flops / row["engine_seconds"] / peak
+        row["pipeline_utilization"] = flops / row["select_seconds"] / peak
+        row["prefill_utilization_datasheet"] = (
+            flops / row["engine_seconds"] / datasheet if datasheet else None
+        )
+
+
 def run_benchmark(
     cfg: BenchConfig, *, backend: Backend | None = None, progress: bool = False
 ) -> dict[str, Any]:
@@ -256,20 +292,8 @@ def run_benchmark(
                 startup = float(eng.stats.get("startup_seconds", 0.0))
                 try:
                     for s in group:
-                        log.info("measuring %s", s.label)
-                        samples.append(hardware.measure_matmul(dtype, device).best_flops)
-                        row = {
-                            "label": s.label,
-                            **dataclasses.asdict(s),
-                            "startup_seconds": startup,
-                        }
                         base = group.index(s) * per_setting
-                        row.update(measure_setting(s, eng, items, cfg, base))
-                        mem.read()
-                        row["peak_rss_bytes"], row["peak_gpu_bytes"] = (
-                            mem.rss_peak_bytes,
-                            mem.gpu_peak_bytes,
-                        )
+                        row = _measure_one(s, eng, items, cfg, base, startup, samples, mem, dtype)
                         rows.append(row)
                         advance(1)
                     if cfg.stages and stages is None:
@@ -283,13 +307,7 @@ def run_benchmark(
     samples.append(peak_after.best_flops)
     peak = max(samples)
     datasheet = spec.bf16_dense_tflops * 1e12 if spec else None
-    for row in rows:
-        flops = 2.0 * n_params * row["prompt_tokens"]
-        row["prefill_utilization"] = flops / row["engine_seconds"] / peak
-        row["pipeline_utilization"] = flops / row["select_seconds"] / peak
-        row["prefill_utilization_datasheet"] = (
-            flops / row["engine_seconds"] / datasheet if datasheet else None
-        )
+    _add_utilization(rows, n_params, peak, datasheet)
     doc = {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

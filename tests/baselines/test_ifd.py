@@ -305,3 +305,12 @@ def test_experiment_ifd_needs_the_engine_model(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match=r"method 'cluster-ifd' needs \[engine\] model"):
         load_experiment_config(path)
+
+
+def test_the_score_key_names_the_engine(tmp_path: Path) -> None:
+    """vLLM and transformers agree only to about 1e-3: scores of one are not reused for the other."""
+    from selectllm_local.baselines.ifd import model_key
+
+    same = dict(model_path=str(tmp_path), dtype="float32", max_length=512, max_model_len=None)
+    assert model_key(**same, backend="vllm") != model_key(**same, backend="transformers")
+    assert model_key(**same, backend="vllm") == model_key(**same, backend="vllm")
