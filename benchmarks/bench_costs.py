@@ -133,7 +133,7 @@ def measure_finetune(pool: Path, model: str, n: int, skip: int, cfg: Any, out: P
     """Trained tokens/s of ``finetune`` with ``cfg``; the adapter is left in ``out/run``."""
     from selectllm_local.data import pool as data
     from selectllm_local.run.store import read_json
-    from selectllm_local.training import finetune
+    from selectllm_local.training.finetune import finetune
 
     items, _ = data.load_pool(pool)
     records = items[skip : skip + n]

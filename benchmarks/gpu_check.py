@@ -235,7 +235,7 @@ def part_qlora(ctx: dict[str, Any]) -> dict[str, Any]:
 
     from selectllm_local.bench.model import prepare_model
     from selectllm_local.data import pool as data
-    from selectllm_local.training import finetune
+    from selectllm_local.training.finetune import finetune
 
     model, _ = prepare_model(_bench_config(ctx))
     ft, _ev = recipe(PAPER, "auto")  # the paper config's [finetune]: NF4, r64 on q/v, 4 x 4

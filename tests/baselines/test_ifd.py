@@ -263,6 +263,7 @@ def test_cli_without_responses_exits_2_naming_the_method(tmp_path: Path) -> None
 def test_experiment_ifd_cells_score_the_pool_once(tmp_path: Path) -> None:
     from selectllm_local.experiment import runner
     from selectllm_local.experiment.config import load_experiment_config
+    from selectllm_local.experiment.inputs import load_inputs
     from tests.helpers import tiny_experiment_config
 
     path = tiny_experiment_config(
@@ -272,10 +273,11 @@ def test_experiment_ifd_cells_score_the_pool_once(tmp_path: Path) -> None:
         ("pool_limit = 200", "pool_limit = 40"),
     )  # fmt: skip
     cfg = load_experiment_config(path, run_dir=tmp_path / "exp")
-    pool_path = runner._write_pool(cfg)
+    data = load_inputs(cfg)
+    pool_path = runner._write_pool(cfg, data)
     runs = [("ifd", 0), ("cluster-ifd", 0), ("ifd", 1), ("cluster-ifd", 1)]
     for method, seed in runs:
-        picks = runner._select(cfg, runner.Cell(method, 8, seed), pool_path, progress=False)
+        picks = runner._select(cfg, data, runner.Cell(method, 8, seed), pool_path, progress=False)
         assert len(picks) == 8 == len(set(picks))
     scores = tmp_path / "exp" / "scores" / "ifd_scores.jsonl"
     assert len(scores.read_text().splitlines()) == 40  # every row once, for all four cells
@@ -287,7 +289,9 @@ def test_experiment_ifd_cells_score_the_pool_once(tmp_path: Path) -> None:
         cfg, engine=runner.dataclasses.replace(cfg.engine, dtype="float32")
     )
     cell = runner.Cell("ifd", 8, 0)
-    assert runner._cell_key(cfg, cell, pool_path) != runner._cell_key(other, cell, pool_path)
+    assert runner._cell_key(cfg, data, cell, pool_path) != runner._cell_key(
+        other, data, cell, pool_path
+    )
 
 
 def test_experiment_ifd_needs_the_engine_model(tmp_path: Path) -> None:
