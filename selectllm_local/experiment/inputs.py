@@ -17,7 +17,7 @@ from selectllm_local.experiment.config import ExperimentConfig, ExperimentTable
 from selectllm_local.records import PoolItem
 
 if TYPE_CHECKING:
-    from selectllm_local.evaluation.evaluate import TestExample
+    from selectllm_local.evaluation.testset import TestExample
 
 
 @dataclass
@@ -61,7 +61,7 @@ def load_inputs(cfg: ExperimentConfig) -> ExperimentInputs:
     """Load and clean the pool, pick the test rows; check the budgets against the pool."""
     from selectllm_local.data import pool as data
     from selectllm_local.data.splits import TestOverlap
-    from selectllm_local.evaluation.evaluate import load_testset
+    from selectllm_local.evaluation.testset import load_testset
 
     exp, path = cfg.experiment, cfg.path
     all_tests = load_testset(cfg.test_set)

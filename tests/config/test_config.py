@@ -286,7 +286,7 @@ def test_every_vocabulary_field_refuses_an_unknown_word_naming_its_flag() -> Non
 def test_evaluation_engine_settings_reach_the_engine_from_flags_and_files(tmp_path: Path) -> None:
     """[evaluate.engine] (flags of `evaluate`) is the evaluation's engine: every setting arrives."""
     from selectllm_local.config import EvaluateCommand
-    from selectllm_local.evaluation.evaluate import engine_options
+    from selectllm_local.evaluation.answers import engine_options
 
     flags = {"test_set": "t.jsonl", "base_model": "m", "out": "o"}
     cmd = EvaluateCommand.of(**flags, gpu_memory_utilization=0.5, max_num_seqs=4,
