@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -98,9 +97,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write OUT.json")
     args = ap.parse_args()
 
-    import torch
-
     from selectllm_local.backends import resolve_model
+    from selectllm_local.bench.run import bench_environment
     from selectllm_local.data.pool import load_pool
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # CPU time of this process
@@ -120,12 +118,7 @@ def main() -> None:
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "machine": args.machine,
-        "env": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cores": os.cpu_count(),
-        },
+        "env": bench_environment(args.machine),  # versions and machine facts, as every bench
     }
     print(
         f"IFD scores of {len(items)} Dolly rows with {args.model} ({args.dtype}; {args.machine}; "
