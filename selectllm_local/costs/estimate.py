@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from selectllm_local.config.training import EVALUATE_BATCH_SIZE
 from selectllm_local.costs.rates import (
     CPU_LABEL,
     GPU_LABEL,
@@ -357,7 +358,7 @@ def _evaluation_stage(w: Work) -> Stage:
     prompt_tok = sum(min(ev.max_prompt_tokens, w.count_base(t.prompt)) for t in tests)
     out_tok = len(tests) * ev.max_new_tokens * c.fill
     cpu = c.cpu("evaluate_output_tokens_per_s", out_tok, base.non_embedding_params)
-    backend, batch_size = ev.engine.backend, ev.engine.batch_size or 16
+    backend, batch_size = ev.engine.backend, ev.engine.batch_size or EVALUATE_BATCH_SIZE
     batch = VLLM_MAX_SEQS if backend in ("vllm", "auto") else batch_size
     gpu_s = c.compute(2 * base.non_embedding_params * prompt_tok)
     gpu_s += c.decode(math.ceil(len(tests) / batch) * ev.max_new_tokens, base.total_params)

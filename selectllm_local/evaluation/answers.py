@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from selectllm_local.config.training import EVALUATE_BATCH_SIZE
 from selectllm_local.errors import UserError
 from selectllm_local.evaluation.refnll import RowNLL
 from selectllm_local.evaluation.testset import TestExample, fit_prompts
@@ -139,7 +140,7 @@ def reference_nll(
                 engine.tokenizer,
                 prompts,
                 [e.reference for e in examples],
-                batch_size=config.engine.batch_size or 16,
+                batch_size=config.engine.batch_size or EVALUATE_BATCH_SIZE,  # set by __post_init__
                 max_tokens=config.nll_max_tokens,
                 on_batch=advance,
             )
