@@ -44,10 +44,12 @@ TARGET_CPU_MS = 3.0  # per prompt, K = 14, candidates of up to 256 tokens (issue
 TARGET_FIXED_S = 0.2  # per run, beyond engine start (issue 19)
 KEYS = [
     "benchmark", "label", "tokenizer", "vocab_size", "mode", "prompts", "candidates",
-    "max_candidate_tokens", "repeats", "ms_per_prompt_median", "ms_per_prompt_all",
-    "cpu_ms_per_prompt_median", "cpu_ms_per_prompt_all",
-    "tokenize_once_cpu_ms_per_prompt_median", "load_average_before", "tokenizers_parallelism",
-    "prompt_tokens_per_prompt", "target_cpu_ms_per_prompt", "profile_top", "environment",
+    "max_candidate_tokens", "repeats", "store", "ms_per_prompt_median", "ms_per_prompt_all",
+    "cpu_ms_per_prompt_median", "cpu_ms_per_prompt_all", "warm_ms_per_prompt_median",
+    "warm_ms_per_prompt_all", "warm_cpu_ms_per_prompt_median", "warm_cpu_ms_per_prompt_all",
+    "tokenize_once_cpu_ms_per_prompt_median", "load_average_before", "load_average_after",
+    "tokenizers_parallelism", "prompt_tokens_per_prompt", "target_cpu_ms_per_prompt", "profile",
+    "profile_top", "environment",
 ]  # fmt: skip
 
 
@@ -98,14 +100,18 @@ def _backend(model_dir: Path, tokenizer: Any) -> Any:
 
 
 def _tokenizer(kind: str, items: list[Any], tmp: Path) -> Any:
+    from transformers import AutoTokenizer
+
     from selectllm_local.bench.model import train_pool_tokenizer
     from selectllm_local.data import pool as data
     from selectllm_local.models import random_weights as tinymodel
 
     if kind == "tiny":
-        return tinymodel.build_tokenizer(tmp / "tok-tiny")
-    texts = [data.embedding_text(it) for it in items]
-    return train_pool_tokenizer(tmp / "tok-pool", texts)
+        tinymodel.build_tokenizer(tmp / "tok-tiny")
+    else:
+        train_pool_tokenizer(tmp / "tok-pool", [data.embedding_text(it) for it in items])
+    # loaded from its folder, as the backends load a model's tokenizer
+    return AutoTokenizer.from_pretrained(tmp / f"tok-{kind}")
 
 
 def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> float:
@@ -126,12 +132,32 @@ def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> floa
     return round(statistics.median(cpu), 3)
 
 
+def _select(plan: Any, items: Any, backend: Any, cfg: Any, store: Path | str) -> Any:
+    """One ``select`` with the candidate token store at ``store`` ("off": none)."""
+    from selectllm_local.selection import rounds as selection
+    from selectllm_local.selection.tokencache import ENV
+
+    os.environ[ENV] = str(store)
+    return selection.select(plan, items, backend, cfg=cfg, progress=False)
+
+
+def _timed(fn: Any, prompts: int) -> tuple[float, float]:
+    """(wall ms, CPU ms) per prompt of ``fn()``; CPU is this process's time, all threads: what
+    the work costs on an idle machine, robust to other jobs sharing the cores."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - t0) * 1000 / prompts, (time.process_time() - c0) * 1000 / prompts
+
+
+def _median(xs: list[float]) -> float:
+    return round(statistics.median(xs), 3)
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from selectllm_local.bench import run as bench
     from selectllm_local.config import SelectorConfig
     from selectllm_local.data import pool as data
     from selectllm_local.models import random_weights as tinymodel
-    from selectllm_local.selection import rounds as selection
 
     items, _ = data.load_pool(args.pool)
     need = args.subsets * args.candidates
@@ -141,28 +167,43 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     load0 = list(os.getloadavg())
     plan = bench.strided_plan(args.subsets, args.candidates, args.picks)
     cfg = SelectorConfig(mode=args.mode, max_candidate_tokens=args.max_candidate_tokens, retries=0)
+    n = len(plan.subsets)
+    env_before = os.environ.get("SELECTLLM_TOKEN_CACHE")
     with tempfile.TemporaryDirectory(prefix="selectllm-overhead-") as tmp_s:
         tmp = Path(tmp_s)
         tok = _tokenizer(args.tokenizer, items, tmp)
         model_dir = tinymodel.build_random_model(tmp / "model", "tiny-qwen2")
         backend = _backend(model_dir, tok)
-        times, cpu_times, ptoks = [], [], 0
-        # Each repeat is a fresh selection (caches are per run), as a new `select` would be.
-        # The stub engine's window is counted as ours: what is left of it once the forward
-        # passes are gone is our work (padding, the constraint gate, decoding, parsing).
-        for _ in range(args.repeats + 1):  # the first is a warm-up
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = selection.select(plan, items, backend, cfg=cfg, progress=False)
-            times.append((time.perf_counter() - t0) * 1000 / len(plan.subsets))
-            # CPU time of this process (all threads): what the work costs on an idle machine,
-            # robust to other jobs sharing the cores.
-            cpu_times.append((time.process_time() - c0) * 1000 / len(plan.subsets))
-            ptoks = out.counts["prompt_tokens"]
+        warm_dir = tmp / "store-warm"
+        # The first select is a warm-up (imports, allocations); it also fills the warm store.
+        out = _select(plan, items, backend, cfg, warm_dir if args.store else "off")
+        ptoks = out.counts["prompt_tokens"]
+        cold: list[tuple[float, float]] = []
+        warm: list[tuple[float, float]] = []
+        # Each repeat is a fresh selection, as a new `select` would be. Cold: an empty store
+        # (the first select on a pool; with --no-store, no store at all); warm: the store the
+        # warm-up filled (another select on the same pool: other budget, mode or seed). The
+        # stub engine's window is counted as ours: what is left of it once the forward passes
+        # are gone is our work (padding, the constraint gate, decoding, parsing). Cold and warm
+        # alternate (ABBA), so a change in the machine's load hits both alike.
+        for r in range(args.repeats):
+            fresh = tmp / f"store-cold-{r}" if args.store else "off"
+            runs = [("cold", fresh), ("warm", warm_dir)]
+            for kind, where in runs if r % 2 == 0 else runs[::-1]:
+                if kind == "warm" and not args.store:
+                    continue
+                one = _timed(lambda w=where: _select(plan, items, backend, cfg, w), n)
+                (cold if kind == "cold" else warm).append(one)
         floor = _tokenize_once(tok, items, args)
-        prof = cProfile.Profile()
+        # a CPU-time profile of one more cold select
+        prof = cProfile.Profile(time.process_time)
         prof.enable()
-        selection.select(plan, items, backend, cfg=cfg, progress=False)
+        _select(plan, items, backend, cfg, tmp / "store-profile" if args.store else "off")
         prof.disable()
+    if env_before is None:
+        os.environ.pop("SELECTLLM_TOKEN_CACHE", None)
+    else:
+        os.environ["SELECTLLM_TOKEN_CACHE"] = env_before
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)
     top = []
@@ -171,39 +212,51 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         key=lambda kv: -kv[1][3],
     )[:25]:
         where = f"{Path(file).name}:{line}:{fn}"
-        top.append({"function": where, "calls": nc, "cum_ms_per_prompt": round(ct * 1000 / len(plan.subsets), 3), "self_ms_per_prompt": round(tt * 1000 / len(plan.subsets), 3)})  # fmt: skip
-    timed = times[1:]
-    return {
+        top.append({"function": where, "calls": nc, "cum_cpu_ms_per_prompt": round(ct * 1000 / n, 3), "self_cpu_ms_per_prompt": round(tt * 1000 / n, 3)})  # fmt: skip
+    res = {
         "benchmark": "overhead",
         "label": args.label,
         "tokenizer": args.tokenizer,
         "vocab_size": len(tok),
         "mode": args.mode,
-        "prompts": len(plan.subsets),
+        "prompts": n,
         "candidates": args.candidates,
         "max_candidate_tokens": args.max_candidate_tokens,
         "repeats": args.repeats,
-        "ms_per_prompt_median": round(statistics.median(timed), 3),
-        "ms_per_prompt_all": [round(t, 3) for t in timed],
-        "cpu_ms_per_prompt_median": round(statistics.median(cpu_times[1:]), 3),
-        "cpu_ms_per_prompt_all": [round(t, 3) for t in cpu_times[1:]],
+        "store": "on" if args.store else "off",
+        # the headline: cold (the first select on a pool, nothing stored yet)
+        "ms_per_prompt_median": _median([w for w, _ in cold]),
+        "ms_per_prompt_all": [round(w, 3) for w, _ in cold],
+        "cpu_ms_per_prompt_median": _median([c for _, c in cold]),
+        "cpu_ms_per_prompt_all": [round(c, 3) for _, c in cold],
+        "warm_ms_per_prompt_median": _median([w for w, _ in warm]) if warm else None,
+        "warm_ms_per_prompt_all": [round(w, 3) for w, _ in warm],
+        "warm_cpu_ms_per_prompt_median": _median([c for _, c in warm]) if warm else None,
+        "warm_cpu_ms_per_prompt_all": [round(c, 3) for _, c in warm],
         "tokenize_once_cpu_ms_per_prompt_median": floor,
         "load_average_before": load0,
+        "load_average_after": list(os.getloadavg()),
         # as `selectllm` runs it: unset = the Rust tokenizer's batches use every core
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset"),
-        "prompt_tokens_per_prompt": round(ptoks / len(plan.subsets), 1),
+        "prompt_tokens_per_prompt": round(ptoks / n, 1),
         "target_cpu_ms_per_prompt": TARGET_CPU_MS,
+        "profile": "cProfile with time.process_time, one cold select",
         "profile_top": top,
         "environment": bench.bench_environment(args.machine),
     }
+    return res
 
 
-def _fixed_run(cfg: Any, backend: Any, run_dir: Path) -> tuple[float, float, int]:
-    """One whole ``select_run`` on a planned run directory, afresh: (wall s, CPU s, prompts)."""
+def _fixed_run(cfg: Any, backend: Any, run_dir: Path, store: Path) -> tuple[float, float, int]:
+    """One whole ``select_run`` on a planned run directory, afresh, with an empty candidate
+    token store at ``store`` (a cold run: nothing of an earlier run reused): (wall s, CPU s,
+    prompts)."""
     from selectllm_local.run.pipeline import select_run
+    from selectllm_local.selection.tokencache import ENV
 
     for name in ("responses.jsonl", "selected.jsonl", "summary.json"):
         (run_dir / name).unlink(missing_ok=True)
+    os.environ[ENV] = str(store)
     t0, c0 = time.perf_counter(), time.process_time()
     out = select_run(cfg, backend=backend, progress=False, report=False)
     return (
@@ -243,7 +296,8 @@ def measure_fixed(args: argparse.Namespace) -> dict[str, Any]:
             cfg = SelectConfig(plan=plan, engine=engine)
             plan_run(plan, progress=False)  # embedding and k-means: not ours to time here
             runs = [
-                _fixed_run(cfg, backend, plan.resolved_run_dir) for _ in range(args.repeats + 1)
+                _fixed_run(cfg, backend, plan.resolved_run_dir, tmp / f"store-{n}-{r}")
+                for r in range(args.repeats + 1)
             ]
             timed = runs[1:]
             out["sizes"].append({
@@ -280,6 +334,12 @@ def main() -> None:
     ap.add_argument("--fixed-small-budget", type=int, default=20)
     ap.add_argument("--fixed-budget", type=int, default=137, help="budget on the whole pool")
     ap.add_argument("--no-fixed", action="store_true", help="skip the per-run fixed cost")
+    ap.add_argument(
+        "--no-store",
+        dest="store",
+        action="store_false",
+        help="no candidate token store (every select tokenizes; no warm figure)",
+    )
     args = ap.parse_args()
     runs = []
     for tok in args.tokenizer or ["pool"]:
@@ -289,13 +349,21 @@ def main() -> None:
                                             "candidates": k})  # fmt: skip
                 res = measure(one)
                 runs.append({key: res[key] for key in KEYS})
-                print(f"{tok:5s} {mode:9s} K={k:2d}: {res['ms_per_prompt_median']:8.3f} ms/prompt wall, "
-                      f"{res['cpu_ms_per_prompt_median']:8.3f} ms CPU (target <= {TARGET_CPU_MS}; "
-                      f"tokenizing the candidates once alone: "
+                warm = (
+                    f"warm (stored candidate tokens) {res['warm_cpu_ms_per_prompt_median']:.3f} "
+                    f"ms CPU, {res['warm_ms_per_prompt_median']:.3f} ms wall"
+                    if res["warm_cpu_ms_per_prompt_median"] is not None
+                    else "no store"
+                )
+                print(f"{tok:5s} {mode:9s} K={k:2d}: cold (first select on the pool) "
+                      f"{res['cpu_ms_per_prompt_median']:.3f} ms CPU, "
+                      f"{res['ms_per_prompt_median']:.3f} ms wall per prompt; {warm} "
+                      f"(target <= {TARGET_CPU_MS} ms CPU; tokenizing the candidates once alone: "
                       f"{res['tokenize_once_cpu_ms_per_prompt_median']:.3f}) "
-                      f"({res['prompt_tokens_per_prompt']:.0f} prompt tokens)")  # fmt: skip
+                      f"({res['prompt_tokens_per_prompt']:.0f} prompt tokens; load "
+                      f"{res['load_average_before'][0]:.1f})")  # fmt: skip
                 for row in res["profile_top"][:8]:
-                    print(f"    {row['cum_ms_per_prompt']:8.3f} {row['function']}")
+                    print(f"    {row['cum_cpu_ms_per_prompt']:8.3f} {row['function']}")
     result: dict[str, Any] = {"runs": runs}
     if not args.no_fixed:
         fixed = measure_fixed(args)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from selectllm_local.records import PoolItem
 from selectllm_local.selection import prompts as prompting
+from selectllm_local.selection import tokencache
 
 log = logging.getLogger("selectllm_local.selection.promptids")
 
@@ -36,14 +38,28 @@ class CandidateTokens:
     """The candidates of one run as token ids, each tokenized once and cut per budget.
 
     ``fast`` is the backend's Rust tokenizer (``tokenizers.Tokenizer``) or None; ``enabled``
-    says whether token ids are wanted at all (``prepare`` does nothing otherwise)."""
+    says whether token ids are wanted at all (``prepare`` does nothing otherwise). Units are
+    kept across runs in a ``tokencache.UnitStore`` under ``store_root`` (None: none), opened
+    for ``tokenizer`` (the HF tokenizer whose ``fast`` this is) at the first ``prepare``."""
 
     def __init__(
-        self, items: Sequence[PoolItem], special_tokens: Sequence[str], fast: Any, enabled: bool
+        self,
+        items: Sequence[PoolItem],
+        special_tokens: Sequence[str],
+        fast: Any,
+        enabled: bool,
+        *,
+        tokenizer: Any = None,
+        store_root: Path | None = None,
     ) -> None:
         self.items, self.special = items, list(special_tokens)
         self._fast: Any = fast
         self.enabled = enabled
+        self._store_args: tuple[Any, Path] | None = (
+            (tokenizer, store_root) if store_root is not None else None
+        )
+        self.store: tokencache.UnitStore | None = None
+        self._keys: dict[int, str] = {}  # pool index -> the store's key of its text
         self._full: dict[int, str] = {}  # pool index -> defused candidate text
         self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
         self._raw_ends: dict[int, list[int]] = {}  # the same, each token's end byte (long texts)
@@ -123,7 +139,10 @@ class CandidateTokens:
         the whole round (batched and multi-threaded in Rust), none is made per prompt."""
         if not self.enabled:
             return
-        todo = sorted({i for i in indices if i not in self._raw_ids})
+        stored = suffix == "\n" and self._from_store(indices, budget)
+        todo = sorted(
+            {i for i in indices if i not in self._raw_ids and (i, budget) not in self._units}
+        )
         todo = [i for i in todo if len(self._text(i)) <= budget * 12]
         # one batched call without the tokenizer's offsets; a text that will be cut keeps where
         # its tokens end (summed from their byte lengths, ``_encode_ends``)
@@ -135,9 +154,11 @@ class CandidateTokens:
             if ends is not None:
                 self._raw_ends[i] = ends
         pending = []
+        fresh = []  # pool indices whose unit this call makes
         for idx in dict.fromkeys(indices):
             if (idx, budget) in self._units:
                 continue
+            fresh.append(idx)
             full, raw = self._text(idx), self._raw_ids.get(idx)
             if raw is not None and len(raw) + _SLACK <= budget:
                 self._units[(idx, budget)] = (full, False, raw)
@@ -167,6 +188,44 @@ class CandidateTokens:
                 unit = self._raw_ids[idx]
             assert unit is not None
             self._units[(idx, budget)] = (text, cut, unit)
+        if stored and fresh and self.store is not None:
+            self._to_store(fresh, budget)
+
+    # -- the store of units across runs (``tokencache``) --------------------------------------
+    def _key(self, idx: int) -> str:
+        key = self._keys.get(idx)
+        if key is None:
+            key = self._keys[idx] = tokencache.text_key(self._text(idx))
+        return key
+
+    def _from_store(self, indices: Sequence[int], budget: int) -> bool:
+        """Fill the units of ``indices`` found in the store; whether a store is open."""
+        if self._store_args is not None:
+            tokenizer, root = self._store_args
+            self._store_args = None
+            self.store = tokencache.open_store(tokenizer, self._fast, self.special, "\n", root)
+        if self.store is None:
+            return False
+        mark = prompting.TRUNCATION_MARK
+        for idx in dict.fromkeys(indices):
+            if (idx, budget) in self._units:
+                continue
+            found = self.store.get(budget, self._key(idx))
+            if found is not None:
+                cut, ids = found
+                full = self._text(idx)
+                text = full if cut < 0 else full[:cut] + mark
+                self._units[(idx, budget)] = (text, cut >= 0, ids)
+        return True
+
+    def _to_store(self, fresh: list[int], budget: int) -> None:
+        assert self.store is not None
+        mark = len(prompting.TRUNCATION_MARK)
+        new = {}
+        for idx in fresh:
+            text, cut, ids = self._units[(idx, budget)]
+            new[self._key(idx)] = (len(text) - mark if cut else -1, ids)
+        self.store.put(budget, new)
 
     def _unit_batch(
         self, indices: Sequence[int], budget: int, suffix: str

@@ -31,6 +31,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from selectllm_local.backends.base import Backend, TokenizedPrompt
@@ -81,10 +82,18 @@ class PromptBuilder(CandidateTokens):
         mode: str,
         seed: int = 0,
         ordered: Callable[[Subset], bool] = lambda subset: False,
+        store_root: Path | None = None,
     ) -> None:
         fast = fast_tokenizer(backend)
         enabled = fast is not None and not _PER_CANDIDATE.search(template.source)
-        super().__init__(items, special_tokens, fast, enabled)
+        super().__init__(
+            items,
+            special_tokens,
+            fast,
+            enabled,
+            tokenizer=backend.tokenizer,
+            store_root=store_root,
+        )
         self.template, self.backend = template, backend
         self.count_tokens, self.mode = count_tokens, mode
         self.seed, self.ordered = seed, ordered  # the answer example's seed; increasing-ids rule

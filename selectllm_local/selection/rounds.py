@@ -42,7 +42,7 @@ from selectllm_local.backends.base import Backend, TokenizedPrompt
 from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset, SubsetResult
-from selectllm_local.selection import grammar
+from selectllm_local.selection import grammar, tokencache
 from selectllm_local.selection import prompts as prompting
 from selectllm_local.selection.generate import generate_round
 from selectllm_local.selection.logprobs import logprob_round
@@ -79,6 +79,7 @@ class _Round:
             mode="logprobs" if cfg.mode == "logprobs" else "ids",
             seed=cfg.seed,
             ordered=self.ordered,
+            store_root=tokencache.default_root(),
         )
         if cfg.mode == "logprobs":
             self.labels = [lab for lab in prompting.LETTER_LABELS if backend.count_tokens(lab) == 1]
