@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POOL = ROOT / "examples" / "dolly_sample_1500.jsonl"
 TARGET_CPU_MS = 3.0  # per prompt, K = 14, candidates of up to 256 tokens (issue 19)
 TARGET_FIXED_S = 0.2  # per run, beyond engine start (issue 19)
+# selection.tokencache.ENV, spelled out so that the bench also runs against code without it
+STORE_ENV = "SELECTLLM_TOKEN_CACHE"
 KEYS = [
     "benchmark", "label", "tokenizer", "vocab_size", "mode", "prompts", "candidates",
     "max_candidate_tokens", "repeats", "store", "ms_per_prompt_median", "ms_per_prompt_all",
@@ -135,9 +137,8 @@ def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> floa
 def _select(plan: Any, items: Any, backend: Any, cfg: Any, store: Path | str) -> Any:
     """One ``select`` with the candidate token store at ``store`` ("off": none)."""
     from selectllm_local.selection import rounds as selection
-    from selectllm_local.selection.tokencache import ENV
 
-    os.environ[ENV] = str(store)
+    os.environ[STORE_ENV] = str(store)
     return selection.select(plan, items, backend, cfg=cfg, progress=False)
 
 
@@ -168,7 +169,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     plan = bench.strided_plan(args.subsets, args.candidates, args.picks)
     cfg = SelectorConfig(mode=args.mode, max_candidate_tokens=args.max_candidate_tokens, retries=0)
     n = len(plan.subsets)
-    env_before = os.environ.get("SELECTLLM_TOKEN_CACHE")
+    env_before = os.environ.get(STORE_ENV)
     with tempfile.TemporaryDirectory(prefix="selectllm-overhead-") as tmp_s:
         tmp = Path(tmp_s)
         tok = _tokenizer(args.tokenizer, items, tmp)
@@ -201,9 +202,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         _select(plan, items, backend, cfg, tmp / "store-profile" if args.store else "off")
         prof.disable()
     if env_before is None:
-        os.environ.pop("SELECTLLM_TOKEN_CACHE", None)
+        os.environ.pop(STORE_ENV, None)
     else:
-        os.environ["SELECTLLM_TOKEN_CACHE"] = env_before
+        os.environ[STORE_ENV] = env_before
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)
     top = []
@@ -252,11 +253,10 @@ def _fixed_run(cfg: Any, backend: Any, run_dir: Path, store: Path) -> tuple[floa
     token store at ``store`` (a cold run: nothing of an earlier run reused): (wall s, CPU s,
     prompts)."""
     from selectllm_local.run.pipeline import select_run
-    from selectllm_local.selection.tokencache import ENV
 
     for name in ("responses.jsonl", "selected.jsonl", "summary.json"):
         (run_dir / name).unlink(missing_ok=True)
-    os.environ[ENV] = str(store)
+    os.environ[STORE_ENV] = str(store)
     t0, c0 = time.perf_counter(), time.process_time()
     out = select_run(cfg, backend=backend, progress=False, report=False)
     return (

@@ -122,9 +122,13 @@ class CandidateTokens:
             table = self._lengths = np.concatenate(
                 [table, np.full(int(arr.max()) + 1 - len(table), -1)]
             )
-        for tid in np.unique(arr[table[arr] < 0]).tolist():
-            table[tid] = len(self._fast.id_to_token(tid) or "")
-        return np.cumsum(table[arr]).tolist()  # type: ignore[no-any-return]
+        lens = table[arr]
+        missing = lens < 0
+        if missing.any():  # tokens met for the first time in this run
+            for tid in set(arr[missing].tolist()):
+                table[tid] = len(self._fast.id_to_token(tid) or "")
+            lens = table[arr]
+        return np.cumsum(lens).tolist()  # type: ignore[no-any-return]
 
     def _text(self, idx: int) -> str:
         text = self._full.get(idx)

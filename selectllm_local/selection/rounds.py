@@ -53,9 +53,22 @@ from selectllm_local.selection.picks import (
     matches_plan,
     trivial_result,
 )
-from selectllm_local.selection.promptids import PromptBuilder
+from selectllm_local.selection.promptids import PromptBuilder, fast_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def _single_token_labels(backend: Backend) -> list[str]:
+    """The letters that are one token each in the backend's tokenizer, in one batched call where
+    it has a fast tokenizer (52 ``count_tokens`` calls cost ~30 ms per run)."""
+    letters = prompting.LETTER_LABELS
+    fast = fast_tokenizer(backend)
+    if fast is None:
+        return [lab for lab in letters if backend.count_tokens(lab) == 1]
+    encoded = getattr(fast, "encode_batch_fast", fast.encode_batch)(
+        letters, add_special_tokens=False
+    )
+    return [lab for lab, enc in zip(letters, encoded, strict=True) if len(enc.ids) == 1]
 
 
 class _Round:
@@ -82,7 +95,7 @@ class _Round:
             store_root=tokencache.default_root(),
         )
         if cfg.mode == "logprobs":
-            self.labels = [lab for lab in prompting.LETTER_LABELS if backend.count_tokens(lab) == 1]
+            self.labels = _single_token_labels(backend)
             if len(self.labels) < 2:
                 raise UserError(
                     f"--mode logprobs needs single-token labels, but fewer than 2 of the letters "

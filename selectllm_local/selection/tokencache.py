@@ -11,8 +11,8 @@ stored under the user cache (``$SELECTLLM_TOKEN_CACHE``, default
   where it was loaded from a folder, else its serialization), its added tokens and pre-tokenizer,
   the special tokens defused in candidate texts, the truncation mark, the unit suffix and
   ``UNIT_VERSION`` (raise it whenever the cutting changes);
-* per token budget, ``b<budget>.json`` (row text hash -> offset, length, cut length) and the
-  ``.npy`` of every unit's ids it names. The array is written first under a fresh name, the index
+* per token budget, ``b<budget>.json`` (the row text hashes) and the ``.npy`` it names (each
+  row's offset, length and cut length, then every unit's ids). The array is written first under a fresh name, the index
   last and atomically, so a reader sees a complete pair or the previous one; a damaged or missing
   pair is a miss (logged), never an error.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from selectllm_local.run.store import read_json, save_npy, write_json
+from selectllm_local.run.store import atomic_path, read_json, save_npy
 from selectllm_local.selection import prompts as prompting
 
 log = logging.getLogger("selectllm_local.selection.promptids")
@@ -89,15 +89,18 @@ def fingerprint(tokenizer: Any, fast: Any, special: Sequence[str], suffix: str) 
 
 
 class UnitStore:
-    """The stored units of one fingerprint: ``get`` per (budget, text key), ``put`` new ones."""
+    """The stored units of one fingerprint: ``get`` per (budget, text key), ``put`` new ones.
+
+    Per budget, ``b<budget>.json`` names the array and lists the row keys; the array (int32)
+    holds, per row in that order, (offset, length, cut length), then every unit's ids."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._rows: dict[int, dict[str, list[int]]] = {}  # budget -> key -> [offset, len, cut]
-        self._ids: dict[int, Any] = {}  # budget -> the ids array the index names
+        self._rows: dict[int, dict[str, int]] = {}  # budget -> key -> row number
+        self._arr: dict[int, Any] = {}  # budget -> the array the index names
         self.hits = self.misses = 0
 
-    def _load(self, budget: int) -> dict[str, list[int]]:
+    def _load(self, budget: int) -> dict[str, int]:
         rows = self._rows.get(budget)
         if rows is not None:
             return rows
@@ -106,38 +109,51 @@ class UnitStore:
         if index.is_file():
             try:
                 meta = read_json(index)
-                arr = np.load(self.folder / meta["data"], mmap_mode="r")
-                rows = meta["rows"]
-                if meta.get("version") != UNIT_VERSION or arr.ndim != 1:
-                    rows, arr = {}, np.zeros(0, dtype=np.int32)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                keys = meta["keys"]
+                found = np.load(self.folder / meta["data"], mmap_mode="r")
+                if meta.get("version") != UNIT_VERSION or found.ndim != 1:
+                    raise ValueError("another layout")
+                if len(found) < 3 * len(keys):
+                    raise ValueError("the array is shorter than its index")
+                rows, arr = {k: j for j, k in enumerate(keys)}, found
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
                 log.warning("ignoring a damaged candidate token store in %s: %s", self.folder, exc)
-                rows, arr = {}, np.zeros(0, dtype=np.int32)
-        self._rows[budget], self._ids[budget] = rows, arr
+        self._rows[budget], self._arr[budget] = rows, arr
         return rows
 
     def get(self, budget: int, key: str) -> tuple[int, list[int]] | None:
         """(cut length: -1 when the text was not cut, else the characters kept before the mark;
         the unit's ids), or None."""
-        row = self._load(budget).get(key)
-        if row is None:
+        j = self._load(budget).get(key)
+        if j is None:
             self.misses += 1
             return None
-        off, n, cut = row
+        arr = self._arr[budget]
+        off, n, cut = (int(x) for x in arr[3 * j : 3 * j + 3])
+        if off + n > len(arr):
+            self.misses += 1
+            return None
         self.hits += 1
-        return cut, self._ids[budget][off : off + n].tolist()
+        return cut, arr[off : off + n].tolist()
 
     def put(self, budget: int, units: dict[str, tuple[int, list[int]]]) -> None:
         """Add ``units`` (key -> (cut length, ids)) to the stored ones and write the pair."""
-        rows = dict(self._load(budget))
-        new = {k: u for k, u in units.items() if k not in rows}
+        rows = self._load(budget)
+        new = [(k, u) for k, u in units.items() if k not in rows]
         if not new:
             return
-        old = self._ids[budget]
-        parts = [np.asarray(old, dtype=np.int32)]
-        off = len(old)
-        for key, (cut, ids) in new.items():
-            rows[key] = [off, len(ids), cut]
+        old = self._arr[budget]
+        keys = list(rows) + [k for k, _u in new]
+        head = np.zeros(3 * len(keys), dtype=np.int32)
+        parts: list[Any] = [head]
+        off = len(head)
+        for j, k in enumerate(list(rows)):  # the stored rows, moved after the longer head
+            o, n, cut = (int(x) for x in old[3 * rows[k] : 3 * rows[k] + 3])
+            head[3 * j : 3 * j + 3] = (off, n, cut)
+            parts.append(old[o : o + n])
+            off += n
+        for j, (_k, (cut, ids)) in enumerate(new, start=len(rows)):
+            head[3 * j : 3 * j + 3] = (off, len(ids), cut)
             parts.append(np.asarray(ids, dtype=np.int32))
             off += len(ids)
         arr = np.concatenate(parts)
@@ -145,17 +161,21 @@ class UnitStore:
         index = self.folder / f"b{budget}.json"
         try:
             previous = read_json(index).get("data") if index.is_file() else None
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             previous = None
         try:
             save_npy(self.folder / name, arr)
-            write_json(index, {"version": UNIT_VERSION, "data": name, "rows": rows})
+            with atomic_path(index) as tmp:
+                tmp.write_text(
+                    json.dumps({"version": UNIT_VERSION, "data": name, "keys": keys}), "utf-8"
+                )
         except OSError as exc:
             log.warning("cannot write the candidate token store in %s: %s", self.folder, exc)
             return
         if previous and previous != name:
             (self.folder / previous).unlink(missing_ok=True)
-        self._rows[budget], self._ids[budget] = rows, arr
+        self._rows[budget] = {k: j for j, k in enumerate(keys)}
+        self._arr[budget] = arr
 
 
 def open_store(
