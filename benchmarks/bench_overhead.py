@@ -13,10 +13,13 @@ passes is the production path, and the whole of the "engine" window counts as ou
 Dolly rows, ``--subsets`` prompts of ``--candidates`` candidates cut to
 ``--max-candidate-tokens``, the benchmark's strided subset layout. Reported: medians over
 ``--repeats`` of select seconds / prompts, CPU ms (process time, all threads: the robust figure
-on a shared machine) beside wall ms, plus a cProfile breakdown of one extra repeat; then the
-per-run fixed cost of the whole ``pipeline.select_run`` (``measure_fixed``). Tokenizers: ``tiny``
-(the tests' 1k-token BPE) and ``pool`` (a 32k BPE trained on the pool, about a real LLM
-tokenizer's length per token).
+on a shared machine) beside wall ms, each **cold** (an empty candidate token store: the first
+select on a pool, the headline) and **warm** (the store a previous select on the pool filled:
+another budget, mode or seed; ``selection.tokencache``), cold and warm alternating; then a
+cProfile breakdown (process-time clock) of one more cold select, and the per-run fixed cost of
+the whole ``pipeline.select_run`` (``measure_fixed``, cold). ``--no-store`` turns the store off.
+Tokenizers: ``tiny`` (the tests' 1k-token BPE) and ``pool`` (a 32k BPE trained on the pool, about
+a real LLM tokenizer's length per token), each loaded from its folder as a backend loads one.
 
     python benchmarks/bench_overhead.py --tokenizer pool --candidates 14 \
         --out benchmarks/results/overhead_issue19.json
@@ -65,6 +68,7 @@ class _StubModel:
 
     def __init__(self, answer_ids: list[int], vocab: int) -> None:
         self.answer_ids, self.vocab = answer_ids, vocab
+        self._logits: dict[int, Any] = {}
 
     def generate(self, input_ids: Any, **kw: Any) -> Any:
         import torch
@@ -84,7 +88,14 @@ class _StubModel:
     def __call__(self, input_ids: Any, **_: Any) -> Any:
         import torch
 
-        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
+        # One logits tensor per batch size, made once: allocating and zeroing it stands in for
+        # the forward pass, which is not ours (it cost ~0.5 ms per prompt of torch threads at
+        # a 27k vocabulary); what the backend does with the logits still counts.
+        logits = self._logits.get(input_ids.shape[0])
+        if logits is None:
+            logits = self._logits[input_ids.shape[0]] = torch.zeros(
+                input_ids.shape[0], 1, self.vocab
+            )
         return type("Out", (), {"logits": logits})()
 
 

@@ -126,15 +126,18 @@ class HFBackend(ChatTokenizer):
         return n
 
     def _pad(self, seqs: list[list[int]]) -> tuple[Any, Any]:
+        import numpy as np
         import torch
 
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        # filled in numpy and shared with torch: a torch.tensor per row cost ~0.5 ms per prompt
+        arr = np.full((len(seqs), width), pad, dtype=np.int64)
         for r, s in enumerate(seqs):
-            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s) :] = 1
+            arr[r, width - len(s) :] = s
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        ids = torch.from_numpy(arr)
+        mask = torch.from_numpy((np.arange(width) >= (width - lengths)[:, None]).astype(np.int64))
         self.stats["padding_tokens"] += len(seqs) * width - sum(len(s) for s in seqs)
         self.stats["prompt_tokens"] += sum(len(s) for s in seqs)
         return ids.to(self.device), mask.to(self.device)

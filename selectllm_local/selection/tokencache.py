@@ -98,6 +98,7 @@ class UnitStore:
         self.folder = folder
         self._rows: dict[int, dict[str, int]] = {}  # budget -> key -> row number
         self._arr: dict[int, Any] = {}  # budget -> the array the index names
+        self._head: dict[int, list[int]] = {}  # budget -> its rows' (offset, length, cut)
         self.hits = self.misses = 0
 
     def _load(self, budget: int) -> dict[str, int]:
@@ -110,7 +111,7 @@ class UnitStore:
             try:
                 meta = read_json(index)
                 keys = meta["keys"]
-                found = np.load(self.folder / meta["data"], mmap_mode="r")
+                found = np.load(self.folder / meta["data"])  # read whole: slicing a memmap is slow
                 if meta.get("version") != UNIT_VERSION or found.ndim != 1:
                     raise ValueError("another layout")
                 if len(found) < 3 * len(keys):
@@ -119,6 +120,7 @@ class UnitStore:
             except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
                 log.warning("ignoring a damaged candidate token store in %s: %s", self.folder, exc)
         self._rows[budget], self._arr[budget] = rows, arr
+        self._head[budget] = arr[: 3 * len(rows)].tolist()
         return rows
 
     def get(self, budget: int, key: str) -> tuple[int, list[int]] | None:
@@ -129,7 +131,7 @@ class UnitStore:
             self.misses += 1
             return None
         arr = self._arr[budget]
-        off, n, cut = (int(x) for x in arr[3 * j : 3 * j + 3])
+        off, n, cut = self._head[budget][3 * j : 3 * j + 3]
         if off + n > len(arr):
             self.misses += 1
             return None
@@ -142,13 +144,13 @@ class UnitStore:
         new = [(k, u) for k, u in units.items() if k not in rows]
         if not new:
             return
-        old = self._arr[budget]
+        old, old_head = self._arr[budget], self._head[budget]
         keys = list(rows) + [k for k, _u in new]
         head = np.zeros(3 * len(keys), dtype=np.int32)
         parts: list[Any] = [head]
         off = len(head)
         for j, k in enumerate(list(rows)):  # the stored rows, moved after the longer head
-            o, n, cut = (int(x) for x in old[3 * rows[k] : 3 * rows[k] + 3])
+            o, n, cut = old_head[3 * rows[k] : 3 * rows[k] + 3]
             head[3 * j : 3 * j + 3] = (off, n, cut)
             parts.append(old[o : o + n])
             off += n
@@ -175,7 +177,7 @@ class UnitStore:
         if previous and previous != name:
             (self.folder / previous).unlink(missing_ok=True)
         self._rows[budget] = {k: j for j, k in enumerate(keys)}
-        self._arr[budget] = arr
+        self._arr[budget], self._head[budget] = arr, head.tolist()
 
 
 def open_store(
