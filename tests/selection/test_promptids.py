@@ -279,3 +279,20 @@ def test_summed_byte_ends_split_text_where_the_tokenizers_offsets_do(
                 got = bisect.bisect_right(ends, _byte_offset(text, b))
                 assert got == bisect.bisect_right(char_ends, b), (text[:60], b)
     assert boundaries > 1000
+
+
+def test_single_token_letters_from_one_batched_call_equal_counting_each(
+    tokenizers: dict[str, Any], smollm2_dir: Path
+) -> None:
+    """Logprob mode's labels, read in one batched tokenizer call, are the letters that
+    ``count_tokens`` finds to be one token, on three real tokenizers."""
+    from transformers import AutoTokenizer
+
+    from selectllm_local.selection.rounds import _single_token_labels
+
+    smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    for tok in [smol, *tokenizers.values()]:
+        backend = _TokenizerBackend(tok)
+        want = [lab for lab in prompting.LETTER_LABELS if backend.count_tokens(lab) == 1]
+        assert _single_token_labels(backend) == want  # type: ignore[arg-type]
+        assert 2 <= len(want)
