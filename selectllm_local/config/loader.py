@@ -175,7 +175,8 @@ def build(cls: type[T], values: Mapping[str, Any]) -> T:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserError(f"Unknown setting(s) {', '.join(unknown)} for {cls.__name__}.")
-    return _build(cls, values)
+    layer = getattr(cls, "layered", None)  # a command with presets lays one under the values
+    return _build(cls, layer(values) if layer is not None else values)
 
 
 def _build(cls: type[T], values: Mapping[str, Any]) -> T:
