@@ -168,3 +168,44 @@ def test_a_dry_run_takes_only_the_settings_given_not_the_preset() -> None:
     assert (given["model"], given["candidates_per_prompt"]) == ("qwen2.5-0.5b", 5)
     assert given["max_candidate_tokens"] == 40
     assert given["prompt_tokens_mean"] < plain["prompt_tokens_mean"]
+
+
+DOCS = ("docs/BENCHMARKS.md", "benchmarks/README.md", "README.md", "benchmarks/bench_select.py")
+PROGRAMS = ("python benchmarks/bench_select.py ", "selectllm bench ")
+
+
+def documented_commands() -> list[tuple[str, tuple[str, ...]]]:
+    """Every bench command written in the docs: (program, arguments), code blocks and inline."""
+    import re
+    import shlex
+
+    found: set[tuple[str, tuple[str, ...]]] = set()
+    for doc in DOCS:
+        text = (REPO / doc).read_text("utf-8")
+        fence = r"```[a-z]*\n(.*?)```"
+        blocks = re.findall(fence, text, flags=re.S)
+        lines = [ln for b in [text, *blocks] for ln in b.replace("\\\n", " ").splitlines()]
+        inline = re.findall(r"`([^`]+)`", re.sub(fence, "", text, flags=re.S))
+        lines += [m.replace("\n", " ") for m in inline]
+        for line in lines:
+            line = line.strip()
+            for program in PROGRAMS:
+                if line.startswith(program):
+                    args = shlex.split(line[len(program) :].rstrip("`."), comments=True)
+                    found.add((program.strip(), tuple(args)))
+    return sorted(found)
+
+
+def test_every_documented_bench_command_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    commands = documented_commands()
+    assert len(commands) >= 10, commands
+    seen = _recorded(monkeypatch)
+    script = _script()
+    for program, argv in commands:
+        if program.startswith("python"):
+            cmd, _ = script.options(list(argv))
+        else:
+            r = CliRunner().invoke(app, ["bench", *argv], env={"COLUMNS": "300"})
+            assert r.exit_code == 0, (argv, r.output)
+            cmd = seen[-1]
+        assert cmd.bench.pool is not None and str(cmd.bench.pool) in argv, argv
