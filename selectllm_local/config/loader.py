@@ -169,7 +169,9 @@ def build(cls: type[T], values: Mapping[str, Any]) -> T:
     """``cls`` (a section, or a command's composition of sections) from settings by name.
 
     A name shared by several sections sets each of them; a required setting that is missing is
-    an error naming its flag and its config key.
+    an error naming its flag and its config key. A command with presets (``BenchCommand``) lays
+    the named preset under ``values`` (its classmethod ``layered``): defaults < preset < file <
+    flags, for the CLI and for scripts alike.
     """
     known = leaves(cls)
     unknown = sorted(set(values) - set(known))
