@@ -6,7 +6,7 @@ layer over all prompt tokens at once, so it is compute-bound; writing the answer
 every weight once per generated token, so it is bandwidth-bound, but with ids-only answers there
 are only a handful of such steps. Selection is therefore prefill-bound and its ceiling is the
 machine's matmul rate: prefill utilisation = 2 x non-embedding parameters x prompt tokens /
-seconds / peak FLOP/s, where the peak is measured in this process (``hardware.matmul_peak``).
+seconds / peak FLOP/s, where the peak is measured in this process (``bench.peak``).
 
 What is measured, per setting (backend, batch, prefix caching, constrained or free decoding,
 generative / reasons / logprob mode): engine start-up (once per engine), then for each repeat a
