@@ -2,14 +2,17 @@
 
 Test modules import from here (``from tests.helpers import EXAMPLE_POOL``); ``conftest.py`` holds
 only fixtures. Importing this module also sets the environment every test run needs (offline,
-one vLLM process, a small KV cache): ``conftest.py`` imports it first, before anything can import
+one vLLM process, a small KV cache, a candidate token store of its own): ``conftest.py`` imports it first, before anything can import
 vLLM or transformers.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the candidate token store (selection/tokencache.py): one per test run, not the user's cache
+_TOKEN_STORE = tempfile.mkdtemp(prefix="selectllm-test-tokens-")
+os.environ.setdefault("SELECTLLM_TOKEN_CACHE", _TOKEN_STORE)
+atexit.register(shutil.rmtree, _TOKEN_STORE, True)
 
 REPO = Path(__file__).resolve().parents[1]
 HANG_GUARD = 1800  # seconds: the limit on waiting for a subprocess; a guard against a hang only,

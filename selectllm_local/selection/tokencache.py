@@ -9,8 +9,8 @@ stored under the user cache (``$SELECTLLM_TOKEN_CACHE``, default
 
 * one folder per **fingerprint**: the tokenizer's content (the SHA-256 of its ``tokenizer.json``
   where it was loaded from a folder, else its serialization), its added tokens and pre-tokenizer,
-  the special tokens defused in candidate texts, the truncation mark, the unit suffix and
-  ``UNIT_VERSION`` (raise it whenever the cutting changes);
+  the special tokens defused in candidate texts, the truncation mark, the unit suffix, the
+  source of the modules that render and cut candidates, and ``UNIT_VERSION``;
 * per token budget, ``b<budget>.json`` (the row text hashes) and the ``.npy`` it names (each
   row's offset, length and cut length, then every unit's ids). The array is written first under a fresh name, the index
   last and atomically, so a reader sees a complete pair or the previous one; a damaged or missing
@@ -39,8 +39,11 @@ from selectllm_local.selection import prompts as prompting
 log = logging.getLogger("selectllm_local.selection.promptids")
 
 ENV = "SELECTLLM_TOKEN_CACHE"
-UNIT_VERSION = 1  # raise when the cutting or the unit's layout changes: old stores go unread
+UNIT_VERSION = 1  # raise when the unit's layout changes: old stores go unread
 OFF = {"0", "off", "false", "no", "none"}
+# The modules whose code decides a unit (candidate text, defusing, cutting, counting): their
+# source is part of the fingerprint, so a changed cut never meets units stored before it.
+_CUTTING_CODE = ("prompts.py", "candidateids.py", "tokencache.py")
 
 
 def default_root() -> Path | None:
@@ -74,6 +77,8 @@ def fingerprint(tokenizer: Any, fast: Any, special: Sequence[str], suffix: str) 
     except Exception as exc:  # an unusual tokenizer: no store  # noqa: BLE001
         log.info("candidate token store off: cannot fingerprint the tokenizer (%s)", exc)
         return None
+    for name in _CUTTING_CODE:  # any edit to the cutting code makes a new store
+        h.update(hashlib.sha256((Path(__file__).parent / name).read_bytes()).digest())
     facts = [
         UNIT_VERSION,
         prompting.TRUNCATION_MARK,

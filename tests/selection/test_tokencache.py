@@ -153,3 +153,20 @@ def test_the_store_is_off_when_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert tokencache.default_root() == tmp_path
     monkeypatch.delenv(tokencache.ENV)
     assert tokencache.default_root() == Path.home() / ".cache" / "selectllm-local" / "tokens"
+
+
+def test_an_edit_to_the_cutting_code_makes_a_new_store(
+    tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Units stored by other cutting code are never read: the modules' source is fingerprinted."""
+    tok = tokenizers["smollm2"]
+    base = tokencache.fingerprint(tok, tok.backend_tokenizer, [], "\n")
+    code = tmp_path / "selection"
+    code.mkdir()
+    for name in tokencache._CUTTING_CODE:
+        (code / name).write_bytes((Path(tokencache.__file__).parent / name).read_bytes())
+    monkeypatch.setattr(tokencache, "__file__", str(code / "tokencache.py"))
+    assert tokencache.fingerprint(tok, tok.backend_tokenizer, [], "\n") == base
+    with open(code / "prompts.py", "a", encoding="utf-8") as fh:
+        fh.write("\n# a changed cut\n")
+    assert tokencache.fingerprint(tok, tok.backend_tokenizer, [], "\n") != base
