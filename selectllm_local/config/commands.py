@@ -6,6 +6,7 @@ setting, from these classes alone; each library entry point takes the object it 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -132,6 +133,16 @@ class EvaluateCommand(Command):
         self.adapter = as_path(self.adapter)
 
 
+# ``experiment`` settings that only the dry run reads, and what a real run does instead.
+DRY_RUN_ONLY = {
+    "pool": "only goes with --dry-run; a real run uses the file's pool.",
+    **dict.fromkeys(
+        ("rates", "gpu", "utilization", "gpu_rates"),
+        "only goes with --dry-run (it sets the estimate); a real run measures its own times.",
+    ),
+}
+
+
 @dataclass
 class ExperimentCommand(Command):
     """``experiment``: methods x budgets x seeds from one experiment file."""
@@ -165,8 +176,10 @@ class ExperimentCommand(Command):
         self.gpu_rates = as_path(self.gpu_rates)
         if self.max_cells is not None:
             self._at_least("max_cells", 0)
-        if self.pool is not None and not self.dry_run:
-            raise self._bad("pool", "only goes with --dry-run; a real run uses the file's pool.")
+        if not self.dry_run:  # a setting of the estimate, given to a real run, would be ignored
+            for f in dataclasses.fields(self):
+                if f.name in DRY_RUN_ONLY and getattr(self, f.name) != f.default:
+                    raise self._bad(f.name, DRY_RUN_ONLY[f.name])
 
 
 @dataclass
