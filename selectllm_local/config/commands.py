@@ -133,13 +133,18 @@ class EvaluateCommand(Command):
         self.adapter = as_path(self.adapter)
 
 
-# ``experiment`` settings that only the dry run reads, and what a real run does instead.
+# ``experiment`` settings that only the dry run reads, and what a real run does instead...
 DRY_RUN_ONLY = {
     "pool": "only goes with --dry-run; a real run uses the file's pool.",
     **dict.fromkeys(
         ("rates", "gpu", "utilization", "gpu_rates"),
         "only goes with --dry-run (it sets the estimate); a real run measures its own times.",
     ),
+}
+# ... and those that only a real run reads.
+REAL_RUN_ONLY = {
+    "run_dir": "goes with a real run; --dry-run writes nothing and reads no run directory.",
+    "max_cells": "goes with a real run; --dry-run estimates every cell.",
 }
 
 
@@ -176,10 +181,11 @@ class ExperimentCommand(Command):
         self.gpu_rates = as_path(self.gpu_rates)
         if self.max_cells is not None:
             self._at_least("max_cells", 0)
-        if not self.dry_run:  # a setting of the estimate, given to a real run, would be ignored
-            for f in dataclasses.fields(self):
-                if f.name in DRY_RUN_ONLY and getattr(self, f.name) != f.default:
-                    raise self._bad(f.name, DRY_RUN_ONLY[f.name])
+        # A setting of the one mode, given to the other, would be ignored: refused instead.
+        other_mode = REAL_RUN_ONLY if self.dry_run else DRY_RUN_ONLY
+        for f in dataclasses.fields(self):
+            if f.name in other_mode and getattr(self, f.name) != f.default:
+                raise self._bad(f.name, other_mode[f.name])
 
 
 @dataclass

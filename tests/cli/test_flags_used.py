@@ -3,7 +3,8 @@
 ``evaluate`` runs its engine in this process on the base model it is given, so the engine's
 ``--model``, ``--lora-path`` and Ray flags mean nothing there: its help lists none of them, every
 flag it lists reaches the evaluation, and the hidden settings given in a file exit 2 naming
-them. ``experiment``'s estimate settings go only with ``--dry-run``.
+them. ``experiment``'s estimate settings go only with ``--dry-run``, and its run settings only
+without it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from selectllm_local.cli import app
 from selectllm_local.config import EngineConfig, EvaluateCommand, EvaluateConfig, loader
 from selectllm_local.config.base import field_types
-from selectllm_local.config.commands import DRY_RUN_ONLY
+from selectllm_local.config.commands import DRY_RUN_ONLY, REAL_RUN_ONLY
 from selectllm_local.config.training import ENGINE_NOT_TAKEN
 from selectllm_local.config.vocab import vocabulary
 from selectllm_local.errors import UserError
@@ -149,5 +150,16 @@ def test_experiment_estimate_flags_go_only_with_dry_run(tmp_path: Path) -> None:
     for name, value in values.items():
         flag = "--" + name.replace("_", "-")
         r = CliRunner().invoke(app, ["experiment", str(TINY_CI), flag, value], env=WIDE)
+        assert r.exit_code == 2, (flag, r.output)
+        assert flag in r.output and "--dry-run" in r.output, r.output
+
+
+def test_experiment_run_flags_do_not_go_with_dry_run() -> None:
+    values = {"run_dir": "elsewhere", "max_cells": "2"}
+    assert values.keys() == REAL_RUN_ONLY.keys()
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        args = ["experiment", str(TINY_CI), "--dry-run", flag, value]
+        r = CliRunner().invoke(app, args, env=WIDE)
         assert r.exit_code == 2, (flag, r.output)
         assert flag in r.output and "--dry-run" in r.output, r.output
