@@ -191,6 +191,13 @@ class ExperimentCommand(Command):
                 raise self._bad(f.name, other_mode[f.name])
 
 
+# ``bench`` settings that only its dry run reads (a measured run would ignore them).
+BENCH_DRY_RUN_ONLY = dict.fromkeys(
+    ("gpu", "utilization", "budget"),
+    "only goes with --dry-run (it sets the estimate); a measured run reads this machine.",
+)
+
+
 @dataclass
 class BenchCommand(Command):
     """``bench``: selection throughput against this machine's measured matmul peak.
@@ -231,6 +238,10 @@ class BenchCommand(Command):
             )
         if self.plan_only and self.bench.stages_dir is None:
             raise self._bad("plan_only", "needs --stages-dir (the folder to plan).")
+        for f in dataclasses.fields(self):
+            given = getattr(self, f.name) != f.default
+            if not self.dry_run and f.name in BENCH_DRY_RUN_ONLY and given:
+                raise self._bad(f.name, BENCH_DRY_RUN_ONLY[f.name])
 
     @classmethod
     def layered(cls, values: Mapping[str, Any]) -> dict[str, Any]:
