@@ -210,26 +210,16 @@ class CandidateTokens:
             self.store = tokencache.open_store(tokenizer, self._fast, self.special, "\n", root)
         if self.store is None:
             return False
-        mark = prompting.TRUNCATION_MARK
-        for idx in dict.fromkeys(indices):
-            if (idx, budget) in self._units:
-                continue
-            found = self.store.get(budget, self._key(idx))
-            if found is not None:
-                cut, ids = found
-                full = self._text(idx)
-                text = full if cut < 0 else full[:cut] + mark
-                self._units[(idx, budget)] = (text, cut >= 0, ids)
+        wanted = {i: self._key(i) for i in dict.fromkeys(indices) if (i, budget) not in self._units}
+        found = self.store.read_units(budget, {k: self._text(i) for i, k in wanted.items()})
+        for idx, key in wanted.items():
+            if key in found:
+                self._units[(idx, budget)] = found[key]
         return True
 
     def _to_store(self, fresh: list[int], budget: int) -> None:
         assert self.store is not None
-        mark = len(prompting.TRUNCATION_MARK)
-        new = {}
-        for idx in fresh:
-            text, cut, ids = self._units[(idx, budget)]
-            new[self._key(idx)] = (len(text) - mark if cut else -1, ids)
-        self.store.put(budget, new)
+        self.store.write_units(budget, {self._key(i): self._units[(i, budget)] for i in fresh})
 
     def _unit_batch(
         self, indices: Sequence[int], budget: int, suffix: str

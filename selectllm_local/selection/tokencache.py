@@ -143,6 +143,27 @@ class UnitStore:
         self.hits += 1
         return cut, arr[off : off + n].tolist()
 
+    def read_units(
+        self, budget: int, texts: dict[str, str]
+    ) -> dict[str, tuple[str, bool, list[int]]]:
+        """The stored units of ``texts`` (key -> defused candidate text): key -> (text as cut,
+        whether it was cut, ids of that text and the newline)."""
+        mark = prompting.TRUNCATION_MARK
+        out = {}
+        for key, full in texts.items():
+            found = self.get(budget, key)
+            if found is not None:
+                cut, ids = found
+                out[key] = (full, False, ids) if cut < 0 else (full[:cut] + mark, True, ids)
+        return out
+
+    def write_units(self, budget: int, units: dict[str, tuple[str, bool, list[int]]]) -> None:
+        """Store ``units`` (key -> (text as cut, whether it was cut, ids)); see ``read_units``."""
+        mark = len(prompting.TRUNCATION_MARK)
+        self.put(
+            budget, {k: (len(t) - mark if cut else -1, ids) for k, (t, cut, ids) in units.items()}
+        )
+
     def put(self, budget: int, units: dict[str, tuple[int, list[int]]]) -> None:
         """Add ``units`` (key -> (cut length, ids)) to the stored ones and write the pair."""
         rows = self._load(budget)
