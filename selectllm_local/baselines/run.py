@@ -22,8 +22,9 @@ from selectllm_local.baselines.registry import (
 )
 from selectllm_local.baselines.request import Scorer
 from selectllm_local.errors import UserError
-from selectllm_local.records import BaselineSummary, PoolItem
+from selectllm_local.records import PoolItem
 from selectllm_local.run.rundir import item_record
+from selectllm_local.summaries import BaselineSummary, IfdSummary
 
 
 @dataclass
@@ -105,7 +106,7 @@ def baseline_run(
         files={"selected": str(out / "selected.jsonl")},
     )
     if likely is not None:
-        summary.ifd = likely.summary()
+        summary.ifd = IfdSummary.of(likely)
         summary.scorer = likely.model
     write_json(out / "summary.json", summary.to_dict())
     return BaselineOutcome(name=name + variant, out_dir=out, indices=picks, summary=summary)

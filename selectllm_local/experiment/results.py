@@ -200,8 +200,8 @@ def selections_text(
                 for m in done[i + 1 :]:
                     o = overlap(picks[a], picks[m], pool_size)
                     lines.append(
-                        f"| {a} | {m} | {o['intersection']} | {o['expected_intersection']:.1f} | "
-                        f"{o['ratio_to_random']:.2f} | {o['jaccard']:.3f} |"
+                        f"| {a} | {m} | {o.intersection} | {o.expected_intersection:.1f} | "
+                        f"{o.ratio_to_random:.2f} | {o.jaccard:.3f} |"
                     )
             lines.append("")
             biased = []

@@ -28,6 +28,7 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -207,7 +208,58 @@ def _shares(values: Iterable[Any]) -> dict[Any, float]:
     return {k: v / total for k, v in counts.items()}
 
 
-def _share_table(pool: list[Any], picked: list[Any], name: str) -> dict[str, Any]:
+@dataclass
+class LengthWords:
+    """Words of instruction + input: the pool's and the picks' mean and median (None: empty)."""
+
+    pool_mean: float | None
+    pool_median: float | None
+    selected_mean: float | None
+    selected_median: float | None
+
+
+@dataclass
+class ShareTable:
+    """How the picks spread over the values of one field (category, cluster) against the pool."""
+
+    total_variation: float
+    covered: int  # values the picks hold
+    of: int  # values the pool holds
+    shares: list[
+        dict[str, Any]
+    ]  # per value, the pool's order: the value, pool_share, selected_share
+
+
+@dataclass
+class Preferences:
+    """What the picks prefer against the pool (``preferences``)."""
+
+    length_words: LengthWords
+    categories: ShareTable | None = None  # when the pool has categories
+    clusters: ShareTable | None = None  # when the clusters are known
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Overlap:
+    """Two selections of one pool: shared picks against two random selections (``overlap``)."""
+
+    a: int
+    b: int
+    pool: int
+    intersection: int
+    union: int
+    jaccard: float
+    expected_intersection: float
+    ratio_to_random: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _share_table(pool: list[Any], picked: list[Any], name: str) -> ShareTable:
     ps, ss = _shares(pool), _shares(picked)
     keys = sorted(ps, key=lambda c: (-ps[c], str(c)))
     rows: list[dict[str, Any]] = [
@@ -215,12 +267,12 @@ def _share_table(pool: list[Any], picked: list[Any], name: str) -> dict[str, Any
         for c in keys
     ]
     tv = 0.5 * sum(abs(ps.get(c, 0.0) - ss.get(c, 0.0)) for c in set(ps) | set(ss))
-    return {"total_variation": round(tv, 4), "covered": len(ss), "of": len(ps), "shares": rows}
+    return ShareTable(total_variation=round(tv, 4), covered=len(ss), of=len(ps), shares=rows)
 
 
 def preferences(
     pool: Sequence[dict[str, Any]], selected: Sequence[int], labels: np.ndarray | None = None
-) -> dict[str, Any]:
+) -> Preferences:
     """What the picks prefer against the pool: length (words of instruction + input), category
     shares (when the pool has categories) and cluster shares (when ``labels`` are given).
 
@@ -230,43 +282,41 @@ def preferences(
     chosen = [pool[i] for i in selected if 0 <= i < len(pool)]
     pool_words = [_words(r) for r in pool]
     sel_words = [_words(r) for r in chosen]
-    out: dict[str, Any] = {
-        "length_words": {
-            "pool_mean": round(statistics.fmean(pool_words), 2) if pool_words else None,
-            "pool_median": statistics.median(pool_words) if pool_words else None,
-            "selected_mean": round(statistics.fmean(sel_words), 2) if sel_words else None,
-            "selected_median": statistics.median(sel_words) if sel_words else None,
-        },
-        "categories": None,
-        "clusters": None,
-    }
+    out = Preferences(
+        LengthWords(
+            pool_mean=round(statistics.fmean(pool_words), 2) if pool_words else None,
+            pool_median=statistics.median(pool_words) if pool_words else None,
+            selected_mean=round(statistics.fmean(sel_words), 2) if sel_words else None,
+            selected_median=statistics.median(sel_words) if sel_words else None,
+        )
+    )
     cats = [r.get("category") for r in pool]
     if any(cats):
-        out["categories"] = _share_table(
+        out.categories = _share_table(
             [str(c) for c in cats], [str(r.get("category")) for r in chosen], "category"
         )
     if labels is not None and len(labels) == len(pool):
         lab = np.asarray(labels, dtype=np.int64)
-        out["clusters"] = _share_table(
+        out.clusters = _share_table(
             lab.tolist(), [int(lab[i]) for i in selected if 0 <= i < len(lab)], "cluster"
         )
     return out
 
 
 # -- overlap ------------------------------------------------------------------------------------
-def overlap(a: Iterable[int], b: Iterable[int], pool_size: int) -> dict[str, Any]:
+def overlap(a: Iterable[int], b: Iterable[int], pool_size: int) -> Overlap:
     """|A∩B|, Jaccard, and the intersection two independent uniform random selections of the same
     sizes from a pool of ``pool_size`` would share on average (``|A|·|B|/N``), with the ratio."""
     sa, sb = set(a), set(b)
     inter, union = len(sa & sb), len(sa | sb)
     expected = len(sa) * len(sb) / pool_size if pool_size else 0.0
-    return {
-        "a": len(sa),
-        "b": len(sb),
-        "pool": pool_size,
-        "intersection": inter,
-        "union": union,
-        "jaccard": round(inter / union, 4) if union else 0.0,
-        "expected_intersection": round(expected, 3),
-        "ratio_to_random": round(inter / expected, 3) if expected else None,
-    }
+    return Overlap(
+        a=len(sa),
+        b=len(sb),
+        pool=pool_size,
+        intersection=inter,
+        union=union,
+        jaccard=round(inter / union, 4) if union else 0.0,
+        expected_intersection=round(expected, 3),
+        ratio_to_random=round(inter / expected, 3) if expected else None,
+    )

@@ -114,23 +114,26 @@ def test_preferences_compare_length_categories_and_clusters_with_the_pool() -> N
         {"instruction": "e", "input": "", "category": "math"},
     ]
     p = preferences(pool, [0, 1], np.array([0, 0, 1, 1]))
-    assert p["length_words"] == {
+    assert p.to_dict()["length_words"] == {
         "pool_mean": 3.75, "pool_median": 2.0, "selected_mean": 6.5, "selected_median": 6.5
     }  # fmt: skip
-    cats = {r["category"]: r for r in p["categories"]["shares"]}
+    assert p.categories is not None and p.clusters is not None
+    cats = {r["category"]: r for r in p.categories.shares}
     assert cats["qa"]["selected_share"] == 1.0 and cats["math"]["selected_share"] == 0.0
-    assert p["categories"]["total_variation"] == 0.5 and p["categories"]["covered"] == 1
-    assert p["clusters"]["total_variation"] == 0.5 and p["clusters"]["of"] == 2
-    assert preferences(pool, [0, 2], np.array([0, 0, 1, 1]))["clusters"]["total_variation"] == 0
+    assert p.categories.total_variation == 0.5 and p.categories.covered == 1
+    assert p.clusters.total_variation == 0.5 and p.clusters.of == 2
+    spread = preferences(pool, [0, 2], np.array([0, 0, 1, 1])).clusters
+    assert spread is not None and spread.total_variation == 0
+    assert preferences([{"instruction": "x"}], [0]).categories is None  # no categories: none
 
 
 def test_overlap_against_two_random_selections() -> None:
     o = overlap(range(10), range(5, 15), 100)
-    assert (o["intersection"], o["union"], o["jaccard"]) == (5, 15, round(1 / 3, 4))
-    assert o["expected_intersection"] == 1.0 and o["ratio_to_random"] == 5.0
+    assert (o.intersection, o.union, o.jaccard) == (5, 15, round(1 / 3, 4))
+    assert o.expected_intersection == 1.0 and o.ratio_to_random == 5.0
     same = overlap(range(20), range(20), 40)
-    assert same["jaccard"] == 1.0 and same["expected_intersection"] == 10.0
-    assert same["ratio_to_random"] == 2.0
+    assert same.jaccard == 1.0 and same.expected_intersection == 10.0
+    assert same.ratio_to_random == 2.0
 
 
 # -- run directories ----------------------------------------------------------------------------
