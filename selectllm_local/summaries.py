@@ -17,6 +17,7 @@ from selectllm_local.records import Plan, PoolStats
 
 if TYPE_CHECKING:
     from selectllm_local.baselines.ifd import IFDScores
+    from selectllm_local.review.diagnostics import PositionBias
 
 
 def _plain(obj: Any) -> Any:
@@ -241,7 +242,7 @@ class SelectSummary:
     rounds: int
     kmeans_device: str
     counts: SelectionCounts
-    position_bias: dict[str, Any] | None
+    position_bias: PositionBias | None
     tokens_this_run: TokenCounts
     throughput: Throughput
     seconds: SelectSeconds

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from selectllm_local.models.registry import ModelsList
     from selectllm_local.review.compare import Comparison, SelectionDiagnostics
+    from selectllm_local.review.diagnostics import PositionBias
     from selectllm_local.run.pipeline import SelectOutcome
     from selectllm_local.summaries import FinetuneSummary, PlanSummary, RaySummary, TieCounts
 
@@ -122,7 +123,7 @@ def _tie_lines(ties: TieCounts | None) -> list[str]:
     ]
 
 
-def _position_markup(bias: dict[str, Any] | None, llm_called: bool) -> list[str]:
+def _position_markup(bias: PositionBias | None, llm_called: bool) -> list[str]:
     """The position-bias lines of a summary, the warning in bold yellow."""
     from rich.markup import escape
 
@@ -159,8 +160,8 @@ def compare_text(result: Comparison) -> Any:
         t.add_row(*(escape(str(x)) for x in row))
     parts.append(t)
     for tag, d in (("A", a), ("B", b)):
-        if d.position_bias and d.position_bias["warning"]:
-            parts.append(f"[bold yellow]{tag}: {escape(d.position_bias['warning'])}[/]")
+        if d.position_bias and d.position_bias.warning:
+            parts.append(f"[bold yellow]{tag}: {escape(d.position_bias.warning)}[/]")
     return Group(*parts)
 
 
@@ -172,11 +173,11 @@ def _diagnostic_rows(
         if pb is None:
             return "-"
         if what == "flag":
-            return "yes" if pb["position_bias"] else "no"
+            return "yes" if pb.position_bias else "no"
         if what == "p":
-            return f"{pb['p_value']:.3g}"
-        first = pb["positions"][0]
-        return f"{first['share']:.0%} (exp {first['expected_share']:.0%})"
+            return f"{pb.p_value:.3g}"
+        first = pb.positions[0]
+        return f"{first.share:.0%} (exp {first.expected_share:.0%})"
 
     def words(d: SelectionDiagnostics, which: str) -> str:
         p = d.preferences

@@ -210,11 +210,11 @@ def selections_text(
                 if (run / "responses.jsonl").exists() and (run / "subsets.jsonl").exists():
                     d = run_position_bias(run)
                     if d is not None:
-                        top = max(d["positions"], key=lambda r: r["share"])
+                        top = max(d.positions, key=lambda r: r.share)
                         biased.append(
-                            f"| {m} | {d['picks']} | {top['position']}: {top['share']:.0%} "
-                            f"(exp {top['expected_share']:.0%}) | {d['p_value']:.3g} | "
-                            f"{'yes' if d['position_bias'] else 'no'} |"
+                            f"| {m} | {d.picks} | {top.position}: {top.share:.0%} "
+                            f"(exp {top.expected_share:.0%}) | {d.p_value:.3g} | "
+                            f"{'yes' if d.position_bias else 'no'} |"
                         )
             if biased:
                 lines += [

@@ -104,7 +104,7 @@ def load_selection(path: Path | str) -> Selection:
 
 def run_position_bias(
     root: Path, *, mode: str | None = None, permutations: int | None = None
-) -> dict[str, Any] | None:
+) -> diagnostics.PositionBias | None:
     """Position bias of a select run directory's model picks (``diagnostics.position_bias``).
 
     ``mode`` and ``permutations`` default to what ``summary.json`` and ``config.json`` recorded.
@@ -136,7 +136,7 @@ class SelectionDiagnostics:
     name: str
     selected: int
     pool: int
-    position_bias: dict[str, Any] | None  # ``diagnostics.position_bias`` (select runs)
+    position_bias: diagnostics.PositionBias | None  # select runs with model picks
     preferences: diagnostics.Preferences | None  # when the pool is found
 
 
@@ -162,13 +162,20 @@ class Comparison:
         return asdict(self)
 
 
+def summary_position_bias(summary: dict[str, Any], root: Path) -> diagnostics.PositionBias | None:
+    """The position bias a select run's ``summary.json`` recorded (computed from the run's files
+    for a summary written before diagnostics)."""
+    if "position_bias" not in summary:
+        return run_position_bias(root)
+    bias = summary["position_bias"]
+    return diagnostics.PositionBias.from_dict(bias) if bias is not None else None
+
+
 def selection_diagnostics(sel: Selection) -> SelectionDiagnostics:
     """Position bias (select runs) and preferences (when the pool is found) of one selection."""
     bias = None
     if sel.kind == "select":
-        bias = sel.summary.get("position_bias")
-        if bias is None and "position_bias" not in sel.summary:  # written before diagnostics
-            bias = run_position_bias(sel.root)
+        bias = summary_position_bias(sel.summary, sel.root)
     prefs = diagnostics.preferences(sel.pool, sel.indices, sel.labels()) if sel.pool else None
     return SelectionDiagnostics(
         run_dir=str(sel.root),

@@ -40,6 +40,42 @@ BIAS_RULE = (
 )
 
 
+@dataclass
+class PositionShare:
+    """One display position: the model's picks there against a position-blind picker's."""
+
+    position: int  # 1 = shown first
+    picks: int
+    share: float
+    expected: float
+    expected_share: float
+
+
+@dataclass
+class PositionBias:
+    """Picks per position against a position-blind picker, the chi-square test and the flag
+    (``position_bias``); in ``summary.json`` as ``position_bias``."""
+
+    picks: int
+    mode: str
+    permutations: int
+    positions: list[PositionShare]
+    chi2: float
+    df: int
+    p_value: float
+    position_bias: bool  # the flag (``BIAS_RULE``)
+    rule: str
+    warning: str | None
+    basis: str  # what a position is in this mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PositionBias:
+        return cls(**{**d, "positions": [PositionShare(**r) for r in d["positions"]]})
+
+
 # -- statistics -------------------------------------------------------------------------------
 def _gamma_q(a: float, x: float) -> float:
     """Regularized upper incomplete gamma Q(a, x) (series below a+1, continued fraction above)."""
@@ -115,7 +151,7 @@ def position_pairs(
 
 def position_bias(
     pairs: Sequence[tuple[int, int]], *, mode: str = "generate", permutations: int = 1
-) -> dict[str, Any] | None:
+) -> PositionBias | None:
     """Picks per position vs a position-blind picker, the chi-square p-value and the flag.
 
     ``pairs``: (1-based position, size of the subset it was picked from) per model pick. None
@@ -131,23 +167,23 @@ def position_bias(
         for i in range(1, n + 1):
             expected[i] += 1.0 / n
     total = len(pairs)
-    rows: list[dict[str, Any]] = [
-        {
-            "position": i,
-            "picks": observed[i],
-            "share": round(observed[i] / total, 4),
-            "expected": round(expected[i], 3),
-            "expected_share": round(expected[i] / total, 4),
-        }
+    rows = [
+        PositionShare(
+            position=i,
+            picks=observed[i],
+            share=round(observed[i] / total, 4),
+            expected=round(expected[i], 3),
+            expected_share=round(expected[i] / total, 4),
+        )
         for i in range(1, n_max + 1)
     ]
     chi2 = sum((observed[i] - expected[i]) ** 2 / expected[i] for i in range(1, n_max + 1))
     p_value = chi2_sf(chi2, n_max - 1) if n_max > 1 else 1.0
-    over = [r for r in rows if r["picks"] > BIAS_FACTOR * expected[r["position"]]]
+    over = [r for r in rows if r.picks > BIAS_FACTOR * expected[r.position]]
     flagged = bool(over) and p_value < BIAS_ALPHA
     warning = None
     if flagged:
-        top = max(over, key=lambda r: r["picks"] / max(expected[r["position"]], 1e-12))
+        top = max(over, key=lambda r: r.picks / max(expected[r.position], 1e-12))
         if mode == "logprobs" and permutations != 1:  # 0: every shift
             orders = f"{permutations} orders" if permutations else "every cyclic order"
             hint = (
@@ -159,41 +195,41 @@ def position_bias(
         else:
             hint = f"try --mode logprobs --permutations {n_max}"
         warning = (
-            f"position bias: position {top['position']} took {top['share']:.0%} of picks vs "
-            f"{top['expected_share']:.0%} expected — the selector may be echoing positions; {hint}"
+            f"position bias: position {top.position} took {top.share:.0%} of picks vs "
+            f"{top.expected_share:.0%} expected — the selector may be echoing positions; {hint}"
         )
-    return {
-        "picks": total,
-        "mode": mode,
-        "permutations": permutations,
-        "positions": rows,
-        "chi2": round(chi2, 3),
-        "df": n_max - 1,
-        "p_value": p_value,
-        "position_bias": flagged,
-        "rule": BIAS_RULE,
-        "warning": warning,
-        "basis": (
+    return PositionBias(
+        picks=total,
+        mode=mode,
+        permutations=permutations,
+        positions=rows,
+        chi2=round(chi2, 3),
+        df=n_max - 1,
+        p_value=p_value,
+        position_bias=flagged,
+        rule=BIAS_RULE,
+        warning=warning,
+        basis=(
             "position in the subset's candidate list (the first scoring job's display order)"
             if mode == "logprobs"
             else "display position in the prompt (1 = shown first)"
         ),
-    }
+    )
 
 
-def position_lines(d: dict[str, Any] | None, *, limit: int = 12) -> list[str]:
+def position_lines(d: PositionBias | None, *, limit: int = 12) -> list[str]:
     """Plain-text lines for a ``position_bias`` result (the summary and ``compare`` print them)."""
     if d is None:
         return ["Position bias: no model picks (no LLM call, or fallback picks only)."]
-    rows = d["positions"]
+    rows = d.positions
     shares = ", ".join(
-        f"{r['position']}: {r['share']:.0%} (exp {r['expected_share']:.0%})" for r in rows[:limit]
+        f"{r.position}: {r.share:.0%} (exp {r.expected_share:.0%})" for r in rows[:limit]
     ) + (", …" if len(rows) > limit else "")
     lines = [
-        f"Position of the {d['picks']} model picks: {shares}; chi-square p = {d['p_value']:.3g}.",
+        f"Position of the {d.picks} model picks: {shares}; chi-square p = {d.p_value:.3g}.",
     ]
-    if d["warning"]:
-        lines.append(f"Warning: {d['warning']}. Rule: {d['rule']}.")
+    if d.warning:
+        lines.append(f"Warning: {d.warning}. Rule: {d.rule}.")
     return lines
 
 
