@@ -56,14 +56,13 @@ def loadavg() -> list[float]:
 
 
 def measure_selection(pool: Path, model: str, subsets: int, repeats: int, machine: str) -> Any:
-    from selectllm_local.bench.config import BenchConfig, BenchSetting
+    from selectllm_local.bench.config import BenchConfig
     from selectllm_local.bench.run import run_benchmark
 
     cfg = BenchConfig(
         pool=pool, model=model, dtype="float32", subsets=subsets, candidates=5, picks=1,
         max_candidate_tokens=256, warmup=1, warmup_subsets=2, repeats=repeats, machine=machine,
-        settings=[BenchSetting("vllm"), BenchSetting("vllm", mode="logprobs"),
-                  BenchSetting("transformers", batch=8)],
+        stages=False, setting=["vllm", "vllm:logprobs", "transformers:b8"],
     )  # fmt: skip
     return run_benchmark(cfg, progress=False)
 

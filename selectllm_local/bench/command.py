@@ -17,26 +17,21 @@ def bench_command(cmd: BenchCommand, *, progress: bool = False) -> tuple[dict[st
     """Estimate (``dry_run``) or measure, write the outputs; return (JSON document, human text).
 
     ``cmd`` is the command's config as the CLI (or a script) built it: its settings are declared
-    once, in ``config.BenchCommand``."""
+    once, in ``config.BenchCommand`` and the ``config.BenchConfig`` it nests (preset filled in)."""
     from selectllm_local.bench import config, dry, output, run
 
     if cmd.dry_run:
-        est = dry.dry_run(cmd.pool, shape=cmd.shape or "llama-3-8b", model=cmd.model, gpu=cmd.gpu,
-                          utilization=cmd.utilization, candidates=cmd.candidates,
-                          budget=cmd.budget)  # fmt: skip
+        # Only what the user gave: the dry run's own defaults are those of a real selection.
+        shared = ("shape", "model", "candidates", "max_candidate_tokens")
+        given = {k: getattr(cmd.bench, k) for k in shared if k in cmd.given}
+        est = dry.dry_run(cmd.bench.pool or "", gpu=cmd.gpu, utilization=cmd.utilization,
+                          budget=cmd.budget, **given)  # fmt: skip
         return est, dry.format_dry_run(est)
-    cfg = config.config_from_preset(
-        cmd.preset, pool=cmd.pool, shape=cmd.shape, model=cmd.model, dtype=cmd.dtype,
-        subsets=cmd.subsets, candidates=cmd.candidates, repeats=cmd.repeats, machine=cmd.machine,
-        stages=cmd.stages, stages_dir=cmd.stages_dir,
-        settings=[config.parse_setting(s) for s in cmd.setting] if cmd.setting else None,
-    )  # fmt: skip
+    cfg = config.resolve_settings(cmd.bench)
     if cmd.plan_only:
         from selectllm_local.bench.stages import plan_stages
 
-        per_setting = cfg.warmup + cfg.repeats
-        need = len(cfg.settings) * per_setting * cfg.subsets * cfg.candidates
-        planned = plan_stages(cfg, run.load_items(cfg.pool, need))
+        planned = plan_stages(cfg, run.load_items(cfg.pool, run.rows_needed(cfg)))
         return {"planned": str(planned)}, (
             f"Planned {planned}. Copy it to the GPU node and run the same command there with "
             "--stages instead of --plan-only: the select reuses the plan (no embedder, no FAISS)."

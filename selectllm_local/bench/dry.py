@@ -118,6 +118,58 @@ def round_one(
     )
 
 
+def _architecture(
+    shape: str | None, model: str | None, tokenizer: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """The model's architecture (a model folder's config.json, or a known shape) and the
+    tokenizer that counts its prompts (the model's own when a folder is given)."""
+    from selectllm_local.bench.model import model_shape
+    from selectllm_local.models import random_weights as tinymodel
+
+    if model:
+        return model_shape(model), tokenizer or model
+    if shape in tinymodel.SHAPES:
+        return dict(tinymodel.SHAPES[shape]), tokenizer
+    raise UserError(f"--shape {shape!r} is not known. Shapes: {', '.join(tinymodel.SHAPES)}.")
+
+
+def _device(gpu: str) -> tuple[float, float | None, str]:
+    """(peak FLOP/s, memory bandwidth bytes/s or None, name) of a datasheet GPU, or of this
+    machine's measured matmul rate (``gpu="measured"``: no bandwidth, so no decode estimate)."""
+    from selectllm_local import hardware
+
+    if gpu == "measured":
+        peak = hardware.matmul_peak(hardware.resolve_dtype("auto"))
+        return peak, None, f"this machine (measured matmul peak, {hardware.cpu_model()})"
+    spec = hardware.gpu_spec(gpu)
+    return spec.bf16_dense_tflops * 1e12, spec.memory_bandwidth_gbs * 1e9, spec.name
+
+
+def _seconds(
+    r: RoundOne,
+    non_emb: int,
+    weight_bytes: int,
+    rate: float,
+    bandwidth: float | None,
+    max_num_seqs: int,
+) -> dict[str, Any]:
+    """Prefill (compute-bound: FLOPs / rate) and decode (bandwidth-bound: steps x weight bytes /
+    bandwidth) of round one plus the later-rounds bound, with and without prefix caching."""
+    prompts = len(r.per_prompt)
+    cached = r.shared // CACHE_BLOCK * CACHE_BLOCK * max(0, prompts - 1)
+    flops = 2.0 * non_emb * r.tokens * r.rounds_factor
+    flops_cached = 2.0 * non_emb * (r.tokens - cached) * r.rounds_factor
+    steps = math.ceil(prompts / max_num_seqs) * r.answer_tokens * r.rounds_factor
+    decode_s = steps * weight_bytes / bandwidth if bandwidth else None
+    prefill_s, prefill_cached_s = flops / rate, flops_cached / rate
+    return {
+        "prefix_cached_tokens": cached, "prefill_flops": flops, "prefill_seconds": prefill_s,
+        "prefill_seconds_prefix_cached": prefill_cached_s, "decode_seconds": decode_s,
+        "total_seconds": prefill_s + (decode_s or 0.0),
+        "total_seconds_prefix_cached": prefill_cached_s + (decode_s or 0.0),
+    }  # fmt: skip
+
+
 def dry_run(
     pool: Path | str,
     *,
@@ -133,74 +185,34 @@ def dry_run(
     dtype_bytes: int = 2,
 ) -> dict[str, Any]:
     """Estimate prompts, tokens, FLOPs and seconds of the selection stage for ``pool``."""
-    from selectllm_local import hardware
-    from selectllm_local.bench.model import model_shape
     from selectllm_local.data import pool as data
     from selectllm_local.models import random_weights as tinymodel
 
     if not 0 < utilization <= 1:
         raise UserError(f"--utilization must be in (0, 1] (got {utilization}).")
-    if model:
-        arch = model_shape(model)
-        tokenizer = tokenizer or model
-    elif shape in tinymodel.SHAPES:
-        arch = dict(tinymodel.SHAPES[shape])
-    else:
-        raise UserError(f"--shape {shape!r} is not known. Shapes: {', '.join(tinymodel.SHAPES)}.")
+    arch, tokenizer = _architecture(shape, model, tokenizer)
     non_emb = tinymodel.non_embedding_params(arch)
     items, _ = data.load_pool(pool)
     r = round_one(
         items, candidates=candidates, budget=budget, tokenizer=tokenizer,
         max_candidate_tokens=max_candidate_tokens,
     )  # fmt: skip
-    n, k_cand, budget, picks = len(items), r.candidates, r.budget, r.picks
-    prompt_tokens, shared, method = r.per_prompt, r.shared, r.method
-    tokens, rounds_factor, answer_tokens = r.tokens, r.rounds_factor, r.answer_tokens
-    cached = (shared or 0) // CACHE_BLOCK * CACHE_BLOCK * max(0, len(prompt_tokens) - 1)
-    if gpu == "measured":
-        peak = hardware.matmul_peak(hardware.resolve_dtype("auto"))
-        bandwidth, device = None, f"this machine (measured matmul peak, {hardware.cpu_model()})"
-    else:
-        spec = hardware.gpu_spec(gpu)
-        peak, bandwidth, device = (
-            spec.bf16_dense_tflops * 1e12,
-            spec.memory_bandwidth_gbs * 1e9,
-            spec.name,
-        )
-    flops = 2.0 * non_emb * tokens * rounds_factor
-    flops_cached = 2.0 * non_emb * (tokens - cached) * rounds_factor
-    prefill_s = flops / (peak * utilization)
-    prefill_cached_s = flops_cached / (peak * utilization)
-    steps = math.ceil(len(prompt_tokens) / max_num_seqs) * answer_tokens * rounds_factor
+    peak, bandwidth, device = _device(gpu)
     weight_bytes = _total_params(arch, non_emb) * dtype_bytes
-    decode_s = steps * weight_bytes / bandwidth if bandwidth else None
+    cost = _seconds(r, non_emb, weight_bytes, peak * utilization, bandwidth, max_num_seqs)
     return {
-        "pool": str(pool),
-        "pool_rows": n,
-        "model": model or shape,
-        "non_embedding_params": non_emb,
-        "candidates_per_prompt": k_cand,
-        "prompts": len(prompt_tokens),
-        "budget": budget,
-        "picks_per_prompt": picks,
-        "token_count_method": method,
-        "max_candidate_tokens": max_candidate_tokens,
-        "prompt_tokens": tokens,
-        "prompt_tokens_mean": tokens / max(1, len(prompt_tokens)),
-        "shared_prefix_tokens": shared or 0,
-        "prefix_cached_tokens": cached,
-        "answer_tokens_per_prompt": answer_tokens,
-        "later_rounds_factor": rounds_factor,
-        "prefill_flops": flops,
-        "device": device,
-        "peak_flops": peak,
+        "pool": str(pool), "pool_rows": len(items), "model": model or shape,
+        "non_embedding_params": non_emb, "candidates_per_prompt": r.candidates,
+        "prompts": len(r.per_prompt), "budget": r.budget, "picks_per_prompt": r.picks,
+        "token_count_method": r.method, "max_candidate_tokens": max_candidate_tokens,
+        "prompt_tokens": r.tokens, "prompt_tokens_mean": r.tokens / max(1, len(r.per_prompt)),
+        "shared_prefix_tokens": r.shared, "prefix_cached_tokens": cost["prefix_cached_tokens"],
+        "answer_tokens_per_prompt": r.answer_tokens, "later_rounds_factor": r.rounds_factor,
+        "prefill_flops": cost["prefill_flops"], "device": device, "peak_flops": peak,
         "utilization": utilization,
-        "prefill_seconds": prefill_s,
-        "prefill_seconds_prefix_cached": prefill_cached_s,
-        "decode_seconds": decode_s,
-        "total_seconds": prefill_s + (decode_s or 0.0),
-        "total_seconds_prefix_cached": prefill_cached_s + (decode_s or 0.0),
-    }
+        **{k: cost[k] for k in ("prefill_seconds", "prefill_seconds_prefix_cached",
+                                "decode_seconds", "total_seconds", "total_seconds_prefix_cached")},
+    }  # fmt: skip
 
 
 def format_dry_run(est: dict[str, Any]) -> str:

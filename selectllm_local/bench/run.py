@@ -6,7 +6,7 @@ layer over all prompt tokens at once, so it is compute-bound; writing the answer
 every weight once per generated token, so it is bandwidth-bound, but with ids-only answers there
 are only a handful of such steps. Selection is therefore prefill-bound and its ceiling is the
 machine's matmul rate: prefill utilisation = 2 x non-embedding parameters x prompt tokens /
-seconds / peak FLOP/s, where the peak is measured in this process (``hardware.matmul_peak``).
+seconds / peak FLOP/s, where the peak is measured in this process (``bench.peak``).
 
 What is measured, per setting (backend, batch, prefix caching, constrained or free decoding,
 generative / reasons / logprob mode): engine start-up (once per engine), then for each repeat a
@@ -28,13 +28,21 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from selectllm_local.backends.base import Backend
-from selectllm_local.bench.config import RESULT_KEYS, SCHEMA, BenchConfig, BenchSetting
+from selectllm_local.bench.config import (
+    RESULT_KEYS,
+    SCHEMA,
+    BenchConfig,
+    BenchSetting,
+    resolve_settings,
+)
 from selectllm_local.bench.model import model_shape, prepare_model
+from selectllm_local.bench.peak import Peak, add_utilization
 from selectllm_local.config.vocab import Dtype
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset
@@ -219,15 +227,12 @@ def _measure_one(
     cfg: BenchConfig,
     base: int,
     startup: float,
-    samples: list[float],
+    peak: Peak,
     mem: Any,
-    dtype: Dtype,
 ) -> dict[str, Any]:
     """One setting's row: the matmul peak re-sampled first, then the timed selection rounds."""
-    from selectllm_local import hardware
-
     log.info("measuring %s", s.label)
-    samples.append(hardware.measure_matmul(dtype, mem.device).best_flops)
+    peak.sample()
     row = {"label": s.label, **dataclasses.asdict(s), "startup_seconds": startup}
     row.update(measure_setting(s, eng, items, cfg, base))
     mem.read()
@@ -235,17 +240,81 @@ def _measure_one(
     return row
 
 
-def _add_utilization(
-    rows: list[dict[str, Any]], n_params: int, peak: float, datasheet: float | None
-) -> None:
-    """Each row's share of the measured peak (and of the datasheet's, on a known GPU)."""
-    for row in rows:
-        flops = 2.0 * n_params * row["prompt_tokens"]
-        row["prefill_utilization"] = flops / row["engine_seconds"] / peak
-        row["pipeline_utilization"] = flops / row["select_seconds"] / peak
-        row["prefill_utilization_datasheet"] = (
-            flops / row["engine_seconds"] / datasheet if datasheet else None
-        )
+def rows_needed(cfg: BenchConfig) -> int:
+    """Pool rows the benchmark reads: its own slice per setting and repeat (warm-ups included)."""
+    return len(cfg.settings) * (cfg.warmup + cfg.repeats) * cfg.subsets * cfg.candidates
+
+
+@dataclass
+class _Target:
+    """What is measured: the model (path and architecture) and the settings run on it."""
+
+    model: str
+    shape: dict[str, Any]
+    settings: list[BenchSetting]
+    device: str
+    dtype: Dtype
+
+
+def _target(cfg: BenchConfig, items: Sequence[PoolItem], backend: Backend | None) -> _Target:
+    """The model to measure (``backend``'s, or the configured one, built if needed)."""
+    from selectllm_local import hardware
+
+    device = hardware.default_device()
+    dtype = hardware.resolve_dtype(cfg.dtype, device)
+    if backend is not None:
+        model, shape = backend.model_path, model_shape(backend.model_path)
+        settings = [s for s in cfg.settings if s.backend == backend.name]
+    else:
+        model, shape = prepare_model(cfg, items)
+        settings = list(cfg.settings)
+    if not settings:
+        raise UserError("No benchmark setting matches the given backend.")
+    return _Target(model, shape, settings, device, dtype)
+
+
+def _measure_engines(
+    cfg: BenchConfig,
+    target: _Target,
+    items: Sequence[PoolItem],
+    peak: Peak,
+    backend: Backend | None,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Settings sharing an engine run on one start of it, each on its own slices of ``items``;
+    the first engine also runs the ``--stages`` select. Returns (rows, stages)."""
+    from selectllm_local import hardware
+    from selectllm_local.progress import progress_bar
+
+    per_setting = cfg.warmup + cfg.repeats
+    rows: list[dict[str, Any]] = []
+    stages: dict[str, Any] | None = None
+    groups: dict[tuple[str, int | None, bool], list[BenchSetting]] = {}
+    for s in target.settings:
+        groups.setdefault(s.engine_key, []).append(s)
+    bar = progress_bar("benchmark settings", total=len(target.settings), enabled=progress)
+    with bar as advance:
+        for group in groups.values():
+            with hardware.PeakMemory(target.device) as mem:
+                eng = (
+                    _open_backend(group[0], target.model, cfg, target.dtype)
+                    if backend is None
+                    else backend
+                )
+                startup = float(eng.stats.get("startup_seconds", 0.0))
+                try:
+                    for s in group:
+                        base = group.index(s) * per_setting
+                        rows.append(_measure_one(s, eng, items, cfg, base, startup, peak, mem))
+                        advance(1)
+                    if cfg.stages and stages is None:
+                        from selectllm_local.bench.stages import select_stages
+
+                        stages = select_stages(cfg, items, eng)
+                finally:
+                    if backend is None:
+                        eng.close()
+    return rows, stages
 
 
 def run_benchmark(
@@ -256,67 +325,30 @@ def run_benchmark(
     ``backend``: an already loaded engine to measure instead of starting one per setting (tests
     pass the session's shared vLLM engine); only settings of that backend are measured then.
     """
-    from selectllm_local import hardware
     from selectllm_local.models import random_weights as tinymodel
-    from selectllm_local.progress import progress_bar
 
-    device = hardware.default_device()
-    dtype = hardware.resolve_dtype(cfg.dtype, device)
-    per_setting = cfg.warmup + cfg.repeats
-    items = load_items(cfg.pool, len(cfg.settings) * per_setting * cfg.subsets * cfg.candidates)
-    if backend is not None:
-        model, shape = backend.model_path, model_shape(backend.model_path)
-        settings = [s for s in cfg.settings if s.backend == backend.name]
-    else:
-        model, shape = prepare_model(cfg, items)
-        settings = list(cfg.settings)
-    if not settings:
-        raise UserError("No benchmark setting matches the given backend.")
-    n_params = tinymodel.non_embedding_params(shape)
-    peak_before = hardware.measure_matmul(dtype, device)
-    log.info("matmul peak (%s, %s): %.1f GFLOP/s", dtype, device, peak_before.best_flops / 1e9)
-    # Re-measured before every setting: on a shared machine the best sample is the closest to
-    # what the hardware can do (a peak measured during someone else's job would flatter us).
-    samples = [peak_before.best_flops]
-    spec = hardware.gpu_datasheet() if device == "cuda" else None
-
-    rows: list[dict[str, Any]] = []
-    stages: dict[str, Any] | None = None
-    groups: dict[tuple[str, int | None, bool], list[BenchSetting]] = {}
-    for s in settings:
-        groups.setdefault(s.engine_key, []).append(s)
-    with progress_bar("benchmark settings", total=len(settings), enabled=progress) as advance:
-        for group in groups.values():
-            with hardware.PeakMemory(device) as mem:
-                eng = backend if backend is not None else _open_backend(group[0], model, cfg, dtype)
-                startup = float(eng.stats.get("startup_seconds", 0.0))
-                try:
-                    for s in group:
-                        base = group.index(s) * per_setting
-                        row = _measure_one(s, eng, items, cfg, base, startup, samples, mem, dtype)
-                        rows.append(row)
-                        advance(1)
-                    if cfg.stages and stages is None:
-                        from selectllm_local.bench.stages import select_stages
-
-                        stages = select_stages(cfg, items, eng)
-                finally:
-                    if backend is None:
-                        eng.close()
-    peak_after = hardware.measure_matmul(dtype, device)
-    samples.append(peak_after.best_flops)
-    peak = max(samples)
-    datasheet = spec.bf16_dense_tflops * 1e12 if spec else None
-    _add_utilization(rows, n_params, peak, datasheet)
-    doc = {
+    cfg = resolve_settings(cfg)
+    items = load_items(cfg.pool, rows_needed(cfg))
+    target = _target(cfg, items, backend)
+    n_params = tinymodel.non_embedding_params(target.shape)
+    peak = Peak(target.device, target.dtype)
+    log.info("matmul peak (%s, %s): %.1f GFLOP/s", target.dtype, target.device,
+             peak.sample().best_flops / 1e9)  # fmt: skip
+    rows, stages = _measure_engines(cfg, target, items, peak, backend, progress)
+    peak.sample()
+    peak_block = peak.block()
+    add_utilization(rows, n_params, peak_block["flops"], peak_block["datasheet_flops"])
+    return {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": cfg.machine,
         "environment": bench_environment(cfg.machine),
         "model": {
-            "path": model, "shape": cfg.shape if not cfg.model and backend is None else None,
-            "non_embedding_params": n_params, "dtype": dtype, "architecture": shape,
-            "random_weights": (Path(model) / "selectllm_model.json").is_file(),
+            "path": target.model,
+            "shape": cfg.shape if not cfg.model and backend is None else None,
+            "non_embedding_params": n_params, "dtype": target.dtype,
+            "architecture": target.shape,
+            "random_weights": (Path(target.model) / "selectllm_model.json").is_file(),
         },
         "workload": {
             "pool": str(cfg.pool), "layout": "strided", "subsets": cfg.subsets,
@@ -324,16 +356,10 @@ def run_benchmark(
             "max_candidate_tokens": cfg.max_candidate_tokens, "max_tokens": cfg.max_tokens,
             "warmup": cfg.warmup, "repeats": cfg.repeats,
         },
-        "peak": {
-            "dtype": dtype, "device": device, "flops": peak,
-            "before": dataclasses.asdict(peak_before), "after": dataclasses.asdict(peak_after),
-            "samples": samples,
-            "datasheet_flops": datasheet, "gpu": dataclasses.asdict(spec) if spec else None,
-        },
+        "peak": peak_block,
         "results": [{k: row.get(k) for k in RESULT_KEYS} for row in rows],
         "stages": stages,
     }  # fmt: skip
-    return doc
 
 
 def bench_environment(machine: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Sections (``sections.py``, ``training.py``) are what the stages take: ``PlanConfig`` (stages 1-5),
 ``SelectorConfig`` (how picks are asked for), ``EngineConfig`` (the LLM engine: what the backends
-take), ``BaselineConfig``, ``FinetuneConfig`` and ``EvaluateConfig``. Commands compose the sections
+take), ``BaselineConfig``, ``FinetuneConfig``, ``EvaluateConfig`` and ``BenchConfig`` (``bench.py``:
+the benchmark's, with named presets laid under the file). Commands compose the sections
 they need (``commands.py``). One loader (``loader.py``) reads ``--config`` files and experiment
 files with the same tables and rejects unknown keys. Precedence: defaults < config file < flags.
 Each field has a docstring (its flag's help) and is validated in ``__post_init__`` with a message
@@ -10,6 +11,7 @@ naming the flag and the config key. The resolved config is saved with every outp
 """
 
 from selectllm_local.config.base import REQUIRED, Section, field_docs, setting, to_jsonable
+from selectllm_local.config.bench import BenchConfig
 from selectllm_local.config.commands import (
     BaselineCommand,
     BenchCommand,
@@ -45,6 +47,7 @@ __all__ = [
     "BaselineCommand",
     "BaselineConfig",
     "BenchCommand",
+    "BenchConfig",
     "Command",
     "CompareCommand",
     "EngineConfig",

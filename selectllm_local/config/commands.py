@@ -6,14 +6,17 @@ setting, from these classes alone; each library entry point takes the object it 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from selectllm_local.config.base import REQUIRED, Section, as_path, setting, to_jsonable
+from selectllm_local.config.bench import BenchConfig, bench_fields, preset_values
 from selectllm_local.config.sections import EngineConfig, PlanConfig, SelectorConfig
 from selectllm_local.config.training import BaselineConfig, EvaluateConfig, FinetuneConfig
-from selectllm_local.config.vocab import Dtype, OutputFormat, WeightDtype
+from selectllm_local.config.vocab import OutputFormat, WeightDtype
+from selectllm_local.errors import UserError
 
 C = TypeVar("C", bound="Command")
 
@@ -171,55 +174,54 @@ class ExperimentCommand(Command):
 
 @dataclass
 class BenchCommand(Command):
-    """``bench``: selection throughput against this machine's measured matmul peak."""
+    """``bench``: selection throughput against this machine's measured matmul peak.
 
-    pool: Path = setting(REQUIRED, "--pool")
-    """Pool whose rows make the prompts (Dolly, Alpaca, ...)."""
+    The benchmark's settings are ``BenchConfig``'s (``config/bench.py``), nested here; a preset
+    fills those not given (``layered``), and a dry run takes only those given."""
+
     preset: str = "tiny"
-    """tiny (CI, seconds), cpu (Qwen2.5-0.5B shape, 14 candidates) or gpu (Llama-3-8B shape,
-    batch 64, ids + logprobs, one GPU, < 5 min)."""
-    shape: str | None = None
-    """Random-weight model shape (see random-model) [default: the preset's]."""
-    model: str | None = None
-    """A local model folder, .gguf file or known name instead of a shape."""
-    dtype: Dtype | None = None
-    """auto | bfloat16 | float16 | float32 [default: the preset's]."""
-    subsets: int | None = None
-    """Prompts per repeat [default: the preset's]."""
-    candidates: int | None = None
-    """Candidates per prompt (K) [default: the preset's]."""
-    repeats: int | None = None
-    """Timed repeats (the median is reported) [default: the preset's]."""
-    stages: bool | None = None
-    """Also run one real select and split its time: engine vs our code [default: the preset's]."""
-    stages_dir: Path | None = None
-    """Run directory of the --stages select, kept; stages planned there before are reused."""
+    """tiny (the defaults: CI, seconds), cpu (Qwen2.5-0.5B shape, 64 prompts of 14 candidates, six
+    settings) or gpu (Llama-3-8B shape, batch 64, ids + logprobs on the installed engine, one GPU,
+    < 5 min). It fills the settings not given; a flag or config key overrides it."""
+    bench: BenchConfig = field(default_factory=BenchConfig)
     plan_only: bool = False
     """Only plan --stages-dir (pool, embeddings, clusters, subsets) and stop, loading no LLM: for
     a GPU node without the embedder or FAISS, plan here and copy the folder over."""
-    machine: str = ""
-    """Name of the machine, saved with the results."""
     out: Path = setting(Path("benchmarks/results"), "--out", "--run-dir")
     """Folder for <name>.json and <name>.png."""
     name: str | None = None
     """File stem [default: select_<preset>]."""
     dry_run: bool = False
-    """Estimate prompts, tokens, FLOPs and time; load no model."""
+    """Estimate prompts, tokens, FLOPs and time of a selection over the whole pool; load no model
+    (--shape, --model, --candidates and --max-candidate-tokens apply; --preset does not)."""
     gpu: str = "h100"
     """Dry run: h100, h200, a100, l40s, l4, b200, or measured."""
     utilization: float = 0.4
     """Dry run: share of the peak reached."""
     budget: int | None = setting(None, "--budget", "-n")
     """Dry run: how many instructions a selection would keep."""
-    setting: list[str] | None = None  # last: the name shadows the helper in this class body
-    """Repeatable: vllm, vllm:free, vllm:logprobs, vllm:reasons, vllm:nocache, transformers:b8."""
+    given: tuple[str, ...] = setting((), cli=False)
+    """The benchmark settings given by a flag or the config file (the preset filled the rest)."""
 
     def __post_init__(self) -> None:
-        self.pool, self.out = Path(self.pool), Path(self.out)
-        self.stages_dir = as_path(self.stages_dir)
-        self._check_vocabularies()
-        if self.plan_only and self.stages_dir is None:
+        self.out, self.given = Path(self.out), tuple(self.given)
+        preset_values(self.preset)  # an unknown preset is an error naming --preset
+        if self.bench.pool is None:
+            raise UserError(
+                "Missing --pool: give it on the command line or as 'pool' in the --config file."
+            )
+        if self.plan_only and self.bench.stages_dir is None:
             raise self._bad("plan_only", "needs --stages-dir (the folder to plan).")
+
+    @classmethod
+    def layered(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` (config file and flags) over the preset's settings; a dry run takes no
+        preset. Called by ``loader.build``, so the CLI and scripts get the same layering."""
+        given = tuple(sorted(k for k in values if k in bench_fields()))
+        out = {**values, "given": given}
+        if values.get("dry_run"):
+            return out
+        return {**preset_values(values.get("preset") or "tiny"), **out}
 
 
 @dataclass

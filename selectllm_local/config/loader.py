@@ -169,13 +169,16 @@ def build(cls: type[T], values: Mapping[str, Any]) -> T:
     """``cls`` (a section, or a command's composition of sections) from settings by name.
 
     A name shared by several sections sets each of them; a required setting that is missing is
-    an error naming its flag and its config key.
+    an error naming its flag and its config key. A command with presets (``BenchCommand``) lays
+    the named preset under ``values`` (its classmethod ``layered``): defaults < preset < file <
+    flags, for the CLI and for scripts alike.
     """
     known = leaves(cls)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserError(f"Unknown setting(s) {', '.join(unknown)} for {cls.__name__}.")
-    return _build(cls, values)
+    layer = getattr(cls, "layered", None)  # a command with presets lays one under the values
+    return _build(cls, layer(values) if layer is not None else values)
 
 
 def _build(cls: type[T], values: Mapping[str, Any]) -> T:

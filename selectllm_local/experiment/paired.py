@@ -98,11 +98,17 @@ def compare_cells(
 
 
 def run_comparisons(
-    root: Path, methods: list[str], budgets: list[int], seeds: list[int]
+    root: Path,
+    methods: list[str],
+    budgets: list[int],
+    seeds: list[int],
+    *,
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every method against each reference present, per budget and metric, with Holm over all.
 
     Returns the comparison rows (``results.csv``) and notes on what could not be compared.
+    Cells named in ``skip`` (stale: made under another config) are left out.
     """
     from selectllm_local.experiment.cells import Cell
 
@@ -111,8 +117,9 @@ def run_comparisons(
     for m in methods:
         for b in budgets:
             for s in seeds:
-                d = root / "cells" / Cell(m, b, s).name
-                if (d / "done.json").exists():
+                name = Cell(m, b, s).name
+                d = root / "cells" / name
+                if name not in skip and (d / "done.json").exists():
                     cells.setdefault((m, b), {})[s] = cell_rows(d)
     out: list[dict[str, Any]] = []
     notes: list[str] = (

@@ -34,11 +34,23 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def collect(root: Path, cells: list[str]) -> list[dict[str, Any]]:
+def stale_cells(root: Path, keys: dict[str, str]) -> frozenset[str]:
+    """The finished cells whose ``done.json`` key is not the one ``keys`` gives them."""
+    stale = set()
+    for name, key in keys.items():
+        done = root / "cells" / name / "done.json"
+        if done.exists() and read_json(done).get("key") != key:
+            stale.add(name)
+    return frozenset(stale)
+
+
+def collect(
+    root: Path, cells: list[str], skip: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     rows = []
     for name in cells:
         cell = root / "cells" / name
-        if (cell / "done.json").exists():
+        if name not in skip and (cell / "done.json").exists():
             d = paired.read_done(cell)
             rows.append(
                 {
@@ -276,14 +288,27 @@ def write_results(
     *,
     cells: list[str],
     selection_seed: int | None = None,
+    keys: dict[str, str] | None = None,
 ) -> tuple[Path, Path, Path, Path]:
     """Write results.md, results.csv (the paired comparisons), summary.csv, cells.csv and
     results.png into ``root``; returns the paths of results.md, results.csv, summary.csv and
-    results.png."""
-    rows = collect(root, cells)
+    results.png.
+
+    ``keys`` (cell name -> the key the current config gives it): a finished cell whose
+    ``done.json`` holds another key was made under an older config (a run stopped by
+    ``--max-cells`` after a config change); it is left out of every table and named in a note.
+    """
+    stale = stale_cells(root, keys or {})
+    rows = collect(root, cells, stale)
     metrics = _metrics(rows)
     summary = summarise(rows, methods, budgets)
-    comparisons, notes = paired.run_comparisons(root, methods, budgets, seeds)
+    comparisons, notes = paired.run_comparisons(root, methods, budgets, seeds, skip=stale)
+    if stale:
+        notes.append(
+            f"{len(stale)} finished cell(s) hold results of an older config (their key differs "
+            f"from this config's) and are left out: {', '.join(sorted(stale))}. Re-run the "
+            "experiment to redo them."
+        )
     _write_csv(root / "results.csv", comparisons)
     _write_csv(root / "cells.csv", [{k: v for k, v in r.items() if k != "seconds"} for r in rows])
     _write_csv(root / "summary.csv", summary)

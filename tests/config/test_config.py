@@ -216,18 +216,25 @@ def test_bench_stages_and_gpu_preset_flags_reach_the_benchmark(
     seen: list[dict] = []
 
     def record(cmd: BenchCommand, **kw: object) -> tuple[dict, str]:
-        seen.append(vars(cmd))
+        seen.append({"preset": cmd.preset, "stages": cmd.bench.stages})
         return {}, ""
 
     monkeypatch.setattr(bench_command_mod, "bench_command", record)
-    for flags, stages in (([], None), (["--stages"], True), (["--no-stages"], False)):
-        r = invoke("bench", "--pool", str(EXAMPLE_POOL), "--preset", "gpu", *flags)
+    # The preset's choice unless a flag says otherwise (gpu runs the stages, cpu does not).
+    cases = (("gpu", [], True), ("gpu", ["--no-stages"], False), ("cpu", [], False),
+             ("cpu", ["--stages"], True))  # fmt: skip
+    for preset, flags, stages in cases:
+        r = invoke("bench", "--pool", str(EXAMPLE_POOL), "--preset", preset, *flags)
         assert r.exit_code == 0, r.output
-        assert (seen[-1]["preset"], seen[-1]["stages"]) == ("gpu", stages)
+        assert seen[-1] == {"preset": preset, "stages": stages}
 
 
 def test_every_setting_has_a_docstring() -> None:
-    for cls in (*SECTIONS.values(), SelectConfig, FinetuneCommand, ExperimentTable):
+    from selectllm_local.config import BenchCommand, BenchConfig
+
+    classes = (*SECTIONS.values(), SelectConfig, FinetuneCommand, ExperimentTable, BenchConfig,
+               BenchCommand)  # fmt: skip
+    for cls in classes:
         docs = field_docs(cls)
         for name, f in cls.__dataclass_fields__.items():
             if f.metadata.get("cli", True) and not is_section(field_types(cls)[name]):
@@ -263,7 +270,7 @@ def test_every_vocabulary_field_refuses_an_unknown_word_naming_its_flag() -> Non
     from selectllm_local.config.vocab import vocabulary
 
     required = {"pool": "p", "budget": 2, "name": "x", "shape": "tiny-qwen2", "out_dir": "o"}
-    classes = [*SECTIONS.values(), commands.SelectConfig, commands.BenchCommand,
+    classes = [*SECTIONS.values(), commands.SelectConfig, commands.BenchConfig,
                commands.RandomModelCommand]  # fmt: skip
     checked = []
     for cls in classes:
@@ -280,7 +287,8 @@ def test_every_vocabulary_field_refuses_an_unknown_word_naming_its_flag() -> Non
                 cls(**values, **{f.name: "no-such-word"})
             checked.append(f"{cls.__name__}.{f.name}")
     assert {"PlanConfig.layout", "SelectorConfig.mode", "EngineConfig.dtype",
-            "BaselineConfig.band", "FinetuneConfig.quantization"} <= set(checked)  # fmt: skip
+            "BaselineConfig.band", "FinetuneConfig.quantization", "BenchConfig.dtype",
+            "BenchConfig.tokenizer"} <= set(checked)  # fmt: skip
 
 
 def test_evaluation_engine_settings_reach_the_engine_from_flags_and_files(tmp_path: Path) -> None:
