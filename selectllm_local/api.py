@@ -59,17 +59,20 @@ def _replace(cfg: T, values: dict[str, Any]) -> T:
     unknown = sorted(set(values) - set(loader.leaves(cls)))
     if unknown:
         raise UserError(f"Unknown setting(s) {', '.join(unknown)} for {cls.__name__}.")
-    types = field_types(cls)  # type: ignore[arg-type]
+    return _replaced(cfg, values)
+
+
+def _replaced(obj: T, values: dict[str, Any]) -> T:
+    """``obj`` with the settings in ``values`` set wherever they live, in nested sections too
+    (the engine of ``evaluate``); every section a copy, even when unchanged."""
+    types = field_types(type(obj))  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
-        sec = getattr(cfg, f.name)
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
         if is_section(types[f.name]):
-            names = {s.name for s in dataclasses.fields(sec)}
-            sub = {k: v for k, v in values.items() if k in names}
-            changes[f.name] = dataclasses.replace(sec, **sub)  # a copy even when unchanged
+            changes[f.name] = _replaced(getattr(obj, f.name), values)
         elif f.name in values:
             changes[f.name] = values[f.name]
-    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
 
 
 @contextmanager

@@ -116,6 +116,19 @@ def test_a_shared_key_sets_every_section_of_a_config_object(tmp_path: Path) -> N
     assert dataclasses.asdict(given)["plan"]["seed"] == 0
 
 
+def test_a_setting_of_a_nested_section_reaches_it(tmp_path: Path) -> None:
+    """``evaluate(config=<EvaluateCommand>, backend=...)``: the engine inside [evaluate] is set."""
+    from selectllm_local.config import EvaluateCommand
+
+    given = EvaluateCommand.of(test_set=tmp_path / "t.jsonl", base_model="b", out=tmp_path / "o")
+    changed = api._replace(given, {"backend": "transformers", "batch_size": 3, "limit": 5})
+    assert (changed.evaluate.engine.backend, changed.evaluate.engine.batch_size) == (
+        "transformers",
+        3,
+    )
+    assert changed.evaluate.limit == 5 and given.evaluate.engine.backend == "auto"
+
+
 def _readme_example() -> str:
     readme = (REPO / "README.md").read_text("utf-8")
     section = readme[readme.index("## Python API") :]

@@ -187,9 +187,9 @@ def command(app: typer.Typer, config_cls: type, *, name: str | None = None) -> C
     def register(fn: F) -> F:
         cmd = name or fn.__name__.replace("_", "-")
         known = loader.leaves(config_cls)
-        params = [
+        params = [  # a flag for each setting the command takes (none that it would ignore)
             _parameter(n, where)
-            for n, where in known.items()
+            for n, where in loader.leaves(config_cls, offered=True).items()
             if where[0][1].metadata.get("cli", True)
         ]
 

@@ -6,6 +6,7 @@ setting, from these classes alone; each library entry point takes the object it 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,21 @@ class EvaluateCommand(Command):
         self.adapter = as_path(self.adapter)
 
 
+# ``experiment`` settings that only the dry run reads, and what a real run does instead...
+DRY_RUN_ONLY = {
+    "pool": "only goes with --dry-run; a real run uses the file's pool.",
+    **dict.fromkeys(
+        ("rates", "gpu", "utilization", "gpu_rates"),
+        "only goes with --dry-run (it sets the estimate); a real run measures its own times.",
+    ),
+}
+# ... and those that only a real run reads.
+REAL_RUN_ONLY = {
+    "run_dir": "goes with a real run; --dry-run writes nothing and reads no run directory.",
+    "max_cells": "goes with a real run; --dry-run estimates every cell.",
+}
+
+
 @dataclass
 class ExperimentCommand(Command):
     """``experiment``: methods x budgets x seeds from one experiment file."""
@@ -168,8 +184,18 @@ class ExperimentCommand(Command):
         self.gpu_rates = as_path(self.gpu_rates)
         if self.max_cells is not None:
             self._at_least("max_cells", 0)
-        if self.pool is not None and not self.dry_run:
-            raise self._bad("pool", "only goes with --dry-run; a real run uses the file's pool.")
+        # A setting of the one mode, given to the other, would be ignored: refused instead.
+        other_mode = REAL_RUN_ONLY if self.dry_run else DRY_RUN_ONLY
+        for f in dataclasses.fields(self):
+            if f.name in other_mode and getattr(self, f.name) != f.default:
+                raise self._bad(f.name, other_mode[f.name])
+
+
+# ``bench`` settings that only its dry run reads (a measured run would ignore them).
+BENCH_DRY_RUN_ONLY = dict.fromkeys(
+    ("gpu", "utilization", "budget"),
+    "only goes with --dry-run (it sets the estimate); a measured run reads this machine.",
+)
 
 
 @dataclass
@@ -212,6 +238,10 @@ class BenchCommand(Command):
             )
         if self.plan_only and self.bench.stages_dir is None:
             raise self._bad("plan_only", "needs --stages-dir (the folder to plan).")
+        for f in dataclasses.fields(self):
+            given = getattr(self, f.name) != f.default
+            if not self.dry_run and f.name in BENCH_DRY_RUN_ONLY and given:
+                raise self._bad(f.name, BENCH_DRY_RUN_ONLY[f.name])
 
     @classmethod
     def layered(cls, values: Mapping[str, Any]) -> dict[str, Any]:

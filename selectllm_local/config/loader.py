@@ -72,15 +72,23 @@ def _normalise(table: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def leaves(cls: type) -> dict[str, list[Leaf]]:
+def leaves(cls: type, *, offered: bool = False) -> dict[str, list[Leaf]]:
     """Setting name -> where it lives: ``(declaring class, field)`` for each section having it
-    (sections nested in sections too: the engine of ``[evaluate]``)."""
+    (sections nested in sections too: the engine of ``[evaluate]``).
+
+    ``offered``: without the settings of nested sections that a class declares it does not take
+    (its ``NOT_TAKEN``, e.g. the evaluation's engine has no model and no Ray): the command-line
+    flags. They stay settings, so a value given in a file or in code reaches the section, which
+    refuses it with the reason.
+    """
     out: dict[str, list[Leaf]] = {}
     types = field_types(cls)
+    not_taken: Mapping[str, Any] = getattr(cls, "NOT_TAKEN", {}) if offered else {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if is_section(types[f.name]):
-            for name, where in leaves(types[f.name]).items():
-                out.setdefault(name, []).extend(where)
+            for name, where in leaves(types[f.name], offered=offered).items():
+                if name not in not_taken.get(f.name, ()):
+                    out.setdefault(name, []).extend(where)
         else:
             out.setdefault(f.name, []).append((cls, f))
     return out

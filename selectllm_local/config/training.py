@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from selectllm_local.config.base import Section, check_keys
 from selectllm_local.config.sections import EngineConfig
@@ -26,6 +26,22 @@ NLL_SETTINGS = ("nll_limit", "nll_max_tokens")
 # [evaluate] keys of earlier versions that are settings of its engine now ([evaluate.engine]).
 MOVED_TO_ENGINE = ("backend", "batch_size", "seed")
 EVALUATE_BATCH_SIZE = 16  # prompts per batch of an evaluation engine when none is given
+_IN_PROCESS = (
+    "an evaluation runs its engine in this process (the reference NLL reads the model's weights); "
+    "Ray serves select and the baselines. Leave it unset."
+)
+# Engine settings an evaluation does not take, with the reason: `selectllm evaluate` shows no flag
+# for them, and a value in a file or in code is an error (never silently ignored).
+ENGINE_NOT_TAKEN: dict[str, str] = {
+    "model": "an evaluation runs the base model it is given (--base-model, [experiment] "
+    "base_model); leave the engine's model unset.",
+    "lora_path": "the adapter is --adapter (in an experiment, each cell's own); leave it unset.",
+    **dict.fromkeys(
+        ("ray", "ray_actors", "ray_gpus_per_actor", "ray_cpus_per_actor", "ray_max_restarts",
+         "ray_shard_size"),
+        _IN_PROCESS,
+    ),
+}  # fmt: skip
 
 
 @dataclass
@@ -188,6 +204,8 @@ class EvaluateConfig(Section):
     """
 
     SECTION = "evaluate"
+    NOT_TAKEN: ClassVar[Mapping[str, Mapping[str, str]]] = {"engine": ENGINE_NOT_TAKEN}
+    """Settings of the nested sections this one does not take (no flag; a value is an error)."""
 
     limit: int | None = None
     """Score only the first N test examples."""
@@ -217,12 +235,11 @@ class EvaluateConfig(Section):
         self._at_least("max_prompt_tokens", 1)
         if self.engine.batch_size is None:
             self.engine.batch_size = EVALUATE_BATCH_SIZE
-        if self.engine.model is not None:
-            raise self._bad(
-                "engine",
-                f"model = {self.engine.model!r}: an evaluation runs the base model it is given "
-                "(--base-model, [experiment] base_model); leave the engine's model unset.",
-            )
+        unset = EngineConfig()
+        for name, why in ENGINE_NOT_TAKEN.items():
+            value = getattr(self.engine, name)
+            if value != getattr(unset, name):
+                raise self._bad("engine", f"{name} = {value!r}: {why}")
 
     @classmethod
     def table(cls, values: Mapping[str, Any], *, where: str = "[evaluate]") -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The paper's comparison as one resumable command: methods x budgets x seeds.
 
-``config.py`` reads and checks the experiment file, ``runner.py`` runs the cells
-(select -> fine-tune -> evaluate), ``results.py`` writes the table and the plot.
+``config.py`` reads and checks the experiment file, ``runner.py`` runs the cells (and resumes
+them), ``stages.py`` runs one cell (select -> fine-tune -> evaluate), ``results.py`` writes the
+table and the plot.
 """
 
 from selectllm_local.experiment.cells import Cell

@@ -5,7 +5,9 @@ Why cells: a GPU-day experiment must survive a crash. Each cell writes its stage
 folder and ``done.json`` last, atomically; a re-run skips finished cells and, inside an unfinished
 one, finished stages (the selection, the adapter). A cell whose configuration changed (its key) is
 redone from scratch. Everything a cell depends on is validated before the first heavy step, so a
-typo in the config fails in a second, not after an hour of fine-tuning.
+typo in the config fails in a second, not after an hour of fine-tuning. This module is the loop
+over the cells and their resume (which cells are finished, which start afresh); one cell's stages
+are in ``stages.py``.
 
 Seeds: by default a cell selects with its own seed, so every stochastic selection (random
 draws, the k-means plan, display and permutation order) is redrawn per seed and "± std" covers
@@ -33,7 +35,6 @@ Run directory::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import time
@@ -41,26 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selectllm_local.errors import UserError
-from selectllm_local.experiment.cells import Cell, plan_dir_of
-from selectllm_local.experiment.config import (
-    ENGINE_METHODS,
-    ExperimentConfig,
-    load_experiment_config,
-)
+from selectllm_local.experiment.cells import Cell
+from selectllm_local.experiment.config import ExperimentConfig, load_experiment_config
 from selectllm_local.experiment.inputs import ExperimentInputs, load_inputs
-from selectllm_local.experiment.keys import (
-    _cell_key,
-    _finished,
-    _nll_key,
-    _selection_key,
-    selection_seed,
-)
+from selectllm_local.experiment.keys import _cell_key, _finished, _nll_key
+from selectllm_local.experiment.stages import local_model, run_cell
 from selectllm_local.run.store import (
-    build_once,
     marker_matches,
     read_json,
-    read_jsonl,
     read_marker,
     stable_hash,
     write_json,
@@ -123,7 +112,7 @@ def _run_experiment(
     write_json(root / "experiment.json", info)
     pool_path = _write_pool(cfg, data)
     _write_test_rows(cfg, data)
-    base_model = _resolve_model(cfg.base_model, root, role="base")
+    base_model = local_model(cfg.base_model, root, role="base")
     cells = [Cell(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds_of(m)]
     outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
     hold = hold_after("cells")
@@ -141,7 +130,7 @@ def _run_experiment(
             continue
         log.info("cell %d/%d: %s", i, len(cells), cell.name)
         _prepare_cell_dir(cell_dir, key)
-        _run_cell(cfg, data, cell, cell_dir, key, pool_path, base_model, progress=progress)
+        run_cell(cfg, data, cell, cell_dir, key, pool_path, base_model, progress=progress)
         outcome.cells_run.append(cell.name)
         hold()  # a test's stop point (testhooks); a no-op otherwise
     from selectllm_local.experiment.results import write_results
@@ -190,22 +179,6 @@ def _write_test_rows(cfg: ExperimentConfig, data: ExperimentInputs) -> None:
         write_json(path, rows)
 
 
-def _resolve_model(spec: str, root: Path, *, role: str) -> Path:
-    """A local model path, or ``tiny:<shape>``: a random-weight model built once in the run dir."""
-    if not spec.startswith("tiny:"):
-        return Path(spec)
-    shape = spec.removeprefix("tiny:")
-    out = root / "models" / f"{role}-{shape}"
-
-    def build(tmp: Path) -> None:
-        from selectllm_local.models.random_weights import build_random_model
-
-        # float32 for a model that is fine-tuned (CPU training), bfloat16 for a selector.
-        build_random_model(tmp, shape, seed=0, dtype="float32" if role == "base" else "bfloat16")
-
-    return build_once(out, build, done=lambda p: (p / "selectllm_model.json").exists())
-
-
 def _prepare_cell_dir(cell_dir: Path, key: str) -> None:
     """Keep a cell's finished stages only if they were made with the same key."""
     marker = cell_dir / "cell.json"
@@ -214,209 +187,3 @@ def _prepare_cell_dir(cell_dir: Path, key: str) -> None:
         shutil.rmtree(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_marker(marker, key)
-
-
-# -- one cell ----------------------------------------------------------------------------------
-
-
-def _run_cell(
-    cfg: ExperimentConfig,
-    data: ExperimentInputs,
-    cell: Cell,
-    cell_dir: Path,
-    key: str,
-    pool_path: Path,
-    base_model: Path,
-    *,
-    progress: bool,
-) -> None:
-    from selectllm_local.evaluation.evaluate import evaluate_run
-    from selectllm_local.training.finetune import finetune_run
-
-    # A stage finished by an earlier run is reused, and its time is the one that run recorded
-    # (the selection's, the trainer's and the evaluation's own seconds), not the instant of
-    # reading it back.
-    reused: list[str] = []
-    picks, selection_seconds, selection_reused = _selection(
-        cfg, data, cell, cell_dir, pool_path, progress=progress
-    )
-    if selection_reused:
-        reused.append("selection")
-    records = [data.pool_items[i] for i in picks]
-
-    t = time.perf_counter()
-    ft_dir = cell_dir / "finetune"
-    adapter = ft_dir / "adapter"
-    if (adapter / "adapter_config.json").exists() and (ft_dir / "train_summary.json").exists():
-        reused.append("finetune")
-    else:
-        adapter = finetune_run(
-            records,
-            base_model=base_model,
-            out_dir=ft_dir,
-            config=cfg.finetune.replace(seed=cell.seed),
-            subprocess=cfg.experiment.finetune_subprocess,
-            progress=progress,
-        )
-    ft_seconds = time.perf_counter() - t
-
-    ev = evaluate_run(  # resumes: answers and NLL already in eval/ are kept
-        cfg.test_set,
-        base_model=base_model,
-        adapter=adapter,
-        out_dir=cell_dir / "eval",
-        config=dataclasses.replace(
-            cfg.evaluate, engine=dataclasses.replace(cfg.evaluate.engine, seed=cell.seed)
-        ),
-        progress=progress,
-        rows=data.test_rows,
-        nll_rows=data.nll_rows,
-        resume=True,
-    )
-    reused += ["evaluate" if s == "answers" else s for s in ev.reused]
-    train = read_json(ft_dir / "train_summary.json")
-    if "finetune" in reused and isinstance(train.get("seconds"), int | float):
-        ft_seconds = float(train["seconds"])
-    timings = {"selection": selection_seconds, "finetune": ft_seconds, "evaluate": ev.seconds}
-    # (a selection made before times were recorded has none: left out rather than shown as 0)
-    if ev.nll_rows:
-        timings["reference_nll"] = ev.nll_seconds
-    write_json(
-        cell_dir / "done.json",
-        {
-            "key": key,
-            "nll_key": _nll_key(cfg, data),
-            "method": cell.method,
-            "budget": cell.budget,
-            "seed": cell.seed,
-            "selection_seed": selection_seed(cfg, cell),
-            "rougeL_f1": ev.rougeL_f1,
-            "cosine": ev.cosine,
-            "n_test": ev.n,
-            "reference_nll": ev.reference_nll,
-            "nll_rows": ev.nll_rows,
-            "train_loss": train.get("train_loss"),
-            "selection_seconds": selection_seconds,
-            "seconds": {k: round(v, 3) for k, v in timings.items() if v is not None},
-            "reused": reused,
-        },
-    )
-
-
-def _selection(
-    cfg: ExperimentConfig,
-    data: ExperimentInputs,
-    cell: Cell,
-    cell_dir: Path,
-    pool_path: Path,
-    *,
-    progress: bool,
-) -> tuple[list[int], float | None, bool]:
-    """(pool indices, seconds the selection took, whether it was made by an earlier run).
-
-    The seconds are the selection's own, summed over every run that worked on it (a resumed
-    LLM selection counts each stretch), also when this cell finds it finished in the plan
-    directory's cache; None for a selection.json written before times were recorded."""
-    from selectllm_local.experiment.clock import SelectionClock
-
-    sel_path = cell_dir / "selection.json"
-    if sel_path.exists():
-        sel = read_json(sel_path)
-        return [int(i) for i in sel["indices"]], sel.get("seconds"), True
-    plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, selection_seed(cfg, cell))
-    clock = SelectionClock(plan_dir, cell.method, _selection_key(cfg, cell, pool_path))
-    with clock:
-        picks = _select(cfg, data, cell, pool_path, progress=progress)
-    seconds = round(clock.seconds, 3)
-    items = data.pool_items
-    write_json(
-        sel_path,
-        {
-            "method": cell.method,
-            "budget": cell.budget,
-            "seed": cell.seed,
-            "selection_seed": selection_seed(cfg, cell),
-            "indices": picks,
-            "uids": [items[i].uid for i in picks],
-            "seconds": seconds,
-            "cached": clock.was_complete,
-        },
-    )
-    return picks, seconds, clock.was_complete
-
-
-def _select(
-    cfg: ExperimentConfig, data: ExperimentInputs, cell: Cell, pool_path: Path, *, progress: bool
-) -> list[int]:
-    """Pool indices chosen by ``cell.method`` (select or a baseline) in the shared plan dir."""
-    from selectllm_local.baselines.ifd import IFD_FILE
-    from selectllm_local.config import PlanConfig
-
-    seed = selection_seed(cfg, cell)
-    plan_dir = plan_dir_of(cfg.run_dir, cell.method, cell.budget, seed)
-    _seed_embedding_cache(cfg.run_dir / "plans", plan_dir)
-    plan_cfg = PlanConfig(
-        pool=pool_path, budget=cell.budget, seed=seed, run_dir=plan_dir, **cfg.plan
-    )
-    if cell.method.partition(":")[0] == "select":
-        from selectllm_local.run.pipeline import select_run
-
-        selector = _resolve_model(str(cfg.engine.model), cfg.run_dir, role="selector")
-        selected = select_run(cfg.select_config(plan_cfg, selector, cell.method), progress=progress)
-        picks = [int(i) for i in selected.selected]
-    else:
-        from selectllm_local.baselines.run import baseline_run
-
-        name, _, variant = cell.method.partition(":")
-        scorer = _resolve_model(str(cfg.baseline.scorer_model), cfg.run_dir, role="base")
-        likely: dict[str, Any] = {}
-        if name in ENGINE_METHODS:  # ifd, cluster-ifd: scored once per experiment, on [engine]
-            selector = _resolve_model(str(cfg.engine.model), cfg.run_dir, role="selector")
-            engine = dataclasses.replace(
-                cfg.engine, model=str(selector), device=cfg.engine.device or plan_cfg.device
-            )
-            likely = {"engine": engine, "score_cache": cfg.run_dir / "scores" / IFD_FILE}
-        picks = baseline_run(
-            name,
-            plan_cfg,
-            scorer=scorer if name.endswith("perplexity") else None,
-            progress=progress,
-            **likely,
-            **cfg.baseline.options(name, variant),
-        ).indices
-    _check_same_pool(data, plan_dir)
-    return picks
-
-
-def _seed_embedding_cache(plans: Path, plan_dir: Path) -> None:
-    """Give a new plan dir the embeddings another cell already computed (one embed per pool).
-
-    The cache itself checks the model and every row's text hash, so a copy that does not fit is
-    simply not used; the key file is copied last, so a crash leaves no half-valid cache.
-    """
-    from selectllm_local.embed.encoder import CACHE_FILE, CACHE_KEY_FILE
-
-    if (plan_dir / CACHE_KEY_FILE).exists():
-        return
-    for other in sorted(plans.glob("*/" + CACHE_KEY_FILE)):
-        src = other.parent
-        if src == plan_dir or not (src / CACHE_FILE).exists():
-            continue
-        plan_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / CACHE_FILE, plan_dir / CACHE_FILE)
-        shutil.copyfile(src / CACHE_KEY_FILE, plan_dir / CACHE_KEY_FILE)
-        log.info("re-using the embeddings of %s for %s", src.name, plan_dir.name)
-        return
-
-
-def _check_same_pool(data: ExperimentInputs, plan_dir: Path) -> None:
-    """Indices from the plan dir must mean the same rows as the experiment's pool."""
-
-    p = plan_dir / "pool.jsonl"
-    if p.exists():
-        uids = [r["uid"] for r in read_jsonl(p)]
-        if uids != [it.uid for it in data.pool_items]:
-            raise UserError(
-                f"The pool cached in {plan_dir} differs from the experiment's pool; delete that "
-                "folder and run the experiment again."
-            )

@@ -261,7 +261,9 @@ def test_cli_without_responses_exits_2_naming_the_method(tmp_path: Path) -> None
 
 
 def test_experiment_ifd_cells_score_the_pool_once(tmp_path: Path) -> None:
-    from selectllm_local.experiment import runner
+    import dataclasses
+
+    from selectllm_local.experiment import runner, stages
     from selectllm_local.experiment.config import load_experiment_config
     from selectllm_local.experiment.inputs import load_inputs
     from tests.helpers import tiny_experiment_config
@@ -277,7 +279,7 @@ def test_experiment_ifd_cells_score_the_pool_once(tmp_path: Path) -> None:
     pool_path = runner._write_pool(cfg, data)
     runs = [("ifd", 0), ("cluster-ifd", 0), ("ifd", 1), ("cluster-ifd", 1)]
     for method, seed in runs:
-        picks = runner._select(cfg, data, runner.Cell(method, 8, seed), pool_path, progress=False)
+        picks = stages._select(cfg, data, runner.Cell(method, 8, seed), pool_path, progress=False)
         assert len(picks) == 8 == len(set(picks))
     scores = tmp_path / "exp" / "scores" / "ifd_scores.jsonl"
     assert len(scores.read_text().splitlines()) == 40  # every row once, for all four cells
@@ -285,9 +287,7 @@ def test_experiment_ifd_cells_score_the_pool_once(tmp_path: Path) -> None:
     scored = [json.loads(p.read_text())["ifd"]["scored_now"] for p in summaries]
     assert sorted(scored) == [0, 0, 0, 40]
     # the engine is part of an ifd cell's key (a different scorer redoes the cell)
-    other = runner.dataclasses.replace(
-        cfg, engine=runner.dataclasses.replace(cfg.engine, dtype="float32")
-    )
+    other = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, dtype="float32"))
     cell = runner.Cell("ifd", 8, 0)
     assert runner._cell_key(cfg, data, cell, pool_path) != runner._cell_key(
         other, data, cell, pool_path

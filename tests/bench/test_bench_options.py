@@ -132,6 +132,9 @@ def test_a_flag_overrides_the_preset_in_the_cli_the_script_and_under_a_file(
         (["--dtype", "int3"], "--dtype"),
         (["--preset", "huge"], "--preset"),
         (["--plan-only"], "--stages-dir"),
+        (["--budget", "10"], "--budget"),  # dry-run settings on a measured run
+        (["--gpu", "h200"], "--gpu"),
+        (["--utilization", "0.5"], "--utilization"),
     ],
 )
 def test_a_bad_value_exits_2_naming_the_flag(args: list[str], flag: str) -> None:

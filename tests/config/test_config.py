@@ -336,4 +336,5 @@ def test_old_evaluate_keys_still_work_and_name_their_new_place(
     with pytest.raises(UserError, match=r"\[evaluate.engine\] has unknown key\(s\): max_num_seq"):
         file_values(bad, EvaluateCommand, command="evaluate")
     r = invoke("evaluate", "t.jsonl", "--base-model", "m", "--out", str(tmp_path), "--model", "x")
-    assert r.exit_code == 2 and "base model" in r.output
+    out = " ".join(r.output.split())  # evaluate has no --model: the usage error points elsewhere
+    assert r.exit_code == 2 and "No such option: --model" in out and "--base-model" in out, out

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from selectllm_local.experiment import keys, runner
+from selectllm_local.experiment import keys
 from selectllm_local.experiment.cells import Cell
 from selectllm_local.experiment.config import load_experiment_config
 from selectllm_local.experiment.inputs import load_inputs
@@ -36,10 +36,10 @@ def test_cell_selection_and_nll_keys_match_the_commit_of_the_long_run(name: str)
             for seed in cfg.seeds_of(method):
                 c = Cell(method, budget, seed)
                 cells[c.name] = {
-                    "cell": runner._cell_key(cfg, data, c, POOL),
-                    "selection": runner._selection_key(cfg, c, POOL),
+                    "cell": keys._cell_key(cfg, data, c, POOL),
+                    "selection": keys._selection_key(cfg, c, POOL),
                 }
-    assert runner._nll_key(cfg, data) == golden["nll"]
+    assert keys._nll_key(cfg, data) == golden["nll"]
     assert cells.keys() == golden["cells"].keys()
     changed = sorted(k for k in cells if cells[k] != golden["cells"][k])
     assert not changed, f"keys changed (a resumed run would redo these cells): {changed}"

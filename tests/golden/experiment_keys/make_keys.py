@@ -10,8 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from selectllm_local.experiment import runner
 from selectllm_local.experiment.config import load_experiment_config
+
+try:  # the keys' own module since issue 20
+    from selectllm_local.experiment import keys
+except ImportError:  # 0edf93f: in the runner
+    from selectllm_local.experiment import runner as keys
 
 cfg = load_experiment_config(Path(sys.argv[1]), require_models=False)
 pool = Path(sys.argv[2])
@@ -25,9 +29,9 @@ cells = {}
 for m in cfg.methods:
     for b in cfg.budgets:
         for s in cfg.seeds_of(m):
-            c = runner.Cell(m, b, s)
+            c = keys.Cell(m, b, s)
             cells[c.name] = {
-                "cell": runner._cell_key(cfg, *data, c, pool),
-                "selection": runner._selection_key(cfg, c, pool),
+                "cell": keys._cell_key(cfg, *data, c, pool),
+                "selection": keys._selection_key(cfg, c, pool),
             }
-print(json.dumps({"nll": runner._nll_key(cfg, *data), "cells": cells}, indent=1, sort_keys=True))
+print(json.dumps({"nll": keys._nll_key(cfg, *data), "cells": cells}, indent=1, sort_keys=True))
