@@ -48,7 +48,7 @@ def _measure(cfg: Any, backend: Any, repeats: int) -> list[dict[str, Any]]:
         (cfg.plan.resolved_run_dir / "responses.jsonl").unlink()
         s = select_run(cfg, backend=backend, progress=False, report=False).summary
         out.append({"prompts": s.counts.prompts_sent_this_run,
-                    "engine_s": s.seconds["engine"],
+                    "engine_s": s.seconds.engine,
                     "prompts_per_s": s.throughput.prompts_per_s})  # fmt: skip
     return out
 

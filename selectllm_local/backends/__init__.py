@@ -39,6 +39,7 @@ from selectllm_local.backends.startup import explain_startup_errors
 from selectllm_local.config import EngineConfig
 from selectllm_local.config.base import BackendName
 from selectllm_local.records import Generation
+from selectllm_local.summaries import RaySummary
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,9 @@ class LazyBackend:
         self, sequences: list[list[int]], starts: list[int], *, progress: bool = False
     ) -> list[list[float]]:
         return self._real.token_logprobs(sequences, starts, progress=progress)
+
+    def ray_summary(self) -> RaySummary | None:
+        return self._backend.ray_summary() if self._backend is not None else None
 
     def close(self) -> None:
         if self._backend is not None:

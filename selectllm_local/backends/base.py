@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from selectllm_local.config import EngineConfig
 from selectllm_local.records import Generation
+from selectllm_local.summaries import RaySummary
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,11 @@ class Backend(Protocol):
         ``starts[i] >= 1`` (the first token has no context); the sequences are token ids as the
         model reads them (any BOS included) and must fit the model's context less one token.
         """
+        ...
+
+    def ray_summary(self) -> RaySummary | None:
+        """The Ray actors that served the calls and how their shards went (``summary.json``'s
+        ``ray``); None for an engine in this process."""
         ...
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from selectllm_local.backends.base import Constraint
 from selectllm_local.config import EngineConfig
 from selectllm_local.records import Generation
+from selectllm_local.summaries import RaySummary
 
 # script(prompt, call_number) -> answer text (str or bytes); call_number counts calls per prompt
 Script = Callable[[str, int], "str | bytes"]
@@ -143,6 +144,9 @@ class FakeBackend:
 
     def label_token_ids(self, labels: list[str]) -> list[int]:
         return [ord(lab[0]) if len(lab) == 1 else -1 for lab in labels]
+
+    def ray_summary(self) -> RaySummary | None:
+        return None  # runs in this process
 
     def close(self) -> None:
         pass

@@ -41,6 +41,7 @@ from selectllm_local.backends.hf_decoding import Overlap, RegexGate, SeededSampl
 from selectllm_local.config import EngineConfig
 from selectllm_local.progress import progress_bar
 from selectllm_local.records import Generation
+from selectllm_local.summaries import RaySummary
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +329,9 @@ class HFBackend(ChatTokenizer):
             logp = torch.log_softmax(logits, dim=-1)
             out.extend(logp.gather(1, target[c : c + HEAD_CHUNK, None]).squeeze(1).tolist())
         return out
+
+    def ray_summary(self) -> RaySummary | None:
+        return None  # runs in this process
 
     def close(self) -> None:
         if getattr(self, "model", None) is None:

@@ -18,6 +18,7 @@ import time
 import warnings
 from typing import Any
 
+from selectllm_local.backends.base import Backend, TokenizedPrompt
 from selectllm_local.config import EngineConfig
 from selectllm_local.records import Generation
 
@@ -52,17 +53,22 @@ class ShardServer:
         die = os.environ.get(DIE_AFTER_ENV)
         self.die_after = int(die) if die and index == 0 and not self.restarted else None
         self.error: Exception | None = None
-        self.backend: Any = None
+        self._backend: Backend | None = None
         try:
             resolved = resolve_backend_name(backend, lora=bool(options.lora_path))
             path = model if resolved == "fake" else resolve_model(model, offline=offline)
-            self.backend = load_local(resolved, path, options)
+            self._backend = load_local(resolved, path, options)
         except Exception as exc:  # noqa: BLE001 - raised to the driver by info()
             self.error = exc
 
+    @property
+    def backend(self) -> Backend:
+        """The loaded backend; the load's error where it failed."""
+        if self._backend is None:
+            raise self.error or RuntimeError("the actor's backend is not loaded")
+        return self._backend
+
     def info(self) -> dict[str, Any]:
-        if self.error is not None:
-            raise self.error
         return {
             "max_context": int(self.backend.max_context),
             "restarted": self.restarted,
@@ -88,8 +94,6 @@ class ShardServer:
     def generate(
         self, prompts: list[WirePrompt], kwargs: dict[str, Any]
     ) -> tuple[list[Generation], dict[str, float]]:
-        from selectllm_local.backends.base import TokenizedPrompt
-
         self._serve(len(prompts))
         before, t0 = self._stats(), time.perf_counter()
         texts = [TokenizedPrompt(t, ids) if ids is not None else t for t, ids in prompts]
@@ -99,8 +103,6 @@ class ShardServer:
     def score_labels(
         self, prompts: list[WirePrompt], labels: list[list[str]]
     ) -> tuple[list[list[float]], dict[str, float]]:
-        from selectllm_local.backends.base import TokenizedPrompt
-
         self._serve(len(prompts))
         before, t0 = self._stats(), time.perf_counter()
         texts = [TokenizedPrompt(t, ids) if ids is not None else t for t, ids in prompts]

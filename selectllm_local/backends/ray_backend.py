@@ -32,6 +32,7 @@ from selectllm_local.backends.ray_cluster import connect, forwarded_env, unwrap_
 from selectllm_local.config import EngineConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
+from selectllm_local.summaries import RaySummary
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +144,16 @@ class RayBackend:
     def label_token_ids(self, labels: list[str]) -> list[int]:
         return list(self._face.label_token_ids(labels))
 
-    def ray_summary(self) -> dict[str, Any]:
+    def ray_summary(self) -> RaySummary:
         """What ``summary.json`` records under ``ray``."""
-        return {
-            "address": self.options.ray,
-            "actors": self.n_actors,
-            "gpus_per_actor": self.gpus_per_actor,
-            "cpus_per_actor": self.cpus_per_actor,
+        return RaySummary(
+            address=self.options.ray,
+            actors=self.n_actors,
+            gpus_per_actor=self.gpus_per_actor,
+            cpus_per_actor=self.cpus_per_actor,
             **self.dispatcher.counters,
-            "actor_seconds": round(self.stats["actor_seconds"], 3),
-        }
+            actor_seconds=round(self.stats["actor_seconds"], 3),
+        )
 
     # -- the sharded half ---------------------------------------------------------------------
     def generate(

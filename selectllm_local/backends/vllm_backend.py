@@ -39,6 +39,7 @@ from selectllm_local.backends.base import (
 from selectllm_local.config import EngineConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Generation
+from selectllm_local.summaries import RaySummary
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,9 @@ class VLLMBackend(ChatTokenizer):
             prompts: list[str] = [TokenizedPrompt("", list(seq)) for seq in sequences]
             self._run(prompts, params, progress, handle)
         return [r for r in results if r is not None]
+
+    def ray_summary(self) -> RaySummary | None:
+        return None  # runs in this process
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -148,7 +148,8 @@ class ScoreLog:
 
 @dataclass
 class IFDScores:
-    """Per pool row: IFD and its two mean NLLs (NaN where the row has no scorable response)."""
+    """Per pool row: IFD and its two mean NLLs (NaN where the row has no scorable response);
+    ``summaries.IfdSummary.of`` is what a baseline's summary reports of them."""
 
     ifd: np.ndarray
     cond_nll: np.ndarray
@@ -157,17 +158,6 @@ class IFDScores:
     cached: int
     seconds: float
     model: str = ""
-
-    def summary(self) -> dict[str, Any]:
-        valid = np.isfinite(self.ifd)
-        return {
-            "rows_scored": int(valid.sum()),
-            "rows_unscorable": int((~valid).sum()),
-            "rows_ifd_at_least_1": int((self.ifd[valid] >= 1).sum()),
-            "scored_now": self.scored_now,
-            "from_cache": self.cached,
-            "scoring_seconds": round(self.seconds, 3),
-        }
 
 
 def ifd_scores(

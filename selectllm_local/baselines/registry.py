@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from selectllm_local.baselines import diversity, draws, ifd, perplexity
 from selectllm_local.baselines.request import Request, Runner, Scorer
+from selectllm_local.config.vocab import PERPLEXITY_BANDS
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem
 
@@ -49,25 +51,60 @@ BaselineName = Literal[
     "ifd",
     "cluster-ifd",
 ]
-# The one registry: every other place (experiment methods, CLI, cost estimate, docs) takes its
-# names from here (a test checks the Literal and the mapping agree).
-RUNNERS: Mapping[BaselineName, Runner] = {
-    "random": draws.random_pick,
-    "length": draws.length_pick,
-    "answer-perplexity": perplexity.perplexity_pick,
-    "instruction-perplexity": perplexity.perplexity_pick,
-    "kcenter": draws.kcenter_pick,
-    "diversity": diversity.diversity_pick,
-    "cluster-random": draws.cluster_random_pick,
-    "ifd": ifd.ifd_runner,
-    "cluster-ifd": ifd.cluster_ifd_runner,
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One baseline, declared once: its runner and what it needs. The experiment (methods, their
+    variants, which cells run the ``[engine]`` model), ``baseline_run`` and the cost estimate read
+    these facts; adding a baseline is one entry in ``REGISTRY``."""
+
+    run: Runner
+    scorer: Literal["base", "engine"] | None = None
+    """The model that scores the pool rows: ``base`` (``[baseline] scorer_model``, default the
+    base model: the perplexity baselines) or ``engine`` (the selection engine's model, scored
+    once per experiment: the likelihood baselines); None: no model."""
+    answers: bool = False
+    """The scorer first writes a greedy answer per row and scores prompt + answer."""
+    embeddings: bool = False
+    """It reads the pool's embeddings (``plan_run`` computes them)."""
+    plan: bool = False
+    """It reads the plan's subsets (the plan ``select`` uses)."""
+    variants: tuple[str, ...] = ()
+    """What ``name:variant`` may name in an experiment's methods."""
+
+
+# The one registry, shaped like ``backends.registry.LOADERS``: every other place (experiment
+# methods, CLI, cost estimate, docs) takes its names and facts from here (a test checks the
+# Literal and the mapping agree).
+REGISTRY: Mapping[BaselineName, Baseline] = {
+    "random": Baseline(draws.random_pick),
+    "length": Baseline(draws.length_pick, variants=("shortest", "longest")),
+    "answer-perplexity": Baseline(
+        perplexity.perplexity_pick, scorer="base", answers=True, variants=PERPLEXITY_BANDS
+    ),
+    "instruction-perplexity": Baseline(
+        perplexity.perplexity_pick, scorer="base", variants=PERPLEXITY_BANDS
+    ),
+    "kcenter": Baseline(draws.kcenter_pick, embeddings=True),
+    "diversity": Baseline(diversity.diversity_pick),
+    "cluster-random": Baseline(draws.cluster_random_pick, plan=True),
+    "ifd": Baseline(ifd.ifd_runner, scorer="engine"),
+    "cluster-ifd": Baseline(ifd.cluster_ifd_runner, scorer="engine", plan=True),
 }
 BASELINES: tuple[BaselineName, ...] = get_args(BaselineName)
-PERPLEXITY_METHODS: tuple[BaselineName, ...] = ("answer-perplexity", "instruction-perplexity")
 DEPRECATED: dict[str, BaselineName] = {"perplexity": "instruction-perplexity"}  # what it computed
-NEEDS_EMBEDDINGS: tuple[BaselineName, ...] = ("kcenter",)
-NEEDS_PLAN: tuple[BaselineName, ...] = ("cluster-random", "cluster-ifd")
-LIKELIHOOD_METHODS: tuple[BaselineName, ...] = ("ifd", "cluster-ifd")  # on the [engine] model
+PERPLEXITY_METHODS = tuple(n for n, b in REGISTRY.items() if b.scorer == "base")
+LIKELIHOOD_METHODS = tuple(n for n, b in REGISTRY.items() if b.scorer == "engine")  # [engine]
+NEEDS_EMBEDDINGS = tuple(n for n, b in REGISTRY.items() if b.embeddings)
+NEEDS_PLAN = tuple(n for n, b in REGISTRY.items() if b.plan)
+
+
+def baseline_of(name: str) -> Baseline:
+    """The registry entry of a current or deprecated name (no warning: see
+    ``canonical_baseline``); a ``KeyError`` for an unknown one."""
+    canon = DEPRECATED[name] if name in DEPRECATED else name
+    return REGISTRY[canon]  # type: ignore[index]  # a KeyError names an unknown one
 
 
 def canonical_baseline(name: str) -> BaselineName:
@@ -98,7 +135,7 @@ def run_baseline(
     scores: np.ndarray | None = None,
     **opts: Any,
 ) -> list[int]:
-    """Choose exactly ``budget`` distinct pool indices with baseline ``name`` (``RUNNERS``),
+    """Choose exactly ``budget`` distinct pool indices with baseline ``name`` (``REGISTRY``),
     deterministic for a seed, in the order it chose them (see ``request.Request`` for what each
     runner reads)."""
     n = len(items)
@@ -111,6 +148,6 @@ def run_baseline(
         name=canon, items=items, budget=budget, seed=seed, rng=np.random.default_rng(seed),
         embeddings=embeddings, plan=plan, scorer=scorer, scores=scores, opts=opts,
     )  # fmt: skip
-    out = [int(i) for i in RUNNERS[canon](req)]
+    out = [int(i) for i in REGISTRY[canon].run(req)]
     assert len(out) == budget and len(set(out)) == budget, "baseline broke the budget contract"
     return out

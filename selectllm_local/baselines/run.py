@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,9 +21,14 @@ from selectllm_local.baselines.registry import (
     run_baseline,
 )
 from selectllm_local.baselines.request import Scorer
+from selectllm_local.config import EngineConfig, PlanConfig
 from selectllm_local.errors import UserError
-from selectllm_local.records import BaselineSummary, PoolItem
+from selectllm_local.records import PoolItem
 from selectllm_local.run.rundir import item_record
+from selectllm_local.summaries import BaselineSummary, IfdSummary
+
+if TYPE_CHECKING:
+    from selectllm_local.baselines.ifd import IFDScores
 
 
 @dataclass
@@ -38,10 +43,10 @@ class BaselineOutcome:
 
 def baseline_run(
     name: str,
-    cfg: Any,
+    cfg: PlanConfig,
     *,
     scorer: str | Path | Scorer | None = None,
-    engine: Any = None,
+    engine: EngineConfig | None = None,
     backend: Backend | None = None,
     score_cache: Path | None = None,
     progress: bool = True,
@@ -105,13 +110,13 @@ def baseline_run(
         files={"selected": str(out / "selected.jsonl")},
     )
     if likely is not None:
-        summary.ifd = likely.summary()
+        summary.ifd = IfdSummary.of(likely)
         summary.scorer = likely.model
     write_json(out / "summary.json", summary.to_dict())
     return BaselineOutcome(name=name + variant, out_dir=out, indices=picks, summary=summary)
 
 
-def _inputs(name: str, cfg: Any, progress: bool) -> tuple[Any, Any, Any]:
+def _inputs(name: str, cfg: PlanConfig, progress: bool) -> tuple[Any, Any, Any]:
     """The pool, and the embeddings and plan where ``name`` needs them, as ``select`` has them."""
     from selectllm_local.run import pipeline
     from selectllm_local.run.store import RunStore
@@ -140,13 +145,13 @@ def _finite(x: float) -> float | None:
 def _ifd_scores(
     name: str,
     items: Sequence[PoolItem],
-    cfg: Any,
-    engine: Any,
+    cfg: PlanConfig,
+    engine: EngineConfig | None,
     backend: Backend | None,
     score_cache: Path | None,
     progress: bool,
     max_length: int | None,
-) -> Any:
+) -> IFDScores:
     """IFD of every pool row on the selection engine (``likelihood.ifd_scores``), cached."""
     from selectllm_local import hardware
     from selectllm_local.backends import (

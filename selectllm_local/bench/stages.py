@@ -85,7 +85,7 @@ def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Backend) -> dict
         )
         out = select_run(sel, backend=backend, progress=False, report=False)
     s = out.summary
-    seconds = dict(s.seconds)
+    seconds = s.seconds.to_dict()
     seconds["our_code_in_select"] = round(max(0.0, seconds["select"] - seconds["engine"]), 3)
     seconds["model_load"] = float(backend.stats.get("startup_seconds", 0.0))
     return {

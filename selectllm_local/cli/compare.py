@@ -17,11 +17,15 @@ def compare(cfg: CompareCommand, *, json_out: bool) -> None:
     method folders of cells), print their paired metric differences with 95% intervals over seeds
     and test rows, verdicts and minimum detectable effects."""
     from selectllm_local.cli import summaries
-    from selectllm_local.review.compare import compare_runs
+    from selectllm_local.review.compare import Comparison, compare_runs
 
     result = compare_runs(cfg.run_dir_a, cfg.run_dir_b)
-    text = _cells_text if "paired" in result else summaries.compare_text
-    emit(result, json_out, lambda: text(result))
+    if isinstance(result, Comparison):
+        runs = result
+        emit(runs.to_dict(), json_out, lambda: summaries.compare_text(runs))
+    else:
+        cells = result
+        emit(cells, json_out, lambda: _cells_text(cells))
 
 
 def _cells_text(result: dict[str, Any]) -> Any:

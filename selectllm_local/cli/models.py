@@ -33,7 +33,7 @@ def models_list(
 
     loader.file_values(config_file, ModelsListCommand, command="models")  # unknown keys exit 2
     doc = models_doc()
-    emit(doc, json_out, lambda: summaries.models_text(doc))
+    emit(doc.to_dict(), json_out, lambda: summaries.models_text(doc))
 
 
 @command(models_app, ModelsFetchCommand, name="fetch")

@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from selectllm_local.records import FinetuneSummary, PlanSummary, TieCounts
+    from selectllm_local.models.registry import ModelsList
+    from selectllm_local.review.compare import Comparison, SelectionDiagnostics
+    from selectllm_local.review.diagnostics import PositionBias
     from selectllm_local.run.pipeline import SelectOutcome
+    from selectllm_local.summaries import FinetuneSummary, PlanSummary, RaySummary, TieCounts
 
 
 def _table(title: str, rows: list[tuple[str, Any]]):  # noqa: ANN202 - rich type
@@ -91,22 +94,22 @@ def select_text(outcome: SelectOutcome) -> str:
         f"Subsets: {c.subsets} ({c.no_call} needed no call, {c.resumed} resumed), "
         f"valid first try {c.valid_first_try}, retried {c.retried}, fallback {c.fallback}.",
         f"Tokens this run: {tokens.prompt} prompt, {tokens.output} output{rate}. "
-        f"Total {s.seconds['total']} s.",
+        f"Total {s.seconds.total} s.",
         *_ray_lines(s.ray),
         *_tie_lines(c.ties),
         *_position_markup(s.position_bias, s.llm_called),
-        f"Wrote {outcome.files['selected']} and {outcome.run_dir / 'summary.json'}.",
+        f"Wrote {outcome.files.selected} and {outcome.run_dir / 'summary.json'}.",
         *([f"Report: {outcome.report} (open it in a browser)."] if outcome.report else []),
     ]
     return "\n".join(lines)
 
 
-def _ray_lines(ray: dict[str, Any] | None) -> list[str]:
-    if not ray:
+def _ray_lines(ray: RaySummary | None) -> list[str]:
+    if ray is None:
         return []
     return [
-        f"Ray: {ray['actors']} actors, {ray['shards']} shards, {ray['shards_requeued']} "
-        f"re-queued, {ray['actor_restarts']} actor restarts."
+        f"Ray: {ray.actors} actors, {ray.shards} shards, {ray.shards_requeued} "
+        f"re-queued, {ray.actor_restarts} actor restarts."
     ]
 
 
@@ -120,7 +123,7 @@ def _tie_lines(ties: TieCounts | None) -> list[str]:
     ]
 
 
-def _position_markup(bias: dict[str, Any] | None, llm_called: bool) -> list[str]:
+def _position_markup(bias: PositionBias | None, llm_called: bool) -> list[str]:
     """The position-bias lines of a summary, the warning in bold yellow."""
     from rich.markup import escape
 
@@ -134,21 +137,21 @@ def _position_markup(bias: dict[str, Any] | None, llm_called: bool) -> list[str]
     ]
 
 
-def compare_text(result: dict[str, Any]) -> Any:
+def compare_text(result: Comparison) -> Any:
     """Overlap with its random expectation, then both selections' diagnostics side by side."""
     from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
 
-    a, b, ov, pool = result["a"], result["b"], result["overlap"], result["same_pool"]
+    a, b, ov, pool = result.a, result.b, result.overlap, result.same_pool
     parts: list[Any] = [
-        f"A: {escape(a['run_dir'])} ({escape(a['name'])})",
-        f"B: {escape(b['run_dir'])} ({escape(b['name'])})",
-        f"Same pool of {pool['rows']} rows (checked by {pool['checked_by']}).",
-        f"[bold]Overlap: {ov['intersection']} of {ov['a']} and {ov['b']} picks shared "
-        f"(Jaccard {ov['jaccard']:.3f}).[/] Two independent random selections of these sizes "
-        f"share {ov['expected_intersection']:.1f} on average (|A|·|B|/N): "
-        + (f"{ov['ratio_to_random']:.2f}x chance." if ov["ratio_to_random"] is not None else "-"),
+        f"A: {escape(a.run_dir)} ({escape(a.name)})",
+        f"B: {escape(b.run_dir)} ({escape(b.name)})",
+        f"Same pool of {pool.rows} rows (checked by {pool.checked_by}).",
+        f"[bold]Overlap: {ov.intersection} of {ov.a} and {ov.b} picks shared "
+        f"(Jaccard {ov.jaccard:.3f}).[/] Two independent random selections of these sizes "
+        f"share {ov.expected_intersection:.1f} on average (|A|·|B|/N): "
+        + (f"{ov.ratio_to_random:.2f}x chance." if ov.ratio_to_random is not None else "-"),
     ]
     t = Table(title="Diagnostics", title_justify="left", box=None, pad_edge=False)
     for col in ("", "A", "B", "pool"):
@@ -157,41 +160,44 @@ def compare_text(result: dict[str, Any]) -> Any:
         t.add_row(*(escape(str(x)) for x in row))
     parts.append(t)
     for tag, d in (("A", a), ("B", b)):
-        if d["position_bias"] and d["position_bias"]["warning"]:
-            parts.append(f"[bold yellow]{tag}: {escape(d['position_bias']['warning'])}[/]")
+        if d.position_bias and d.position_bias.warning:
+            parts.append(f"[bold yellow]{tag}: {escape(d.position_bias.warning)}[/]")
     return Group(*parts)
 
 
-def _diagnostic_rows(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    def pos(d: dict[str, Any], what: str) -> str:
-        pb = d["position_bias"]
+def _diagnostic_rows(
+    a: SelectionDiagnostics, b: SelectionDiagnostics
+) -> list[tuple[str, str, str, str]]:
+    def pos(d: SelectionDiagnostics, what: str) -> str:
+        pb = d.position_bias
         if pb is None:
             return "-"
         if what == "flag":
-            return "yes" if pb["position_bias"] else "no"
+            return "yes" if pb.position_bias else "no"
         if what == "p":
-            return f"{pb['p_value']:.3g}"
-        first = pb["positions"][0]
-        return f"{first['share']:.0%} (exp {first['expected_share']:.0%})"
+            return f"{pb.p_value:.3g}"
+        first = pb.positions[0]
+        return f"{first.share:.0%} (exp {first.expected_share:.0%})"
 
-    def pref(d: dict[str, Any], group: str, key: str) -> Any:
-        p = d["preferences"]
-        return "-" if p is None or p[group] is None else p[group][key]
+    def words(d: SelectionDiagnostics, which: str) -> str:
+        p = d.preferences
+        return "-" if p is None else str(getattr(p.length_words, which))
 
-    def shares(d: dict[str, Any], group: str) -> str:
-        g = (d["preferences"] or {}).get(group)
-        return "-" if g is None else f"{g['covered']} of {g['of']}, TV {g['total_variation']:.3f}"
+    def shares(d: SelectionDiagnostics, group: str) -> str:
+        g = None if d.preferences is None else getattr(d.preferences, group)
+        return "-" if g is None else f"{g.covered} of {g.of}, TV {g.total_variation:.3f}"
 
-    pool_len = (a["preferences"] or b["preferences"] or {}).get("length_words") or {}
+    prefs = a.preferences or b.preferences
+    pool_len = prefs.length_words if prefs is not None else None
     return [
-        ("picks", str(a["selected"]), str(b["selected"]), str(a["pool"])),
+        ("picks", str(a.selected), str(b.selected), str(a.pool)),
         ("position bias flagged", pos(a, "flag"), pos(b, "flag"), ""),
         ("position chi-square p", pos(a, "p"), pos(b, "p"), ""),
         ("position 1 share", pos(a, "first"), pos(b, "first"), ""),
-        ("mean words (instr.+input)", str(pref(a, "length_words", "selected_mean")),
-         str(pref(b, "length_words", "selected_mean")), str(pool_len.get("pool_mean", "-"))),
-        ("median words", str(pref(a, "length_words", "selected_median")),
-         str(pref(b, "length_words", "selected_median")), str(pool_len.get("pool_median", "-"))),
+        ("mean words (instr.+input)", words(a, "selected_mean"), words(b, "selected_mean"),
+         str(pool_len.pool_mean) if pool_len is not None else "-"),
+        ("median words", words(a, "selected_median"), words(b, "selected_median"),
+         str(pool_len.pool_median) if pool_len is not None else "-"),
         ("categories covered, TV vs pool", shares(a, "categories"), shares(b, "categories"), ""),
         ("clusters covered, TV vs pool", shares(a, "clusters"), shares(b, "clusters"), ""),
     ]  # fmt: skip
@@ -248,11 +254,11 @@ def experiment_text(outcome: Any) -> Any:
     )
 
 
-def models_text(doc: dict[str, Any]) -> str:
-    lines = [f"Known models (cache: {doc['cache']}):"]
-    for m in doc["models"]:
-        lines.append(f"  {m['name']}  {m['kind']}, {m['params']} parameters, {m['license']}")
-        where = m["path"] and f"cached at {m['path']}"
-        lines.append(f"      {where or 'not cached: selectllm models fetch ' + m['name']}")
+def models_text(doc: ModelsList) -> str:
+    lines = [f"Known models (cache: {doc.cache}):"]
+    for m in doc.models:
+        lines.append(f"  {m.name}  {m.kind}, {m.params} parameters, {m.license}")
+        where = m.path and f"cached at {m.path}"
+        lines.append(f"      {where or 'not cached: selectllm models fetch ' + m.name}")
     lines.append("Use one with --model NAME (or --model FILE.gguf for any GGUF file).")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from selectllm_local.baselines.registry import BASELINES, DEPRECATED, LIKELIHOOD_METHODS, REGISTRY
 from selectllm_local.config import (
     SECTIONS,
     BaselineConfig,
@@ -30,16 +31,17 @@ from selectllm_local.config import (
     read_toml,
 )
 from selectllm_local.config.loader import RENAMED, section_table
-from selectllm_local.config.vocab import MODES, PERPLEXITY_BANDS, Mode
+from selectllm_local.config.vocab import MODES, Mode
 from selectllm_local.errors import UserError
 
 PLAN_PER_CELL = {"pool", "budget", "seed", "run_dir"}  # set by each cell, not by the file
-ENGINE_METHODS = ("select", "ifd", "cluster-ifd")  # methods that run the [engine] model
-PERPLEXITY_NAMES = ("answer-perplexity", "instruction-perplexity", "perplexity")  # last: deprecated
-VARIANTS = {
+# The methods, their variants and which of them run the [engine] model, from the baseline
+# registry (``select`` is the one method that is not a baseline).
+ENGINE_METHODS = ("select", *LIKELIHOOD_METHODS)
+VARIANTS: dict[str, tuple[str, ...]] = {
     "select": MODES,
-    "length": ("shortest", "longest"),
-    **dict.fromkeys(PERPLEXITY_NAMES, PERPLEXITY_BANDS),
+    **{name: b.variants for name, b in REGISTRY.items() if b.variants},
+    **{old: REGISTRY[new].variants for old, new in DEPRECATED.items() if REGISTRY[new].variants},
 }
 
 
@@ -307,8 +309,8 @@ def load_experiment_config(
         if not engine.model:
             raise UserError(
                 f"{path}: method '{engine_methods[0]}' needs [engine] model (a local model "
-                "directory, a .gguf file or a known name): select asks it for picks, ifd and "
-                "cluster-ifd score the pool with it."
+                "directory, a .gguf file or a known name): select asks it for picks, "
+                f"{' and '.join(LIKELIHOOD_METHODS)} score the pool with it."
             )
         engine.model = _model(engine.model, path, "[engine] model", required=need)
     baseline: BaselineConfig = _section(path, raw, BaselineConfig)
@@ -365,8 +367,6 @@ def _resolve_paths(path: Path, exp: ExperimentTable, pool: Path | str | None) ->
 
 
 def _methods(methods: Any) -> list[str]:
-    from selectllm_local.baselines.registry import BASELINES, DEPRECATED
-
     if not isinstance(methods, list) or not methods:
         raise UserError('[experiment] methods must be a non-empty list, e.g. ["select", "random"].')
     for m in methods:
@@ -374,9 +374,17 @@ def _methods(methods: Any) -> list[str]:
         if name != "select" and name not in BASELINES and name not in DEPRECATED:
             raise UserError(
                 f"[experiment] methods: unknown method '{m}'. Known: select, {', '.join(BASELINES)} "
-                "(variants: select:generate|logprobs, length:shortest, "
-                "answer-perplexity:low|middle|high, the same for instruction-perplexity)."
+                f"(variants: {_variants_help()})."
             )
         if variant and variant not in VARIANTS.get(name, ()):
-            raise UserError(f"[experiment] methods: '{m}' has an unknown variant '{variant}'.")
+            raise UserError(
+                f"[experiment] methods: '{m}' has an unknown variant '{variant}'. Known: "
+                f"{_variants_help()}."
+            )
     return [str(m) for m in methods]
+
+
+def _variants_help() -> str:
+    return ", ".join(
+        f"{name}:{'|'.join(v)}" for name, v in VARIANTS.items() if name not in DEPRECATED
+    )

@@ -212,8 +212,8 @@ def selections_text(
                 for m in done[i + 1 :]:
                     o = overlap(picks[a], picks[m], pool_size)
                     lines.append(
-                        f"| {a} | {m} | {o['intersection']} | {o['expected_intersection']:.1f} | "
-                        f"{o['ratio_to_random']:.2f} | {o['jaccard']:.3f} |"
+                        f"| {a} | {m} | {o.intersection} | {o.expected_intersection:.1f} | "
+                        f"{o.ratio_to_random:.2f} | {o.jaccard:.3f} |"
                     )
             lines.append("")
             biased = []
@@ -222,11 +222,11 @@ def selections_text(
                 if (run / "responses.jsonl").exists() and (run / "subsets.jsonl").exists():
                     d = run_position_bias(run)
                     if d is not None:
-                        top = max(d["positions"], key=lambda r: r["share"])
+                        top = max(d.positions, key=lambda r: r.share)
                         biased.append(
-                            f"| {m} | {d['picks']} | {top['position']}: {top['share']:.0%} "
-                            f"(exp {top['expected_share']:.0%}) | {d['p_value']:.3g} | "
-                            f"{'yes' if d['position_bias'] else 'no'} |"
+                            f"| {m} | {d.picks} | {top.position}: {top.share:.0%} "
+                            f"(exp {top.expected_share:.0%}) | {d.p_value:.3g} | "
+                            f"{'yes' if d.position_bias else 'no'} |"
                         )
             if biased:
                 lines += [

@@ -237,6 +237,7 @@ def _select(
         selected = select_run(cfg.select_config(plan_cfg, selector, cell.method), progress=progress)
         picks = [int(i) for i in selected.selected]
     else:
+        from selectllm_local.baselines.registry import baseline_of
         from selectllm_local.baselines.run import baseline_run
 
         name, _, variant = cell.method.partition(":")
@@ -251,7 +252,7 @@ def _select(
         picks = baseline_run(
             name,
             plan_cfg,
-            scorer=scorer if name.endswith("perplexity") else None,
+            scorer=scorer if baseline_of(name).scorer == "base" else None,
             progress=progress,
             **likely,
             **cfg.baseline.options(name, variant),

@@ -46,6 +46,7 @@ __all__ = [
     "KNOWN_MODELS",
     "KnownModel",
     "ModelStatus",
+    "ModelsList",
     "cache_dir",
     "cached_model",
     "convert_gguf",
@@ -53,6 +54,7 @@ __all__ = [
     "fetch_gguf",
     "fetch_model",
     "list_models",
+    "models_doc",
     "resolve_model_path",
 ]
 
@@ -231,19 +233,30 @@ def list_models(*, cache: Path | None = None) -> list[ModelStatus]:
     ]
 
 
-def models_doc(*, cache: Path | None = None) -> dict[str, Any]:
+@dataclass
+class ModelsList:
+    """``selectllm models`` (and its ``--json``): the cache folder and each known model's status."""
+
+    cache: Path
+    models: list[ModelStatus]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cache": str(self.cache),
+            "models": [
+                dict(
+                    dataclasses.asdict(r),
+                    path=str(r.path) if r.path else None,
+                    packages=list(r.packages),
+                )
+                for r in self.models
+            ],
+        }
+
+
+def models_doc(*, cache: Path | None = None) -> ModelsList:
     """``selectllm models`` as data: the cache folder and each known model's status."""
-    return {
-        "cache": str(cache or cache_dir()),
-        "models": [
-            dict(
-                dataclasses.asdict(r),
-                path=str(r.path) if r.path else None,
-                packages=list(r.packages),
-            )
-            for r in list_models(cache=cache)
-        ],
-    }
+    return ModelsList(cache or cache_dir(), list_models(cache=cache))
 
 
 def fetch_model(name: str, *, cache: Path | None = None, download: bool = True) -> Path:

@@ -14,7 +14,7 @@ seeds and rows and its verdict (``experiment.stats``), and the overlap of their 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def load_selection(path: Path | str) -> Selection:
 
 def run_position_bias(
     root: Path, *, mode: str | None = None, permutations: int | None = None
-) -> dict[str, Any] | None:
+) -> diagnostics.PositionBias | None:
     """Position bias of a select run directory's model picks (``diagnostics.position_bias``).
 
     ``mode`` and ``permutations`` default to what ``summary.json`` and ``config.json`` recorded.
@@ -127,26 +127,68 @@ def run_position_bias(
     return diagnostics.position_bias(pairs, mode=mode, permutations=permutations)
 
 
-def selection_diagnostics(sel: Selection) -> dict[str, Any]:
+@dataclass
+class SelectionDiagnostics:
+    """One side of ``compare``: what the selection is, its position bias and preferences."""
+
+    run_dir: str
+    kind: str  # "select" | "baseline"
+    name: str
+    selected: int
+    pool: int
+    position_bias: diagnostics.PositionBias | None  # select runs with model picks
+    preferences: diagnostics.Preferences | None  # when the pool is found
+
+
+@dataclass
+class SamePool:
+    """How ``compare`` made sure both selections come from one pool."""
+
+    rows: int
+    fingerprint: str | None
+    checked_by: str
+
+
+@dataclass
+class Comparison:
+    """``compare`` of two selections (and its ``--json``): both sides and their overlap."""
+
+    a: SelectionDiagnostics
+    b: SelectionDiagnostics
+    overlap: diagnostics.Overlap
+    same_pool: SamePool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summary_position_bias(summary: dict[str, Any], root: Path) -> diagnostics.PositionBias | None:
+    """The position bias a select run's ``summary.json`` recorded (computed from the run's files
+    for a summary written before diagnostics)."""
+    if "position_bias" not in summary:
+        return run_position_bias(root)
+    bias = summary["position_bias"]
+    return diagnostics.PositionBias.from_dict(bias) if bias is not None else None
+
+
+def selection_diagnostics(sel: Selection) -> SelectionDiagnostics:
     """Position bias (select runs) and preferences (when the pool is found) of one selection."""
     bias = None
     if sel.kind == "select":
-        bias = sel.summary.get("position_bias")
-        if bias is None and "position_bias" not in sel.summary:  # written before diagnostics
-            bias = run_position_bias(sel.root)
+        bias = summary_position_bias(sel.summary, sel.root)
     prefs = diagnostics.preferences(sel.pool, sel.indices, sel.labels()) if sel.pool else None
-    return {
-        "run_dir": str(sel.root),
-        "kind": sel.kind,
-        "name": sel.name(),
-        "selected": len(sel.rows),
-        "pool": sel.pool_size,
-        "position_bias": bias,
-        "preferences": prefs,
-    }
+    return SelectionDiagnostics(
+        run_dir=str(sel.root),
+        kind=sel.kind,
+        name=sel.name(),
+        selected=len(sel.rows),
+        pool=sel.pool_size,
+        position_bias=bias,
+        preferences=prefs,
+    )
 
 
-def compare_runs(a: Path | str, b: Path | str) -> dict[str, Any]:
+def compare_runs(a: Path | str, b: Path | str) -> Comparison | dict[str, Any]:
     """Overlap of two selections of one pool (with the random expectation) and both diagnostics;
     for two experiment cells (or method folders), their paired metric differences
     (``compare_cells``).
@@ -168,12 +210,12 @@ def compare_runs(a: Path | str, b: Path | str) -> dict[str, Any]:
             "with the same field mapping."
         )
     verified = "pool.jsonl of both" if fa and fb else "pool size and the shared rows' ids"
-    return {
-        "a": selection_diagnostics(sa),
-        "b": selection_diagnostics(sb),
-        "overlap": diagnostics.overlap(sa.indices, sb.indices, sa.pool_size),
-        "same_pool": {"rows": sa.pool_size, "fingerprint": fa or fb, "checked_by": verified},
-    }
+    return Comparison(
+        a=selection_diagnostics(sa),
+        b=selection_diagnostics(sb),
+        overlap=diagnostics.overlap(sa.indices, sb.indices, sa.pool_size),
+        same_pool=SamePool(rows=sa.pool_size, fingerprint=fa or fb, checked_by=verified),
+    )
 
 
 # -- experiment cells: the paired metric differences ------------------------------------------
@@ -207,7 +249,7 @@ def experiment_cells(path: Path | str) -> dict[tuple[int, int], Path] | None:
     return cells or None
 
 
-def _cell_overlap(a: Path, b: Path) -> dict[str, Any] | None:
+def _cell_overlap(a: Path, b: Path) -> diagnostics.Overlap | None:
     """Overlap of two single cells' picks, when both record the same pool (``pool.key.json``)."""
     keys = []
     for cell in (a, b):
@@ -262,11 +304,12 @@ def compare_cells(a: Path | str, b: Path | str) -> dict[str, Any]:
     for row, adj in zip(out, stats.holm([r["p_value"] for r in out]), strict=True):
         row["holm_p"] = adj
         row["survives_holm"] = row["verdict"] != stats.NO_DIFFERENCE and adj <= stats.ALPHA
+    overlap = _cell_overlap(*ca.values(), *cb.values()) if single else None
     return {
         "a": {"path": str(a), "cells": [str(p) for p in ca.values()]},
         "b": {"path": str(b), "cells": [str(p) for p in cb.values()]},
         "paired": out,
-        "overlap": _cell_overlap(*ca.values(), *cb.values()) if single else None,
+        "overlap": overlap.to_dict() if overlap is not None else None,
         "note": None
         if out
         else "These cells share no per-row scores of the same test rows "

@@ -28,6 +28,7 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,42 @@ BIAS_RULE = (
     f"flagged when a position takes more than {BIAS_FACTOR:g}x its expected share of the model's "
     f"picks and the chi-square test rejects a position-blind picker (p < {BIAS_ALPHA:g})"
 )
+
+
+@dataclass
+class PositionShare:
+    """One display position: the model's picks there against a position-blind picker's."""
+
+    position: int  # 1 = shown first
+    picks: int
+    share: float
+    expected: float
+    expected_share: float
+
+
+@dataclass
+class PositionBias:
+    """Picks per position against a position-blind picker, the chi-square test and the flag
+    (``position_bias``); in ``summary.json`` as ``position_bias``."""
+
+    picks: int
+    mode: str
+    permutations: int
+    positions: list[PositionShare]
+    chi2: float
+    df: int
+    p_value: float
+    position_bias: bool  # the flag (``BIAS_RULE``)
+    rule: str
+    warning: str | None
+    basis: str  # what a position is in this mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PositionBias:
+        return cls(**{**d, "positions": [PositionShare(**r) for r in d["positions"]]})
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -114,7 +151,7 @@ def position_pairs(
 
 def position_bias(
     pairs: Sequence[tuple[int, int]], *, mode: str = "generate", permutations: int = 1
-) -> dict[str, Any] | None:
+) -> PositionBias | None:
     """Picks per position vs a position-blind picker, the chi-square p-value and the flag.
 
     ``pairs``: (1-based position, size of the subset it was picked from) per model pick. None
@@ -130,23 +167,23 @@ def position_bias(
         for i in range(1, n + 1):
             expected[i] += 1.0 / n
     total = len(pairs)
-    rows: list[dict[str, Any]] = [
-        {
-            "position": i,
-            "picks": observed[i],
-            "share": round(observed[i] / total, 4),
-            "expected": round(expected[i], 3),
-            "expected_share": round(expected[i] / total, 4),
-        }
+    rows = [
+        PositionShare(
+            position=i,
+            picks=observed[i],
+            share=round(observed[i] / total, 4),
+            expected=round(expected[i], 3),
+            expected_share=round(expected[i] / total, 4),
+        )
         for i in range(1, n_max + 1)
     ]
     chi2 = sum((observed[i] - expected[i]) ** 2 / expected[i] for i in range(1, n_max + 1))
     p_value = chi2_sf(chi2, n_max - 1) if n_max > 1 else 1.0
-    over = [r for r in rows if r["picks"] > BIAS_FACTOR * expected[r["position"]]]
+    over = [r for r in rows if r.picks > BIAS_FACTOR * expected[r.position]]
     flagged = bool(over) and p_value < BIAS_ALPHA
     warning = None
     if flagged:
-        top = max(over, key=lambda r: r["picks"] / max(expected[r["position"]], 1e-12))
+        top = max(over, key=lambda r: r.picks / max(expected[r.position], 1e-12))
         if mode == "logprobs" and permutations != 1:  # 0: every shift
             orders = f"{permutations} orders" if permutations else "every cyclic order"
             hint = (
@@ -158,41 +195,41 @@ def position_bias(
         else:
             hint = f"try --mode logprobs --permutations {n_max}"
         warning = (
-            f"position bias: position {top['position']} took {top['share']:.0%} of picks vs "
-            f"{top['expected_share']:.0%} expected — the selector may be echoing positions; {hint}"
+            f"position bias: position {top.position} took {top.share:.0%} of picks vs "
+            f"{top.expected_share:.0%} expected — the selector may be echoing positions; {hint}"
         )
-    return {
-        "picks": total,
-        "mode": mode,
-        "permutations": permutations,
-        "positions": rows,
-        "chi2": round(chi2, 3),
-        "df": n_max - 1,
-        "p_value": p_value,
-        "position_bias": flagged,
-        "rule": BIAS_RULE,
-        "warning": warning,
-        "basis": (
+    return PositionBias(
+        picks=total,
+        mode=mode,
+        permutations=permutations,
+        positions=rows,
+        chi2=round(chi2, 3),
+        df=n_max - 1,
+        p_value=p_value,
+        position_bias=flagged,
+        rule=BIAS_RULE,
+        warning=warning,
+        basis=(
             "position in the subset's candidate list (the first scoring job's display order)"
             if mode == "logprobs"
             else "display position in the prompt (1 = shown first)"
         ),
-    }
+    )
 
 
-def position_lines(d: dict[str, Any] | None, *, limit: int = 12) -> list[str]:
+def position_lines(d: PositionBias | None, *, limit: int = 12) -> list[str]:
     """Plain-text lines for a ``position_bias`` result (the summary and ``compare`` print them)."""
     if d is None:
         return ["Position bias: no model picks (no LLM call, or fallback picks only)."]
-    rows = d["positions"]
+    rows = d.positions
     shares = ", ".join(
-        f"{r['position']}: {r['share']:.0%} (exp {r['expected_share']:.0%})" for r in rows[:limit]
+        f"{r.position}: {r.share:.0%} (exp {r.expected_share:.0%})" for r in rows[:limit]
     ) + (", …" if len(rows) > limit else "")
     lines = [
-        f"Position of the {d['picks']} model picks: {shares}; chi-square p = {d['p_value']:.3g}.",
+        f"Position of the {d.picks} model picks: {shares}; chi-square p = {d.p_value:.3g}.",
     ]
-    if d["warning"]:
-        lines.append(f"Warning: {d['warning']}. Rule: {d['rule']}.")
+    if d.warning:
+        lines.append(f"Warning: {d.warning}. Rule: {d.rule}.")
     return lines
 
 
@@ -207,7 +244,58 @@ def _shares(values: Iterable[Any]) -> dict[Any, float]:
     return {k: v / total for k, v in counts.items()}
 
 
-def _share_table(pool: list[Any], picked: list[Any], name: str) -> dict[str, Any]:
+@dataclass
+class LengthWords:
+    """Words of instruction + input: the pool's and the picks' mean and median (None: empty)."""
+
+    pool_mean: float | None
+    pool_median: float | None
+    selected_mean: float | None
+    selected_median: float | None
+
+
+@dataclass
+class ShareTable:
+    """How the picks spread over the values of one field (category, cluster) against the pool."""
+
+    total_variation: float
+    covered: int  # values the picks hold
+    of: int  # values the pool holds
+    shares: list[
+        dict[str, Any]
+    ]  # per value, the pool's order: the value, pool_share, selected_share
+
+
+@dataclass
+class Preferences:
+    """What the picks prefer against the pool (``preferences``)."""
+
+    length_words: LengthWords
+    categories: ShareTable | None = None  # when the pool has categories
+    clusters: ShareTable | None = None  # when the clusters are known
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Overlap:
+    """Two selections of one pool: shared picks against two random selections (``overlap``)."""
+
+    a: int
+    b: int
+    pool: int
+    intersection: int
+    union: int
+    jaccard: float
+    expected_intersection: float
+    ratio_to_random: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _share_table(pool: list[Any], picked: list[Any], name: str) -> ShareTable:
     ps, ss = _shares(pool), _shares(picked)
     keys = sorted(ps, key=lambda c: (-ps[c], str(c)))
     rows: list[dict[str, Any]] = [
@@ -215,12 +303,12 @@ def _share_table(pool: list[Any], picked: list[Any], name: str) -> dict[str, Any
         for c in keys
     ]
     tv = 0.5 * sum(abs(ps.get(c, 0.0) - ss.get(c, 0.0)) for c in set(ps) | set(ss))
-    return {"total_variation": round(tv, 4), "covered": len(ss), "of": len(ps), "shares": rows}
+    return ShareTable(total_variation=round(tv, 4), covered=len(ss), of=len(ps), shares=rows)
 
 
 def preferences(
     pool: Sequence[dict[str, Any]], selected: Sequence[int], labels: np.ndarray | None = None
-) -> dict[str, Any]:
+) -> Preferences:
     """What the picks prefer against the pool: length (words of instruction + input), category
     shares (when the pool has categories) and cluster shares (when ``labels`` are given).
 
@@ -230,43 +318,41 @@ def preferences(
     chosen = [pool[i] for i in selected if 0 <= i < len(pool)]
     pool_words = [_words(r) for r in pool]
     sel_words = [_words(r) for r in chosen]
-    out: dict[str, Any] = {
-        "length_words": {
-            "pool_mean": round(statistics.fmean(pool_words), 2) if pool_words else None,
-            "pool_median": statistics.median(pool_words) if pool_words else None,
-            "selected_mean": round(statistics.fmean(sel_words), 2) if sel_words else None,
-            "selected_median": statistics.median(sel_words) if sel_words else None,
-        },
-        "categories": None,
-        "clusters": None,
-    }
+    out = Preferences(
+        LengthWords(
+            pool_mean=round(statistics.fmean(pool_words), 2) if pool_words else None,
+            pool_median=statistics.median(pool_words) if pool_words else None,
+            selected_mean=round(statistics.fmean(sel_words), 2) if sel_words else None,
+            selected_median=statistics.median(sel_words) if sel_words else None,
+        )
+    )
     cats = [r.get("category") for r in pool]
     if any(cats):
-        out["categories"] = _share_table(
+        out.categories = _share_table(
             [str(c) for c in cats], [str(r.get("category")) for r in chosen], "category"
         )
     if labels is not None and len(labels) == len(pool):
         lab = np.asarray(labels, dtype=np.int64)
-        out["clusters"] = _share_table(
+        out.clusters = _share_table(
             lab.tolist(), [int(lab[i]) for i in selected if 0 <= i < len(lab)], "cluster"
         )
     return out
 
 
 # -- overlap ------------------------------------------------------------------------------------
-def overlap(a: Iterable[int], b: Iterable[int], pool_size: int) -> dict[str, Any]:
+def overlap(a: Iterable[int], b: Iterable[int], pool_size: int) -> Overlap:
     """|A∩B|, Jaccard, and the intersection two independent uniform random selections of the same
     sizes from a pool of ``pool_size`` would share on average (``|A|·|B|/N``), with the ratio."""
     sa, sb = set(a), set(b)
     inter, union = len(sa & sb), len(sa | sb)
     expected = len(sa) * len(sb) / pool_size if pool_size else 0.0
-    return {
-        "a": len(sa),
-        "b": len(sb),
-        "pool": pool_size,
-        "intersection": inter,
-        "union": union,
-        "jaccard": round(inter / union, 4) if union else 0.0,
-        "expected_intersection": round(expected, 3),
-        "ratio_to_random": round(inter / expected, 3) if expected else None,
-    }
+    return Overlap(
+        a=len(sa),
+        b=len(sb),
+        pool=pool_size,
+        intersection=inter,
+        union=union,
+        jaccard=round(inter / union, 4) if union else 0.0,
+        expected_intersection=round(expected, 3),
+        ratio_to_random=round(inter / expected, 3) if expected else None,
+    )

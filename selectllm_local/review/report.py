@@ -270,33 +270,32 @@ def _content(run: _Run, sel: list[int]) -> str:
 
 
 def _positions(run: _Run) -> str:
-    from selectllm_local.review.compare import run_position_bias
+    from selectllm_local.review.compare import summary_position_bias
 
-    s = run.summary or {}
-    bias = s["position_bias"] if "position_bias" in s else run_position_bias(run.root)
+    bias = summary_position_bias(run.summary or {}, run.root)
     pairs = position_pairs_of(run)
     if bias is None or not pairs:
         return ""
     rows = "".join(
-        f"<tr><td class='n'>{r['position']}</td><td class='n'>{r['picks']}</td>"
-        f"<td class='n'>{100 * r['share']:.1f}%</td><td class='n'>{r['expected']:.1f}</td>"
-        f"<td class='n'>{100 * r['expected_share']:.1f}%</td></tr>"
-        for r in bias["positions"]
+        f"<tr><td class='n'>{r.position}</td><td class='n'>{r.picks}</td>"
+        f"<td class='n'>{100 * r.share:.1f}%</td><td class='n'>{r.expected:.1f}</td>"
+        f"<td class='n'>{100 * r.expected_share:.1f}%</td></tr>"
+        for r in bias.positions
     )
     table = (
         "<table><tr><th>position</th><th>picks</th><th>share</th><th>expected picks</th>"
         f"<th>expected share</th></tr>{rows}</table>"
     )
     text = (
-        f"<p>{bias['picks']} model picks (no-call subsets and fallback picks excluded); position: "
-        f"{_esc(bias['basis'])}. Expected: a position-blind model, whose pick in a subset of n "
+        f"<p>{bias.picks} model picks (no-call subsets and fallback picks excluded); position: "
+        f"{_esc(bias.basis)}. Expected: a position-blind model, whose pick in a subset of n "
         f"candidates falls on each position with probability 1/n. Chi-square goodness of fit: "
-        f"{bias['chi2']:.1f} on {bias['df']} degrees of freedom, p = {bias['p_value']:.3g}.</p>"
+        f"{bias.chi2:.1f} on {bias.df} degrees of freedom, p = {bias.p_value:.3g}.</p>"
     )
     flag = (
-        f"<p class='note'><b>{_esc(bias['warning'])}</b><br>Rule: {_esc(bias['rule'])}.</p>"
-        if bias["warning"]
-        else f"<p>No position bias flagged ({_esc(bias['rule'])}).</p>"
+        f"<p class='note'><b>{_esc(bias.warning)}</b><br>Rule: {_esc(bias.rule)}.</p>"
+        if bias.warning
+        else f"<p>No position bias flagged ({_esc(bias.rule)}).</p>"
     )
     return _section("Position of the pick (does the model prefer early candidates?)", text,
                     flag, table, _img(plot_positions(pairs), "positions"))  # fmt: skip

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from selectllm_local.backends.base import Backend
-from selectllm_local.backends.ray_backend import RayBackend
 from selectllm_local.errors import UserError
-from selectllm_local.records import SelectionCounts, SelectSummary, SubsetResult
+from selectllm_local.records import SubsetResult
 from selectllm_local.run.preflight import Ready
 from selectllm_local.run.rundir import (
     engine_usage,
@@ -33,6 +32,7 @@ from selectllm_local.run.store import (
     write_json,
     write_jsonl,
 )
+from selectllm_local.summaries import SelectFiles, SelectionCounts, SelectSeconds, SelectSummary
 
 if TYPE_CHECKING:
     from selectllm_local.config import SelectConfig
@@ -177,18 +177,16 @@ def _load(cfg: SelectConfig, store: RunStore, ready: Ready, progress: bool) -> B
 
 def write_selection(
     cfg: SelectConfig, store: RunStore, planned: PlanOutcome, outcome: SelectionOutcome
-) -> dict[str, str]:
+) -> SelectFiles:
     """``selected.jsonl`` (and ``--format``'s file): the files of the summary."""
     rows = selected_rows(planned.items, planned.plan, outcome)
     write_jsonl(store.path("selected.jsonl"), rows)
-    files = {
-        "selected": str(store.path("selected.jsonl")),
-        "responses": str(store.path("responses.jsonl")),
-    }
     extra = write_extra_format(cfg.format, rows, store)
-    if extra:
-        files[cfg.format] = extra
-    return files
+    return SelectFiles(
+        selected=str(store.path("selected.jsonl")),
+        responses=str(store.path("responses.jsonl")),
+        extra={cfg.format: extra} if extra else {},
+    )
 
 
 def summarize(
@@ -196,7 +194,7 @@ def summarize(
     store: RunStore,
     planned: PlanOutcome,
     run: Answers,
-    files: dict[str, str],
+    files: SelectFiles,
     seconds: dict[str, float],
     *,
     total: float,
@@ -227,16 +225,16 @@ def summarize(
             store.root, mode=settings.mode, permutations=settings.permutations
         ),
         **engine_usage(run.delta, counts.prompts_sent_this_run),
-        seconds={
-            **{k: round(v, 3) for k, v in planned.seconds.items()},
-            "model_load": round(run.startup, 3),
-            "select": round(seconds["select"] - run.startup, 3),
-            "engine": round(float(run.delta.get("engine_seconds", 0.0)), 3),
-            "write": round(seconds["write"], 3),
-            "total": round(total, 3),
-        },
+        seconds=SelectSeconds(
+            planning={k: round(v, 3) for k, v in planned.seconds.items()},
+            model_load=round(run.startup, 3),
+            select=round(seconds["select"] - run.startup, 3),
+            engine=round(float(run.delta.get("engine_seconds", 0.0)), 3),
+            write=round(seconds["write"], 3),
+            total=round(total, 3),
+        ),
         files=files,
-        ray=run.engine.ray_summary() if isinstance(run.engine, RayBackend) else None,
+        ray=run.engine.ray_summary() if run.engine is not None else None,
     )
 
 

@@ -22,18 +22,7 @@ import numpy as np
 from selectllm_local.backends.base import Backend
 from selectllm_local.config import PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
-from selectllm_local.records import (
-    ClusterSummary,
-    EmbeddingSummary,
-    Plan,
-    PlanSummary,
-    PoolItem,
-    PoolStats,
-    PoolSummary,
-    SelectSummary,
-    Subset,
-    SubsetSummary,
-)
+from selectllm_local.records import Plan, PoolItem, PoolStats, Subset
 from selectllm_local.run import answers
 from selectllm_local.run.answers import SelectionInterrupted
 from selectllm_local.run.preflight import Ready, check_writable, preflight
@@ -47,6 +36,15 @@ from selectllm_local.run.store import (
     timed,
     write_json,
     write_jsonl,
+)
+from selectllm_local.summaries import (
+    ClusterSummary,
+    EmbeddingSummary,
+    PlanSummary,
+    PoolSummary,
+    SelectFiles,
+    SelectSummary,
+    SubsetSummary,
 )
 
 __all__ = ["PlanOutcome", "SelectOutcome", "SelectionInterrupted", "plan_run", "select_run"]
@@ -279,7 +277,7 @@ class SelectOutcome:
     run_dir: Path
     selected: list[int]
     summary: SelectSummary
-    files: dict[str, str]
+    files: SelectFiles
     report: Path | None = None
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selectllm_local.errors import UserError
-from selectllm_local.records import Plan, PoolItem, PoolStats, Throughput, TokenCounts
+from selectllm_local.records import Plan, PoolItem, PoolStats
 from selectllm_local.run.store import (
     RunStore,
     atomic_path,
@@ -31,6 +31,7 @@ from selectllm_local.run.store import (
     write_json,
     write_jsonl,
 )
+from selectllm_local.summaries import Throughput, TokenCounts
 
 if TYPE_CHECKING:
     from selectllm_local.config import PlanConfig

@@ -28,7 +28,8 @@ from typing import Any
 
 from selectllm_local.config import FinetuneConfig
 from selectllm_local.errors import UserError, expected_failure
-from selectllm_local.records import FinetuneSummary, PoolItem
+from selectllm_local.records import PoolItem
+from selectllm_local.summaries import FinetuneSummary
 from selectllm_local.training.lora import train_lora
 from selectllm_local.training.trainset import (
     as_example,

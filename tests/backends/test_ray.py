@@ -99,18 +99,19 @@ def test_select_on_ray_matches_one_process(
     engine = load_backend("transformers", model, options)
     try:
         out = select(pool, tmp_path / "run", model, "transformers", engine)
-        ray = dict(out.summary.ray)
+        ray = out.summary.ray
         lp = select(pool, tmp_path / "lp", model, "transformers", engine, mode="logprobs")
     finally:
         engine.close()
     ref = (one_process / "run" / "selected.jsonl").read_bytes()
     assert (tmp_path / "run" / "selected.jsonl").read_bytes() == ref
-    assert ray["actors"] == 2 and ray["shards"] == 5  # 10 subsets, 2 prompts per shard
-    assert ray["shards_requeued"] == 0 and ray["actor_restarts"] == 0
+    assert ray is not None and lp.summary.ray is not None
+    assert ray.actors == 2 and ray.shards == 5  # 10 subsets, 2 prompts per shard
+    assert ray.shards_requeued == 0 and ray.actor_restarts == 0
     assert set(response_keys(tmp_path / "run").values()) == {1}
     assert out.summary.counts.subsets == 10 and out.summary.backend == "transformers"
     assert picks(tmp_path / "lp") == picks(one_process / "lp")
-    assert lp.summary.ray["shards"] > ray["shards"]  # the label-scoring prompts went too
+    assert lp.summary.ray.shards > ray.shards  # the label-scoring prompts went too
 
 
 def test_actor_killed_midway_is_restarted_and_its_shards_requeued(
@@ -130,8 +131,8 @@ def test_actor_killed_midway_is_restarted_and_its_shards_requeued(
     ref = (one_process / "run" / "selected.jsonl").read_bytes()
     assert (tmp_path / "run" / "selected.jsonl").read_bytes() == ref
     ray = out.summary.ray
-    assert ray["actor_restarts"] == 1 and ray["shards_requeued"] >= 1
-    assert ray["prompts_unanswered"] == 0
+    assert ray is not None and ray.actor_restarts == 1 and ray.shards_requeued >= 1
+    assert ray.prompts_unanswered == 0
     keys = response_keys(tmp_path / "run")
     assert len(keys) == 10 and set(keys.values()) == {1}
     assert out.summary.counts.fallback == 0
@@ -269,7 +270,7 @@ def test_logprob_picks_equal_across_batch_size_and_ray(
     }  # fmt: skip
     chosen = {name: picks(tmp_path / d) for name, d in zip(runs, ("b4", "b16", "ray"), strict=True)}
     assert chosen["batch4"] == chosen["batch16"] == chosen["ray"]
-    assert len(chosen["ray"]) == 10 and runs["ray"].summary.ray["actors"] == 2
+    assert len(chosen["ray"]) == 10 and runs["ray"].summary.ray.actors == 2
     for out in runs.values():  # every asked subset's margin is recorded and summarised
         ties = out.summary.counts.ties
         assert ties is not None and ties.scored == out.summary.counts.asked > 0

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from selectllm_local.baselines.diversity import LCS_MAX_TOKENS, max_rouge_l_to_sample, rouge_tokens
 from selectllm_local.baselines.draws import kcenter_greedy
-from selectllm_local.baselines.registry import BASELINES, RUNNERS, run_baseline
+from selectllm_local.baselines.registry import BASELINES, REGISTRY, run_baseline
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset
 from tests.helpers import EXAMPLE_POOL
@@ -250,10 +250,10 @@ def test_cli_budget_too_large_exit_2(tmp_path: Path) -> None:
 
 
 def test_one_registry_of_names() -> None:
-    """The Literal, the runners and the experiment's methods name the same baselines."""
+    """The Literal, the registry and the experiment's methods name the same baselines."""
     from selectllm_local.baselines.registry import DEPRECATED
 
-    assert tuple(RUNNERS) == BASELINES
+    assert tuple(REGISTRY) == BASELINES
     assert all(new in BASELINES for new in DEPRECATED.values())
     assert set(BASELINES) == {
         "random",
@@ -265,4 +265,31 @@ def test_one_registry_of_names() -> None:
         "cluster-random",
         "ifd",
         "cluster-ifd",
+    }
+
+
+def test_experiment_methods_follow_the_registry() -> None:
+    """The experiment accepts every variant a registry entry declares (also under a deprecated
+    name), refuses any other, and runs the [engine] model for exactly the engine-scored ones."""
+    from selectllm_local.baselines.registry import DEPRECATED
+    from selectllm_local.errors import UserError
+    from selectllm_local.experiment.config import ENGINE_METHODS, _methods
+
+    for name, entry in [
+        *REGISTRY.items(),
+        *((old, REGISTRY[new]) for old, new in DEPRECATED.items()),
+    ]:
+        for variant in entry.variants:
+            assert _methods([f"{name}:{variant}"]) == [f"{name}:{variant}"]
+        with pytest.raises(UserError, match="unknown variant"):
+            _methods([f"{name}:no-such-variant"])
+    assert _methods(["length:shortest", "answer-perplexity:low"])
+    assert (
+        {m for m in ENGINE_METHODS if m != "select"}
+        == {n for n, b in REGISTRY.items() if b.scorer == "engine"}
+        == {"ifd", "cluster-ifd"}
+    )
+    assert {n for n, b in REGISTRY.items() if b.scorer == "base"} == {
+        "answer-perplexity",
+        "instruction-perplexity",
     }

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from selectllm_local.review.diagnostics import (
+    PositionBias,
     chi2_sf,
     overlap,
     position_bias,
@@ -50,44 +51,46 @@ def test_chi2_sf_agrees_with_scipy_over_a_grid() -> None:
 # -- position bias -------------------------------------------------------------------------------
 def test_all_picks_at_position_one_are_flagged() -> None:
     d = position_bias([(1, 5)] * 100)
-    assert d is not None and d["position_bias"] is True
-    assert d["p_value"] < 1e-50
-    assert d["positions"][0] == {
+    assert d is not None and d.position_bias is True and d.warning is not None
+    assert d.p_value < 1e-50
+    assert d.to_dict()["positions"][0] == {
         "position": 1, "picks": 100, "share": 1.0, "expected": 20.0, "expected_share": 0.2
     }  # fmt: skip
-    assert "position 1 took 100% of picks vs 20% expected" in d["warning"]
-    assert "--mode logprobs --permutations 5" in d["warning"]
-    assert "twice" in d["rule"] or "2x" in d["rule"]
+    assert "position 1 took 100% of picks vs 20% expected" in d.warning
+    assert "--mode logprobs --permutations 5" in d.warning
+    assert "twice" in d.rule or "2x" in d.rule
+    assert PositionBias.from_dict(d.to_dict()) == d  # summary.json reads back as it was
 
 
 def test_picks_spread_evenly_are_not_flagged() -> None:
     d = position_bias([(p, 5) for p in range(1, 6)] * 20)
-    assert d is not None and d["position_bias"] is False and d["warning"] is None
-    assert d["p_value"] > 0.99
-    assert [r["picks"] for r in d["positions"]] == [20] * 5
+    assert d is not None and d.position_bias is False and d.warning is None
+    assert d.p_value > 0.99
+    assert [r.picks for r in d.positions] == [20] * 5
 
 
 def test_expectation_sums_one_over_n_for_mixed_subset_sizes() -> None:
     d = position_bias([(1, 2), (2, 4), (4, 4)])
     assert d is not None
-    assert [r["expected"] for r in d["positions"]] == [1.0, 1.0, 0.5, 0.5]
-    assert sum(r["expected"] for r in d["positions"]) == pytest.approx(3)
-    assert d["df"] == 3
+    assert [r.expected for r in d.positions] == [1.0, 1.0, 0.5, 0.5]
+    assert sum(r.expected for r in d.positions) == pytest.approx(3)
+    assert d.df == 3
 
 
 def test_few_picks_over_twice_expected_are_not_significant_enough() -> None:
     # position 1: 2 picks vs 0.6 expected (over 2x), but 3 picks cannot reject a blind picker
     d = position_bias([(1, 5), (1, 5), (2, 5)])
-    assert d is not None and d["p_value"] > 0.1 and d["position_bias"] is False
+    assert d is not None and d.p_value > 0.1 and d.position_bias is False
 
 
 def test_logprob_mode_hints_at_permutations_and_names_its_basis() -> None:
     one = position_bias([(1, 6)] * 30, mode="logprobs", permutations=1)
     many = position_bias([(1, 6)] * 30, mode="logprobs", permutations=6)
-    assert one and many and one["position_bias"] and many["position_bias"]
-    assert "try --permutations 6" in one["warning"] and "--mode" not in one["warning"]
-    assert "averaging 6 orders" in many["warning"]
-    assert "candidate list" in one["basis"]
+    assert one and many and one.position_bias and many.position_bias
+    assert one.warning is not None and many.warning is not None
+    assert "try --permutations 6" in one.warning and "--mode" not in one.warning
+    assert "averaging 6 orders" in many.warning
+    assert "candidate list" in one.basis
     assert position_bias([]) is None
 
 
@@ -114,23 +117,26 @@ def test_preferences_compare_length_categories_and_clusters_with_the_pool() -> N
         {"instruction": "e", "input": "", "category": "math"},
     ]
     p = preferences(pool, [0, 1], np.array([0, 0, 1, 1]))
-    assert p["length_words"] == {
+    assert p.to_dict()["length_words"] == {
         "pool_mean": 3.75, "pool_median": 2.0, "selected_mean": 6.5, "selected_median": 6.5
     }  # fmt: skip
-    cats = {r["category"]: r for r in p["categories"]["shares"]}
+    assert p.categories is not None and p.clusters is not None
+    cats = {r["category"]: r for r in p.categories.shares}
     assert cats["qa"]["selected_share"] == 1.0 and cats["math"]["selected_share"] == 0.0
-    assert p["categories"]["total_variation"] == 0.5 and p["categories"]["covered"] == 1
-    assert p["clusters"]["total_variation"] == 0.5 and p["clusters"]["of"] == 2
-    assert preferences(pool, [0, 2], np.array([0, 0, 1, 1]))["clusters"]["total_variation"] == 0
+    assert p.categories.total_variation == 0.5 and p.categories.covered == 1
+    assert p.clusters.total_variation == 0.5 and p.clusters.of == 2
+    spread = preferences(pool, [0, 2], np.array([0, 0, 1, 1])).clusters
+    assert spread is not None and spread.total_variation == 0
+    assert preferences([{"instruction": "x"}], [0]).categories is None  # no categories: none
 
 
 def test_overlap_against_two_random_selections() -> None:
     o = overlap(range(10), range(5, 15), 100)
-    assert (o["intersection"], o["union"], o["jaccard"]) == (5, 15, round(1 / 3, 4))
-    assert o["expected_intersection"] == 1.0 and o["ratio_to_random"] == 5.0
+    assert (o.intersection, o.union, o.jaccard) == (5, 15, round(1 / 3, 4))
+    assert o.expected_intersection == 1.0 and o.ratio_to_random == 5.0
     same = overlap(range(20), range(20), 40)
-    assert same["jaccard"] == 1.0 and same["expected_intersection"] == 10.0
-    assert same["ratio_to_random"] == 2.0
+    assert same.jaccard == 1.0 and same.expected_intersection == 10.0
+    assert same.ratio_to_random == 2.0
 
 
 # -- run directories ----------------------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from selectllm_local.records import SelectionCounts, SubsetResult
+from selectllm_local.records import SubsetResult
 from selectllm_local.selection.parse import parse_ids, parse_reasons
+from selectllm_local.summaries import SelectionCounts
 
 
 @pytest.mark.parametrize(

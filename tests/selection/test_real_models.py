@@ -92,7 +92,9 @@ def test_vllm_constrained_exact_budget_all_valid_first_try(
     assert c["asked"] == c["subsets"] == ROWS // K
     assert c["valid_first_try"] == c["asked"] and c["retried"] == c["fallback"] == 0
     assert str(smollm2_vllm.llm.llm_engine.model_config.dtype) == "torch.float32"
-    print(f"\nSmolLM2 vLLM select: {json.dumps(out.summary.seconds)} {out.summary.throughput}")
+    print(
+        f"\nSmolLM2 vLLM select: {json.dumps(out.summary.seconds.to_dict())} {out.summary.throughput}"
+    )
 
 
 @requires_vllm
@@ -131,4 +133,4 @@ def test_transformers_constrained_exact_budget(
         backend.close()
     c = out.summary.counts.to_dict()
     assert c["valid_first_try"] == c["asked"] == ROWS // K and c["fallback"] == 0
-    print(f"\nSmolLM2 transformers select: {json.dumps(out.summary.seconds)}")
+    print(f"\nSmolLM2 transformers select: {json.dumps(out.summary.seconds.to_dict())}")
