@@ -153,7 +153,7 @@ def baseline(
 ) -> BaselineOutcome:
     """Select with baseline ``name`` (random, length, kcenter, ifd...) at the same budget, as
     ``selectllm baseline NAME`` (written beside select's selection in ``run_dir``)."""
-    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS
+    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS, baseline_options
     from selectllm_local.baselines.run import baseline_run
     from selectllm_local.run.preflight import check_writable, resolve_local_model
 
@@ -178,7 +178,7 @@ def baseline(
             scorer=scorer,
             engine=cfg.engine,
             progress=progress,
-            **cfg.baseline.options(cfg.name),
+            **baseline_options(cfg.baseline, cfg.name),
         )
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from selectllm_local.baselines import diversity, draws, ifd, perplexity
 from selectllm_local.baselines.request import Request, Runner, Scorer
+from selectllm_local.config.training import BaselineConfig
 from selectllm_local.config.vocab import PERPLEXITY_BANDS
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem
@@ -72,6 +73,19 @@ class Baseline:
     """It reads the plan's subsets (the plan ``select`` uses)."""
     variants: tuple[str, ...] = ()
     """What ``name:variant`` may name in an experiment's methods."""
+    options: tuple[str, ...] = ()
+    """The ``[baseline]`` settings (``BaselineConfig`` fields) its runner takes, each as the
+    keyword ``KEYWORDS`` names (default: the field's name); a ``name:variant`` sets the first
+    (see ``baseline_options``)."""
+
+
+# The runner keyword of each [baseline] setting whose name differs from the keyword.
+KEYWORDS: Mapping[str, str] = {
+    "scorer_batch_size": "batch_size",
+    "diversity_sample": "sample_size",
+    "ifd_max_length": "max_length",
+}
+_PERPLEXITY = ("band", "scorer_batch_size")
 
 
 # The one registry, shaped like ``backends.registry.LOADERS``: every other place (experiment
@@ -79,19 +93,24 @@ class Baseline:
 # Literal and the mapping agree).
 REGISTRY: Mapping[BaselineName, Baseline] = {
     "random": Baseline(draws.random_pick),
-    "length": Baseline(draws.length_pick, variants=("shortest", "longest")),
+    "length": Baseline(
+        draws.length_pick, variants=("shortest", "longest"), options=("shortest",)
+    ),
     "answer-perplexity": Baseline(
-        perplexity.perplexity_pick, scorer="base", answers=True, variants=PERPLEXITY_BANDS
+        perplexity.perplexity_pick, scorer="base", answers=True, variants=PERPLEXITY_BANDS,
+        options=_PERPLEXITY,
     ),
     "instruction-perplexity": Baseline(
-        perplexity.perplexity_pick, scorer="base", variants=PERPLEXITY_BANDS
+        perplexity.perplexity_pick, scorer="base", variants=PERPLEXITY_BANDS, options=_PERPLEXITY
     ),
     "kcenter": Baseline(draws.kcenter_pick, embeddings=True),
-    "diversity": Baseline(diversity.diversity_pick),
+    "diversity": Baseline(diversity.diversity_pick, options=("diversity_sample",)),
     "cluster-random": Baseline(draws.cluster_random_pick, plan=True),
-    "ifd": Baseline(ifd.ifd_runner, scorer="engine"),
-    "cluster-ifd": Baseline(ifd.cluster_ifd_runner, scorer="engine", plan=True),
-}
+    "ifd": Baseline(ifd.ifd_runner, scorer="engine", options=("ifd_max_length",)),
+    "cluster-ifd": Baseline(
+        ifd.cluster_ifd_runner, scorer="engine", plan=True, options=("ifd_max_length",)
+    ),
+}  # fmt: skip
 BASELINES: tuple[BaselineName, ...] = get_args(BaselineName)
 DEPRECATED: dict[str, BaselineName] = {"perplexity": "instruction-perplexity"}  # what it computed
 PERPLEXITY_METHODS = tuple(n for n, b in REGISTRY.items() if b.scorer == "base")
@@ -105,6 +124,26 @@ def baseline_of(name: str) -> Baseline:
     ``canonical_baseline``); a ``KeyError`` for an unknown one."""
     canon = DEPRECATED[name] if name in DEPRECATED else name
     return REGISTRY[canon]  # type: ignore[index]  # a KeyError names an unknown one
+
+
+def baseline_options(cfg: BaselineConfig, name: str, variant: str = "") -> dict[str, Any]:
+    """The keyword options baseline ``name`` takes from the ``[baseline]`` settings ``cfg``, as
+    its ``Baseline.options`` declares them. ``variant`` (from ``length:shortest``,
+    ``answer-perplexity:low``...) overrides the first of a baseline that has variants: a yes/no
+    setting is true for the variant of its own name (``shortest``) and false for any other, other
+    settings take the variant as their value. An unknown name takes none (``run_baseline`` names
+    it)."""
+    try:
+        entry = baseline_of(name)
+    except KeyError:
+        return {}
+    fields = entry.options
+    opts = {KEYWORDS.get(f, f): getattr(cfg, f) for f in fields}
+    if variant and entry.variants:  # a test checks such a baseline declares an option
+        first = fields[0]
+        yes_no = isinstance(getattr(cfg, first), bool)
+        opts[KEYWORDS.get(first, first)] = variant == first if yes_no else variant
+    return opts
 
 
 def canonical_baseline(name: str) -> BaselineName:

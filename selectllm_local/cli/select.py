@@ -30,7 +30,7 @@ def select(cfg: SelectConfig, *, json_out: bool) -> None:
 @command(app, BaselineCommand)
 def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
     """Select with a baseline at the same budget (written like select's selected.jsonl)."""
-    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS
+    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS, baseline_options
     from selectllm_local.baselines.run import baseline_run
     from selectllm_local.cli import summaries
     from selectllm_local.run.preflight import check_writable, resolve_local_model
@@ -53,7 +53,7 @@ def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
         scorer=scorer,
         engine=cfg.engine,
         progress=show_progress(json_out),
-        **cfg.baseline.options(cfg.name),
+        **baseline_options(cfg.baseline, cfg.name),
     )
     emit(outcome.summary.to_dict(), json_out, lambda: summaries.baseline_text(outcome))
 

@@ -46,7 +46,8 @@ ENGINE_NOT_TAKEN: dict[str, str] = {
 
 @dataclass
 class BaselineConfig(Section):
-    """Options of the baseline selectors (each baseline reads the ones it needs)."""
+    """Options of the baseline selectors (each baseline reads the ones its registry entry,
+    ``baselines.registry.REGISTRY``, declares: see ``baseline_options``)."""
 
     SECTION = "baseline"
 
@@ -71,18 +72,6 @@ class BaselineConfig(Section):
         self._at_least("scorer_batch_size", 1)
         self._at_least("diversity_sample", 1)
         self._at_least("ifd_max_length", 8)
-
-    def options(self, name: str, variant: str = "") -> dict[str, Any]:
-        """The keyword options baseline ``name`` takes (``variant``: from ``length:shortest``...)."""
-        if name == "length":
-            return {"shortest": variant == "shortest" or (not variant and self.shortest)}
-        if name.endswith("perplexity"):  # answer-, instruction- and the deprecated perplexity
-            return {"band": variant or self.band, "batch_size": self.scorer_batch_size}
-        if name == "diversity":
-            return {"sample_size": self.diversity_sample}
-        if name in ("ifd", "cluster-ifd"):
-            return {"max_length": self.ifd_max_length}
-        return {}
 
 
 @dataclass

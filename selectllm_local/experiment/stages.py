@@ -237,7 +237,7 @@ def _select(
         selected = select_run(cfg.select_config(plan_cfg, selector, cell.method), progress=progress)
         picks = [int(i) for i in selected.selected]
     else:
-        from selectllm_local.baselines.registry import baseline_of
+        from selectllm_local.baselines.registry import baseline_of, baseline_options
         from selectllm_local.baselines.run import baseline_run
 
         name, _, variant = cell.method.partition(":")
@@ -255,7 +255,7 @@ def _select(
             scorer=scorer if baseline_of(name).scorer == "base" else None,
             progress=progress,
             **likely,
-            **cfg.baseline.options(name, variant),
+            **baseline_options(cfg.baseline, name, variant),
         ).indices
     _check_same_pool(data, plan_dir)
     return picks

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from selectllm_local.baselines.registry import baseline_options
 from selectllm_local.errors import UserError
 from selectllm_local.experiment import load_experiment_config, run_experiment
 from selectllm_local.experiment.inputs import load_inputs
@@ -310,7 +311,7 @@ def test_shipped_paper_config_has_only_known_keys(tmp_path: Path) -> None:
     assert ft.early_stopping_threshold == 0.01  # the official code's EarlyStoppingCallback
     assert ft.target_modules == ["q_proj", "v_proj"] and ft.max_length == 4096
     assert cfg.evaluate.max_new_tokens == 150
-    assert cfg.baseline.options("diversity") == {"sample_size": 1000}
+    assert baseline_options(cfg.baseline, "diversity") == {"sample_size": 1000}
     assert "answer-perplexity" in cfg.methods and "perplexity" not in cfg.methods
 
 
