@@ -68,8 +68,8 @@ def plan_text(s: PlanSummary) -> Any:
                 ("subsets needing no LLM call", sub.subsets_needing_no_call),
                 (
                     "prompt tokens (round one)",
-                    f"{tok.get('total', 0):,} in {tok.get('prompts', 0)} prompts, "
-                    f"max {tok.get('max_per_prompt', 0):,} per prompt ({tok.get('method', '')})",
+                    f"{tok.total:,} in {tok.prompts} prompts, "
+                    f"max {tok.max_per_prompt:,} per prompt ({tok.method})",
                 ),
             ],
         ),
