@@ -18,6 +18,7 @@ from selectllm_local.records import Plan, PoolStats
 if TYPE_CHECKING:
     from selectllm_local.baselines.ifd import IFDScores
     from selectllm_local.review.diagnostics import PositionBias
+    from selectllm_local.selection.prompttokens import PromptTokenEstimate
 
 
 def _plain(obj: Any) -> Any:
@@ -107,7 +108,7 @@ class PlanSummary:
     clusters: ClusterSummary
     subsets: SubsetSummary
     budget: int
-    prompt_tokens_estimate: dict[str, Any]
+    prompt_tokens_estimate: PromptTokenEstimate
     seconds: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import numpy as np
 from selectllm_local.backends.base import Backend
 from selectllm_local.baselines.request import Request
 from selectllm_local.errors import UserError
-from selectllm_local.records import PoolItem
+from selectllm_local.records import Plan, PoolItem
 from selectllm_local.run.store import AppendLog, file_hash, read_jsonl, stable_hash
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ def ifd_pick(ifd: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarr
     return order[:budget]
 
 
-def cluster_pick(plan: Any, ifd: np.ndarray, rng: np.random.Generator, *, seed: int) -> list[int]:
+def cluster_pick(plan: Plan, ifd: np.ndarray, rng: np.random.Generator, *, seed: int) -> list[int]:
     """``cluster-ifd``: the plan's subsets, each keeping its ``k`` most preferred candidates, in
     the rounds ``select`` runs (``subsets.next_round`` with the same seed) until exactly the
     budget remains: ``select`` with the IFD as the judge."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selectllm_local.config.vocab import Dtype
+
+if TYPE_CHECKING:
+    from selectllm_local.hardware import MatmulResult
 
 
 @dataclass
@@ -23,10 +26,10 @@ class Peak:
     device: str
     dtype: Dtype
     samples: list[float] = dataclasses.field(default_factory=list)
-    first: Any = None
-    last: Any = None
+    first: MatmulResult | None = None
+    last: MatmulResult | None = None
 
-    def sample(self) -> Any:
+    def sample(self) -> MatmulResult:
         from selectllm_local import hardware
 
         result = hardware.measure_matmul(self.dtype, self.device)
@@ -39,6 +42,8 @@ class Peak:
         """The JSON's ``peak`` block (datasheet figures on a known GPU)."""
         from selectllm_local import hardware
 
+        if self.first is None or self.last is None:
+            raise ValueError("Peak.block() before any sample()")
         spec = hardware.gpu_datasheet() if self.device == "cuda" else None
         return {
             "dtype": self.dtype, "device": self.device, "flops": max(self.samples),

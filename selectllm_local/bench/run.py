@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selectllm_local.backends.base import Backend
 from selectllm_local.bench.config import (
@@ -46,6 +46,10 @@ from selectllm_local.bench.peak import Peak, add_utilization
 from selectllm_local.config.vocab import Dtype
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset
+
+if TYPE_CHECKING:
+    from selectllm_local.config import SelectorConfig
+    from selectllm_local.hardware import PeakMemory
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def workload(
     ]
 
 
-def selection_settings(setting: BenchSetting, cfg: BenchConfig) -> Any:
+def selection_settings(setting: BenchSetting, cfg: BenchConfig) -> SelectorConfig:
     """Selection settings for one benchmark setting: no retries (one call per subset, always)."""
     from selectllm_local.config import SelectorConfig
 
@@ -114,7 +118,9 @@ def selection_settings(setting: BenchSetting, cfg: BenchConfig) -> Any:
     )
 
 
-def render_seconds(plan: Plan, items: Sequence[PoolItem], backend: Backend, sel: Any) -> float:
+def render_seconds(
+    plan: Plan, items: Sequence[PoolItem], backend: Backend, sel: SelectorConfig
+) -> float:
     """Time to build every prompt of a workload with the real prompt builder (no engine)."""
     from selectllm_local.selection import prompts as prompting
 
@@ -133,7 +139,7 @@ def render_seconds(plan: Plan, items: Sequence[PoolItem], backend: Backend, sel:
 
 
 # -- measurement -----------------------------------------------------------------------------------
-def _open_backend(setting: BenchSetting, model: str, cfg: BenchConfig, dtype: Dtype) -> Any:
+def _open_backend(setting: BenchSetting, model: str, cfg: BenchConfig, dtype: Dtype) -> Backend:
     from selectllm_local.backends import load_backend
     from selectllm_local.config import EngineConfig
 
@@ -228,7 +234,7 @@ def _measure_one(
     base: int,
     startup: float,
     peak: Peak,
-    mem: Any,
+    mem: PeakMemory,
 ) -> dict[str, Any]:
     """One setting's row: the matmul peak re-sampled first, then the timed selection rounds."""
     log.info("measuring %s", s.label)

@@ -14,16 +14,20 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from selectllm_local.backends.base import Backend
 from selectllm_local.config.vocab import BackendName
 from selectllm_local.records import PoolItem
 
+if TYPE_CHECKING:
+    from selectllm_local.bench.config import BenchConfig
+    from selectllm_local.config import SelectConfig
+
 
 def stages_config(
-    cfg: Any, items: Sequence[PoolItem], run_dir: Path, backend: BackendName, model: str
-) -> Any:
+    cfg: BenchConfig, items: Sequence[PoolItem], run_dir: Path, backend: BackendName, model: str
+) -> SelectConfig:
     """The ``select`` run of ``select_stages``: pool file written into ``run_dir``."""
     from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig, SelectorConfig
 
@@ -57,7 +61,7 @@ def stages_config(
     )
 
 
-def plan_stages(cfg: Any, items: Sequence[PoolItem]) -> Path:
+def plan_stages(cfg: BenchConfig, items: Sequence[PoolItem]) -> Path:
     """Plan ``cfg.stages_dir`` (pool, embeddings, clusters, subsets) without loading a model.
 
     For a GPU node without the embedder or FAISS: plan here, copy the folder over, and the
@@ -65,18 +69,20 @@ def plan_stages(cfg: Any, items: Sequence[PoolItem]) -> Path:
     """
     from selectllm_local.run.pipeline import plan_run
 
-    sel = stages_config(cfg, items, Path(cfg.stages_dir), "auto", "")
+    if cfg.stages_dir is None:  # ``BenchCommand`` asks for --stages-dir with --plan-only
+        raise ValueError("plan_stages needs cfg.stages_dir, the folder to plan")
+    sel = stages_config(cfg, items, cfg.stages_dir, "auto", "")
     plan_run(sel.plan, progress=False)
-    return Path(cfg.stages_dir)
+    return cfg.stages_dir
 
 
-def select_stages(cfg: Any, items: Sequence[PoolItem], backend: Backend) -> dict[str, Any]:
+def select_stages(cfg: BenchConfig, items: Sequence[PoolItem], backend: Backend) -> dict[str, Any]:
     """Run ``select_run`` on ``cfg.subsets x cfg.candidates`` rows of ``items`` with ``backend``,
     in ``cfg.stages_dir`` when given (a planned one is reused), else in a temporary folder."""
     from selectllm_local.run.pipeline import select_run
 
     with tempfile.TemporaryDirectory(prefix="selectllm-bench-") as tmp:
-        run_dir = Path(cfg.stages_dir) if cfg.stages_dir else Path(tmp) / "run"
+        run_dir = cfg.stages_dir if cfg.stages_dir else Path(tmp) / "run"
         if cfg.stages_dir:  # a second measurement must not resume the first one's answers
             for name in ("responses.jsonl", "selected.jsonl", "summary.json"):
                 (run_dir / name).unlink(missing_ok=True)

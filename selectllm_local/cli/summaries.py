@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from selectllm_local.baselines.run import BaselineOutcome
+    from selectllm_local.data.splits import SplitOutcome
+    from selectllm_local.evaluation.evaluate import EvalOutcome
+    from selectllm_local.experiment.runner import ExperimentOutcome
     from selectllm_local.models.registry import ModelsList
     from selectllm_local.review.compare import Comparison, SelectionDiagnostics
     from selectllm_local.review.diagnostics import PositionBias
@@ -68,8 +72,8 @@ def plan_text(s: PlanSummary) -> Any:
                 ("subsets needing no LLM call", sub.subsets_needing_no_call),
                 (
                     "prompt tokens (round one)",
-                    f"{tok.get('total', 0):,} in {tok.get('prompts', 0)} prompts, "
-                    f"max {tok.get('max_per_prompt', 0):,} per prompt ({tok.get('method', '')})",
+                    f"{tok.total:,} in {tok.prompts} prompts, "
+                    f"max {tok.max_per_prompt:,} per prompt ({tok.method})",
                 ),
             ],
         ),
@@ -203,14 +207,14 @@ def _diagnostic_rows(
     ]  # fmt: skip
 
 
-def baseline_text(outcome: Any) -> str:
+def baseline_text(outcome: BaselineOutcome) -> str:
     return (
         f"{outcome.name}: selected {len(outcome.indices)} of {outcome.summary.pool} "
         f"instructions -> {outcome.out_dir / 'selected.jsonl'}"
     )
 
 
-def split_text(outcome: Any) -> str:
+def split_text(outcome: SplitOutcome) -> str:
     return (
         f"{outcome.source_rows} rows -> {outcome.pool_rows} in {outcome.pool_path}, "
         f"{outcome.test_rows} in {outcome.test_path} (seed {outcome.seed})"
@@ -227,8 +231,8 @@ def finetune_text(s: FinetuneSummary) -> str:
     return f"{trained}adapter written to {s.adapter}; training log {s.train_log}"
 
 
-def evaluate_text(outcome: Any) -> str:
-    nll = getattr(outcome, "reference_nll", None)
+def evaluate_text(outcome: EvalOutcome) -> str:
+    nll = outcome.reference_nll
     return (
         f"Rouge-L F1 {outcome.rougeL_f1:.4f}, cosine {outcome.cosine:.4f} on {outcome.n} "
         f"examples ({outcome.backend}); per-example outputs in {outcome.out_dir / 'predictions.jsonl'}"
@@ -241,7 +245,7 @@ def evaluate_text(outcome: Any) -> str:
     )
 
 
-def experiment_text(outcome: Any) -> Any:
+def experiment_text(outcome: ExperimentOutcome) -> Any:
     """The results table (when written) and what ran, was skipped or is left."""
     from rich.console import Group
     from rich.text import Text

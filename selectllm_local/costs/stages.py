@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from selectllm_local.baselines.registry import LIKELIHOOD_METHODS, Baseline, baseline_of
 from selectllm_local.config.training import EVALUATE_BATCH_SIZE
-from selectllm_local.costs.rates import Costs, model_size
+from selectllm_local.costs.rates import Costs, ModelSize, model_size
 
 if TYPE_CHECKING:
+    from selectllm_local.bench.dry import RoundOne
     from selectllm_local.experiment.config import ExperimentConfig
     from selectllm_local.experiment.inputs import ExperimentInputs
     from selectllm_local.records import PoolItem
+    from selectllm_local.selection.prompttokens import Count
 
 VLLM_MAX_SEQS = 256  # vLLM's default max_num_seqs: sequences decoded per engine step
 
@@ -39,7 +41,7 @@ class Stage:
     gpu_measured: bool = False  # gpu_seconds scaled from --gpu-rates, not the datasheet
 
 
-def prompt_k(cfg: Any, n: int, budget: int) -> int:
+def prompt_k(cfg: ExperimentConfig, n: int, budget: int) -> int:
     """Candidates per prompt of a cell's plan: [plan] n_clusters, else the pipeline's rule."""
     from selectllm_local.config import PlanConfig
     from selectllm_local.run.pipeline import default_k
@@ -48,7 +50,7 @@ def prompt_k(cfg: Any, n: int, budget: int) -> int:
     return int(plan.n_clusters or default_k(n, budget, max_k=plan.max_k))
 
 
-def counter(tokenizer: str | None) -> Any:
+def counter(tokenizer: str | None) -> Count:
     """The token counter of a tokenizer folder (None: 4 characters per token)."""
     from selectllm_local.selection.prompttokens import token_counter
 
@@ -62,8 +64,8 @@ class Work:
     cfg: ExperimentConfig
     data: ExperimentInputs
     c: Costs
-    base: Any  # rates.ModelSize of the base model
-    count_base: Any  # its token counter
+    base: ModelSize  # of the base model
+    count_base: Count  # its token counter
 
     @property
     def items(self) -> list[PoolItem]:
@@ -84,14 +86,14 @@ def baseline(method: str) -> Baseline | None:
 
 
 def selection_stages(
-    w: Work, selectors: list[str], sel_size: Any, ks: dict[int, int]
+    w: Work, selectors: list[str], sel_size: ModelSize | None, ks: dict[int, int]
 ) -> list[Stage]:
     """One selection per (select method, budget, selection seed)."""
     from selectllm_local.bench.dry import budget_terms, round_one
 
     cfg, c, n = w.cfg, w.c, len(w.items)
     stages: list[Stage] = []
-    counted: dict[int, Any] = {}  # round one's tokens depend on K only
+    counted: dict[int, RoundOne] = {}  # round one's tokens depend on K only
     backend = str(cfg.engine.backend)
     seqs = (cfg.engine.batch_size or 8) if backend == "transformers" else VLLM_MAX_SEQS
     for method in selectors:

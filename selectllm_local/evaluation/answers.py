@@ -119,6 +119,7 @@ def reference_nll(
     merged into the weights as for generation), on the prompt the answers are generated from.
     """
     from selectllm_local.backends import load_backend
+    from selectllm_local.backends.hf_backend import HFBackend
     from selectllm_local.config import EvaluateConfig
     from selectllm_local.evaluation.refnll import reference_nll as score_rows
     from selectllm_local.progress import progress_bar
@@ -131,7 +132,10 @@ def reference_nll(
         max_model_len=config.max_prompt_tokens + config.nll_max_tokens,
     )
     log.info("scoring the reference NLL of %d test rows", len(examples))
-    engine: Any = load_backend("transformers", str(base_model), engine_cfg)
+    engine = load_backend("transformers", str(base_model), engine_cfg)
+    if not isinstance(engine, HFBackend):  # in process: EvaluateConfig refuses Ray settings
+        engine.close()
+        raise TypeError(f"the reference NLL needs the transformers model, got {engine.name}")
     try:
         prompts = fit_prompts(examples, engine.tokenizer, config.max_prompt_tokens)
         with progress_bar("reference NLL", total=len(examples), enabled=progress) as advance:

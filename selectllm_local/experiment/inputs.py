@@ -46,15 +46,34 @@ class ExperimentInputs:
 
         return stable_hash([(t.instruction, t.input, t.reference) for t in self.test_examples])
 
-    def summary(self) -> dict[str, Any]:
-        """What ``experiment.json`` records of the data."""
-        return {
-            "pool_rows": len(self.pool_items),
-            "test_rows": len(self.test_rows),
-            "nll_test_rows": len(self.nll_rows),
-            "test_overlap": self.test_overlap,
-            "test_removed": dict(self.test_removed),
-        }
+    @property
+    def summary(self) -> InputsSummary:
+        """What ``experiment.json`` records of the data (its ``data`` block)."""
+        return InputsSummary(
+            pool_rows=len(self.pool_items),
+            test_rows=len(self.test_rows),
+            nll_test_rows=len(self.nll_rows),
+            test_overlap=self.test_overlap,
+            test_removed=dict(self.test_removed),
+        )
+
+
+@dataclass(frozen=True)
+class InputsSummary:
+    """The ``data`` block of ``experiment.json``: how many rows each part of the data has."""
+
+    pool_rows: int
+    test_rows: int
+    """Test rows answered (Rouge-L, cosine)."""
+    nll_test_rows: int
+    """Test rows whose reference NLL is scored (0: NLL off)."""
+    test_overlap: int
+    """Pool rows removed because they are test examples."""
+    test_removed: dict[str, int]
+    """Those rows by reason (``splits.TestOverlap``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def load_inputs(cfg: ExperimentConfig) -> ExperimentInputs:

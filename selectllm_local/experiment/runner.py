@@ -108,7 +108,7 @@ def _run_experiment(
     from selectllm_local.progress import track
     from selectllm_local.run.rundir import environment
 
-    info = {"config": cfg.to_dict(), "data": data.summary(), "environment": environment()}
+    info = {"config": cfg.to_dict(), "data": data.summary.to_dict(), "environment": environment()}
     write_json(root / "experiment.json", info)
     pool_path = _write_pool(cfg, data)
     _write_test_rows(cfg, data)

@@ -24,6 +24,7 @@ import numpy as np
 
 from selectllm_local.errors import UserError
 from selectllm_local.run.store import atomic_path, read_json, read_jsonl
+from selectllm_local.selection.prompttokens import PromptTokenEstimate
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,8 @@ def _throughput(run: _Run) -> str:
     if "select" in seconds and "engine" in seconds:  # select's time includes the engine's
         seconds["our code in select"] = max(0.0, seconds.pop("select") - seconds["engine"])
     tok, thr = s.get("tokens_this_run") or {}, s.get("throughput") or {}
-    est = ps.get("prompt_tokens_estimate") or {}
+    saved = ps.get("prompt_tokens_estimate")
+    est = PromptTokenEstimate.from_dict(saved) if saved else None
     rows = [
         ("prompt tokens", tok.get("prompt")),
         ("of which served from the prefix cache", tok.get("cached_prompt")),
@@ -346,7 +348,7 @@ def _throughput(run: _Run) -> str:
         ("prompts / s (engine)", thr.get("prompts_per_s")),
         ("prompt tokens / s (engine)", thr.get("prompt_tokens_per_s")),
         ("output tokens / s (engine)", thr.get("output_tokens_per_s")),
-        ("planned prompt tokens (estimate)", est.get("total")),
+        ("planned prompt tokens (estimate)", est.total if est is not None else None),
         ("total seconds", seconds.get("total")),
     ]
     return _section("Tokens, throughput and time per stage", _kv_table(rows),

@@ -37,6 +37,7 @@ from selectllm_local.run.store import (
     write_json,
     write_jsonl,
 )
+from selectllm_local.selection.prompttokens import PromptTokenEstimate
 from selectllm_local.summaries import (
     ClusterSummary,
     EmbeddingSummary,
@@ -63,9 +64,10 @@ class PlanOutcome:
     embeddings: np.ndarray
     embeddings_cached: bool
     plan: Plan
+    prompt_tokens_estimate: PromptTokenEstimate
+    """Round-one prompt tokens (``selection.prompttokens``, the one estimator)."""
     reused: dict[str, bool] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    prompt_tokens_estimate: dict[str, Any] = field(default_factory=dict)
     kmeans_device: str = "cpu"
     """Where k-means trained the centroids ("cpu" or "cuda:N"; "not recorded" for older runs)."""
 
@@ -145,11 +147,11 @@ def _plan_run(cfg: PlanConfig, *, progress: bool) -> PlanOutcome:
         embeddings=emb,
         embeddings_cached=cached,
         plan=plan,
+        prompt_tokens_estimate=estimate_prompt_tokens(plan, items, tokenizer=cfg.tokenizer),
         reused=reused,
         seconds=seconds,
         kmeans_device=kmeans_device,
     )
-    outcome.prompt_tokens_estimate = estimate_prompt_tokens(plan, items, tokenizer=cfg.tokenizer)
     write_json(store.path("config.json"), {"plan": cfg.to_dict(), "environment": environment()})
     write_json(store.path("plan_summary.json"), outcome.summary.to_dict())
     return outcome
@@ -259,7 +261,7 @@ def _subset_stage(
 
 def estimate_prompt_tokens(
     plan: Plan, items: list[PoolItem], *, tokenizer: str | None = None
-) -> dict[str, Any]:
+) -> PromptTokenEstimate:
     """Prompt tokens the selection will read in round one (``prompttokens``, the one estimator)."""
     from selectllm_local.selection.prompttokens import estimate_prompt_tokens as estimate
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from selectllm_local.errors import UserError
@@ -97,23 +97,49 @@ def count_prompts(
     return PromptTokens(per_prompt, shared or 0, method)
 
 
+@dataclass(frozen=True)
+class PromptTokenEstimate:
+    """Round-one prompts that need an LLM call and their tokens: ``plan_summary.json``'s
+    ``prompt_tokens_estimate`` (``to_dict`` writes it; ``from_dict`` reads a saved one back)."""
+
+    method: str
+    """How the tokens were counted: ``tokenizer FOLDER`` or the heuristic (``token_counter``)."""
+    prompts: int
+    total: int
+    mean_per_prompt: float
+    max_per_prompt: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PromptTokenEstimate:
+        return cls(
+            method=str(d["method"]),
+            prompts=int(d["prompts"]),
+            total=int(d["total"]),
+            mean_per_prompt=float(d["mean_per_prompt"]),
+            max_per_prompt=int(d["max_per_prompt"]),
+        )
+
+
 def estimate_prompt_tokens(
     subsets: Sequence[Subset],
     items: Sequence[PoolItem],
     *,
     tokenizer: str | None = None,
     max_candidate_tokens: int = DEFAULT_MAX_CANDIDATE_TOKENS,
-) -> dict[str, Any]:
+) -> PromptTokenEstimate:
     """The plan summary's estimate: round-one prompts that need an LLM call, and their tokens."""
     calls = [s for s in subsets if s.k < len(s.candidates)]
     counted = count_prompts(
         calls, items, tokenizer=tokenizer, max_candidate_tokens=max_candidate_tokens
     )
     per = counted.per_prompt
-    return {
-        "method": counted.method,
-        "prompts": len(per),
-        "total": int(sum(per)),
-        "mean_per_prompt": float(sum(per) / len(per)) if per else 0.0,
-        "max_per_prompt": int(max(per)) if per else 0,
-    }
+    return PromptTokenEstimate(
+        method=counted.method,
+        prompts=len(per),
+        total=int(sum(per)),
+        mean_per_prompt=float(sum(per) / len(per)) if per else 0.0,
+        max_per_prompt=int(max(per)) if per else 0,
+    )

@@ -36,9 +36,9 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from selectllm_local.backends.base import Backend, TokenizedPrompt
+from selectllm_local.backends.base import Backend, Constraint, TokenizedPrompt
 from selectllm_local.config import SelectorConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset, SubsetResult
@@ -128,7 +128,7 @@ class _Round:
         idx = [i for s in subsets for i in s.candidates]
         self.builder.prepare(idx, self.cfg.max_candidate_tokens)
 
-    def constraint(self, subset: Subset) -> Any:
+    def constraint(self, subset: Subset) -> Constraint | None:
         """The ids grammar of a subset's shape, built once per (n, k) and run (None: none)."""
         if not self.cfg.constrained or self.cfg.mode == "logprobs":
             return None
@@ -168,7 +168,7 @@ class _Round:
 
 
 @functools.lru_cache(maxsize=256)
-def _id_constraint(n: int, k: int, reasons: bool) -> Any:
+def _id_constraint(n: int, k: int, reasons: bool) -> Constraint | None:
     return grammar.id_constraint(n, k, reasons=reasons)
 
 

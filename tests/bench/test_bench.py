@@ -192,3 +192,25 @@ def test_bench_cli_dry_run(tmp_path: Path) -> None:
     assert est["prompts"] == 3 and est["peak_flops"] == 312e12
     res = CliRunner().invoke(app, ["bench", "--dry-run", "--pool", str(pool), "--gpu", "voodoo2"])
     assert res.exit_code == 2 and "voodoo2" in res.output
+
+
+def test_plan_only_plans_the_stages_folder(tmp_path: Path) -> None:
+    """``bench --plan-only --stages-dir``: the ``select`` of ``--stages`` planned there (pool,
+    embeddings, clusters, subsets) with the benchmark's shape, and no model loaded."""
+    from typer.testing import CliRunner
+
+    from selectllm_local.cli import app
+    from tests.helpers import EXAMPLE_POOL
+
+    stages = tmp_path / "stages"
+    args = ["bench", "--pool", str(EXAMPLE_POOL), "--preset", "tiny", "--plan-only",
+            "--stages-dir", str(stages), "--json"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{") :]) == {"planned": str(stages)}
+    cfg = benchconfig.config_from_preset("tiny", pool=EXAMPLE_POOL)
+    plan = json.loads((stages / "plan_summary.json").read_text("utf-8"))
+    assert plan["budget"] == cfg.subsets * cfg.picks and plan["clusters"]["k"] == cfg.candidates
+    assert plan["pool"]["kept"] == cfg.subsets * cfg.candidates
+    assert plan["prompt_tokens_estimate"]["prompts"] == plan["subsets"]["count"] > 0
+    assert not (stages / "responses.jsonl").exists()  # planned, not selected

@@ -310,4 +310,8 @@ def test_experiment_config_uses_the_normalised_match(tmp_path: Path) -> None:
     assert (
         _write_pool(cfg, data) == written and written.stat().st_mtime_ns == mtime
     )  # not rewritten
-    assert data.summary()["test_removed"] == data.test_removed  # saved in experiment.json
+    assert data.summary.test_removed == data.test_removed  # saved in experiment.json
+    assert data.summary.to_dict() == {  # experiment.json's data block keeps its keys
+        "pool_rows": 40, "test_rows": len(data.test_rows), "nll_test_rows": len(data.nll_rows),
+        "test_overlap": 1, "test_removed": data.test_removed,
+    }  # fmt: skip

@@ -25,6 +25,8 @@ SECTIONS = (
     "Answers: retries and fallbacks",
     "Tokens, throughput and time per stage",
 )
+PLANNED = "planned prompt tokens (estimate)"
+OLD_RUN = Path(__file__).parents[1] / "data" / "old_format_run" / "run"
 IMG = re.compile(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'")
 
 
@@ -69,15 +71,30 @@ def test_report_of_a_plan_only_run(tmp_path: Path) -> None:
     from selectllm_local.config import PlanConfig
     from selectllm_local.run.pipeline import plan_run
 
-    plan_run(
+    planned = plan_run(
         PlanConfig(pool=_small_pool(tmp_path, 60), budget=6, n_clusters=4, run_dir=tmp_path / "p"),
         progress=False,
     )
     out = render_report(tmp_path / "p", tmp_path / "elsewhere" / "r.html")
     html = out.read_text("utf-8")
+    total = planned.prompt_tokens_estimate.total
+    assert total > 0 and f"<th>{PLANNED}</th><td class='n'>{total}</td>" in html
     assert "No selection in this run directory yet" in html
     assert "Cluster sizes and picks per cluster" in html and "Categories" in html
     assert "Position of the pick" not in html  # nothing was picked
+
+
+def test_report_of_an_old_run_directory(tmp_path: Path) -> None:
+    """A run directory written by an older version (``tests/data/old_format_run``) renders from
+    its files alone, the planned prompt tokens read from its ``plan_summary.json``."""
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    saved = json.loads((OLD_RUN / "plan_summary.json").read_text("utf-8"))
+    html = render_report(run).read_text("utf-8")
+    for title in SECTIONS:
+        assert title in html, title
+    total = saved["prompt_tokens_estimate"]["total"]
+    assert f"<th>{PLANNED}</th><td class='n'>{total}</td>" in html
 
 
 def test_report_refuses_a_non_run_directory(tmp_path: Path) -> None:

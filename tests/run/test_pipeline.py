@@ -17,6 +17,7 @@ import pytest
 from selectllm_local.config import EngineConfig, PlanConfig, SelectConfig
 from selectllm_local.errors import UserError
 from selectllm_local.run.pipeline import plan_run, select_run
+from selectllm_local.selection.prompttokens import PromptTokenEstimate
 from tests.helpers import EXAMPLE_POOL
 
 
@@ -49,13 +50,20 @@ def test_plan_reuses_finished_stages(tmp_path: Path) -> None:
     assert len(changed.items) == len(first.items) + 1
     est = changed.prompt_tokens_estimate  # the one estimator: the rendered prompts, counted
     calls = [s for s in changed.plan.subsets if s.k < len(s.candidates)]
-    assert est["prompts"] == len(calls) and est["method"].startswith("heuristic")
-    assert est["max_per_prompt"] <= est["total"] and est["mean_per_prompt"] * len(
-        calls
-    ) == pytest.approx(est["total"])
+    assert est.prompts == len(calls) and est.method.startswith("heuristic")
+    assert est.max_per_prompt <= est.total
+    assert est.mean_per_prompt * len(calls) == pytest.approx(est.total)
     summary = json.loads((run / "plan_summary.json").read_text("utf-8"))
     assert summary["budget"] == 8 and summary["clusters"]["k"] == 5
     assert summary["pool"]["kept"] == len(first.items) + 1
+    assert summary["prompt_tokens_estimate"] == {  # the file keeps its keys, in this order
+        "method": est.method, "prompts": est.prompts, "total": est.total,
+        "mean_per_prompt": est.mean_per_prompt, "max_per_prompt": est.max_per_prompt,
+    }  # fmt: skip
+    assert list(summary["prompt_tokens_estimate"]) == [
+        "method", "prompts", "total", "mean_per_prompt", "max_per_prompt"
+    ]  # fmt: skip
+    assert PromptTokenEstimate.from_dict(summary["prompt_tokens_estimate"]) == est
     assert summary["clusters"]["kmeans_device"] == first.kmeans_device == "cpu"  # faiss-cpu
 
 
