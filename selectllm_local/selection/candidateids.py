@@ -27,6 +27,8 @@ log = logging.getLogger("selectllm_local.selection.promptids")
 _SLACK = 8
 # Derived counts and ids of cut candidates compared with the tokenizer's at the start of a run.
 DERIVE_CHECKS = 16
+# Units read from the store compared with the tokenizer's, per budget, at the start of a run.
+STORE_CHECKS = 16
 
 
 def _boundary(text: str, b: int) -> bool:
@@ -59,6 +61,7 @@ class CandidateTokens:
             (tokenizer, store_root) if store_root is not None else None
         )
         self.store: tokencache.UnitStore | None = None
+        self._store_checks: dict[int, int] = {}  # budget -> stored units still to check
         self._keys: dict[int, str] = {}  # pool index -> the store's key of its text
         self._full: dict[int, str] = {}  # pool index -> defused candidate text
         self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
@@ -140,7 +143,17 @@ class CandidateTokens:
 
     def prepare(self, indices: Sequence[int], budget: int, suffix: str = "\n") -> None:
         """Tokenize and cut the candidates of many prompts at once: each tokenizer call covers
-        the whole round (batched and multi-threaded in Rust), none is made per prompt."""
+        the whole round (batched and multi-threaded in Rust), none is made per prompt. The
+        units made so far go to the store (``flush_store``): once per round."""
+        self._prepare(indices, budget, suffix)
+        self.flush_store()
+
+    def flush_store(self) -> None:
+        """Write the units made since the last write to the store (one write per budget)."""
+        if self.store is not None:
+            self.store.flush()
+
+    def _prepare(self, indices: Sequence[int], budget: int, suffix: str) -> None:
         if not self.enabled:
             return
         stored = suffix == "\n" and self._from_store(indices, budget)
@@ -212,10 +225,36 @@ class CandidateTokens:
             return False
         wanted = {i: self._key(i) for i in dict.fromkeys(indices) if (i, budget) not in self._units}
         found = self.store.read_units(budget, {k: self._text(i) for i, k in wanted.items()})
+        if not self._check_stored(found, budget):
+            return False
         for idx, key in wanted.items():
             if key in found:
                 self._units[(idx, budget)] = found[key]
         return True
+
+    def _check_stored(self, found: dict[str, tuple[str, bool, list[int]]], budget: int) -> bool:
+        """Whether the first ``STORE_CHECKS`` stored units of ``budget`` read in this run equal
+        the tokenizer's (one batched call); if not, the store's entry is deleted and the run
+        uses no store (a stale or damaged store must not reach a prompt)."""
+        left = self._store_checks.get(budget, STORE_CHECKS)
+        check = list(found)[:left]
+        if not check:
+            return True
+        assert self.store is not None
+        self._store_checks[budget] = left - len(check)
+        real = self._encode([found[k][0] + "\n" for k in check])
+        if all(found[k][2] == ids for k, ids in zip(check, real, strict=True)):
+            return True
+        self.store.invalidate({budget}, f"a unit of budget {budget} differs from the tokenizer's")
+        self.store = None
+        return False
+
+    def drop_store(self, why: str) -> None:
+        """Delete what this run read from the store (its units proved wrong: ``why``) and use
+        no store for the rest of the run."""
+        if self.store is not None and self.store.hits:
+            self.store.invalidate(self.store.hit_budgets, why)
+            self.store = None
 
     def _to_store(self, fresh: list[int], budget: int) -> None:
         assert self.store is not None
@@ -226,7 +265,7 @@ class CandidateTokens:
     ) -> list[tuple[str, bool, list[int]]]:
         """(cut text, truncated, ids of cut text + suffix) per candidate, as ``render_messages``
         would cut it (``truncate_to_tokens`` with the same counts)."""
-        self.prepare(indices, budget, suffix)
+        self._prepare(indices, budget, suffix)  # the store is written at the next round
         return [self._units[(idx, budget)] for idx in indices]
 
     def _truncate(

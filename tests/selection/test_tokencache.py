@@ -116,10 +116,10 @@ def test_a_damaged_store_is_a_miss_and_is_written_again(
     index = folder / "b64.json"
     (npy,) = folder.glob("b64-*.npy")
     npy.write_bytes(npy.read_bytes()[:100])  # a torn array
-    with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.promptids"):
+    with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.tokencache"):
         again = _builder(rows, tok, "ids", tmp_path)
         second = _prompts(again, plan, 64, "ids")
-    assert "damaged candidate token store" in caplog.text
+    assert "ignoring the candidate token store's b64 entry" in caplog.text
     assert again.store is not None and again.store.hits == 0
     assert [p.token_ids for p in first] == [p.token_ids for p in second]
     name = json.loads(index.read_text("utf-8"))["data"]
