@@ -1,30 +1,26 @@
 """Candidate units kept across runs: a second ``select`` on the same pool tokenizes nothing again.
 
-An experiment runs several selections on one pool (other budgets, modes, seeds), and every one of
-them cut and tokenized the same candidates (``candidateids.CandidateTokens``): on a CPU that was
-most of our time per prompt. A unit (a candidate's defused text cut to a token budget, plus the
-newline after it, as token ids) depends only on the tokenizer, the budget and the text, so it is
-stored under the user cache (``$SELECTLLM_TOKEN_CACHE``, default
-``~/.cache/selectllm-local/tokens``; ``off`` turns the store off):
+An experiment runs several selections on one pool, each cutting and tokenizing the same candidates
+(``candidateids.CandidateTokens``): on a CPU most of our time per prompt. A unit (a candidate's
+defused text cut to a token budget, plus the newline after it, as token ids) depends only on the
+tokenizer, the budget and the text, so it is stored under ``$SELECTLLM_TOKEN_CACHE`` (default
+``~/.cache/selectllm-local/tokens``; ``off``: no store):
 
 * one folder per **fingerprint**: the tokenizer's content (the SHA-256 of its ``tokenizer.json``
   where it was loaded from a folder, else its serialization), its added tokens and pre-tokenizer,
   the special tokens defused in candidate texts, the truncation mark, the unit suffix, the code of
   the modules that render and cut candidates, the ``tokenizers`` and ``transformers`` versions and
   ``UNIT_VERSION``; folders of other fingerprints not used for ``STALE_DAYS`` are removed;
-* per token budget, ``b<budget>.json`` (the row text hashes and a BLAKE2b of the array) and the
-  ``b<budget>-<12 hex>.npy`` it names (each row's offset, length and cut length, then every
-  unit's ids). The array is written first under a fresh name, the index last and atomically, so
-  a reader sees a complete pair or the previous one.
+* per token budget, ``b<budget>.json`` (the row text hashes, a BLAKE2b of the array) and the
+  ``b<budget>-<12 hex>.npy`` it names (each row's offset, length and cut length, then the ids),
+  the array written first, the index last and atomically: a reader sees one complete pair.
 
-The store is a cache: anything wrong with it (unreadable, damaged, written by other code, a file
-name it would not write) is a miss, logged once, never an error, and it never deletes a file whose
-name it would not have written. New units are kept in memory and written once per round
-(``flush``); a writer merges the pair another run wrote meanwhile, so concurrent selections on one
-pool lose no units. Stored units are checked too: the first ``candidateids.STORE_CHECKS`` hits per
-budget of a run are compared with a fresh tokenization (one batched call), and the prompt builder
-checks the first prompt of every shape, and every ``VERIFY_EVERY``-th, against a whole-prompt
-tokenization; a mismatch deletes what was read and stops the store for the run.
+A cache: anything wrong with it (unreadable, damaged, a file name it would not write) is a miss,
+logged once, never an error; it deletes no file whose name it would not write. New units are
+written once per round (``flush``), merged with the pair another run wrote meanwhile. The first
+``candidateids.STORE_CHECKS`` hits per budget of a run are compared with a fresh tokenization, and
+the prompt builder checks the first prompt of every shape (and every ``VERIFY_EVERY``-th) against a
+whole-prompt tokenization; a mismatch deletes what was read and stops the store for the run.
 """
 
 from __future__ import annotations
@@ -87,13 +83,8 @@ def _code_digest(name: str) -> bytes | None:
     compiled file, which changes with the code too; None where neither can be read."""
     path = Path(__file__).parent / name
     module = sys.modules.get(f"{__package__}.{path.stem}")
-    spec = getattr(module, "__spec__", None)
-    for candidate in (
-        path,
-        path.with_suffix(".pyc"),
-        getattr(spec, "origin", None),
-        getattr(module, "__cached__", None),
-    ):
+    origin = getattr(getattr(module, "__spec__", None), "origin", None)
+    for candidate in (path, path.with_suffix(".pyc"), origin, getattr(module, "__cached__", None)):
         try:
             if candidate:
                 return hashlib.sha256(Path(candidate).read_bytes()).digest()
@@ -104,18 +95,9 @@ def _code_digest(name: str) -> bytes | None:
 
 def _versions() -> list[str | None]:
     """The versions of the libraries that tokenize (an upgrade may change their ids)."""
-    out: list[str | None] = []
-    for lib in ("tokenizers", "transformers"):
-        version = getattr(sys.modules.get(lib), "__version__", None)
-        if version is None:
-            try:
-                from importlib.metadata import version as dist_version
-
-                version = dist_version(lib)
-            except Exception:  # noqa: BLE001 - not installed: part of the fingerprint too
-                version = None
-        out.append(version)
-    return out
+    return [
+        getattr(sys.modules.get(m), "__version__", None) for m in ("tokenizers", "transformers")
+    ]
 
 
 def fingerprint(tokenizer: Any, fast: Any, special: Sequence[str], suffix: str) -> str | None:
@@ -272,8 +254,7 @@ class UnitStore:
             if key not in rows:
                 pending.setdefault(key, unit)
 
-    def put(self, budget: int, units: dict[str, tuple[int, list[int]]]) -> None:
-        """``add`` and ``flush`` at once."""
+    def put(self, budget: int, units: dict[str, tuple[int, list[int]]]) -> None:  # add, flush
         self.add(budget, units)
         self.flush()
 
@@ -324,8 +305,7 @@ class UnitStore:
             self._head[budget] = arr[: 3 * len(keys)].tolist()
             self.writes += 1
             return
-        log.info("candidate token store in %s: b%d not written, other runs keep writing it",
-                 self.folder, budget)  # fmt: skip
+        log.info("b%d of the candidate token store not written: others keep writing", budget)
 
     def _assemble(
         self,
@@ -335,35 +315,28 @@ class UnitStore:
     ) -> tuple[list[str], Any]:
         """(row keys, array) of the units of ``other`` (a pair on disk), the stored ones, and
         ``new``, each key once."""
-        sources = [(self._rows[budget], self._arr[budget])]
+        sources = [(self._rows[budget], self._arr[budget], self._head[budget])]
         if other is not None:
-            sources.insert(0, ({k: j for j, k in enumerate(other[0])}, other[1]))
-        keys: list[str] = []
-        cuts: list[int] = []
-        parts: list[Any] = []
-        seen: set[str] = set()
-        for rows, arr in sources:
+            keys, arr, _name = other
+            head = arr[: 3 * len(keys)].tolist()
+            sources.insert(0, ({k: j for j, k in enumerate(keys)}, arr, head))
+        entries: dict[str, tuple[int, Any]] = {}  # key -> (cut length, ids)
+        for rows, arr, head in sources:
             for key, j in rows.items():
-                if key not in seen:
-                    off, n, cut = (int(v) for v in arr[3 * j : 3 * j + 3])
-                    seen.add(key)
-                    keys.append(key)
-                    cuts.append(cut)
-                    parts.append(arr[off : off + n])
+                if key not in entries:
+                    off, n, cut = head[3 * j : 3 * j + 3]
+                    entries[key] = (cut, arr[off : off + n])
         for key, (cut, ids) in new.items():
-            if key not in seen:
-                seen.add(key)
-                keys.append(key)
-                cuts.append(cut)
-                parts.append(np.asarray(ids, dtype=np.int32))
-        lens = np.array([len(p) for p in parts], dtype=np.int64)
-        head = np.zeros((len(keys), 3), dtype=np.int64)
-        head[:, 0] = 3 * len(keys) + np.cumsum(lens) - lens
-        head[:, 1], head[:, 2] = lens, cuts
-        return keys, np.concatenate([head.reshape(-1), *parts]).astype(np.int32)
+            entries.setdefault(key, (cut, np.asarray(ids, dtype=np.int32)))
+        lens = np.array([len(ids) for _cut, ids in entries.values()], dtype=np.int64)
+        head_out = np.zeros((len(entries), 3), dtype=np.int64)
+        head_out[:, 0] = 3 * len(entries) + np.cumsum(lens) - lens
+        head_out[:, 1], head_out[:, 2] = lens, [cut for cut, _ids in entries.values()]
+        parts = [ids for _cut, ids in entries.values()]
+        return list(entries), np.concatenate([head_out.reshape(-1), *parts]).astype(np.int32)
 
     def _unlink(self, name: str | None) -> None:
-        """Delete an array of the store (best effort)."""
+        """Delete a file of the store (best effort)."""
         try:
             if name is not None:
                 (self.folder / name).unlink(missing_ok=True)
@@ -383,12 +356,8 @@ class UnitStore:
         log.warning("the candidate token store in %s gave wrong units (%s): deleting its entries "
                     "for budgets %s", self.folder, why, sorted(budgets))  # fmt: skip
         for budget in budgets:
-            for name in (self._disk_name(budget), self._name.get(budget)):
+            for name in (self._disk_name(budget), self._name.get(budget), f"b{budget}.json"):
                 self._unlink(name)
-            try:
-                (self.folder / f"b{budget}.json").unlink(missing_ok=True)
-            except Exception as exc:  # noqa: BLE001
-                log.debug("cannot delete the b%d index in %s: %s", budget, self.folder, exc)
             self._rows.pop(budget, None)
         self._write_failed = True
         self._pending.clear()
