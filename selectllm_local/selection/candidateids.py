@@ -19,7 +19,7 @@ from typing import Any
 
 from selectllm_local.records import PoolItem
 from selectllm_local.selection import prompts as prompting
-from selectllm_local.selection import tokencache
+from selectllm_local.selection.storedunits import StoredUnits
 
 log = logging.getLogger("selectllm_local.selection.promptids")
 
@@ -27,8 +27,6 @@ log = logging.getLogger("selectllm_local.selection.promptids")
 _SLACK = 8
 # Derived counts and ids of cut candidates compared with the tokenizer's at the start of a run.
 DERIVE_CHECKS = 16
-# Units read from the store compared with the tokenizer's, per budget, at the start of a run.
-STORE_CHECKS = 16
 
 
 def _boundary(text: str, b: int) -> bool:
@@ -36,7 +34,7 @@ def _boundary(text: str, b: int) -> bool:
     return text[b] == " " and not text[b - 1].isspace() and text[b + 1].isalpha()
 
 
-class CandidateTokens:
+class CandidateTokens(StoredUnits):
     """The candidates of one run as token ids, each tokenized once and cut per budget.
 
     ``fast`` is the backend's Rust tokenizer (``tokenizers.Tokenizer``) or None; ``enabled``
@@ -54,15 +52,10 @@ class CandidateTokens:
         tokenizer: Any = None,
         store_root: Path | None = None,
     ) -> None:
+        super().__init__(tokenizer, store_root)
         self.items, self.special = items, list(special_tokens)
         self._fast: Any = fast
         self.enabled = enabled
-        self._store_args: tuple[Any, Path] | None = (
-            (tokenizer, store_root) if store_root is not None else None
-        )
-        self.store: tokencache.UnitStore | None = None
-        self._store_checks: dict[int, int] = {}  # budget -> stored units still to check
-        self._keys: dict[int, str] = {}  # pool index -> the store's key of its text
         self._full: dict[int, str] = {}  # pool index -> defused candidate text
         self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
         self._raw_ends: dict[int, list[int]] = {}  # the same, each token's end byte (long texts)
@@ -148,11 +141,6 @@ class CandidateTokens:
         self._prepare(indices, budget, suffix)
         self.flush_store()
 
-    def flush_store(self) -> None:
-        """Write the units made since the last write to the store (one write per budget)."""
-        if self.store is not None:
-            self.store.flush()
-
     def _prepare(self, indices: Sequence[int], budget: int, suffix: str) -> None:
         if not self.enabled:
             return
@@ -207,58 +195,6 @@ class CandidateTokens:
             self._units[(idx, budget)] = (text, cut, unit)
         if stored and fresh and self.store is not None:
             self._to_store(fresh, budget)
-
-    # -- the store of units across runs (``tokencache``) --------------------------------------
-    def _key(self, idx: int) -> str:
-        key = self._keys.get(idx)
-        if key is None:
-            key = self._keys[idx] = tokencache.text_key(self._text(idx))
-        return key
-
-    def _from_store(self, indices: Sequence[int], budget: int) -> bool:
-        """Fill the units of ``indices`` found in the store; whether a store is open."""
-        if self._store_args is not None:
-            tokenizer, root = self._store_args
-            self._store_args = None
-            self.store = tokencache.open_store(tokenizer, self._fast, self.special, "\n", root)
-        if self.store is None:
-            return False
-        wanted = {i: self._key(i) for i in dict.fromkeys(indices) if (i, budget) not in self._units}
-        found = self.store.read_units(budget, {k: self._text(i) for i, k in wanted.items()})
-        if not self._check_stored(found, budget):
-            return False
-        for idx, key in wanted.items():
-            if key in found:
-                self._units[(idx, budget)] = found[key]
-        return True
-
-    def _check_stored(self, found: dict[str, tuple[str, bool, list[int]]], budget: int) -> bool:
-        """Whether the first ``STORE_CHECKS`` stored units of ``budget`` read in this run equal
-        the tokenizer's (one batched call); if not, the store's entry is deleted and the run
-        uses no store (a stale or damaged store must not reach a prompt)."""
-        left = self._store_checks.get(budget, STORE_CHECKS)
-        check = list(found)[:left]
-        if not check:
-            return True
-        assert self.store is not None
-        self._store_checks[budget] = left - len(check)
-        real = self._encode([found[k][0] + "\n" for k in check])
-        if all(found[k][2] == ids for k, ids in zip(check, real, strict=True)):
-            return True
-        self.store.invalidate({budget}, f"a unit of budget {budget} differs from the tokenizer's")
-        self.store = None
-        return False
-
-    def drop_store(self, why: str) -> None:
-        """Delete what this run read from the store (its units proved wrong: ``why``) and use
-        no store for the rest of the run."""
-        if self.store is not None and self.store.hits:
-            self.store.invalidate(self.store.hit_budgets, why)
-            self.store = None
-
-    def _to_store(self, fresh: list[int], budget: int) -> None:
-        assert self.store is not None
-        self.store.write_units(budget, {self._key(i): self._units[(i, budget)] for i in fresh})
 
     def _unit_batch(
         self, indices: Sequence[int], budget: int, suffix: str

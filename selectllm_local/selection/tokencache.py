@@ -18,7 +18,7 @@ tokenizer, the budget and the text, so it is stored under ``$SELECTLLM_TOKEN_CAC
 A cache: anything wrong with it (unreadable, damaged, a file name it would not write) is a miss,
 logged once, never an error; it deletes no file whose name it would not write. New units are
 written once per round (``flush``), merged with the pair another run wrote meanwhile. The first
-``candidateids.STORE_CHECKS`` hits per budget of a run are compared with a fresh tokenization, and
+``storedunits.STORE_CHECKS`` hits per budget of a run are compared with a fresh tokenization, and
 the prompt builder checks the first prompt of every shape (and every ``VERIFY_EVERY``-th) against a
 whole-prompt tokenization; a mismatch deletes what was read and stops the store for the run.
 """

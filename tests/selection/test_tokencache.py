@@ -205,10 +205,10 @@ def test_an_index_naming_no_array_of_the_store_is_a_miss_and_deletes_nothing(
     with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.tokencache"):
         again = _builder(rows, tok, "ids", root)
         second = _prompts(again, PLAN, BUDGET, "ids")
-    assert "ignoring the candidate token store" in caplog.text
     assert again.store is not None and again.store.hits == 0
     assert [p.token_ids for p in first] == [p.token_ids for p in second]
     assert victim.is_file() and (folder / "x.npz").is_file()
+    assert "ignoring the candidate token store" in caplog.text
     written = _index(folder)["data"]  # written again, under a name of its own
     assert tokencache.data_name(BUDGET, written) and (folder / written).is_file()
     third = _builder(rows, tok, "ids", root)
@@ -273,13 +273,13 @@ def test_a_stored_unit_that_differs_from_the_tokenizer_never_reaches_a_prompt(
     caught_by: str, pools: dict[str, list[Any]], tokenizers: dict[str, Any], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    from selectllm_local.selection import candidateids
+    from selectllm_local.selection import storedunits
 
     rows, tok = pools["dolly-9000"], tokenizers["smollm2"]
     first, folder = _fill(rows, tok, tmp_path)
     _swap_first_unit(folder, digest=caught_by != "checksum")
     if caught_by == "whole-prompt check":  # no stored unit checked: the prompt check must see it
-        monkeypatch.setattr(candidateids, "STORE_CHECKS", 0)
+        monkeypatch.setattr(storedunits, "STORE_CHECKS", 0)
     with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.tokencache"):
         again = _builder(rows, tok, "ids", tmp_path)
         again.prepare([i for s in PLAN.subsets for i in s.candidates], BUDGET)
