@@ -19,7 +19,7 @@ from typing import Any
 
 from selectllm_local.records import PoolItem
 from selectllm_local.selection import prompts as prompting
-from selectllm_local.selection import tokencache
+from selectllm_local.selection.storedunits import StoredUnits
 
 log = logging.getLogger("selectllm_local.selection.promptids")
 
@@ -34,7 +34,7 @@ def _boundary(text: str, b: int) -> bool:
     return text[b] == " " and not text[b - 1].isspace() and text[b + 1].isalpha()
 
 
-class CandidateTokens:
+class CandidateTokens(StoredUnits):
     """The candidates of one run as token ids, each tokenized once and cut per budget.
 
     ``fast`` is the backend's Rust tokenizer (``tokenizers.Tokenizer``) or None; ``enabled``
@@ -52,14 +52,10 @@ class CandidateTokens:
         tokenizer: Any = None,
         store_root: Path | None = None,
     ) -> None:
+        super().__init__(tokenizer, store_root)
         self.items, self.special = items, list(special_tokens)
         self._fast: Any = fast
         self.enabled = enabled
-        self._store_args: tuple[Any, Path] | None = (
-            (tokenizer, store_root) if store_root is not None else None
-        )
-        self.store: tokencache.UnitStore | None = None
-        self._keys: dict[int, str] = {}  # pool index -> the store's key of its text
         self._full: dict[int, str] = {}  # pool index -> defused candidate text
         self._raw_ids: dict[int, list[int]] = {}  # pool index -> ids of text + suffix
         self._raw_ends: dict[int, list[int]] = {}  # the same, each token's end byte (long texts)
@@ -140,7 +136,12 @@ class CandidateTokens:
 
     def prepare(self, indices: Sequence[int], budget: int, suffix: str = "\n") -> None:
         """Tokenize and cut the candidates of many prompts at once: each tokenizer call covers
-        the whole round (batched and multi-threaded in Rust), none is made per prompt."""
+        the whole round (batched and multi-threaded in Rust), none is made per prompt. The
+        units made so far go to the store (``flush_store``): once per round."""
+        self._prepare(indices, budget, suffix)
+        self.flush_store()
+
+    def _prepare(self, indices: Sequence[int], budget: int, suffix: str) -> None:
         if not self.enabled:
             return
         stored = suffix == "\n" and self._from_store(indices, budget)
@@ -195,38 +196,12 @@ class CandidateTokens:
         if stored and fresh and self.store is not None:
             self._to_store(fresh, budget)
 
-    # -- the store of units across runs (``tokencache``) --------------------------------------
-    def _key(self, idx: int) -> str:
-        key = self._keys.get(idx)
-        if key is None:
-            key = self._keys[idx] = tokencache.text_key(self._text(idx))
-        return key
-
-    def _from_store(self, indices: Sequence[int], budget: int) -> bool:
-        """Fill the units of ``indices`` found in the store; whether a store is open."""
-        if self._store_args is not None:
-            tokenizer, root = self._store_args
-            self._store_args = None
-            self.store = tokencache.open_store(tokenizer, self._fast, self.special, "\n", root)
-        if self.store is None:
-            return False
-        wanted = {i: self._key(i) for i in dict.fromkeys(indices) if (i, budget) not in self._units}
-        found = self.store.read_units(budget, {k: self._text(i) for i, k in wanted.items()})
-        for idx, key in wanted.items():
-            if key in found:
-                self._units[(idx, budget)] = found[key]
-        return True
-
-    def _to_store(self, fresh: list[int], budget: int) -> None:
-        assert self.store is not None
-        self.store.write_units(budget, {self._key(i): self._units[(i, budget)] for i in fresh})
-
     def _unit_batch(
         self, indices: Sequence[int], budget: int, suffix: str
     ) -> list[tuple[str, bool, list[int]]]:
         """(cut text, truncated, ids of cut text + suffix) per candidate, as ``render_messages``
         would cut it (``truncate_to_tokens`` with the same counts)."""
-        self.prepare(indices, budget, suffix)
+        self._prepare(indices, budget, suffix)  # the store is written at the next round
         return [self._units[(idx, budget)] for idx in indices]
 
     def _truncate(

@@ -176,6 +176,7 @@ class PromptBuilder(CandidateTokens):
                     subset.id,
                 )
                 self.enabled = False
+                self.drop_store(f"the prompt of subset {subset.id} differs")
                 return plain
         return prompt
 

@@ -220,6 +220,7 @@ def select(
             rounds = max(plan.rounds_expected, rnd)
             with status(f"selection round {rnd} of {rounds}", enabled=progress):
                 run(pending, ctx, emit, progress)
+            ctx.builder.flush_store()  # units cut further to fit, once per round
         winners = [p for s in round_subsets for p in results[(s.round, s.id)].picks]
         if len(winners) == plan.budget:
             break

@@ -116,10 +116,10 @@ def test_a_damaged_store_is_a_miss_and_is_written_again(
     index = folder / "b64.json"
     (npy,) = folder.glob("b64-*.npy")
     npy.write_bytes(npy.read_bytes()[:100])  # a torn array
-    with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.promptids"):
+    with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.tokencache"):
         again = _builder(rows, tok, "ids", tmp_path)
         second = _prompts(again, plan, 64, "ids")
-    assert "damaged candidate token store" in caplog.text
+    assert "ignoring the candidate token store's b64 entry" in caplog.text
     assert again.store is not None and again.store.hits == 0
     assert [p.token_ids for p in first] == [p.token_ids for p in second]
     name = json.loads(index.read_text("utf-8"))["data"]
@@ -170,3 +170,279 @@ def test_an_edit_to_the_cutting_code_makes_a_new_store(
     with open(code / "prompts.py", "a", encoding="utf-8") as fh:
         fh.write("\n# a changed cut\n")
     assert tokencache.fingerprint(tok, tok.backend_tokenizer, [], "\n") != base
+
+
+# -- a cache, never an error: damage, denied access, stale units, concurrent writers ------------
+PLAN, BUDGET = bench.strided_plan(10, 12, 1), 64
+
+
+def _fill(rows: list[Any], tok: Any, root: Path) -> tuple[list[Any], Path]:
+    """The prompts of a first run, which fills the store under ``root``, and its folder."""
+    first = _prompts(_builder(rows, tok, "ids", root), PLAN, BUDGET, "ids")
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    return first, folder
+
+
+def _index(folder: Path) -> dict[str, Any]:
+    return dict(json.loads((folder / f"b{BUDGET}.json").read_text("utf-8")))
+
+
+@pytest.mark.parametrize("name", [5, "../victim.npy", "b64.json", "x.npz"])
+def test_an_index_naming_no_array_of_the_store_is_a_miss_and_deletes_nothing(
+    name: Any, pools: dict[str, list[Any]], tokenizers: dict[str, Any], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    import numpy as np
+
+    rows, tok = pools["example"], tokenizers["smollm2"]
+    root = tmp_path / "store"
+    first, folder = _fill(rows, tok, root)
+    meta = _index(folder)
+    victim = root / "victim.npy"  # outside the store's folder, a real array
+    np.save(victim, np.load(folder / meta["data"]))
+    np.savez(folder / "x.npz", a=np.zeros(3, dtype=np.int32))
+    (folder / f"b{BUDGET}.json").write_text(json.dumps({**meta, "data": name}), "utf-8")
+    with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.tokencache"):
+        again = _builder(rows, tok, "ids", root)
+        second = _prompts(again, PLAN, BUDGET, "ids")
+    assert again.store is not None and again.store.hits == 0
+    assert [p.token_ids for p in first] == [p.token_ids for p in second]
+    assert victim.is_file() and (folder / "x.npz").is_file()
+    assert "ignoring the candidate token store" in caplog.text
+    written = _index(folder)["data"]  # written again, under a name of its own
+    assert tokencache.data_name(BUDGET, written) and (folder / written).is_file()
+    third = _builder(rows, tok, "ids", root)
+    _prompts(third, PLAN, BUDGET, "ids")
+    assert third.store is not None and third.store.hits > 0 and third.store.misses == 0
+
+
+def test_a_store_the_user_cannot_read_or_write_is_a_miss(
+    pools: dict[str, list[Any]], tokenizers: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """EACCES on every file of the store (a folder made by another user): the run builds the
+    same prompts from the tokenizer and logs it once."""
+    import builtins
+    import errno
+    import os
+
+    rows, tok = pools["example"], tokenizers["dolly-bpe"]
+    root = tmp_path / "store"
+    first, _folder = _fill(rows, tok, root)
+
+    def denied(real: Any) -> Any:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path).startswith(str(root)):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    for mod, name in [(os, "stat"), (os, "open"), (os, "mkdir"), (builtins, "open")]:
+        monkeypatch.setattr(mod, name, denied(getattr(mod, name)))
+    with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.tokencache"):
+        again = _builder(rows, tok, "ids", root)
+        second = _prompts(again, PLAN, BUDGET, "ids")
+        _prompts(again, PLAN, BUDGET // 2, "ids")  # another budget: no second warning
+    assert [p.token_ids for p in first] == [p.token_ids for p in second]
+    assert again.store is not None and again.store.hits == 0 and again.store.writes == 0
+    assert caplog.text.count("ignoring the candidate token store") == 1
+    assert caplog.text.count("cannot write the candidate token store") == 1
+
+
+def _swap_first_unit(folder: Path, digest: bool) -> None:
+    """Swap two ids of the first stored unit (a stale store); ``digest``: and record the
+    array's new checksum, as a store written by other code would."""
+    import hashlib
+
+    import numpy as np
+
+    meta = _index(folder)
+    arr = np.load(folder / meta["data"])
+    off = int(arr[0])
+    arr[off], arr[off + 1] = arr[off + 1], arr[off]
+    assert arr[off] != arr[off + 1]
+    np.save(folder / meta["data"], arr)
+    if digest:
+        meta["blake2b"] = hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest()
+        (folder / f"b{BUDGET}.json").write_text(json.dumps(meta), "utf-8")
+
+
+@pytest.mark.parametrize("caught_by", ["stored-unit check", "whole-prompt check", "checksum"])
+def test_a_stored_unit_that_differs_from_the_tokenizer_never_reaches_a_prompt(
+    caught_by: str, pools: dict[str, list[Any]], tokenizers: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    from selectllm_local.selection import storedunits
+
+    rows, tok = pools["dolly-9000"], tokenizers["smollm2"]
+    first, folder = _fill(rows, tok, tmp_path)
+    _swap_first_unit(folder, digest=caught_by != "checksum")
+    if caught_by == "whole-prompt check":  # no stored unit checked: the prompt check must see it
+        monkeypatch.setattr(storedunits, "STORE_CHECKS", 0)
+    with caplog.at_level(logging.WARNING, logger="selectllm_local.selection.tokencache"):
+        again = _builder(rows, tok, "ids", tmp_path)
+        again.prepare([i for s in PLAN.subsets for i in s.candidates], BUDGET)
+        if caught_by == "stored-unit check":  # before any prompt is built
+            assert again.store is None and not (folder / f"b{BUDGET}.json").exists()
+            assert "gave wrong units" in caplog.text
+        second = [again.build(s, None, BUDGET) for s in PLAN.subsets]
+    if caught_by == "checksum":
+        assert again.store is not None and again.store.hits == 0
+    else:  # the entry is deleted and the run wrote nothing more
+        assert again.store is None and not list(folder.glob(f"b{BUDGET}*"))
+        assert "gave wrong units" in caplog.text
+    assert [p.token_ids for p in first[1:]] == [p.token_ids for p in second[1:]]
+    if caught_by != "whole-prompt check":  # the first prompt is the one the check rebuilt
+        assert first[0].token_ids == second[0].token_ids
+
+
+def test_two_runs_writing_one_store_at_once_keep_every_unit(
+    pools: dict[str, list[Any]], tokenizers: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """B writes while A is between reading the index and writing its own: A merges B's units."""
+    rows, tok = pools["example"], tokenizers["smollm2"]
+    made = _builder(rows, tok, "ids", None)
+    idx = [i for s in PLAN.subsets for i in s.candidates]
+    made.prepare(idx, BUDGET)
+    mark = len(prompting.TRUNCATION_MARK)
+    units = {
+        made._key(i): (len(t) - mark if cut else -1, ids)
+        for i in idx
+        for t, cut, ids in [made._units[(i, BUDGET)]]
+    }
+    keys = list(units)
+    half_a = {k: units[k] for k in keys[: len(keys) // 2]}
+    half_b = {k: units[k] for k in keys[len(keys) // 2 :]}
+    a, b = tokencache.UnitStore(tmp_path), tokencache.UnitStore(tmp_path)
+    assert a.get(BUDGET, keys[0]) is None and b.get(BUDGET, keys[0]) is None  # both read
+    real = tokencache.save_npy
+    calls = []
+
+    def save(path: Path, arr: Any) -> None:
+        calls.append(path)
+        if len(calls) == 1:  # A's first array: B writes its units right now
+            b.put(BUDGET, half_b)
+        real(path, arr)
+
+    monkeypatch.setattr(tokencache, "save_npy", save)
+    a.put(BUDGET, half_a)
+    fresh = tokencache.UnitStore(tmp_path)
+    assert {k: fresh.get(BUDGET, k) for k in keys} == {k: (c, i) for k, (c, i) in units.items()}
+    assert [p.name for p in tmp_path.glob("*.npy")] == [_index(tmp_path)["data"]]  # no orphan
+
+
+def test_units_are_written_once_per_round_and_a_failed_write_leaves_no_array(
+    pools: dict[str, list[Any]], tokenizers: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    rows, tok = pools["example"], tokenizers["dolly-bpe"]
+    builder = _builder(rows, tok, "ids", tmp_path / "ok")
+    builder.prepare([i for s in PLAN.subsets for i in s.candidates], BUDGET)
+    assert builder.store is not None and builder.store.writes == 1
+    for s in PLAN.subsets:  # prompts cut further to fit, as ``rounds`` does
+        builder.build(s, None, BUDGET // 2)
+        builder.build(s, None, BUDGET // 4)
+    assert builder.store.writes == 1  # kept in memory until the round ends
+    builder.flush_store()
+    assert builder.store.writes == 3  # one array per budget
+    later = _builder(rows, tok, "ids", tmp_path / "ok")
+    later.prepare([i for s in PLAN.subsets for i in s.candidates], BUDGET // 4)
+    assert later.store is not None and later.store.misses == 0 and later.store.hits > 0
+
+    def broken(path: Path) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tokencache, "atomic_path", broken)
+    failing = _builder(rows, tok, "ids", tmp_path / "full")
+    failing.prepare(PLAN.subsets[0].candidates, BUDGET)
+    (folder,) = (tmp_path / "full").iterdir()
+    assert list(folder.iterdir()) == []  # the array written before the index is gone
+    calls = []
+    monkeypatch.setattr(tokencache, "save_npy", lambda *a: calls.append(a))
+    failing.prepare(PLAN.subsets[1].candidates, BUDGET)
+    assert calls == []  # no write after a failed one
+
+
+def test_fingerprint_folders_unused_for_30_days_are_removed(
+    tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    import os
+    import time
+
+    tok = tokenizers["smollm2"]
+    old = time.time() - 31 * 86400
+    folders = {n: tmp_path / (c * 32) for n, c in [("old", "a"), ("recent", "b"), ("mixed", "c")]}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "b64.json").write_text("{}", "utf-8")
+        (folder / "b64-0123456789ab.npy").write_bytes(b"x")
+    (folders["mixed"] / "notes.txt").write_text("the user's", "utf-8")
+    (tmp_path / ("d" * 31)).mkdir()  # not a fingerprint
+    for name in ("old", "mixed"):
+        os.utime(folders[name], (old, old))
+    os.utime(tmp_path / ("d" * 31), (old, old))
+    store = tokencache.open_store(tok, tok.backend_tokenizer, [], "\n", tmp_path)
+    assert store is not None
+    assert not folders["old"].exists() and folders["recent"].is_dir()
+    assert [p.name for p in folders["mixed"].iterdir()] == ["notes.txt"]
+    assert (tmp_path / ("d" * 31)).is_dir()
+
+
+def test_the_fingerprint_follows_the_tokenizer_libraries_and_compiled_code(
+    tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An install without sources fingerprints the compiled modules; a library upgrade is a new
+    store."""
+    import py_compile
+
+    import tokenizers as tokenizers_lib
+
+    tok = tokenizers["smollm2"]
+    base = tokencache.fingerprint(tok, tok.backend_tokenizer, [], "\n")
+    monkeypatch.setattr(tokenizers_lib, "__version__", "0.0.1")
+    assert tokencache.fingerprint(tok, tok.backend_tokenizer, [], "\n") not in (base, None)
+    monkeypatch.undo()
+    code = tmp_path / "selection"
+    code.mkdir()
+    for name in tokencache._CUTTING_CODE:
+        source = Path(tokencache.__file__).parent / name
+        py_compile.compile(str(source), str((code / name).with_suffix(".pyc")), doraise=True)
+    monkeypatch.setattr(tokencache, "__file__", str(code / "tokencache.pyc"))
+    compiled = tokencache.fingerprint(tok, tok.backend_tokenizer, [], "\n")
+    assert compiled is not None
+    with open(code / "prompts.pyc", "ab") as fh:
+        fh.write(b"\0")
+    assert tokencache.fingerprint(tok, tok.backend_tokenizer, [], "\n") not in (compiled, None)
+
+
+@pytest.mark.parametrize("setting", ["off", "on"])
+def test_a_select_with_the_store_off_opens_and_writes_no_store(
+    setting: str, hf_backend: Any, pools: dict[str, list[Any]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from selectllm_local.cluster import subsets
+    from selectllm_local.config import SelectorConfig
+    from selectllm_local.selection.rounds import select
+
+    opened: list[tokencache.UnitStore] = []
+
+    class Spy(tokencache.UnitStore):
+        def __init__(self, folder: Path) -> None:
+            super().__init__(folder)
+            opened.append(self)
+
+    monkeypatch.setattr(tokencache, "UnitStore", Spy)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(tokencache.ENV, "off" if setting == "off" else str(tmp_path / "store"))
+    items = pools["example"][:40]
+    plan = subsets.make_plan([i % 12 for i in range(40)], 7, seed=0)
+    out = select(plan, items, hf_backend, cfg=SelectorConfig(), progress=False)
+    assert len(set(out.selected)) == 7
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    if setting == "off":
+        assert opened == [] and written == []
+    else:
+        assert len(opened) == 1 and opened[0].writes >= 1
+        assert any(p.suffix == ".npy" for p in written)
