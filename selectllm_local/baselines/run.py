@@ -21,7 +21,7 @@ from selectllm_local.baselines.registry import (
     run_baseline,
 )
 from selectllm_local.baselines.request import Scorer
-from selectllm_local.config import EngineConfig, PlanConfig
+from selectllm_local.config import BaselineCommand, EngineConfig, PlanConfig
 from selectllm_local.errors import UserError
 from selectllm_local.records import PoolItem
 from selectllm_local.run.rundir import item_record
@@ -29,6 +29,52 @@ from selectllm_local.summaries import BaselineSummary, IfdSummary
 
 if TYPE_CHECKING:
     from selectllm_local.baselines.ifd import IFDScores
+
+
+def baseline_command(
+    cfg: BaselineCommand, *, progress: bool = True, flags: bool = True
+) -> BaselineOutcome:
+    """``selectllm baseline`` and the API's ``baseline`` in one: what the baseline needs is checked
+    before the pool is embedded or scored (a writable run directory; the scorer model, fetched or
+    converted; for IFD an engine model, named, its backend installed and the model here, except
+    on Ray, whose workers load it), then ``baseline_run``. ``flags``: errors name command-line
+    flags (``--model``), else the API's keyword arguments (``model``)."""
+    from selectllm_local.baselines.registry import baseline_options
+    from selectllm_local.run.preflight import check_writable, resolve_local_model
+
+    def spelled(name: str) -> str:
+        return "--" + name.replace("_", "-") if flags else name
+
+    check_writable(cfg.plan.resolved_run_dir)
+    scorer = cfg.baseline.scorer_model
+    if scorer:
+        scorer = resolve_local_model(scorer, flag=spelled("scorer_model"), offline=cfg.plan.offline)
+    if cfg.name in LIKELIHOOD_METHODS:  # the selection engine scores the pool
+        if not cfg.engine.model:  # (any engine needs a model: checked first)
+            raise _no_engine_model(cfg.name, spelled("model"), spelled("backend"))
+        if not cfg.engine.ray:
+            from selectllm_local.backends import check_backend_installed, resolve_backend_name
+
+            check_backend_installed(resolve_backend_name(cfg.engine.backend))
+            cfg.engine.model = resolve_local_model(
+                cfg.engine.model, flag=spelled("model"), offline=cfg.plan.offline
+            )
+    return baseline_run(
+        cfg.name,
+        cfg.plan,
+        scorer=scorer,
+        engine=cfg.engine,
+        progress=progress,
+        **baseline_options(cfg.baseline, cfg.name),
+    )
+
+
+def _no_engine_model(name: str, model: str = "--model", backend: str = "--backend") -> UserError:
+    return UserError(
+        f"Baseline '{name}' scores the pool with the selection engine's model: give {model} "
+        "(a local model folder, a .gguf file or a known name such as smollm2-135m-instruct) "
+        f"and optionally {backend}."
+    )
 
 
 @dataclass
@@ -168,11 +214,7 @@ def _ifd_scores(
         opts = backend.options
         model, dtype = str(backend.model_path), str(opts.dtype)
     elif engine is None or not engine.model:
-        raise UserError(
-            f"Baseline '{name}' scores the pool with the selection engine's model: give --model "
-            "(a local model folder, a .gguf file or a known name such as smollm2-135m-instruct) "
-            "and optionally --backend."
-        )
+        raise _no_engine_model(name)
     else:
         opts = engine
         model = resolve_model(engine.model, offline=bool(cfg.offline))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from selectllm_local.config.bench import DRY_RUN_READS
+
 if TYPE_CHECKING:
     from selectllm_local.config import BenchCommand
 
@@ -22,8 +24,8 @@ def bench_command(cmd: BenchCommand, *, progress: bool = False) -> tuple[dict[st
 
     if cmd.dry_run:
         # Only what the user gave: the dry run's own defaults are those of a real selection.
-        shared = ("shape", "model", "candidates", "max_candidate_tokens")
-        given = {k: getattr(cmd.bench, k) for k in shared if k in cmd.given}
+        shared = [k for k in DRY_RUN_READS if k != "pool" and k in cmd.given]
+        given = {k: getattr(cmd.bench, k) for k in shared}
         est = dry.dry_run(cmd.bench.pool or "", gpu=cmd.gpu, utilization=cmd.utilization,
                           budget=cmd.budget, **given)  # fmt: skip
         return est, dry.format_dry_run(est)

@@ -59,7 +59,9 @@ def config_from_preset(
 ) -> BenchConfig:
     """Preset ``name`` with ``overrides`` (``None``: not given) on top, ``auto`` resolved.
 
-    ``settings`` are measured settings as objects (scripts); ``setting`` their spellings."""
+    ``settings`` are measured settings as objects (scripts); ``setting`` their spellings. Layered
+    as the command layers them (``config.bench.with_preset``)."""
     if settings is not None:
         overrides["setting"] = [s.spelling for s in settings]
-    return resolve_settings(BenchConfig(**with_preset(name, overrides)))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return resolve_settings(BenchConfig(**with_preset(name, given)))

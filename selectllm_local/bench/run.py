@@ -43,6 +43,7 @@ from selectllm_local.bench.config import (
 )
 from selectllm_local.bench.model import model_shape, prepare_model
 from selectllm_local.bench.peak import Peak, add_utilization
+from selectllm_local.bench.tokenstore import TOKEN_STORE, fresh_token_store
 from selectllm_local.config.vocab import Dtype
 from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset
@@ -240,7 +241,8 @@ def _measure_one(
     log.info("measuring %s", s.label)
     peak.sample()
     row = {"label": s.label, **dataclasses.asdict(s), "startup_seconds": startup}
-    row.update(measure_setting(s, eng, items, cfg, base))
+    with fresh_token_store():  # cold, whatever ran before (``bench.tokenstore``)
+        row.update(measure_setting(s, eng, items, cfg, base))
     mem.read()
     row["peak_rss_bytes"], row["peak_gpu_bytes"] = mem.rss_peak_bytes, mem.gpu_peak_bytes
     return row
@@ -316,7 +318,8 @@ def _measure_engines(
                     if cfg.stages and stages is None:
                         from selectllm_local.bench.stages import select_stages
 
-                        stages = select_stages(cfg, items, eng)
+                        with fresh_token_store():
+                            stages = select_stages(cfg, items, eng)
                 finally:
                     if backend is None:
                         eng.close()
@@ -348,7 +351,7 @@ def run_benchmark(
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": cfg.machine,
-        "environment": bench_environment(cfg.machine),
+        "environment": {**bench_environment(cfg.machine), "token_store": TOKEN_STORE},
         "model": {
             "path": target.model,
             "shape": cfg.shape if not cfg.model and backend is None else None,

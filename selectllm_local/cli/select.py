@@ -30,31 +30,10 @@ def select(cfg: SelectConfig, *, json_out: bool) -> None:
 @command(app, BaselineCommand)
 def baseline(cfg: BaselineCommand, *, json_out: bool) -> None:
     """Select with a baseline at the same budget (written like select's selected.jsonl)."""
-    from selectllm_local.baselines.registry import LIKELIHOOD_METHODS, baseline_options
-    from selectllm_local.baselines.run import baseline_run
+    from selectllm_local.baselines.run import baseline_command
     from selectllm_local.cli import summaries
-    from selectllm_local.run.preflight import check_writable, resolve_local_model
 
-    check_writable(cfg.plan.resolved_run_dir)  # before the pool is embedded or scored
-    scorer = cfg.baseline.scorer_model
-    if scorer:  # fetched (a packaged name) or converted (a .gguf) now, checked to exist
-        scorer = resolve_local_model(scorer, flag="--scorer-model", offline=cfg.plan.offline)
-    if cfg.name in LIKELIHOOD_METHODS and not cfg.engine.ray:  # the engine scores the pool:
-        from selectllm_local.backends import check_backend_installed, resolve_backend_name
-
-        check_backend_installed(resolve_backend_name(cfg.engine.backend))  # checked before
-        if cfg.engine.model:  # the pool is embedded
-            cfg.engine.model = resolve_local_model(
-                cfg.engine.model, flag="--model", offline=cfg.plan.offline
-            )
-    outcome = baseline_run(
-        cfg.name,
-        cfg.plan,
-        scorer=scorer,
-        engine=cfg.engine,
-        progress=show_progress(json_out),
-        **baseline_options(cfg.baseline, cfg.name),
-    )
+    outcome = baseline_command(cfg, progress=show_progress(json_out))
     emit(outcome.summary.to_dict(), json_out, lambda: summaries.baseline_text(outcome))
 
 

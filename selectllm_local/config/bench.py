@@ -206,11 +206,18 @@ def preset_values(name: str) -> dict[str, Any]:
     return dict(PRESETS[name])
 
 
+# What ``bench --dry-run`` reads of the benchmark's settings: the pool, the model and the prompt
+# shape. The others are a measured run's, and a dry run given one refuses it (``BenchCommand``).
+DRY_RUN_READS = ("pool", "shape", "model", "candidates", "max_candidate_tokens")
+
+
 def bench_fields() -> tuple[str, ...]:
     """The names of the benchmark's settings (``BenchConfig``'s fields)."""
     return tuple(f.name for f in dataclasses.fields(BenchConfig))
 
 
-def with_preset(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` over preset ``name``'s settings (a ``None`` value means not given)."""
-    return {**preset_values(name), **{k: v for k, v in values.items() if v is not None}}
+def with_preset(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings ``given`` (a key present: given, by a flag, a config file or a script) over
+    preset ``name``'s: defaults < preset < given. The one layering of the presets
+    (``BenchCommand.layered`` and ``bench.config.config_from_preset`` both call it)."""
+    return {**preset_values(name), **given}

@@ -12,8 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from selectllm_local.config.base import REQUIRED, Section, as_path, setting, to_jsonable
-from selectllm_local.config.bench import BenchConfig, bench_fields, preset_values
+from selectllm_local.config.base import (
+    REQUIRED,
+    Section,
+    as_path,
+    flag_name,
+    setting,
+    to_jsonable,
+)
+from selectllm_local.config.bench import (
+    DRY_RUN_READS,
+    BenchConfig,
+    bench_fields,
+    preset_values,
+    with_preset,
+)
 from selectllm_local.config.sections import EngineConfig, PlanConfig, SelectorConfig
 from selectllm_local.config.training import BaselineConfig, EvaluateConfig, FinetuneConfig
 from selectllm_local.config.vocab import OutputFormat, WeightDtype
@@ -191,10 +204,21 @@ class ExperimentCommand(Command):
                 raise self._bad(f.name, other_mode[f.name])
 
 
-# ``bench`` settings that only its dry run reads (a measured run would ignore them).
+# ``bench`` settings of one mode, which the other would ignore: refused there when given.
 BENCH_DRY_RUN_ONLY = dict.fromkeys(
     ("gpu", "utilization", "budget"),
     "only goes with --dry-run (it sets the estimate); a measured run reads this machine.",
+)
+BENCH_MEASURED_ONLY = {
+    "preset": "fills a measured run's settings; --dry-run takes none (it estimates a real "
+    "selection: drop --preset).",
+    "plan_only": "plans a measured run's --stages; --dry-run plans nothing.",
+    "out": "is where a measured run writes its files; --dry-run writes none.",
+    "name": "names a measured run's files; --dry-run writes none.",
+}
+BENCH_DRY_RUN_IGNORES = (
+    "is a measured run's setting; --dry-run reads only --pool, --shape, --model, --candidates "
+    "and --max-candidate-tokens (drop it, or drop --dry-run)."
 )
 
 
@@ -219,7 +243,8 @@ class BenchCommand(Command):
     """File stem [default: select_<preset>]."""
     dry_run: bool = False
     """Estimate prompts, tokens, FLOPs and time of a selection over the whole pool; load no model
-    (--shape, --model, --candidates and --max-candidate-tokens apply; --preset does not)."""
+    (--shape, --model, --candidates, --max-candidate-tokens, --gpu, --utilization and --budget
+    apply; any other setting, --preset included, is refused)."""
     gpu: str = "h100"
     """Dry run: h100, h200, a100, l40s, l4, b200, or measured."""
     utilization: float = 0.4
@@ -227,7 +252,8 @@ class BenchCommand(Command):
     budget: int | None = setting(None, "--budget", "-n")
     """Dry run: how many instructions a selection would keep."""
     given: tuple[str, ...] = setting((), cli=False)
-    """The benchmark settings given by a flag or the config file (the preset filled the rest)."""
+    """The settings given by a flag or the config file (a preset filled the rest): a setting of
+    the other mode is refused by this, whatever its value."""
 
     def __post_init__(self) -> None:
         self.out, self.given = Path(self.out), tuple(self.given)
@@ -236,22 +262,37 @@ class BenchCommand(Command):
             raise UserError(
                 "Missing --pool: give it on the command line or as 'pool' in the --config file."
             )
+        self._refuse_the_other_mode()
         if self.plan_only and self.bench.stages_dir is None:
             raise self._bad("plan_only", "needs --stages-dir (the folder to plan).")
-        for f in dataclasses.fields(self):
-            given = getattr(self, f.name) != f.default
-            if not self.dry_run and f.name in BENCH_DRY_RUN_ONLY and given:
-                raise self._bad(f.name, BENCH_DRY_RUN_ONLY[f.name])
+
+    def _refuse_the_other_mode(self) -> None:
+        """A setting that this mode (dry or measured) would ignore is refused when it was given
+        (a flag typed or a config key, at any value: ``given``) or set in code off its default."""
+        named = set(self.given) | {
+            f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default
+        }
+        refused: list[tuple[Section, str, str]] = []  # (where it is declared, name, why)
+        for name in sorted(named):
+            if not self.dry_run and name in BENCH_DRY_RUN_ONLY:
+                refused.append((self, name, BENCH_DRY_RUN_ONLY[name]))
+            elif self.dry_run and name in BENCH_MEASURED_ONLY:
+                refused.append((self, name, BENCH_MEASURED_ONLY[name]))
+            elif self.dry_run and name in bench_fields() and name not in DRY_RUN_READS:
+                refused.append((self.bench, name, BENCH_DRY_RUN_IGNORES))
+        if refused:
+            (owner, name, why), rest = refused[0], refused[1:]
+            also = ", ".join(flag_name(type(o), n) for o, n, _ in rest)
+            raise owner._bad(name, why + (f" Refused as well: {also}." if rest else ""))
 
     @classmethod
     def layered(cls, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` (config file and flags) over the preset's settings; a dry run takes no
         preset. Called by ``loader.build``, so the CLI and scripts get the same layering."""
-        given = tuple(sorted(k for k in values if k in bench_fields()))
-        out = {**values, "given": given}
+        out = {**values, "given": tuple(sorted(k for k in values if k != "given"))}
         if values.get("dry_run"):
             return out
-        return {**preset_values(values.get("preset") or "tiny"), **out}
+        return with_preset(values.get("preset") or "tiny", out)
 
 
 @dataclass

@@ -75,12 +75,7 @@ class CandidateTokens(StoredUnits):
         return [e.ids for e in self._encode_fast(texts)]
 
     def _encode_fast(self, texts: list[str]) -> list[Any]:
-        """Encodings without character offsets (``encode_batch_fast``, tokenizers >= 0.21:
-        a third cheaper on short texts), for every call that needs ids or counts only."""
-        if not texts:
-            return []
-        fast = getattr(self._fast, "encode_batch_fast", self._fast.encode_batch)
-        return list(fast(texts, add_special_tokens=False))
+        return encode_fast(self._fast, texts)
 
     def _encode_ends(
         self,
@@ -334,6 +329,13 @@ class CandidateTokens(StoredUnits):
         if self._derive_checks >= 0:
             log.info("token counts of cut candidates cannot be derived for this tokenizer")
         self._derive_checks = -1
+
+
+def encode_fast(fast: Any, texts: Sequence[str]) -> list[Any]:
+    """Encodings by Rust tokenizer ``fast`` without character offsets (``encode_batch_fast``,
+    tokenizers >= 0.21: a third cheaper on short texts), for calls that need ids or counts only."""
+    encode = getattr(fast, "encode_batch_fast", fast.encode_batch)
+    return list(encode(list(texts), add_special_tokens=False)) if texts else []
 
 
 def _byte_level(fast: Any) -> bool:

@@ -44,6 +44,7 @@ from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset, SubsetResult
 from selectllm_local.selection import grammar, tokencache
 from selectllm_local.selection import prompts as prompting
+from selectllm_local.selection.candidateids import encode_fast
 from selectllm_local.selection.generate import generate_round
 from selectllm_local.selection.logprobs import logprob_round
 from selectllm_local.selection.picks import (
@@ -65,9 +66,7 @@ def _single_token_labels(backend: Backend) -> list[str]:
     fast = fast_tokenizer(backend)
     if fast is None:
         return [lab for lab in letters if backend.count_tokens(lab) == 1]
-    encoded = getattr(fast, "encode_batch_fast", fast.encode_batch)(
-        letters, add_special_tokens=False
-    )
+    encoded = encode_fast(fast, letters)
     return [lab for lab, enc in zip(letters, encoded, strict=True) if len(enc.ids) == 1]
 
 

@@ -84,6 +84,42 @@ def test_tiny_benchmark_transformers_padding(hf_backend) -> None:
     assert 0 <= row["padding_fraction"] < 0.05
 
 
+def test_each_measurement_tokenizes_into_its_own_empty_store(
+    hf_backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's candidate-token store is neither read nor written: each measured setting and
+    the stages select open their own empty store (so no timing is warm from an earlier run), the
+    variable is restored after, and the JSON says so."""
+    import os
+
+    from selectllm_local.selection import tokencache
+
+    user = tmp_path / "user-store"
+    monkeypatch.setenv(tokencache.ENV, str(user))
+    roots: list[Path | None] = []
+    real_open = tokencache.open_store
+
+    def spy(tokenizer, fast, special, suffix, root):  # type: ignore[no-untyped-def]
+        roots.append(root)
+        assert root is not None and not any(root.iterdir())  # on, and empty
+        return real_open(tokenizer, fast, special, suffix, root)
+
+    monkeypatch.setattr(tokencache, "open_store", spy)
+    cfg = benchconfig.config_from_preset(
+        "tiny", pool=DOLLY, repeats=1, warmup=0, setting=["transformers:b8", "transformers:free"]
+    )
+    doc = bench.run_benchmark(cfg, backend=hf_backend)
+    assert doc["environment"]["token_store"] == "fresh"
+    assert len(doc["results"]) == 2 and doc["stages"] is not None
+    assert len(roots) == 3 and len(set(roots)) == 3, roots  # two settings, then the stages
+    assert all(r != user and r is not None and not r.exists() for r in roots)
+    assert os.environ[tokencache.ENV] == str(user) and not user.exists()
+    monkeypatch.delenv(tokencache.ENV)
+    with bench.fresh_token_store() as root:
+        assert os.environ[tokencache.ENV] == str(root)
+    assert tokencache.ENV not in os.environ
+
+
 def test_strided_plan_shows_every_row_once() -> None:
     plan = bench.strided_plan(5, 4, 2)
     shown = sorted(c for s in plan.subsets for c in s.candidates)

@@ -20,6 +20,7 @@ from selectllm_local.cluster.kmeans import choose_k
 from selectllm_local.config import BenchCommand, BenchConfig
 from selectllm_local.config.base import flags_of
 from selectllm_local.config.bench import PRESETS, parse_setting
+from selectllm_local.errors import UserError
 from tests.helpers import EXAMPLE_POOL, REPO
 
 SCRIPT = REPO / "benchmarks" / "bench_select.py"
@@ -74,7 +75,7 @@ def test_presets_name_only_declared_settings_and_each_builds() -> None:
         assert set(values) <= fields, name
         cmd = BenchCommand.of(pool=EXAMPLE_POOL, preset=name)
         assert {k: getattr(cmd.bench, k) for k in values} == values
-        assert cmd.given == ("pool",)
+        assert cmd.given == ("pool", "preset")
     with pytest.raises(Exception, match="--preset 'huge' is not known"):
         BenchCommand.of(pool=EXAMPLE_POOL, preset="huge")
 
@@ -135,6 +136,13 @@ def test_a_flag_overrides_the_preset_in_the_cli_the_script_and_under_a_file(
         (["--budget", "10"], "--budget"),  # dry-run settings on a measured run
         (["--gpu", "h200"], "--gpu"),
         (["--utilization", "0.5"], "--utilization"),
+        (["--gpu", "h100"], "--gpu"),  # given at its default value: refused all the same
+        (["--utilization", "0.4"], "--utilization"),
+        (["--dry-run", "--preset", "tiny"], "--preset"),  # measured-run settings on a dry run
+        (["--dry-run", "--warmup", "1"], "--warmup"),  # (the defaults, given)
+        (["--dry-run", "--setting", "vllm:free"], "--setting"),
+        (["--dry-run", "--out", "benchmarks/results"], "--out"),
+        (["--dry-run", "--plan-only", "--stages-dir", "x"], "--plan-only"),
     ],
 )
 def test_a_bad_value_exits_2_naming_the_flag(args: list[str], flag: str) -> None:
@@ -153,9 +161,33 @@ def test_the_script_refuses_a_value_of_the_wrong_type_naming_the_flag() -> None:
     assert proc.returncode == 2 and "--picks" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_setting_of_the_other_mode_is_refused_by_what_was_given(tmp_path: Path) -> None:
+    """Refused whether typed or in the config file, at any value (the default included), each
+    one named: a dry run takes no preset and none of a measured run's settings, a measured run
+    none of the estimate's."""
+    pool = ["--pool", str(EXAMPLE_POOL)]
+    r = CliRunner().invoke(app, ["bench", "--dry-run", *pool, "--preset", "cpu", "--repeats", "9",
+                                 "--setting", "vllm:free", "--warmup", "3"])  # fmt: skip
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    for flag in ("--preset", "--repeats", "--setting", "--warmup"):
+        assert flag in r.output, (flag, r.output)
+    measured = tmp_path / "measured.toml"
+    measured.write_text('gpu = "h100"\n[bench]\nwarmup = 1\n')  # both at their defaults
+    r = CliRunner().invoke(app, ["bench", *pool, "--config", str(measured)])
+    assert r.exit_code == 2 and "--gpu (gpu in a config file)" in r.output, r.output
+    r = CliRunner().invoke(app, ["bench", "--dry-run", *pool, "--config", str(measured)])
+    assert r.exit_code == 2 and "--warmup (bench.warmup in a config file)" in r.output, r.output
+    assert "--gpu" not in r.output  # a dry run takes it
+    with pytest.raises(UserError, match="--budget"):  # in code too, by value
+        BenchCommand(bench=BenchConfig(pool=EXAMPLE_POOL), budget=10)
+    # What each mode takes still passes, at any value.
+    assert BenchCommand.of(pool=EXAMPLE_POOL, dry_run=True, gpu="h100", shape="tiny-qwen2").dry_run
+    assert BenchCommand.of(pool=EXAMPLE_POOL, preset="tiny", out=tmp_path).preset == "tiny"
+
+
 def test_a_dry_run_takes_only_the_settings_given_not_the_preset() -> None:
     """A dry run estimates a real selection: llama-3-8b, K from the pool size and the selector's
-    candidate cut unless given, whatever the preset."""
+    candidate cut unless given (no preset: it refuses one)."""
 
     def dry(*args: str) -> dict[str, Any]:
         r = CliRunner().invoke(app, ["bench", "--dry-run", "--pool", str(EXAMPLE_POOL), "--json",
@@ -163,8 +195,7 @@ def test_a_dry_run_takes_only_the_settings_given_not_the_preset() -> None:
         assert r.exit_code == 0, r.output
         return json.loads(r.stdout[r.stdout.index("{") :])
 
-    plain, tiny = dry(), dry("--preset", "tiny")
-    assert plain == {**tiny, "pool": plain["pool"]}
+    plain = dry()
     assert plain["model"] == "llama-3-8b" and plain["max_candidate_tokens"] == 256
     assert plain["candidates_per_prompt"] == choose_k(plain["pool_rows"])
     given = dry("--shape", "qwen2.5-0.5b", "--candidates", "5", "--max-candidate-tokens", "40")
