@@ -18,9 +18,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from selectllm_local.data.splits import pair_key, prompt_key
+from selectllm_local.data.splits import TestOverlap
 from selectllm_local.experiment import load_experiment_config, run_experiment
 from selectllm_local.experiment.cells import Cell
+from selectllm_local.experiment.config import ExperimentConfig
 from selectllm_local.experiment.inputs import load_inputs
 from tests.helpers import REPO, toml_text
 
@@ -104,21 +105,29 @@ def test_rerun_slice_end_to_end(tmp_path: Path) -> None:
     out = run_experiment(path, run_dir=run, progress=False)
     assert out.cells_total == len(cells) and sorted(out.cells_run) == sorted(cells)
     assert not out.cells_pending
+    check_slice_run(cfg, run, cells)
+    again = run_experiment(path, run_dir=run, progress=False)
+    assert not again.cells_run and sorted(again.cells_skipped) == sorted(cells)
 
+
+def check_slice_run(cfg: ExperimentConfig, run: Path, cells: list[str]) -> None:
+    """What a finished slice must hold: leak-free selections of the budget, and results with
+    paired verdicts and minimum detectable effects for every method against random."""
     # Every selection: exactly the budget of distinct pool rows, none of them a test example.
     data = load_inputs(cfg)
     assert len(data.pool_items) == POOL and data.test_overlap > 0
-    tests = data.all_test_examples
-    test_prompts = {prompt_key(t.instruction, t.input) for t in tests}
-    test_pairs = {pair_key(t.instruction, t.reference) for t in tests}
+    pool_file = (run / "data" / "pool.jsonl").read_text("utf-8").splitlines()
+    assert [it.raw for it in data.pool_items] == [json.loads(x) for x in pool_file]
+    leak = TestOverlap(data.all_test_examples)  # the leak rule: pair, prompt or passage + answer
     for cell in cells:
+        assert (run / "cells" / cell / "done.json").exists(), cell
         sel = json.loads((run / "cells" / cell / "selection.json").read_text())
         picked = sel["indices"]
         assert sel["budget"] == BUDGET == len(picked) == len(set(picked)), cell
         assert all(0 <= i < POOL for i in picked), cell
         rows = [data.pool_items[i] for i in picked]
-        assert not [r for r in rows if prompt_key(r.instruction, r.input) in test_prompts], cell
-        assert not [r for r in rows if pair_key(r.instruction, r.output or "") in test_pairs], cell
+        assert not [r.index for r in rows if leak(r.instruction, r.input, r.output)], cell
+    assert leak.total == 0
 
     # results: all cells, the paired comparisons with verdicts, the MDE of each method vs random
     table = (run / "results.md").read_text("utf-8")
@@ -136,6 +145,3 @@ def test_rerun_slice_end_to_end(tmp_path: Path) -> None:
         mine = [r for r in comparisons if r["method"] == m]
         assert {r["metric"] for r in mine} == {"rougeL_f1", "cosine", "reference_nll"}, m
         assert all(r["verdict"] in verdicts and float(r["mde"]) > 0 for r in mine), m
-
-    again = run_experiment(path, run_dir=run, progress=False)
-    assert not again.cells_run and sorted(again.cells_skipped) == sorted(cells)
