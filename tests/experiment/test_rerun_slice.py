@@ -127,6 +127,7 @@ def check_slice_run(cfg: ExperimentConfig, run: Path, cells: list[str]) -> None:
         assert all(0 <= i < POOL for i in picked), cell
         rows = [data.pool_items[i] for i in picked]
         assert not [r.index for r in rows if leak(r.instruction, r.input, r.output)], cell
+    assert not [it.index for it in data.pool_items if leak(it.instruction, it.input, it.output)]
     assert leak.total == 0
 
     # results: all cells, the paired comparisons with verdicts, the MDE of each method vs random
