@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def stale_cells(root: Path, keys: dict[str, str]) -> frozenset[str]:
-    """The finished cells whose ``done.json`` key is not the one ``keys`` gives them."""
-    stale = set()
-    for name, key in keys.items():
-        done = root / "cells" / name / "done.json"
-        if done.exists() and read_json(done).get("key") != key:
-            stale.add(name)
-    return frozenset(stale)
+def stale_cells(root: Path, cells: list[str], finished: Collection[str] | None) -> frozenset[str]:
+    """The cells that hold a ``done.json`` but are not in ``finished`` (the runner's verdict,
+    ``keys._finished``: key and NLL key both the current config's); none when ``finished`` is
+    None (a folder re-rendered from its files alone)."""
+    if finished is None:
+        return frozenset()
+    return frozenset(
+        n for n in cells if n not in finished and (root / "cells" / n / "done.json").exists()
+    )
 
 
 def collect(
@@ -176,7 +178,12 @@ def plot(
 
 
 def selections_text(
-    root: Path, methods: list[str], budgets: list[int], seeds: list[int], selection_seed: int | None
+    root: Path,
+    methods: list[str],
+    budgets: list[int],
+    seeds: list[int],
+    selection_seed: int | None,
+    skip: frozenset[str] = frozenset(),
 ) -> str:
     """What the methods picked, before any training: pairwise overlap against the overlap two
     random selections would have, and the position bias of the LLM selections."""
@@ -193,8 +200,9 @@ def selections_text(
             for m in methods:
                 cell_seeds = seeds if selection_seed is not None else [seed]
                 for s in cell_seeds:  # with a shared selection, any finished seed's picks
-                    p = root / "cells" / Cell(m, b, s).name / "selection.json"
-                    if p.exists():
+                    name = Cell(m, b, s).name
+                    p = root / "cells" / name / "selection.json"
+                    if name not in skip and p.exists():
                         picks[m] = read_json(p)["indices"]
                         break
             done = [m for m in methods if m in picks]
@@ -288,25 +296,26 @@ def write_results(
     *,
     cells: list[str],
     selection_seed: int | None = None,
-    keys: dict[str, str] | None = None,
+    finished: Collection[str] | None = None,
 ) -> tuple[Path, Path, Path, Path]:
     """Write results.md, results.csv (the paired comparisons), summary.csv, cells.csv and
     results.png into ``root``; returns the paths of results.md, results.csv, summary.csv and
     results.png.
 
-    ``keys`` (cell name -> the key the current config gives it): a finished cell whose
-    ``done.json`` holds another key was made under an older config (a run stopped by
-    ``--max-cells`` after a config change); it is left out of every table and named in a note.
+    ``finished`` (the cells the runner found finished under the current config): a cell with a
+    ``done.json`` outside it was made under an older config (a run stopped by ``--max-cells``
+    after a config change); it is left out of every table and named in a note. None: every cell
+    with a ``done.json`` counts (an exported folder re-rendered from its files).
     """
-    stale = stale_cells(root, keys or {})
+    stale = stale_cells(root, cells, finished)
     rows = collect(root, cells, stale)
     metrics = _metrics(rows)
     summary = summarise(rows, methods, budgets)
     comparisons, notes = paired.run_comparisons(root, methods, budgets, seeds, skip=stale)
     if stale:
         notes.append(
-            f"{len(stale)} finished cell(s) hold results of an older config (their key differs "
-            f"from this config's) and are left out: {', '.join(sorted(stale))}. Re-run the "
+            f"{len(stale)} finished cell(s) hold results of an older config (their key or NLL "
+            f"key differs from this config's) and are left out: {', '.join(sorted(stale))}. Re-run the "
             "experiment to redo them."
         )
     _write_csv(root / "results.csv", comparisons)
@@ -318,7 +327,7 @@ def write_results(
         + SCORES_NOTE
         + markdown_table(summary, methods, budgets, len(seeds), metrics)
     )
-    md += "\n" + selections_text(root, methods, budgets, seeds, selection_seed)
+    md += "\n" + selections_text(root, methods, budgets, seeds, selection_seed, stale)
     md += "\n" + times_text(rows, methods)
     missing = len(cells) - len(rows)
     head = f"# Results: {len(rows)} of {len(cells)} cells done" + (

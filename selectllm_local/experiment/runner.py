@@ -117,12 +117,12 @@ def _run_experiment(
     outcome = ExperimentOutcome(run_dir=root, cells_total=len(cells))
     hold = hold_after("cells")
     shown = track(cells, "experiment cells", enabled=progress, note=lambda c: c.name)  # i of n
-    keys: dict[str, str] = {}
+    nll_key = _nll_key(cfg, data)
     for i, cell in enumerate(shown, 1):
         cell_dir = root / "cells" / cell.name
-        key = keys[cell.name] = _cell_key(cfg, data, cell, pool_path)
+        key = _cell_key(cfg, data, cell, pool_path)
         done = read_marker(cell_dir / "done.json")
-        if done is not None and _finished(done, key, _nll_key(cfg, data)):
+        if done is not None and _finished(done, key, nll_key):
             outcome.cells_skipped.append(cell.name)
             continue
         if max_cells is not None and len(outcome.cells_run) >= max_cells:
@@ -142,7 +142,7 @@ def _run_experiment(
         sorted({c.seed for c in cells}),
         cells=[c.name for c in cells],
         selection_seed=cfg.selection_seed,
-        keys=keys,
+        finished={*outcome.cells_skipped, *outcome.cells_run},
     )
     outcome.table_md, outcome.results_csv, outcome.summary_csv, outcome.plot = paths
     outcome.seconds = time.perf_counter() - t0

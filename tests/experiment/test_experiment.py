@@ -238,6 +238,12 @@ def test_max_cells_then_resume_runs_only_the_rest(tmp_path: Path) -> None:
     )
     stale = {k: v for k, v in after.items() if k not in ("nll_key", "reference_nll", "nll_rows")}
     (cell / "done.json").write_text(json.dumps(stale))
+    # stopped before redoing it (--max-cells), the tables leave out its NLL-less, stale results
+    held = run_experiment(cfg, run_dir=tmp_path / "r", max_cells=0, progress=False)
+    assert held.cells_pending == [first.cells_run[0]] and len(held.cells_skipped) == 3
+    md = (tmp_path / "r" / "results.md").read_text()
+    assert md.startswith("# Results: 3 of 4 cells done") and "older config" in md
+    assert first.cells_run[0] in md.split("older config")[1]
     fourth = run_experiment(cfg, run_dir=tmp_path / "r", progress=False)
     assert fourth.cells_run == [first.cells_run[0]] and len(fourth.cells_skipped) == 3
     upgraded = json.loads((cell / "done.json").read_text())

@@ -232,16 +232,17 @@ def test_a_reference_mean_of_zero_has_no_relative_difference(tmp_path: Path) -> 
 
 
 def test_a_cell_made_under_another_config_is_left_out_and_named(tmp_path: Path) -> None:
-    """A stale done.json (its key is not the current config's: a config change, then a run
-    stopped by --max-cells before redoing that cell) must not feed the comparisons."""
+    """A stale done.json (not finished under the current config by the runner's rule: a config
+    change, then a run stopped by --max-cells before redoing that cell) must not feed the
+    comparisons, the score tables or the overlap of the selections."""
     experiment(tmp_path)
     cells = [f"{m}/b8-s{s}" for m in METHODS for s in (0, 1)]
-    for name in cells:  # every cell made under key "new", except llm seed 1 ("old")
-        done = tmp_path / "cells" / name / "done.json"
-        d = json.loads(done.read_text())
-        done.write_text(json.dumps({**d, "key": "old" if name == "llm/b8-s1" else "new"}))
-    keys = dict.fromkeys(cells, "new")
-    write_results(tmp_path, METHODS, [8], [0, 1], cells=cells, keys=keys)
+    stale = tmp_path / "cells" / "llm" / "b8-s1" / "selection.json"
+    stale.write_text(json.dumps({"indices": list(range(40, 48))}))  # picks no other cell has
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pool.key.json").write_text(json.dumps({"rows": 60}))  # the overlap's N
+    finished = [c for c in cells if c != "llm/b8-s1"]
+    write_results(tmp_path, METHODS, [8], [0, 1], cells=cells, finished=finished)
     with open(tmp_path / "results.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     llm = [r for r in rows if r["method"] == "llm"]
@@ -250,9 +251,11 @@ def test_a_cell_made_under_another_config_is_left_out_and_named(tmp_path: Path) 
     md = (tmp_path / "results.md").read_text()
     assert "older config" in md and "llm/b8-s1" in md
     assert md.startswith("# Results: 5 of 6 cells done")
+    seed1 = md.split("selection seed 1")[1].split("###")[0]
+    assert "| cluster-random | random |" in seed1 and "llm" not in seed1
     with open(tmp_path / "cells.csv", encoding="utf-8") as fh:
         assert len(list(csv.DictReader(fh))) == 5
-    # without keys (an exported folder re-rendered) every finished cell counts
+    # without the runner's verdict (an exported folder re-rendered) every finished cell counts
     write_results(tmp_path, METHODS, [8], [0, 1], cells=cells)
     with open(tmp_path / "results.csv", encoding="utf-8") as fh:
         assert all(r["seeds"] == "2" for r in csv.DictReader(fh))
