@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +107,32 @@ requires_gpu = pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU; non
 requires_shared_data = pytest.mark.skipif(
     not ALPACA.exists(), reason=f"Alpaca 52k not found at {ALPACA} (it does not ship)"
 )
+
+
+def toml_text(table: dict[str, Any]) -> str:
+    """``table`` as TOML (the subset experiment files use: strings, numbers, booleans, lists of
+    them, nested tables); ``tomllib.loads(toml_text(t)) == t``. No TOML writer is a dependency."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a TOML basic string (\\uXXXX escapes too)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"no TOML form for {v!r}")
+
+    lines: list[str] = []
+
+    def emit(name: list[str], t: dict[str, Any]) -> None:
+        if name:
+            lines.extend(["", "[" + ".".join(json.dumps(n) for n in name) + "]"])
+        subtables = {k: v for k, v in t.items() if isinstance(v, dict)}
+        lines.extend(f"{json.dumps(k)} = {value(v)}" for k, v in t.items() if k not in subtables)
+        for k, v in subtables.items():
+            emit([*name, k], v)
+
+    emit([], table)
+    return "\n".join(lines).lstrip("\n") + "\n"
