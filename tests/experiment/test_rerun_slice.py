@@ -14,12 +14,14 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from selectllm_local.data.splits import TestOverlap
-from selectllm_local.experiment import load_experiment_config, run_experiment
+from selectllm_local.experiment import load_experiment_config
 from selectllm_local.experiment.cells import Cell
 from selectllm_local.experiment.config import ExperimentConfig
 from selectllm_local.experiment.inputs import load_inputs
@@ -102,12 +104,19 @@ def test_rerun_slice_end_to_end(tmp_path: Path) -> None:
     cells = [Cell(m, BUDGET, s).name for m in cfg.methods for s in cfg.seeds_of(m)]
     assert len(cells) == sum(len(cfg.seeds_of(m)) for m in cfg.methods)
 
-    out = run_experiment(path, run_dir=run, progress=False)
-    assert out.cells_total == len(cells) and sorted(out.cells_run) == sorted(cells)
-    assert not out.cells_pending
+    out = _run_cli(path, run)  # as a user runs it, and vLLM's process state stays out of pytest's
+    assert out["cells_total"] == len(cells) and sorted(out["cells_run"]) == sorted(cells)
+    assert not out["cells_pending"]
     check_slice_run(cfg, run, cells)
-    again = run_experiment(path, run_dir=run, progress=False)
-    assert not again.cells_run and sorted(again.cells_skipped) == sorted(cells)
+    again = _run_cli(path, run)
+    assert not again["cells_run"] and sorted(again["cells_skipped"]) == sorted(cells)
+
+
+def _run_cli(path: Path, run: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "selectllm_local", "experiment", str(path), "--run-dir", str(run)]
+    res = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout)
 
 
 def check_slice_run(cfg: ExperimentConfig, run: Path, cells: list[str]) -> None:
@@ -145,4 +154,5 @@ def check_slice_run(cfg: ExperimentConfig, run: Path, cells: list[str]) -> None:
         assert f"| {m} |" in against, m
         mine = [r for r in comparisons if r["method"] == m]
         assert {r["metric"] for r in mine} == {"rougeL_f1", "cosine", "reference_nll"}, m
-        assert all(r["verdict"] in verdicts and float(r["mde"]) > 0 for r in mine), m
+        # (tiny random models may answer two methods' rows alike: a zero MDE is possible)
+        assert all(r["verdict"] in verdicts and float(r["mde"]) >= 0 for r in mine), m
