@@ -24,6 +24,7 @@ import gc
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,33 @@ from selectllm_local.records import Generation
 from selectllm_local.summaries import RaySummary
 
 log = logging.getLogger(__name__)
+
+# Engines whose engine core runs in this process and is not shut down yet. vLLM's own shutdown of
+# an in-process core tears down the process-wide parallel groups, which every other in-process
+# engine still uses ("pipeline model parallel group is not initialized" on its next request).
+_in_process: set[int] = set()
+
+
+def _stop_core(client: Any, key: int) -> None:
+    """Shut engine core ``client`` down (``close``, or the backend's garbage collection); while
+    another in-process engine is live, without the teardown of the process-wide state."""
+    inner = getattr(client, "engine_core", None) if key in _in_process else None
+    _in_process.discard(key)
+    if _in_process and inner is not None:
+        import vllm.v1.engine.core as core_module
+
+        teardown = getattr(core_module, "cleanup_dist_env_and_memory", None)
+        if teardown is not None:
+            finalizer = getattr(client, "_finalizer", None)
+            if finalizer is not None:
+                finalizer.detach()  # vLLM's own, which would tear down on collection
+            core_module.cleanup_dist_env_and_memory = lambda *a, **k: None  # type: ignore[attr-defined]
+            try:
+                inner.shutdown()
+            finally:
+                core_module.cleanup_dist_env_and_memory = teardown  # type: ignore[attr-defined]
+            return
+    client.shutdown()
 
 
 class VLLMBackend(ChatTokenizer):
@@ -96,6 +124,11 @@ class VLLMBackend(ChatTokenizer):
         kwargs.update(options.extra.get("vllm", {}))
         t0 = time.perf_counter()
         self.llm = LLM(**kwargs)
+        client = self.llm.llm_engine.engine_core
+        key = id(client)
+        if type(client).__name__ == "InprocClient":
+            _in_process.add(key)
+        self._stop = weakref.finalize(self, _stop_core, client, key)
         self.tokenizer = self.llm.get_tokenizer()
         self.stats: dict[str, float] = {
             "startup_seconds": time.perf_counter() - t0,
@@ -290,7 +323,7 @@ class VLLMBackend(ChatTokenizer):
         if llm is None:
             return
         try:
-            llm.llm_engine.engine_core.shutdown()
+            self._stop()
         except Exception:  # noqa: BLE001 - best effort: some builds have no shutdown
             log.debug("engine core shutdown failed", exc_info=True)
         self.llm = None  # type: ignore[assignment]

@@ -48,6 +48,21 @@ class Command(Section):
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
 
+    @staticmethod
+    def with_given(values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` plus ``given``: the names that a flag or a config key set, at any value."""
+        return {**values, "given": tuple(sorted(k for k in values if k != "given"))}
+
+    def named(self) -> set[str]:
+        """The settings given (``given``, where the command keeps it) or set in code off their
+        default: what a check of settings that this mode would ignore looks at."""
+        off_default = {
+            f.name
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if getattr(self, f.name) != f.default
+        }
+        return set(getattr(self, "given", ())) | off_default
+
 
 @dataclass
 class SelectConfig(Command):
@@ -190,18 +205,26 @@ class ExperimentCommand(Command):
     model size, instead of the datasheet (marked * in the table)."""
     pool: Path | None = None
     """Dry run: this pool file instead of the experiment file's (e.g. a local copy of Dolly)."""
+    given: tuple[str, ...] = setting((), cli=False)
+    """The settings given by a flag or the config file: a setting of the other mode is refused
+    by this, whatever its value."""
 
     def __post_init__(self) -> None:
         self.config, self.run_dir = Path(self.config), as_path(self.run_dir)
         self.rates, self.pool = as_path(self.rates), as_path(self.pool)
-        self.gpu_rates = as_path(self.gpu_rates)
+        self.gpu_rates, self.given = as_path(self.gpu_rates), tuple(self.given)
         if self.max_cells is not None:
             self._at_least("max_cells", 0)
-        # A setting of the one mode, given to the other, would be ignored: refused instead.
+        # A setting of the one mode, given to the other (at any value), would be ignored:
+        # refused instead.
         other_mode = REAL_RUN_ONLY if self.dry_run else DRY_RUN_ONLY
-        for f in dataclasses.fields(self):
-            if f.name in other_mode and getattr(self, f.name) != f.default:
-                raise self._bad(f.name, other_mode[f.name])
+        for name in sorted(self.named() & set(other_mode)):
+            raise self._bad(name, other_mode[name])
+
+    @classmethod
+    def layered(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Records which settings were given (``loader.build`` calls this); no preset here."""
+        return cls.with_given(values)
 
 
 # ``bench`` settings of one mode, which the other would ignore: refused there when given.
@@ -269,9 +292,7 @@ class BenchCommand(Command):
     def _refuse_the_other_mode(self) -> None:
         """A setting that this mode (dry or measured) would ignore is refused when it was given
         (a flag typed or a config key, at any value: ``given``) or set in code off its default."""
-        named = set(self.given) | {
-            f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default
-        }
+        named = self.named()
         refused: list[tuple[Section, str, str]] = []  # (where it is declared, name, why)
         for name in sorted(named):
             if not self.dry_run and name in BENCH_DRY_RUN_ONLY:
@@ -289,7 +310,7 @@ class BenchCommand(Command):
     def layered(cls, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` (config file and flags) over the preset's settings; a dry run takes no
         preset. Called by ``loader.build``, so the CLI and scripts get the same layering."""
-        out = {**values, "given": tuple(sorted(k for k in values if k != "given"))}
+        out = cls.with_given(values)
         if values.get("dry_run"):
             return out
         return with_preset(values.get("preset") or "tiny", out)

@@ -184,6 +184,24 @@ def test_vllm_reuses_the_shared_prefix(vllm_backend) -> None:
     assert vllm_backend.stats["cached_prompt_tokens"] - before >= 3 * 128
 
 
+@requires_vllm
+def test_closing_one_vllm_engine_leaves_another_working(vllm_backend, tiny_model_dir) -> None:
+    # vLLM's shutdown of an in-process engine tears down the process-wide parallel groups; the
+    # session's shared engine must still answer after a second engine is closed or collected.
+    import gc
+
+    rows = [[1, 2, 3, 4, 5]]
+    before = vllm_backend.token_logprobs(rows, [1])[0]
+    for how in ("close", "collect"):
+        other = load_backend("vllm", str(tiny_model_dir), EngineConfig(max_model_len=1024))
+        assert other.token_logprobs(rows, [1])[0] == pytest.approx(before, rel=1e-5)
+        if how == "close":
+            other.close()
+        del other
+        gc.collect()
+        assert vllm_backend.token_logprobs(rows, [1])[0] == pytest.approx(before, rel=1e-5), how
+
+
 def test_transformers_padding_stays_small(hf_backend) -> None:
     system = "Rules. " * 50
     prompts = [

@@ -20,7 +20,13 @@ import typer
 from typer.testing import CliRunner
 
 from selectllm_local.cli import app
-from selectllm_local.config import EngineConfig, EvaluateCommand, EvaluateConfig, loader
+from selectllm_local.config import (
+    EngineConfig,
+    EvaluateCommand,
+    EvaluateConfig,
+    ExperimentCommand,
+    loader,
+)
 from selectllm_local.config.base import field_types
 from selectllm_local.config.commands import DRY_RUN_ONLY, REAL_RUN_ONLY
 from selectllm_local.config.training import ENGINE_NOT_TAKEN
@@ -152,6 +158,21 @@ def test_experiment_estimate_flags_go_only_with_dry_run(tmp_path: Path) -> None:
         r = CliRunner().invoke(app, ["experiment", str(TINY_CI), flag, value], env=WIDE)
         assert r.exit_code == 2, (flag, r.output)
         assert flag in r.output and "--dry-run" in r.output, r.output
+
+
+def test_experiment_estimate_flags_at_their_default_are_refused_too(tmp_path: Path) -> None:
+    # Given at its default value, a dry-run setting is still one that a real run would ignore.
+    # (--max-cells 0 and --run-dir: were it not refused, the run would do nothing, elsewhere.)
+    real = ["experiment", str(TINY_CI), "--max-cells", "0", "--run-dir", str(tmp_path / "r")]
+    for flag, value in (("--gpu", "h100"), ("--utilization", "0.4")):
+        r = CliRunner().invoke(app, [*real, flag, value], env=WIDE)
+        assert r.exit_code == 2, (flag, r.output)
+        assert flag in r.output and "--dry-run" in r.output, r.output
+    with pytest.raises(UserError, match="--gpu"):  # named in code (scripts) at its default too
+        ExperimentCommand.of(config=TINY_CI, gpu="h100")
+    r = CliRunner().invoke(app, ["experiment", str(TINY_CI), "--dry-run", "--max-cells", "0"],
+                           env=WIDE)  # fmt: skip
+    assert r.exit_code == 2 and "--max-cells" in r.output, r.output
 
 
 def test_experiment_run_flags_do_not_go_with_dry_run() -> None:
