@@ -97,13 +97,29 @@ def summarise(
     return out
 
 
+def planned_seeds(cells: list[str], methods: list[str]) -> dict[tuple[str, int], int]:
+    """(method, budget) -> how many seeds the experiment runs it with (its cells' names)."""
+    by_dir = {m.replace(":", "-"): m for m in methods}
+    out: dict[tuple[str, int], int] = {}
+    for name in cells:
+        folder, _, leaf = name.partition("/")
+        budget = int(leaf.split("-s")[0].removeprefix("b"))
+        key = (by_dir.get(folder, folder), budget)
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
 def markdown_table(
     summary: list[dict[str, Any]],
     methods: list[str],
     budgets: list[int],
-    seeds: int,
+    planned: dict[tuple[str, int], int],
     metrics: list[tuple[str, str]] | None = None,
 ) -> str:
+    """Mean ± std per method and budget. ``planned``: how many seeds each (method, budget) is
+    run with; fewer finished reads "(1/3 seeds)", one planned with fewer seeds than the most
+    reads "(2 seeds)" (its complete count)."""
+    most = max(planned.values(), default=0)
     lines = []
     for key, label in METRICS if metrics is None else metrics:
         lines += [
@@ -121,8 +137,11 @@ def markdown_table(
                     cells.append("–")
                     continue
                 txt = f"{s[f'{key}_mean']:.4f} ± {s[f'{key}_std']:.4f}"
-                if s["seeds"] < seeds:
-                    txt += f" ({s['seeds']}/{seeds} seeds)"
+                want = planned.get((m, b), most)
+                if s["seeds"] < want:
+                    txt += f" ({s['seeds']}/{want} seeds)"
+                elif want < most:
+                    txt += f" ({want} seed{'s' if want > 1 else ''})"
                 cells.append(txt)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -325,7 +344,7 @@ def write_results(
     md += (
         "\n## Scores per method\n\n"
         + SCORES_NOTE
-        + markdown_table(summary, methods, budgets, len(seeds), metrics)
+        + markdown_table(summary, methods, budgets, planned_seeds(cells, methods), metrics)
     )
     md += "\n" + selections_text(root, methods, budgets, seeds, selection_seed, stale)
     md += "\n" + times_text(rows, methods)

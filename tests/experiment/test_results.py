@@ -149,6 +149,18 @@ def test_results_of_a_half_done_run_compare_the_seeds_there_are(tmp_path: Path) 
     assert got[("llm", "random", "rougeL_f1")]["seeds"] == "1"
     assert got[("llm", "cluster-random", "rougeL_f1")]["seeds"] == "2"
     assert "5 of 6 cells done" in (tmp_path / "results.md").read_text("utf-8")
+    assert "(1/2 seeds)" in (tmp_path / "results.md").read_text("utf-8")
+
+
+def test_a_method_planned_with_fewer_seeds_is_labelled_so_not_as_missing(tmp_path: Path) -> None:
+    experiment(tmp_path)
+    cells = [f"{m}/b8-s{s}" for m in METHODS for s in (0, 1) if (m, s) != ("llm", 1)]
+    write_results(tmp_path, METHODS, [8], [0, 1], cells=cells)  # llm runs seed 0 only
+    text = (tmp_path / "results.md").read_text("utf-8")
+    assert "# Results: 5 of 5 cells done" in text
+    tables = text.count("(mean ± std over seeds")
+    assert tables >= 2 and text.count("| llm | ") >= tables
+    assert text.count("(1 seed)") == tables and "/2 seeds)" not in text  # once per metric
 
 
 def test_compare_two_cells_prints_the_paired_numbers(tmp_path: Path) -> None:
