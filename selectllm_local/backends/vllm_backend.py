@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -45,31 +46,72 @@ from selectllm_local.summaries import RaySummary
 log = logging.getLogger(__name__)
 
 # Engines whose engine core runs in this process and is not shut down yet. vLLM's own shutdown of
-# an in-process core tears down the process-wide parallel groups, which every other in-process
-# engine still uses ("pipeline model parallel group is not initialized" on its next request).
+# an in-process core tears down process-wide state that every other in-process engine still uses:
+# the parallel groups ("pipeline model parallel group is not initialized" on its next request)
+# and the worker's workspace manager (used by MoE, Marlin and MLA kernels). While another engine
+# is live, both are kept; the last engine's shutdown tears them down as vLLM does.
 _in_process: set[int] = set()
+_stopping = threading.RLock()  # one shutdown at a time (close, collection, another thread)
+
+
+def _keep_shared_state() -> None:
+    """Stands in for vLLM's ``cleanup_dist_env_and_memory`` while other engines are live."""
 
 
 def _stop_core(client: Any, key: int) -> None:
     """Shut engine core ``client`` down (``close``, or the backend's garbage collection); while
     another in-process engine is live, without the teardown of the process-wide state."""
-    inner = getattr(client, "engine_core", None) if key in _in_process else None
-    _in_process.discard(key)
-    if _in_process and inner is not None:
+    with _stopping:
+        mine = key in _in_process
+        _in_process.discard(key)
+        inner = getattr(client, "engine_core", None) if mine else None
+        if not _in_process or inner is None:
+            _last_shutdown(client)
+            return
         import vllm.v1.engine.core as core_module
 
         teardown = getattr(core_module, "cleanup_dist_env_and_memory", None)
-        if teardown is not None:
-            finalizer = getattr(client, "_finalizer", None)
-            if finalizer is not None:
-                finalizer.detach()  # vLLM's own, which would tear down on collection
-            core_module.cleanup_dist_env_and_memory = lambda *a, **k: None  # type: ignore[attr-defined]
-            try:
-                inner.shutdown()
-            finally:
-                core_module.cleanup_dist_env_and_memory = teardown  # type: ignore[attr-defined]
+        if teardown is None:
+            log.warning(
+                "this vLLM build shuts engines down differently: closing one in-process engine "
+                "may break the others; close them all and start afresh if a request fails"
+            )
+            client.shutdown()
             return
+        finalizer = getattr(client, "_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()  # vLLM's own, which would tear down on collection
+        workspace = _workspace_module()
+        manager = getattr(workspace, "_manager", None)
+        core_module.cleanup_dist_env_and_memory = _keep_shared_state  # type: ignore[attr-defined]
+        try:
+            inner.shutdown()
+        finally:
+            core_module.cleanup_dist_env_and_memory = teardown  # type: ignore[attr-defined]
+            if _in_process and workspace is not None and manager is not None:
+                workspace._manager = manager  # type: ignore[attr-defined]
+
+
+def _last_shutdown(client: Any) -> None:
+    """vLLM's own shutdown; if it runs inside another engine's shutdown (a collection there),
+    the teardown that the outer one holds back is done here, by the last engine."""
     client.shutdown()
+    try:
+        import vllm.v1.engine.core as core_module
+    except ImportError:
+        return
+    if getattr(core_module, "cleanup_dist_env_and_memory", None) is _keep_shared_state:
+        from vllm.distributed import parallel_state
+
+        parallel_state.cleanup_dist_env_and_memory()
+
+
+def _workspace_module() -> Any:
+    try:
+        import vllm.v1.worker.workspace as workspace
+    except ImportError:
+        return None
+    return workspace
 
 
 class VLLMBackend(ChatTokenizer):

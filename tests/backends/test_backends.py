@@ -189,17 +189,29 @@ def test_closing_one_vllm_engine_leaves_another_working(vllm_backend, tiny_model
     # vLLM's shutdown of an in-process engine tears down the process-wide parallel groups; the
     # session's shared engine must still answer after a second engine is closed or collected.
     import gc
+    import weakref
+
+    import vllm.v1.engine.core as core_module
+    from vllm.distributed import parallel_state
+
+    from selectllm_local.backends import vllm_backend as module
 
     rows = [[1, 2, 3, 4, 5]]
     before = vllm_backend.token_logprobs(rows, [1])[0]
+    live = set(getattr(module, "_in_process", ()))
     for how in ("close", "collect"):
         other = load_backend("vllm", str(tiny_model_dir), EngineConfig(max_model_len=1024))
         assert other.token_logprobs(rows, [1])[0] == pytest.approx(before, rel=1e-5)
         if how == "close":
             other.close()
+        gone = weakref.ref(other)
         del other
         gc.collect()
+        assert gone() is None, how  # the collection leg really collected it
         assert vllm_backend.token_logprobs(rows, [1])[0] == pytest.approx(before, rel=1e-5), how
+        assert set(getattr(module, "_in_process", ())) == live, how
+        # vLLM's own teardown is back in place for the last engine
+        assert core_module.cleanup_dist_env_and_memory is parallel_state.cleanup_dist_env_and_memory
 
 
 def test_transformers_padding_stays_small(hf_backend) -> None:

@@ -154,13 +154,21 @@ def test_results_of_a_half_done_run_compare_the_seeds_there_are(tmp_path: Path) 
 
 def test_a_method_planned_with_fewer_seeds_is_labelled_so_not_as_missing(tmp_path: Path) -> None:
     experiment(tmp_path)
+    rng = np.random.default_rng(1)
+    make_cell(
+        tmp_path, "select:logprobs", 0, {"rougeL_f1": rng.random(ROWS), "cosine": rng.random(ROWS)}
+    )
     cells = [f"{m}/b8-s{s}" for m in METHODS for s in (0, 1) if (m, s) != ("llm", 1)]
-    write_results(tmp_path, METHODS, [8], [0, 1], cells=cells)  # llm runs seed 0 only
+    methods = [*METHODS, "select:logprobs"]  # a mode's cells live in select-logprobs/
+    write_results(tmp_path, methods, [8], [0, 1], cells=[*cells, "select-logprobs/b8-s0"])
     text = (tmp_path / "results.md").read_text("utf-8")
-    assert "# Results: 5 of 5 cells done" in text
+    assert "# Results: 6 of 6 cells done" in text
     tables = text.count("(mean ± std over seeds")
-    assert tables >= 2 and text.count("| llm | ") >= tables
-    assert text.count("(1 seed)") == tables and "/2 seeds)" not in text  # once per metric
+    assert tables >= 2
+    for m in ("llm", "select:logprobs"):  # run with seed 0 only: complete, one seed
+        rows = [line for line in text.splitlines() if line.startswith(f"| {m} | 0.")]
+        assert len(rows) == tables and all(r.endswith("(1 seed) |") for r in rows), rows
+    assert "/2 seeds)" not in text
 
 
 def test_compare_two_cells_prints_the_paired_numbers(tmp_path: Path) -> None:
