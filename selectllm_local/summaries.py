@@ -318,3 +318,21 @@ class FinetuneSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
+
+
+@dataclass(frozen=True)
+class InputsSummary:
+    """The ``data`` block of ``experiment.json``: how many rows each part of the data has."""
+
+    pool_rows: int
+    test_rows: int
+    """Test rows answered (Rouge-L, cosine)."""
+    nll_test_rows: int
+    """Test rows whose reference NLL is scored (0: NLL off)."""
+    test_overlap: int
+    """Pool rows removed because they are test examples."""
+    test_removed: dict[str, int]
+    """Those rows by reason (``splits.TestOverlap``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from selectllm_local.errors import UserError
 from selectllm_local.experiment.config import ExperimentConfig, ExperimentTable
 from selectllm_local.records import PoolItem
+from selectllm_local.summaries import InputsSummary
 
 if TYPE_CHECKING:
     from selectllm_local.evaluation.testset import TestExample
@@ -56,24 +57,6 @@ class ExperimentInputs:
             test_overlap=self.test_overlap,
             test_removed=dict(self.test_removed),
         )
-
-
-@dataclass(frozen=True)
-class InputsSummary:
-    """The ``data`` block of ``experiment.json``: how many rows each part of the data has."""
-
-    pool_rows: int
-    test_rows: int
-    """Test rows answered (Rouge-L, cosine)."""
-    nll_test_rows: int
-    """Test rows whose reference NLL is scored (0: NLL off)."""
-    test_overlap: int
-    """Pool rows removed because they are test examples."""
-    test_removed: dict[str, int]
-    """Those rows by reason (``splits.TestOverlap``)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def load_inputs(cfg: ExperimentConfig) -> ExperimentInputs:
