@@ -40,24 +40,28 @@ def baseline_command(
     on Ray, whose workers load it), then ``baseline_run``. ``flags``: errors name command-line
     flags (``--model``), else the API's keyword arguments (``model``)."""
     from selectllm_local.baselines.registry import baseline_options
+    from selectllm_local.config.base import flag_name
     from selectllm_local.run.preflight import check_writable, resolve_local_model
 
-    def spelled(name: str) -> str:
-        return "--" + name.replace("_", "-") if flags else name
+    def spelled(section: object, name: str) -> str:  # the flag, or the API's keyword
+        return flag_name(type(section), name) if flags else name
 
     check_writable(cfg.plan.resolved_run_dir)
     scorer = cfg.baseline.scorer_model
     if scorer:
-        scorer = resolve_local_model(scorer, flag=spelled("scorer_model"), offline=cfg.plan.offline)
+        scorer = resolve_local_model(
+            scorer, flag=spelled(cfg.baseline, "scorer_model"), offline=cfg.plan.offline
+        )
+    model_flag = spelled(cfg.engine, "model")
     if cfg.name in LIKELIHOOD_METHODS:  # the selection engine scores the pool
         if not cfg.engine.model:  # (any engine needs a model: checked first)
-            raise _no_engine_model(cfg.name, spelled("model"), spelled("backend"))
+            raise _no_engine_model(cfg.name, model_flag, spelled(cfg.engine, "backend"))
         if not cfg.engine.ray:
             from selectllm_local.backends import check_backend_installed, resolve_backend_name
 
             check_backend_installed(resolve_backend_name(cfg.engine.backend))
             cfg.engine.model = resolve_local_model(
-                cfg.engine.model, flag=spelled("model"), offline=cfg.plan.offline
+                cfg.engine.model, flag=model_flag, offline=cfg.plan.offline
             )
     return baseline_run(
         cfg.name,
