@@ -96,10 +96,8 @@ def _last_shutdown(client: Any) -> None:
     """vLLM's own shutdown; if it runs inside another engine's shutdown (a collection there),
     the teardown that the outer one holds back is done here, by the last engine."""
     client.shutdown()
-    try:
-        import vllm.v1.engine.core as core_module
-    except ImportError:
-        return
+    import vllm.v1.engine.core as core_module
+
     if getattr(core_module, "cleanup_dist_env_and_memory", None) is _keep_shared_state:
         from vllm.distributed import parallel_state
 
