@@ -196,8 +196,14 @@ def test_batch_invariant_without_kernels_exits_2(
     """On this CPU machine nothing honours the flag: a one-paragraph error, exit 2, no engine."""
     from selectllm_local.hardware import cuda_available
 
-    if cuda_available() and backend == "vllm":
-        pytest.skip("a GPU is visible: the flag is honoured there (GPU check script)")
+    if cuda_available() and backend == "vllm":  # a GPU: the flag holds there from sm_80 on
+        import torch
+
+        from selectllm_local.backends.invariance import unsupported
+
+        major, _minor = torch.cuda.get_device_capability(0)
+        assert (unsupported("vllm") is None) == (major >= 8), unsupported("vllm")
+        return
     pool = small_pool(tmp_path, 30)
     cmd = [sys.executable, "-m", "selectllm_local", "select", str(pool), "--budget", "5",
            "--model", str(tiny_model_dir), "--backend", backend, "--batch-invariant",
@@ -207,3 +213,32 @@ def test_batch_invariant_without_kernels_exits_2(
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and "--batch-invariant" in err
     assert ("has none" if backend == "transformers" else "This machine has no GPU") in err
+
+
+@pytest.mark.parametrize(
+    ("capability", "hip_arch", "holds"),
+    [((9, 0), None, True), ((8, 0), None, True), ((7, 5), None, False),
+     ((9, 4), "gfx942:sramecc+:xnack-", True), ((9, 0), "gfx1100", False)],
+)  # fmt: skip
+def test_batch_invariant_gpu_rule(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], hip_arch: str | None, holds: bool
+) -> None:
+    """The GPU side of ``--batch-invariant`` (pure logic: the device queries are stubbed)."""
+    import types
+
+    import torch
+
+    from selectllm_local.backends.invariance import unsupported
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _i=0: "Some GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _i=0: capability)
+    monkeypatch.setattr(torch.version, "hip", "6.4" if hip_arch else None)
+    props = types.SimpleNamespace(gcnArchName=hip_arch or "")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _i=0: props)
+    if getattr(torch, "xpu", None) is not None:
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    why = unsupported("vllm")
+    assert (why is None) == holds, why
+    if not holds:
+        assert "--batch-invariant" in why and ("7.5" in why or "gfx1100" in why)
