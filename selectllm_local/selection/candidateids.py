@@ -14,11 +14,13 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Callable, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from selectllm_local.records import PoolItem
 from selectllm_local.selection import prompts as prompting
+from selectllm_local.selection.pieces import PieceEncoder
 from selectllm_local.selection.storedunits import StoredUnits
 
 log = logging.getLogger("selectllm_local.selection.promptids")
@@ -67,15 +69,32 @@ class CandidateTokens(StoredUnits):
         self._id_checks = DERIVE_CHECKS  # derived ids of cut candidates, checked apart
         self._lengths: Any = None  # token id -> bytes it covers (numpy, filled as met)
         self._units: dict[tuple[int, int], tuple[str, bool, list[int]]] = {}
+        self._pieces = PieceEncoder.for_tokenizer(self._fast) if enabled else None
+        self._piece_checks = DERIVE_CHECKS
         nl = self._encode(["\n"])[0] if self.enabled else []
         self._newline: int | None = nl[0] if len(nl) == 1 else None
 
     # -- pieces -------------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._encode_fast(texts)]
+        """Ids of ``texts`` (no special tokens): by ``pieces.PieceEncoder`` where it applies,
+        its first ``DERIVE_CHECKS`` texts of a run compared with the tokenizer's (any difference
+        turns it off for the run), else by the tokenizer in one batched call."""
+        if self._pieces is None or not texts:
+            return self._encode_rust(texts)
+        got = self._pieces.encode(texts, self._encode_rust)
+        if self._piece_checks > 0:
+            taken = (j for j, t in enumerate(texts) if self._pieces.takes(t))
+            check = list(islice(taken, self._piece_checks))
+            self._piece_checks -= len(check)
+            real = self._encode_rust([texts[j] for j in check])
+            if any(got[j] != ids for j, ids in zip(check, real, strict=True)):
+                log.info("the pre-token encoder differs from this tokenizer; not used this run")
+                self._pieces = None
+                return self._encode_rust(texts)
+        return got
 
-    def _encode_fast(self, texts: list[str]) -> list[Any]:
-        return encode_fast(self._fast, texts)
+    def _encode_rust(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in encode_fast(self._fast, texts)]
 
     def _encode_ends(
         self,
@@ -87,10 +106,10 @@ class CandidateTokens(StoredUnits):
         are derived and where ``wanted`` and ``need`` hold. A byte-level token covers exactly
         its own bytes, so the ends are the running sum of the tokens' byte lengths and the
         encoding skips the tokenizer's offsets (a fifth of its work on long texts)."""
-        found = self._encode_fast(texts)
+        found = self._encode(texts)
         out: list[tuple[list[int], list[int] | None]] = []
-        for j, enc in enumerate(found):
-            ids, ends = enc.ids, None
+        for j, ids in enumerate(found):
+            ends = None
             if self._derive_checks >= 0 and (wanted is None or wanted[j]):
                 if need is None or need(ids):
                     ends = self._byte_ends(ids)
@@ -242,7 +261,7 @@ class CandidateTokens(StoredUnits):
                 counts[j] = len(ids)
                 if ends is not None:
                     base[j] = (asks[j], ids, ends)
-            found = self._encode_fast([tail for _head, tail in tails.values()])
+            found = self._encode([tail for _head, tail in tails.values()])
             for (j, (head, _tail)), enc in zip(tails.items(), found, strict=True):
                 counts[j] = head + len(enc)
             self._check_counts({j: asks[j] for j in tails}, counts)
@@ -309,12 +328,12 @@ class CandidateTokens(StoredUnits):
             return
         check = list(asks)[: self._derive_checks]
         self._derive_checks -= len(check)
-        real = self._encode_fast([asks[j] for j in check])
+        real = self._encode([asks[j] for j in check])
         if all(counts[j] == len(enc) for j, enc in zip(check, real, strict=True)):
             return
         self._derive_off()
         rest = [j for j in asks if j not in check]
-        real += self._encode_fast([asks[j] for j in rest])
+        real += self._encode([asks[j] for j in rest])
         for j, enc in zip(check + rest, real, strict=True):
             counts[j] = len(enc)
 

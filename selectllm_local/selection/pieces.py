@@ -1,0 +1,224 @@
+"""Byte-level BPE token ids without the Rust tokenizer's per-text cost.
+
+A byte-level BPE tokenizer (GPT-2, SmolLM2, Llama 3, Qwen) splits a text into pre-tokens with
+one regular expression and runs BPE on each pre-token alone, so a text's ids are the ids of its
+pre-tokens, joined. ``PieceEncoder`` does the split here, with the tokenizer's own pattern
+(Python's ``re`` on ASCII texts, the ``regex`` package on the others), runs the tokenizer's own
+BPE model (``model.tokenize``) once per distinct pre-token, and joins ids from that table. On a
+pool's candidates that is about half the CPU of ``encode_batch_fast``, which builds a full
+encoding object per text (``benchmarks/bench_overhead.py``).
+
+A text is left to the tokenizer itself when it holds a character whose class two regex engines
+might read differently (controls but tab, newline and carriage return; unassigned, private and
+surrogate code points; zero-width and byte-order marks), an added token's content, or, under an
+NFC normalizer, anything NFC would change; so is every text of a tokenizer this module does not
+know exactly (``for_tokenizer`` returns None). The caller compares the first texts of a run
+with the tokenizer and drops the encoder on any difference (``candidateids.CandidateTokens``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from itertools import chain
+from typing import Any
+from unicodedata import is_normalized
+
+# What ``for_tokenizer`` accepts, as the tokenizer's own JSON of its pre-tokenizer: GPT-2's
+# ByteLevel split (SmolLM2), the same after isolating every digit (the tiny and pool tokenizers),
+# and a Split by a given pattern before a ByteLevel without its own regex (Llama 3, Qwen 2).
+_GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Digits first: no pre-token spans a digit, and a run of spaces before one ends its piece, so
+# ``\s+(?!\S)`` may stop before a digit as it does at the end of a text.
+_GPT2_DIGITS = (
+    r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+)
+# Characters left to the tokenizer: controls but tab, newline and carriage return; unassigned,
+# private and surrogate code points (whose classes may differ between Unicode versions); and the
+# format characters that were whitespace in some Unicode version.
+_UNSAFE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\p{Cn}\p{Co}\p{Cs}\u180e\u200b-\u200d\u2060\ufeff]"
+_UNSAFE_ASCII = re.compile(r"[^\t\n\r\x20-\x7e]")
+# The Unicode classes a pattern may use, as they read on ASCII text (inside and outside [...]).
+_ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9"}
+_CACHE_MAX = 500_000  # distinct pre-tokens kept per encoder (a few tens of MB)
+
+
+def _byte_chars() -> str:
+    """The byte-level alphabet: character ``b`` of the result is how byte ``b`` is written
+    before BPE (printable Latin-1 bytes stand for themselves; the others, space included, move
+    above 255 in order)."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    out, shifted = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + shifted))
+            shifted += 1
+    return "".join(out)
+
+
+# A text's UTF-8 bytes, read as Latin-1 (one character per byte), translated to the alphabet.
+_TO_BYTE_CHARS = str.maketrans(dict(enumerate(_byte_chars())))
+
+
+def _state(obj: Any) -> dict[str, Any] | None:
+    try:
+        state = json.loads(obj.__getstate__())
+    except Exception:  # noqa: BLE001  (an unknown component: no fast path)
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _split_source(pre: dict[str, Any]) -> str | None:
+    """The pre-token pattern of a known pre-tokenizer (its JSON), or None for any other."""
+    parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    if not isinstance(parts, list):
+        return None
+    kinds = [p.get("type") for p in parts]
+    byte = parts[-1] if kinds and kinds[-1] == "ByteLevel" else None
+    if byte is None or byte.get("add_prefix_space"):
+        return None
+    if kinds == ["ByteLevel"] and byte.get("use_regex"):
+        return _GPT2
+    if kinds == ["Digits", "ByteLevel"] and byte.get("use_regex"):
+        return _GPT2_DIGITS if parts[0].get("individual_digits") else None
+    if kinds == ["Split", "ByteLevel"] and not byte.get("use_regex"):
+        split = parts[0]
+        if split.get("behavior") == "Isolated" and not split.get("invert"):
+            source = (split.get("pattern") or {}).get("Regex")
+            return source if isinstance(source, str) and source else None
+    return None
+
+
+def _ascii_source(source: str) -> str | None:
+    r"""``source`` for Python's ``re`` on ASCII text: ``\p{L}`` and ``\p{N}`` as ASCII ranges
+    (``[A-Za-z]`` outside a character class); None if it uses any other ``\p``/``\P`` class."""
+    out: list[str] = []
+    i, in_class, opened = 0, False, -1  # opened: where the class's first member may stand
+    while i < len(source):
+        c = source[i]
+        if c == "\\":
+            two = source[i : i + 5]
+            if two in _ASCII_CLASSES:
+                ranges = _ASCII_CLASSES[two]
+                out.append(ranges if in_class else f"[{ranges}]")
+                i += 5
+                continue
+            if source[i + 1 : i + 2] in ("p", "P"):
+                return None
+            out.append(source[i : i + 2])
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+            opened = i + 2 if source[i + 1 : i + 2] == "^" else i + 1
+        elif c == "]" and in_class and i != opened:  # a "]" first in a class is a member
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class PieceEncoder:
+    """Ids of texts by the tokenizer's own split and BPE, each distinct pre-token tokenized once
+    (``encode``). Made by ``for_tokenizer``; ``fallback`` encodes the texts it does not take."""
+
+    def __init__(self, model: Any, source: str, added: list[str], nfc: bool = False) -> None:
+        import regex  # Unicode classes (\p{L}, \p{N}) as the tokenizer's patterns use them
+
+        self._model = model
+        self._pattern = regex.compile(source)
+        ascii_source = _ascii_source(source)
+        self._ascii = re.compile(ascii_source, re.ASCII) if ascii_source else None
+        self._unsafe = regex.compile(_UNSAFE)
+        self._added = (
+            re.compile("|".join(map(re.escape, sorted(added, key=len, reverse=True))))
+            if added
+            else None
+        )
+        self._nfc = nfc
+        self._ids = _PieceIds(model.tokenize)
+        # the built-in patterns match every character; a tokenizer's own may leave a gap
+        self._gaps = source not in (_GPT2, _GPT2_DIGITS)
+
+    @classmethod
+    def for_tokenizer(cls, fast: Any) -> PieceEncoder | None:
+        """An encoder for Rust tokenizer ``fast`` when it is byte-level BPE of a known split with
+        no normalizer (or NFC, which leaves ASCII alone), no dropout, no word prefix or suffix,
+        and no truncation or padding set; otherwise None."""
+        backend = getattr(fast, "backend_tokenizer", fast)
+        model = getattr(backend, "model", None)
+        if model is None or type(model).__name__ != "BPE":
+            return None
+        try:
+            if model.dropout or model.continuing_subword_prefix or model.end_of_word_suffix:
+                return None
+            if getattr(model, "byte_fallback", False):
+                return None
+            if backend.truncation is not None or backend.padding is not None:
+                return None
+            norm = backend.normalizer
+            if norm is not None and (_state(norm) or {}).get("type") != "NFC":
+                return None
+            pre = _state(backend.pre_tokenizer) if backend.pre_tokenizer is not None else None
+            added = [t.content for t in backend.get_added_tokens_decoder().values() if t.content]
+            source = _split_source(pre) if pre else None
+            nfc = norm is not None
+            return cls(model, source, added, nfc) if source else None
+        except Exception:  # noqa: BLE001  (an older tokenizers build, no `regex`, a bad pattern)
+            return None
+
+    def _pieces(self, text: str) -> list[str] | None:
+        """``text``'s pre-tokens, or None when the tokenizer must encode it."""
+        if self._added is not None and self._added.search(text):
+            return None
+        if text.isascii() and self._ascii is not None:
+            if _UNSAFE_ASCII.search(text):
+                return None
+            pieces: list[str] = self._ascii.findall(text)
+        elif self._unsafe.search(text) or (self._nfc and not is_normalized("NFC", text)):
+            return None
+        else:
+            pieces = self._pattern.findall(text)
+        if self._gaps and sum(map(len, pieces)) != len(text):  # a gap the pattern left
+            return None
+        return pieces
+
+    def takes(self, text: str) -> bool:
+        """Whether ``encode`` tokenizes ``text`` itself (else it asks the fallback)."""
+        return self._pieces(text) is not None
+
+    def encode(
+        self, texts: Sequence[str], fallback: Callable[[list[str]], list[list[int]]]
+    ) -> list[list[int]]:
+        """The ids of every text, as the tokenizer gives them without special tokens."""
+        out: list[list[int] | None] = [None] * len(texts)
+        slow: list[int] = []
+        if len(self._ids) > _CACHE_MAX:
+            self._ids.clear()
+        get = self._ids.__getitem__
+        for j, text in enumerate(texts):
+            pieces = self._pieces(text)
+            if pieces is None:
+                slow.append(j)
+            else:
+                out[j] = list(chain.from_iterable(map(get, pieces)))
+        if slow:
+            for j, got in zip(slow, fallback([texts[j] for j in slow]), strict=True):
+                out[j] = got
+        return out  # type: ignore[return-value]
+
+
+class _PieceIds(dict[str, list[int]]):
+    """Pre-token -> its ids, each made by the BPE model ``tokenize`` when first asked for."""
+
+    def __init__(self, tokenize: Callable[[str], Any]) -> None:
+        super().__init__()
+        self._tokenize = tokenize
+
+    def __missing__(self, piece: str) -> list[int]:
+        chars = piece.encode("utf-8").decode("latin-1").translate(_TO_BYTE_CHARS)
+        ids = self[piece] = [t.id for t in self._tokenize(chars)]
+        return ids

@@ -1,0 +1,221 @@
+"""The pre-token encoder gives exactly the tokenizer's ids, or leaves the text to the tokenizer.
+
+Real tokenizers of every split it accepts (the tests' tiny BPE and a Dolly-trained BPE, both
+with digits isolated; GPT-2's plain ByteLevel split; a Llama-3-style Split pattern; the real
+SmolLM2 tokenizer), on two real text sets (the shipped Dolly pool and the paper's Dolly test
+answers, which the code was not tuned on) and on seeded random strings over an alphabet chosen
+to hit the split's edges: contractions, runs of spaces before digits and letters, newlines,
+accents, CJK, emoji, combining marks, non-ASCII digits and spaces. Each comparison is with the
+tokenizer's own batched encoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selectllm_local.data import pool as data
+from selectllm_local.models import random_weights as tinymodel
+from selectllm_local.selection import pieces as pieces_mod
+from selectllm_local.selection.candidateids import CandidateTokens
+from selectllm_local.selection.pieces import PieceEncoder
+from tests.helpers import DOLLY, DOLLY_TESTSET, EXAMPLE_POOL
+
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+EDGES = list("aZb  \n\t\r'sltdrevm09,.-!?_\"") + ["'ll", "'re", "  ", "\n\n", " 12", "'S"]
+UNICODE = list(
+    "éüßñçøÅ’“”–—…\u00a0\u2028\u2029\u3000\u2003中文日本語한국어٣½Ⅻ²\u0301\u0308😀👍🏽€£¥°"
+)
+LEFT_TO_TOKENIZER = ["\x0b", "\x0c", "\x1c", "\x85", "\ufeff", "\ue000", "\u200b"]
+
+
+def _fuzz(seed: int, n: int, alphabet: list[str]) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(n)]
+
+
+def _dolly_texts(n: int, seed: int) -> list[str]:
+    with gzip.open(DOLLY, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    rows = random.Random(seed).sample(rows, n)
+    return [f"{r['instruction']}\n\nInput:\n{r['context']}\n{r['response']}" for r in rows]
+
+
+def _testset_texts() -> list[str]:
+    return [str(t) for t in json.loads((DOLLY_TESTSET / "test_gts.json").read_text("utf-8"))]
+
+
+def _rust(tok: Any) -> Any:
+    return getattr(tok, "backend_tokenizer", tok)
+
+
+def _reference(tok: Any, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in _rust(tok).encode_batch(texts, add_special_tokens=False)]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+
+    tmp = tmp_path_factory.mktemp("pieces")
+    items, _ = data.load_pool(EXAMPLE_POOL)
+    texts = [data.embedding_text(it) for it in items[:800]]
+    tiny = tinymodel.build_tokenizer(tmp / "tiny")
+    pool = tinymodel.build_tokenizer(tmp / "pool", vocab_size=6000, texts=texts)
+    gpt2 = Tokenizer.from_file(str(tmp / "pool" / "tokenizer.json"))
+    gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    llama = Tokenizer.from_file(str(tmp / "pool" / "tokenizer.json"))
+    llama.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    return {"tiny": tiny, "dolly-bpe": pool, "gpt2-split": gpt2, "llama3-split": llama}
+
+
+@pytest.mark.parametrize("kind", ["tiny", "dolly-bpe", "gpt2-split", "llama3-split"])
+def test_piece_ids_equal_the_tokenizers_on_two_text_sets_and_random_strings(
+    tokenizers: dict[str, Any], kind: str
+) -> None:
+    tok = tokenizers[kind]
+    enc = PieceEncoder.for_tokenizer(tok)
+    assert enc is not None, kind
+    dolly, answers = _dolly_texts(3000, seed=7), _testset_texts()
+    fuzz = _fuzz(1, 4000, EDGES) + _fuzz(2, 4000, EDGES + UNICODE)
+    for name, texts in [("dolly", dolly), ("test answers", answers), ("random", fuzz)]:
+        fallback: list[str] = []
+
+        def rust(ts: list[str], seen: list[str] = fallback, tok: Any = tok) -> list[list[int]]:
+            seen.extend(ts)
+            return _reference(tok, ts)
+
+        got = enc.encode(texts, rust)
+        want = _reference(tok, texts)
+        bad = [t for t, g, w in zip(texts, got, want, strict=True) if g != w]
+        assert not bad, f"{kind}, {name}: {len(bad)} texts differ, e.g. {bad[0]!r}"
+        # the encoder itself handled (nearly) all of them: the test is not of the fallback
+        assert len(fallback) <= 0.01 * len(texts), (kind, name, len(fallback))
+    # a second pass reads every pre-token from the table and still agrees
+    assert enc.encode(dolly[:200], lambda ts: _reference(tok, ts)) == _reference(tok, dolly[:200])
+
+
+def test_piece_ids_equal_the_real_smollm2_tokenizer(smollm2_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    enc = PieceEncoder.for_tokenizer(tok)
+    assert enc is not None
+    texts = _dolly_texts(2000, seed=3) + _testset_texts() + _fuzz(4, 3000, EDGES + UNICODE)
+    assert enc.encode(texts, lambda ts: _reference(tok, ts)) == _reference(tok, texts)
+
+
+def test_texts_with_unsure_characters_or_added_tokens_go_to_the_tokenizer(
+    tokenizers: dict[str, Any],
+) -> None:
+    tok = tokenizers["tiny"]
+    enc = PieceEncoder.for_tokenizer(tok)
+    assert enc is not None
+    unsure = [f"a{c}b 12" for c in LEFT_TO_TOKENIZER] + ["say <|im_end|> now", "x<|endoftext|>"]
+    plain = ["plain words 12", "café ½ 中文"]
+    asked: list[str] = []
+
+    def rust(ts: list[str]) -> list[list[int]]:
+        asked.extend(ts)
+        return _reference(tok, ts)
+
+    assert enc.encode(unsure + plain, rust) == _reference(tok, unsure + plain)
+    assert asked == unsure
+    assert [enc.takes(t) for t in unsure + plain] == [False] * len(unsure) + [True, True]
+
+
+def test_tokenizers_it_does_not_know_exactly_get_no_encoder(tokenizers: dict[str, Any]) -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    def variant(**change: Any) -> Any:
+        tok = Tokenizer.from_str(_rust(tokenizers["tiny"]).to_str())
+        for attr, value in change.items():
+            setattr(tok, attr, value)
+        return tok
+
+    byte = pre_tokenizers.ByteLevel
+    refused = {
+        "lowercasing normalizer": variant(normalizer=normalizers.Lowercase()),
+        "prefix space": variant(pre_tokenizer=byte(add_prefix_space=True, use_regex=True)),
+        "digits kept together": variant(
+            pre_tokenizer=pre_tokenizers.Sequence(
+                [pre_tokenizers.Digits(individual_digits=False), byte(add_prefix_space=False)]
+            )
+        ),
+        "whitespace split": variant(pre_tokenizer=pre_tokenizers.Whitespace()),
+        "sentencepiece-style": variant(pre_tokenizer=pre_tokenizers.Metaspace()),
+        "no pre-tokenizer": variant(pre_tokenizer=None),
+        "wordpiece model": Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")),
+    }
+    truncating = variant()
+    truncating.enable_truncation(8)
+    refused["truncation on"] = truncating
+    assert {k: PieceEncoder.for_tokenizer(t) for k, t in refused.items()} == dict.fromkeys(refused)
+    nfc = variant(normalizer=normalizers.NFC())
+    enc = PieceEncoder.for_tokenizer(nfc)
+    assert enc is not None
+    # NFC changes "e" + a combining acute into "é": such a text goes to the tokenizer
+    texts = ["cafe\u0301 12", "café 12", "plain"] + _fuzz(5, 2000, EDGES + UNICODE)
+    assert enc.encode(texts, lambda ts: _reference(nfc, ts)) == _reference(nfc, texts)
+    assert [enc.takes(t) for t in texts[:3]] == [False, True, True]
+
+
+def test_ascii_form_of_a_split_pattern() -> None:
+    assert pieces_mod._ascii_source(r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}") == (
+        r"[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}"
+    )
+    assert pieces_mod._ascii_source(r"\p{Lu}+|\s+") is None  # a class with no ASCII form here
+    assert pieces_mod._ascii_source(r"[\]\p{L}]x") == r"[\]A-Za-z]x"
+    assert pieces_mod._ascii_source(r"[]\p{L}]|[^]\p{N}]") == r"[]A-Za-z]|[^]0-9]"
+
+
+def test_a_split_that_differs_is_caught_at_the_start_of_a_run(
+    tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong split (here: whitespace-separated words) must never reach a prompt: the run's
+    first texts are compared with the tokenizer and the encoder is dropped for the run."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = tokenizers["dolly-bpe"]
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    items, _ = data.load_pool(EXAMPLE_POOL)
+    items = [dataclasses.replace(it, index=i) for i, it in enumerate(items[:120])]
+    indices = list(range(120))
+
+    def units(encoder: bool) -> list[Any]:
+        if not encoder:
+            monkeypatch.setattr(PieceEncoder, "for_tokenizer", classmethod(lambda cls, f: None))
+        cands = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok)
+        cands.prepare(indices, 64)
+        return [cands._units[(i, 64)] for i in indices]
+
+    want = units(encoder=False)
+    monkeypatch.undo()
+    good = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok)
+    assert good._pieces is not None
+    good.prepare(indices, 64)
+    assert [good._units[(i, 64)] for i in indices] == want and good._pieces is not None
+
+    wrong = pieces_mod.re.compile(r"\S+|\s+")
+    monkeypatch.setattr(PieceEncoder, "_pieces", lambda self, text: wrong.findall(text))
+    with caplog.at_level(logging.INFO, logger="selectllm_local.selection.promptids"):
+        bad = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok)
+        bad.prepare(indices, 64)
+    assert bad._pieces is None
+    assert [bad._units[(i, 64)] for i in indices] == want
+    assert "pre-token encoder differs" in caplog.text
