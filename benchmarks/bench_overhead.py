@@ -17,7 +17,9 @@ on a shared machine) beside wall ms, each **cold** (an empty candidate token sto
 select on a pool, the headline) and **warm** (the store a previous select on the pool filled:
 another budget, mode or seed; ``selection.tokencache``), cold and warm alternating; then a
 cProfile breakdown (process-time clock) of one more cold select, and the per-run fixed cost of
-the whole ``pipeline.select_run`` (``measure_fixed``, cold). ``--no-store`` turns the store off.
+the whole ``pipeline.select_run`` (``measure_fixed``, cold). ``--no-store`` turns the store off;
+``--no-pieces`` makes the candidates' ids come from the Rust tokenizer's batched calls alone, not
+from ``selection.pieces`` (the code before it, for a before/after in one checkout).
 Tokenizers: ``tiny`` (the tests' 1k-token BPE) and ``pool`` (a 32k BPE trained on the pool, about
 a real LLM tokenizer's length per token), each loaded from its folder as a backend loads one.
 
@@ -52,7 +54,8 @@ KEYS = [
     "max_candidate_tokens", "repeats", "store", "ms_per_prompt_median", "ms_per_prompt_all",
     "cpu_ms_per_prompt_median", "cpu_ms_per_prompt_all", "warm_ms_per_prompt_median",
     "warm_ms_per_prompt_all", "warm_cpu_ms_per_prompt_median", "warm_cpu_ms_per_prompt_all",
-    "tokenize_once_cpu_ms_per_prompt_median", "load_average_before", "load_average_after",
+    "tokenize_once_cpu_ms_per_prompt_median", "tokenize_once_pieces_cpu_ms_per_prompt_median",
+    "pieces", "load_average_before", "load_average_after",
     "tokenizers_parallelism", "prompt_tokens_per_prompt", "target_cpu_ms_per_prompt", "profile",
     "profile_top", "environment",
 ]  # fmt: skip
@@ -99,6 +102,14 @@ class _StubModel:
         return type("Out", (), {"logits": logits})()
 
 
+class _NoPieces:
+    """``--no-pieces``: what ``candidateids`` sees in place of ``pieces.PieceEncoder``."""
+
+    @classmethod
+    def for_tokenizer(cls, fast: Any) -> None:
+        return None
+
+
 def _backend(model_dir: Path, tokenizer: Any) -> Any:
     from selectllm_local.backends.hf_backend import HFBackend
     from selectllm_local.config import EngineConfig
@@ -127,22 +138,32 @@ def _tokenizer(kind: str, items: list[Any], tmp: Path) -> Any:
     return AutoTokenizer.from_pretrained(tmp / f"tok-{kind}")
 
 
-def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> float:
-    """The floor under the per-prompt figure: CPU ms per prompt of tokenizing every candidate's
-    text once, alone (one batched call without offsets, texts pre-cut as ``truncation`` does;
-    median of ``--repeats``). Whatever a run does beyond this is our own work."""
+def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> tuple[float, float]:
+    """CPU ms per prompt of tokenizing every candidate's text once, alone (texts pre-cut as
+    ``truncation`` does; median of ``--repeats``): by the Rust tokenizer in one batched call
+    without offsets, and by ``selection.pieces`` from an empty table (None where it does not
+    apply). What a cold run does beyond the smaller is our own work."""
     from selectllm_local.selection import prompts as prompting
 
     cap = args.max_candidate_tokens * 12
     texts = [prompting.candidate_text(it)[:cap] + "\n" for it in items]
     fast = tok.backend_tokenizer
     encode = getattr(fast, "encode_batch_fast", fast.encode_batch)
-    cpu = []
+    try:
+        from selectllm_local.selection.pieces import PieceEncoder
+    except ImportError:  # code from before the pre-token encoder
+        PieceEncoder = None  # noqa: N806
+    rust, pieces = [], []
     for _ in range(args.repeats):
         c0 = time.process_time()
         encode(texts, add_special_tokens=False)
-        cpu.append((time.process_time() - c0) * 1000 / args.subsets)
-    return round(statistics.median(cpu), 3)
+        rust.append((time.process_time() - c0) * 1000 / args.subsets)
+        enc = PieceEncoder.for_tokenizer(fast) if PieceEncoder is not None else None
+        if enc is not None:
+            c0 = time.process_time()
+            enc.encode(texts, lambda ts: [e.ids for e in encode(ts, add_special_tokens=False)])
+            pieces.append((time.process_time() - c0) * 1000 / args.subsets)
+    return _median(rust), (_median(pieces) if pieces else float("nan"))
 
 
 def _select(plan: Any, items: Any, backend: Any, cfg: Any, store: Path | str) -> Any:
@@ -206,7 +227,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 one = _timed(lambda w=where: _select(plan, items, backend, cfg, w), n)
                 (cold if kind == "cold" else warm).append(one)
-        floor = _tokenize_once(tok, items, args)
+        floor, floor_pieces = _tokenize_once(tok, items, args)
         # a CPU-time profile of one more cold select
         prof = cProfile.Profile(time.process_time)
         prof.enable()
@@ -246,6 +267,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "warm_cpu_ms_per_prompt_median": _median([c for _, c in warm]) if warm else None,
         "warm_cpu_ms_per_prompt_all": [round(c, 3) for _, c in warm],
         "tokenize_once_cpu_ms_per_prompt_median": floor,
+        "tokenize_once_pieces_cpu_ms_per_prompt_median": floor_pieces,
+        "pieces": "on" if args.pieces else "off",
         "load_average_before": load0,
         "load_average_after": list(os.getloadavg()),
         # as `selectllm` runs it: unset = the Rust tokenizer's batches use every core
@@ -346,12 +369,23 @@ def main() -> None:
     ap.add_argument("--fixed-budget", type=int, default=137, help="budget on the whole pool")
     ap.add_argument("--no-fixed", action="store_true", help="skip the per-run fixed cost")
     ap.add_argument(
+        "--no-pieces",
+        dest="pieces",
+        action="store_false",
+        help="candidate ids from the Rust tokenizer alone, not selection.pieces",
+    )
+    ap.add_argument(
         "--no-store",
         dest="store",
         action="store_false",
         help="no candidate token store (every select tokenizes; no warm figure)",
     )
     args = ap.parse_args()
+    if not args.pieces:
+        from selectllm_local.selection import candidateids
+
+        if hasattr(candidateids, "PieceEncoder"):  # else code from before it: nothing to turn off
+            candidateids.PieceEncoder = _NoPieces  # type: ignore[misc,assignment]
     runs = []
     for tok in args.tokenizer or ["pool"]:
         for mode in args.mode or ["generate", "logprobs"]:
@@ -370,7 +404,8 @@ def main() -> None:
                       f"{res['cpu_ms_per_prompt_median']:.3f} ms CPU, "
                       f"{res['ms_per_prompt_median']:.3f} ms wall per prompt; {warm} "
                       f"(target <= {TARGET_CPU_MS} ms CPU; tokenizing the candidates once alone: "
-                      f"{res['tokenize_once_cpu_ms_per_prompt_median']:.3f}) "
+                      f"{res['tokenize_once_cpu_ms_per_prompt_median']:.3f} Rust batch, "
+                      f"{res['tokenize_once_pieces_cpu_ms_per_prompt_median']:.3f} pre-tokens) "
                       f"({res['prompt_tokens_per_prompt']:.0f} prompt tokens; load "
                       f"{res['load_average_before'][0]:.1f})")  # fmt: skip
                 for row in res["profile_top"][:8]:

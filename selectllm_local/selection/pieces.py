@@ -1,19 +1,24 @@
-"""Byte-level BPE token ids without the Rust tokenizer's per-text cost.
+r"""Byte-level BPE token ids without the Rust tokenizer's per-text cost.
 
 A byte-level BPE tokenizer (GPT-2, SmolLM2, Llama 3, Qwen) splits a text into pre-tokens with
 one regular expression and runs BPE on each pre-token alone, so a text's ids are the ids of its
-pre-tokens, joined. ``PieceEncoder`` does the split here, with the tokenizer's own pattern
-(Python's ``re`` on ASCII texts, the ``regex`` package on the others), runs the tokenizer's own
-BPE model (``model.tokenize``) once per distinct pre-token, and joins ids from that table. On a
-pool's candidates that is about half the CPU of ``encode_batch_fast``, which builds a full
-encoding object per text (``benchmarks/bench_overhead.py``).
+pre-tokens, joined. ``PieceEncoder`` does the split here with the tokenizer's own pattern, runs
+the tokenizer's own BPE model (``model.tokenize``) once per distinct pre-token, and joins ids
+from that table. On a pool's candidates that costs about a third of the CPU of
+``encode_batch_fast``, which builds a full encoding object per text
+(``benchmarks/bench_overhead.py``).
 
-A text is left to the tokenizer itself when it holds a character whose class two regex engines
-might read differently (controls but tab, newline and carriage return; unassigned, private and
-surrogate code points; zero-width and byte-order marks), an added token's content, or, under an
-NFC normalizer, anything NFC would change; so is every text of a tokenizer this module does not
-know exactly (``for_tokenizer`` returns None). The caller compares the first texts of a run
-with the tokenizer and drops the encoder on any difference (``candidateids.CandidateTokens``).
+The split runs on Python's ``re`` in ASCII mode. The patterns ask of a non-ASCII character only
+its class (letter ``\p{L}``, number ``\p{N}``, whitespace ``\s``, or none of these), so each
+one is replaced by an ASCII stand-in of its class that the pattern never names literally; the
+pre-tokens are then cut from the original text at the same offsets. A text is left to the
+tokenizer itself when it holds a character whose class could read differently in the two
+regex engines (controls but tab, newline and carriage return; unassigned, private and surrogate
+code points; zero-width and byte-order marks; a character with an ASCII case partner, such as
+the long s or the Kelvin sign), an added token's content, or, under an NFC normalizer, anything
+NFC would change; so is every text of a tokenizer this module does not know exactly
+(``for_tokenizer`` returns None). The caller compares the first texts of a run with the
+tokenizer and drops the encoder on any difference (``candidateids.CandidateTokens``).
 """
 
 from __future__ import annotations
@@ -23,24 +28,37 @@ import re
 from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
-from unicodedata import is_normalized
+from unicodedata import category, is_normalized
 
 # What ``for_tokenizer`` accepts, as the tokenizer's own JSON of its pre-tokenizer: GPT-2's
 # ByteLevel split (SmolLM2), the same after isolating every digit (the tiny and pool tokenizers),
-# and a Split by a given pattern before a ByteLevel without its own regex (Llama 3, Qwen 2).
+# and the Split patterns of Llama 3 and Qwen 2 before a ByteLevel without its own regex.
 _GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# The Split patterns of Llama 3 and Qwen 2, spelled as in their tokenizer.json; no other is taken
+# (a stand-in is exact only where the pattern's classes are the ones checked here).
+_SPLITS = frozenset(
+    {
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    }
+)
 # Digits first: no pre-token spans a digit, and a run of spaces before one ends its piece, so
 # ``\s+(?!\S)`` may stop before a digit as it does at the end of a text.
 _GPT2_DIGITS = (
     r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 )
-# Characters left to the tokenizer: controls but tab, newline and carriage return; unassigned,
-# private and surrogate code points (whose classes may differ between Unicode versions); and the
-# format characters that were whitespace in some Unicode version.
-_UNSAFE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\p{Cn}\p{Co}\p{Cs}\u180e\u200b-\u200d\u2060\ufeff]"
-_UNSAFE_ASCII = re.compile(r"[^\t\n\r\x20-\x7e]")
+# ASCII characters left to the tokenizer: controls but tab, newline and carriage return.
+_UNSURE_ASCII = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Format characters that were whitespace in some Unicode version, and the byte-order mark.
+_UNSURE_FORMAT = frozenset("\u180e\u200b\u200c\u200d\u2060\ufeff")
 # The Unicode classes a pattern may use, as they read on ASCII text (inside and outside [...]).
 _ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9"}
+# Escapes whose Unicode meaning differs from their ASCII one in a way stand-ins cannot keep.
+_UNICODE_ESCAPES = frozenset("pPwWdDbB")
+# Stand-in candidates per class; the first the pattern does not name is used.
+_STAND_INS = {"L": "qxzjkQXZJK", "N": "0123456789", "S": "\t\x0b\x0c", "O": "!#%&,;<=>@`~"}
 _CACHE_MAX = 500_000  # distinct pre-tokens kept per encoder (a few tens of MB)
 
 
@@ -88,13 +106,16 @@ def _split_source(pre: dict[str, Any]) -> str | None:
         split = parts[0]
         if split.get("behavior") == "Isolated" and not split.get("invert"):
             source = (split.get("pattern") or {}).get("Regex")
-            return source if isinstance(source, str) and source else None
+            return source if source in _SPLITS else None
     return None
 
 
 def _ascii_source(source: str) -> str | None:
     r"""``source`` for Python's ``re`` on ASCII text: ``\p{L}`` and ``\p{N}`` as ASCII ranges
-    (``[A-Za-z]`` outside a character class); None if it uses any other ``\p``/``\P`` class."""
+    (``[A-Za-z]`` outside a character class); None if it names a non-ASCII character or uses
+    any other ``\p``/``\P`` class, or ``\w``, ``\d``, ``\b`` or their negations."""
+    if not source.isascii():
+        return None
     out: list[str] = []
     i, in_class, opened = 0, False, -1  # opened: where the class's first member may stand
     while i < len(source):
@@ -106,7 +127,7 @@ def _ascii_source(source: str) -> str | None:
                 out.append(ranges if in_class else f"[{ranges}]")
                 i += 5
                 continue
-            if source[i + 1 : i + 2] in ("p", "P"):
+            if source[i + 1 : i + 2] in _UNICODE_ESCAPES:
                 return None
             out.append(source[i : i + 2])
             i += 2
@@ -121,18 +142,46 @@ def _ascii_source(source: str) -> str | None:
     return "".join(out)
 
 
+def _char_class(c: str, folds: bool) -> str | None:
+    """The class of a non-ASCII character as split patterns read it: "L" (letter), "N"
+    (number), "S" (whitespace), "O" (anything else), or None when it is left to the tokenizer.
+    ``folds``: the pattern matches some part regardless of case."""
+    cat = category(c)
+    if cat in ("Cc", "Cn", "Co", "Cs") or c in _UNSURE_FORMAT:
+        return None
+    if folds and any(ch.isascii() for ch in c.lower() + c.upper() + c.casefold()):
+        return None  # an ASCII case partner (the long s, the Kelvin sign) could match a literal
+    if c.isspace():
+        return "S"
+    return cat[0] if cat[0] in ("L", "N") else "O"
+
+
+def _stand_ins(source: str) -> dict[str, str]:
+    """One ASCII stand-in per class that ``source`` does not name literally (in either case)."""
+    named = source + source.lower() + source.upper()
+    escapes = {"\t": "\\t", "\x0b": "\\x0b", "\x0c": "\\x0c"}
+    out = {}
+    for cls, cands in _STAND_INS.items():
+        free = [c for c in cands if c not in named and escapes.get(c, c) not in source]
+        if not free:
+            raise ValueError(f"no stand-in for class {cls} in {source!r}")
+        out[cls] = free[0]
+    return out
+
+
 class PieceEncoder:
     """Ids of texts by the tokenizer's own split and BPE, each distinct pre-token tokenized once
     (``encode``). Made by ``for_tokenizer``; ``fallback`` encodes the texts it does not take."""
 
     def __init__(self, model: Any, source: str, added: list[str], nfc: bool = False) -> None:
-        import regex  # Unicode classes (\p{L}, \p{N}) as the tokenizer's patterns use them
-
-        self._model = model
-        self._pattern = regex.compile(source)
         ascii_source = _ascii_source(source)
-        self._ascii = re.compile(ascii_source, re.ASCII) if ascii_source else None
-        self._unsafe = regex.compile(_UNSAFE)
+        if ascii_source is None:
+            raise ValueError(f"a split pattern this encoder cannot read: {source!r}")
+        self._model = model
+        self._pattern = re.compile(ascii_source, re.ASCII)
+        self._stand_in = _stand_ins(source)
+        self._folds = "(?i" in source  # a part that matches regardless of case
+        self._table: dict[int, str | None] = {}  # non-ASCII code point -> stand-in (None: unsure)
         self._added = (
             re.compile("|".join(map(re.escape, sorted(added, key=len, reverse=True))))
             if added
@@ -167,24 +216,42 @@ class PieceEncoder:
             source = _split_source(pre) if pre else None
             nfc = norm is not None
             return cls(model, source, added, nfc) if source else None
-        except Exception:  # noqa: BLE001  (an older tokenizers build, no `regex`, a bad pattern)
+        except Exception:  # noqa: BLE001  (an older tokenizers build, a pattern it cannot read)
             return None
 
     def _pieces(self, text: str) -> list[str] | None:
         """``text``'s pre-tokens, or None when the tokenizer must encode it."""
         if self._added is not None and self._added.search(text):
             return None
-        if text.isascii() and self._ascii is not None:
-            if _UNSAFE_ASCII.search(text):
-                return None
-            pieces: list[str] = self._ascii.findall(text)
-        elif self._unsafe.search(text) or (self._nfc and not is_normalized("NFC", text)):
+        if _UNSURE_ASCII.search(text):
             return None
+        if text.isascii():
+            pieces: list[str] = self._pattern.findall(text)
         else:
-            pieces = self._pattern.findall(text)
+            proxy = self._proxy(text)
+            if proxy is None:
+                return None
+            pieces, at = [], 0
+            for piece in self._pattern.findall(proxy):
+                pieces.append(text[at : at + len(piece)])
+                at += len(piece)
         if self._gaps and sum(map(len, pieces)) != len(text):  # a gap the pattern left
             return None
         return pieces
+
+    def _proxy(self, text: str) -> str | None:
+        """``text`` with each non-ASCII character replaced by its class's ASCII stand-in, or
+        None if it holds one left to the tokenizer (or NFC would change it)."""
+        table = self._table
+        for c in {c for c in set(text) if c > "\x7f"}:
+            if ord(c) not in table:
+                cls = _char_class(c, self._folds)
+                table[ord(c)] = self._stand_in[cls] if cls is not None else None
+            if table[ord(c)] is None:
+                return None
+        if self._nfc and not is_normalized("NFC", text):
+            return None
+        return text.translate(table)
 
     def takes(self, text: str) -> bool:
         """Whether ``encode`` tokenizes ``text`` itself (else it asks the fallback)."""
