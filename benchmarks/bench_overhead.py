@@ -166,6 +166,17 @@ def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> tupl
     return _median(rust), (_median(pieces) if pieces else float("nan"))
 
 
+def _pieces_state(args: argparse.Namespace) -> str:
+    """Whether this run's candidates went through ``selection.pieces``, and if not, why."""
+    try:
+        from selectllm_local.selection.pieces import MAX_CORES, pays_here
+    except ImportError:
+        return "off (code from before it)"
+    if not args.pieces:
+        return "off (--no-pieces)"
+    return "on" if pays_here() else f"off (more than {MAX_CORES} cores for the Rust tokenizer)"
+
+
 def _select(plan: Any, items: Any, backend: Any, cfg: Any, store: Path | str) -> Any:
     """One ``select`` with the candidate token store at ``store`` ("off": none)."""
     from selectllm_local.selection import rounds as selection
@@ -268,7 +279,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "warm_cpu_ms_per_prompt_all": [round(c, 3) for _, c in warm],
         "tokenize_once_cpu_ms_per_prompt_median": floor,
         "tokenize_once_pieces_cpu_ms_per_prompt_median": floor_pieces,
-        "pieces": "on" if args.pieces else "off",
+        "pieces": _pieces_state(args),
         "load_average_before": load0,
         "load_average_after": list(os.getloadavg()),
         # as `selectllm` runs it: unset = the Rust tokenizer's batches use every core

@@ -20,7 +20,7 @@ from typing import Any
 
 from selectllm_local.records import PoolItem
 from selectllm_local.selection import prompts as prompting
-from selectllm_local.selection.pieces import PieceEncoder
+from selectllm_local.selection.pieces import PieceEncoder, pays_here
 from selectllm_local.selection.storedunits import StoredUnits
 
 log = logging.getLogger("selectllm_local.selection.promptids")
@@ -42,7 +42,9 @@ class CandidateTokens(StoredUnits):
     ``fast`` is the backend's Rust tokenizer (``tokenizers.Tokenizer``) or None; ``enabled``
     says whether token ids are wanted at all (``prepare`` does nothing otherwise). Units are
     kept across runs in a ``tokencache.UnitStore`` under ``store_root`` (None: none), opened
-    for ``tokenizer`` (the HF tokenizer whose ``fast`` this is) at the first ``prepare``."""
+    for ``tokenizer`` (the HF tokenizer whose ``fast`` this is) at the first ``prepare``.
+    ``pieces``: encode with ``pieces.PieceEncoder`` where it applies (None: where it pays,
+    ``pieces.pays_here``)."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class CandidateTokens(StoredUnits):
         *,
         tokenizer: Any = None,
         store_root: Path | None = None,
+        pieces: bool | None = None,
     ) -> None:
         super().__init__(tokenizer, store_root)
         self.items, self.special = items, list(special_tokens)
@@ -69,7 +72,9 @@ class CandidateTokens(StoredUnits):
         self._id_checks = DERIVE_CHECKS  # derived ids of cut candidates, checked apart
         self._lengths: Any = None  # token id -> bytes it covers (numpy, filled as met)
         self._units: dict[tuple[int, int], tuple[str, bool, list[int]]] = {}
-        self._pieces = PieceEncoder.for_tokenizer(self._fast) if enabled else None
+        if pieces is None:
+            pieces = pays_here()
+        self._pieces = PieceEncoder.for_tokenizer(self._fast) if enabled and pieces else None
         self._piece_checks = DERIVE_CHECKS
         nl = self._encode(["\n"])[0] if self.enabled else []
         self._newline: int | None = nl[0] if len(nl) == 1 else None

@@ -24,6 +24,7 @@ tokenizer and drops the encoder on any difference (``candidateids.CandidateToken
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from itertools import chain
@@ -59,6 +60,10 @@ _ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9"}
 _UNICODE_ESCAPES = frozenset("pPwWdDbB")
 # Stand-in candidates per class; the first the pattern does not name is used.
 _STAND_INS = {"L": "qxzjkQXZJK", "N": "0123456789", "S": "\t\x0b\x0c", "O": "!#%&,;<=>@`~"}
+# The most cores at which the encoder is used: it does 40-50% of the CPU work of the Rust
+# tokenizer's batched call, on one thread, while the batch spreads over every core, so on more
+# cores the batch finishes first (``benchmarks/README.md``, "Pre-tokens").
+MAX_CORES = 3
 _CACHE_MAX = 500_000  # distinct pre-tokens kept per encoder (a few tens of MB)
 
 
@@ -167,6 +172,22 @@ def _stand_ins(source: str) -> dict[str, str]:
             raise ValueError(f"no stand-in for class {cls} in {source!r}")
         out[cls] = free[0]
     return out
+
+
+def pays_here() -> bool:
+    """Whether the encoder beats the Rust tokenizer's batches in wall time on this machine: they
+    run on one thread (``TOKENIZERS_PARALLELISM`` off) or on at most ``MAX_CORES`` cores
+    (``RAYON_NUM_THREADS``, else the cores this process may run on)."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").strip().lower() in ("0", "false", "off", "no"):
+        return True
+    try:
+        cores = int(os.environ.get("RAYON_NUM_THREADS") or 0)
+    except ValueError:
+        cores = 0
+    if cores <= 0:
+        affinity = getattr(os, "sched_getaffinity", None)
+        cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return cores <= MAX_CORES
 
 
 class PieceEncoder:

@@ -213,6 +213,28 @@ def test_ascii_form_of_a_split_pattern() -> None:
     assert pieces_mod._ascii_source(r"[]\p{L}]|[^]\p{N}]") == r"[]A-Za-z]|[^]0-9]"
 
 
+@pytest.mark.parametrize(
+    ("env", "cores", "pays"),
+    [
+        ({}, 2, True),
+        ({}, 3, True),
+        ({}, 16, False),
+        ({"TOKENIZERS_PARALLELISM": "false"}, 16, True),
+        ({"RAYON_NUM_THREADS": "2"}, 16, True),
+        ({"RAYON_NUM_THREADS": "8"}, 2, False),
+    ],
+)
+def test_the_encoder_is_used_where_the_rust_batch_has_few_cores(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], cores: int, pays: bool
+) -> None:
+    for name in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(pieces_mod.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert pieces_mod.pays_here() is pays
+
+
 def test_stand_ins_are_never_named_by_the_pattern() -> None:
     source = r"q|x|!|#|0|\t| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+"
     stand = pieces_mod._stand_ins(source)
@@ -249,13 +271,13 @@ def test_a_split_that_differs_is_caught_at_the_start_of_a_run(
     def units(encoder: bool) -> list[Any]:
         if not encoder:
             monkeypatch.setattr(PieceEncoder, "for_tokenizer", classmethod(lambda cls, f: None))
-        cands = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok)
+        cands = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok, pieces=True)
         cands.prepare(indices, 64)
         return [cands._units[(i, 64)] for i in indices]
 
     want = units(encoder=False)
     monkeypatch.undo()
-    good = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok)
+    good = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok, pieces=True)
     assert good._pieces is not None
     good.prepare(indices, 64)
     assert [good._units[(i, 64)] for i in indices] == want and good._pieces is not None
@@ -263,7 +285,7 @@ def test_a_split_that_differs_is_caught_at_the_start_of_a_run(
     wrong = pieces_mod.re.compile(r"\S+|\s+")
     monkeypatch.setattr(PieceEncoder, "_pieces", lambda self, text: wrong.findall(text))
     with caplog.at_level(logging.INFO, logger="selectllm_local.selection.promptids"):
-        bad = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok)
+        bad = CandidateTokens(items, [], tok.backend_tokenizer, True, tokenizer=tok, pieces=True)
         bad.prepare(indices, 64)
     assert bad._pieces is None
     assert [bad._units[(i, 64)] for i in indices] == want
