@@ -138,7 +138,9 @@ def _tokenizer(kind: str, items: list[Any], tmp: Path) -> Any:
     return AutoTokenizer.from_pretrained(tmp / f"tok-{kind}")
 
 
-def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> tuple[float, float]:
+def _tokenize_once(
+    tok: Any, items: list[Any], args: argparse.Namespace
+) -> tuple[float, float | None]:
     """CPU ms per prompt of tokenizing every candidate's text once, alone (texts pre-cut as
     ``truncation`` does; median of ``--repeats``): by the Rust tokenizer in one batched call
     without offsets, and by ``selection.pieces`` from an empty table (None where it does not
@@ -163,7 +165,7 @@ def _tokenize_once(tok: Any, items: list[Any], args: argparse.Namespace) -> tupl
             c0 = time.process_time()
             enc.encode(texts, lambda ts: [e.ids for e in encode(ts, add_special_tokens=False)])
             pieces.append((time.process_time() - c0) * 1000 / args.subsets)
-    return _median(rust), (_median(pieces) if pieces else float("nan"))
+    return _median(rust), (_median(pieces) if pieces else None)
 
 
 def _pieces_state(args: argparse.Namespace) -> str:
@@ -416,7 +418,8 @@ def main() -> None:
                       f"{res['ms_per_prompt_median']:.3f} ms wall per prompt; {warm} "
                       f"(target <= {TARGET_CPU_MS} ms CPU; tokenizing the candidates once alone: "
                       f"{res['tokenize_once_cpu_ms_per_prompt_median']:.3f} Rust batch, "
-                      f"{res['tokenize_once_pieces_cpu_ms_per_prompt_median']:.3f} pre-tokens) "
+                      f"{res['tokenize_once_pieces_cpu_ms_per_prompt_median'] or float('nan'):.3f} "
+                      "pre-tokens) "
                       f"({res['prompt_tokens_per_prompt']:.0f} prompt tokens; load "
                       f"{res['load_average_before'][0]:.1f})")  # fmt: skip
                 for row in res["profile_top"][:8]:

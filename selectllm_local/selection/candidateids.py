@@ -14,13 +14,12 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Callable, Sequence
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from selectllm_local.records import PoolItem
 from selectllm_local.selection import prompts as prompting
-from selectllm_local.selection.pieces import PieceEncoder, pays_here
+from selectllm_local.selection.pieces import PIECE_CHECKS, PieceEncoder, encode_fast, pays_here
 from selectllm_local.selection.storedunits import StoredUnits
 
 log = logging.getLogger("selectllm_local.selection.promptids")
@@ -75,21 +74,20 @@ class CandidateTokens(StoredUnits):
         if pieces is None:
             pieces = pays_here()
         self._pieces = PieceEncoder.for_tokenizer(self._fast) if enabled and pieces else None
-        self._piece_checks = DERIVE_CHECKS
+        self._piece_checks = PIECE_CHECKS
         nl = self._encode(["\n"])[0] if self.enabled else []
         self._newline: int | None = nl[0] if len(nl) == 1 else None
 
     # -- pieces -------------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Ids of ``texts`` (no special tokens): by ``pieces.PieceEncoder`` where it applies,
-        its first ``DERIVE_CHECKS`` texts of a run compared with the tokenizer's (any difference
+        its first ``PIECE_CHECKS`` texts of a run compared with the tokenizer's (any difference
         turns it off for the run), else by the tokenizer in one batched call."""
         if self._pieces is None or not texts:
             return self._encode_rust(texts)
-        got = self._pieces.encode(texts, self._encode_rust)
-        if self._piece_checks > 0:
-            taken = (j for j, t in enumerate(texts) if self._pieces.takes(t))
-            check = list(islice(taken, self._piece_checks))
+        got, taken = self._pieces.encode(texts, self._encode_rust)
+        if self._piece_checks > 0 and taken:
+            check = taken[: self._piece_checks]
             self._piece_checks -= len(check)
             real = self._encode_rust([texts[j] for j in check])
             if any(got[j] != ids for j, ids in zip(check, real, strict=True)):
@@ -195,9 +193,13 @@ class CandidateTokens(StoredUnits):
             j
             for j, (_t, cut, ids) in enumerate(cuts)
             if (ids is None and cut) or (not cut and pending[j] not in self._raw_ids)
-        ] + check
+        ]
         encoded = dict(
             zip(todo_j, self._encode([cuts[j][0] + suffix for j in todo_j]), strict=True)
+        )
+        # the derived ids checked are compared with the tokenizer itself
+        encoded.update(
+            zip(check, self._encode_rust([cuts[j][0] + suffix for j in check]), strict=True)
         )
         if check:
             self._id_checks -= len(check)
@@ -333,12 +335,12 @@ class CandidateTokens(StoredUnits):
             return
         check = list(asks)[: self._derive_checks]
         self._derive_checks -= len(check)
-        real = self._encode([asks[j] for j in check])
+        real = self._encode_rust([asks[j] for j in check])
         if all(counts[j] == len(enc) for j, enc in zip(check, real, strict=True)):
             return
         self._derive_off()
         rest = [j for j in asks if j not in check]
-        real += self._encode([asks[j] for j in rest])
+        real += self._encode_rust([asks[j] for j in rest])
         for j, enc in zip(check + rest, real, strict=True):
             counts[j] = len(enc)
 
@@ -353,13 +355,6 @@ class CandidateTokens(StoredUnits):
         if self._derive_checks >= 0:
             log.info("token counts of cut candidates cannot be derived for this tokenizer")
         self._derive_checks = -1
-
-
-def encode_fast(fast: Any, texts: Sequence[str]) -> list[Any]:
-    """Encodings by Rust tokenizer ``fast`` without character offsets (``encode_batch_fast``,
-    tokenizers >= 0.21: a third cheaper on short texts), for calls that need ids or counts only."""
-    encode = getattr(fast, "encode_batch_fast", fast.encode_batch)
-    return list(encode(list(texts), add_special_tokens=False)) if texts else []
 
 
 def _byte_level(fast: Any) -> bool:

@@ -10,15 +10,17 @@ from that table. On a pool's candidates that costs about a third of the CPU of
 
 The split runs on Python's ``re`` in ASCII mode. The patterns ask of a non-ASCII character only
 its class (letter ``\p{L}``, number ``\p{N}``, whitespace ``\s``, or none of these), so each
-one is replaced by an ASCII stand-in of its class that the pattern never names literally; the
-pre-tokens are then cut from the original text at the same offsets. A text is left to the
-tokenizer itself when it holds a character whose class could read differently in the two
-regex engines (controls but tab, newline and carriage return; unassigned, private and surrogate
-code points; zero-width and byte-order marks; a character with an ASCII case partner, such as
-the long s or the Kelvin sign), an added token's content, or, under an NFC normalizer, anything
-NFC would change; so is every text of a tokenizer this module does not know exactly
-(``for_tokenizer`` returns None). The caller compares the first texts of a run with the
-tokenizer and drops the encoder on any difference (``candidateids.CandidateTokens``).
+one is replaced by an ASCII stand-in of its class that the pattern never names literally, and
+the pre-tokens are cut from the original text at the same offsets. The class comes from the
+tokenizer library's own regex engine (and its Digits step), asked once per character, so its
+Unicode data decides, not Python's. A text is left to the tokenizer itself when it holds an ASCII
+control but tab, newline and carriage return, a lone surrogate, a character whose classes
+disagree, a character with a one-letter ASCII case partner (the long s, the Kelvin sign) where
+the pattern ignores case, an added token's content, or, under an NFC normalizer, anything NFC
+would change; so is every text of a tokenizer this module does not know exactly
+(``for_tokenizer`` returns None). The caller compares the first ``PIECE_CHECKS`` texts of a
+run with the tokenizer and drops the encoder on any difference
+(``candidateids.CandidateTokens``).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
+from functools import cache
 from itertools import chain
 from typing import Any
-from unicodedata import category, is_normalized
+from unicodedata import category, is_normalized, normalize
 
 # What ``for_tokenizer`` accepts, as the tokenizer's own JSON of its pre-tokenizer: GPT-2's
 # ByteLevel split (SmolLM2), the same after isolating every digit (the tiny and pool tokenizers),
@@ -52,8 +55,6 @@ _GPT2_DIGITS = (
 )
 # ASCII characters left to the tokenizer: controls but tab, newline and carriage return.
 _UNSURE_ASCII = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# Format characters that were whitespace in some Unicode version, and the byte-order mark.
-_UNSURE_FORMAT = frozenset("\u180e\u200b\u200c\u200d\u2060\ufeff")
 # The Unicode classes a pattern may use, as they read on ASCII text (inside and outside [...]).
 _ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9"}
 # Escapes whose Unicode meaning differs from their ASCII one in a way stand-ins cannot keep.
@@ -64,7 +65,11 @@ _STAND_INS = {"L": "qxzjkQXZJK", "N": "0123456789", "S": "\t\x0b\x0c", "O": "!#%
 # tokenizer's batched call, on one thread, while the batch spreads over every core, so on more
 # cores the batch finishes first (``benchmarks/README.md``, "Pre-tokens").
 MAX_CORES = 3
-_CACHE_MAX = 500_000  # distinct pre-tokens kept per encoder (a few tens of MB)
+# Texts per run whose ids are compared with the tokenizer's before the encoder is trusted.
+PIECE_CHECKS = 16
+# Distinct pre-tokens kept per encoder, about 300 bytes each (60 MB); the table is emptied at
+# the start of a call that finds it fuller (all of Dolly 15k makes 95,000).
+_CACHE_MAX = 200_000
 
 
 def _byte_chars() -> str:
@@ -126,9 +131,9 @@ def _ascii_source(source: str) -> str | None:
     while i < len(source):
         c = source[i]
         if c == "\\":
-            two = source[i : i + 5]
-            if two in _ASCII_CLASSES:
-                ranges = _ASCII_CLASSES[two]
+            escape = source[i : i + 5]
+            if escape in _ASCII_CLASSES:
+                ranges = _ASCII_CLASSES[escape]
                 out.append(ranges if in_class else f"[{ranges}]")
                 i += 5
                 continue
@@ -147,18 +152,44 @@ def _ascii_source(source: str) -> str | None:
     return "".join(out)
 
 
-def _char_class(c: str, folds: bool) -> str | None:
-    """The class of a non-ASCII character as split patterns read it: "L" (letter), "N"
-    (number), "S" (whitespace), "O" (anything else), or None when it is left to the tokenizer.
-    ``folds``: the pattern matches some part regardless of case."""
-    cat = category(c)
-    if cat in ("Cc", "Cn", "Co", "Cs") or c in _UNSURE_FORMAT:
-        return None
-    if folds and any(ch.isascii() for ch in c.lower() + c.upper() + c.casefold()):
+@cache
+def _probes() -> tuple[Any, Any, Any, Any]:
+    r"""The tokenizer library's own tests of a character: its regex engine's ``\p{L}``,
+    ``\p{N}`` and ``\s`` (each removes a matching character), and the Digits pre-tokenizer."""
+    from tokenizers import Regex, pre_tokenizers
+
+    split = [
+        pre_tokenizers.Split(Regex(p), behavior="removed") for p in (r"\p{L}", r"\p{N}", r"\s")
+    ]
+    return split[0], split[1], split[2], pre_tokenizers.Digits(individual_digits=True)
+
+
+@cache
+def _engine_class(c: str) -> tuple[bool, bool, bool, bool]:
+    """(letter, number, whitespace) as the tokenizer's regex engine reads ``c``, and whether its
+    Digits pre-tokenizer isolates ``c``: their Unicode data, not Python's, which may be newer."""
+    letter, number, space, digits = _probes()
+    return (
+        not letter.pre_tokenize_str(c),
+        not number.pre_tokenize_str(c),
+        not space.pre_tokenize_str(c),
+        len(digits.pre_tokenize_str(f"a{c}a")) == 3,
+    )
+
+
+def _char_class(c: str, folds: bool, digits: bool) -> str | None:
+    """The class of a non-ASCII character as the split reads it: "L" (letter), "N" (number),
+    "S" (whitespace), "O" (anything else), or None when it is left to the tokenizer. ``folds``:
+    the pattern matches some part regardless of case; ``digits``: a Digits step isolates
+    numbers first (Rust's own test, which must agree with the regex engine's)."""
+    if category(c) == "Cs":
+        return None  # a lone surrogate has no UTF-8
+    if folds and any(len(x) == 1 and x.isascii() for x in (c.lower(), c.upper(), c.casefold())):
         return None  # an ASCII case partner (the long s, the Kelvin sign) could match a literal
-    if c.isspace():
-        return "S"
-    return cat[0] if cat[0] in ("L", "N") else "O"
+    letter, number, space, digit = _engine_class(c)
+    if letter + number + space > 1 or (digits and digit != number):
+        return None
+    return "L" if letter else "N" if number else "S" if space else "O"
 
 
 def _stand_ins(source: str) -> dict[str, str]:
@@ -172,6 +203,13 @@ def _stand_ins(source: str) -> dict[str, str]:
             raise ValueError(f"no stand-in for class {cls} in {source!r}")
         out[cls] = free[0]
     return out
+
+
+def encode_fast(fast: Any, texts: Sequence[str]) -> list[Any]:
+    """Encodings by Rust tokenizer ``fast`` without character offsets (``encode_batch_fast``,
+    tokenizers >= 0.21: a third cheaper on short texts), for calls that need ids or counts only."""
+    encode = getattr(fast, "encode_batch_fast", fast.encode_batch)
+    return list(encode(list(texts), add_special_tokens=False)) if texts else []
 
 
 def pays_here() -> bool:
@@ -202,9 +240,10 @@ class PieceEncoder:
         self._pattern = re.compile(ascii_source, re.ASCII)
         self._stand_in = _stand_ins(source)
         self._folds = "(?i" in source  # a part that matches regardless of case
+        self._digits = source == _GPT2_DIGITS  # a Digits step before the regex
         self._table: dict[int, str | None] = {}  # non-ASCII code point -> stand-in (None: unsure)
         self._added = (
-            re.compile("|".join(map(re.escape, sorted(added, key=len, reverse=True))))
+            re.compile("|".join(map(re.escape, sorted(set(added), key=len, reverse=True))))
             if added
             else None
         )
@@ -234,6 +273,8 @@ class PieceEncoder:
                 return None
             pre = _state(backend.pre_tokenizer) if backend.pre_tokenizer is not None else None
             added = [t.content for t in backend.get_added_tokens_decoder().values() if t.content]
+            if norm is not None:  # a normalized added token matches its NFC form
+                added += [normalize("NFC", a) for a in added]
             source = _split_source(pre) if pre else None
             nfc = norm is not None
             return cls(model, source, added, nfc) if source else None
@@ -266,7 +307,7 @@ class PieceEncoder:
         table = self._table
         for c in {c for c in set(text) if c > "\x7f"}:
             if ord(c) not in table:
-                cls = _char_class(c, self._folds)
+                cls = _char_class(c, self._folds, self._digits)
                 table[ord(c)] = self._stand_in[cls] if cls is not None else None
             if table[ord(c)] is None:
                 return None
@@ -280,10 +321,12 @@ class PieceEncoder:
 
     def encode(
         self, texts: Sequence[str], fallback: Callable[[list[str]], list[list[int]]]
-    ) -> list[list[int]]:
-        """The ids of every text, as the tokenizer gives them without special tokens."""
+    ) -> tuple[list[list[int]], list[int]]:
+        """The ids of every text, as the tokenizer gives them without special tokens, and the
+        positions of the texts this encoder tokenized (``fallback`` did the others)."""
         out: list[list[int] | None] = [None] * len(texts)
         slow: list[int] = []
+        taken: list[int] = []
         if len(self._ids) > _CACHE_MAX:
             self._ids.clear()
         get = self._ids.__getitem__
@@ -293,10 +336,11 @@ class PieceEncoder:
                 slow.append(j)
             else:
                 out[j] = list(chain.from_iterable(map(get, pieces)))
+                taken.append(j)
         if slow:
             for j, got in zip(slow, fallback([texts[j] for j in slow]), strict=True):
                 out[j] = got
-        return out  # type: ignore[return-value]
+        return out, taken  # type: ignore[return-value]
 
 
 class _PieceIds(dict[str, list[int]]):

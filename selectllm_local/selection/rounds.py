@@ -44,7 +44,6 @@ from selectllm_local.errors import UserError
 from selectllm_local.records import Plan, PoolItem, Subset, SubsetResult
 from selectllm_local.selection import grammar, tokencache
 from selectllm_local.selection import prompts as prompting
-from selectllm_local.selection.candidateids import encode_fast
 from selectllm_local.selection.generate import generate_round
 from selectllm_local.selection.logprobs import logprob_round
 from selectllm_local.selection.picks import (
@@ -54,6 +53,7 @@ from selectllm_local.selection.picks import (
     matches_plan,
     trivial_result,
 )
+from selectllm_local.selection.pieces import encode_fast
 from selectllm_local.selection.promptids import PromptBuilder, fast_tokenizer
 
 log = logging.getLogger(__name__)
