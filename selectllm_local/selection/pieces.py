@@ -4,9 +4,9 @@ A byte-level BPE tokenizer (GPT-2, SmolLM2, Llama 3, Qwen) splits a text into pr
 one regular expression and runs BPE on each pre-token alone, so a text's ids are the ids of its
 pre-tokens, joined. ``PieceEncoder`` does the split here with the tokenizer's own pattern, runs
 the tokenizer's own BPE model (``model.tokenize``) once per distinct pre-token, and joins ids
-from that table. On a pool's candidates that costs about a third of the CPU of
-``encode_batch_fast``, which builds a full encoding object per text
-(``benchmarks/bench_overhead.py``).
+from that table. On a pool's candidates that costs 55-65% of the CPU of the Rust tokenizer's
+``encode_batch_fast``, which builds a full encoding object per text, but on one thread; it is
+used where the batch would have no more than ``MAX_CORES`` cores (``pays_here``).
 
 The split runs on Python's ``re`` in ASCII mode. The patterns ask of a non-ASCII character only
 its class (letter ``\p{L}``, number ``\p{N}``, whitespace ``\s``, or none of these), so each
@@ -61,10 +61,11 @@ _ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9"}
 _UNICODE_ESCAPES = frozenset("pPwWdDbB")
 # Stand-in candidates per class; the first the pattern does not name is used.
 _STAND_INS = {"L": "qxzjkQXZJK", "N": "0123456789", "S": "\t\x0b\x0c", "O": "!#%&,;<=>@`~"}
-# The most cores at which the encoder is used: it does 40-50% of the CPU work of the Rust
-# tokenizer's batched call, on one thread, while the batch spreads over every core, so on more
-# cores the batch finishes first (``benchmarks/README.md``, "Pre-tokens").
-MAX_CORES = 3
+# The most cores at which the encoder is used. It does 55-65% of the CPU work of the Rust
+# tokenizer's batched call, on one thread; the batch spreads over the cores (1.5x faster on two
+# here), so on two cores the two finish together and on more the batch finishes first
+# (``benchmarks/README.md``, "Pre-tokens").
+MAX_CORES = 2
 # Texts per run whose ids are compared with the tokenizer's before the encoder is trusted.
 PIECE_CHECKS = 16
 # Distinct pre-tokens kept per encoder, about 300 bytes each (60 MB); the table is emptied at

@@ -223,7 +223,7 @@ def test_ascii_form_of_a_split_pattern() -> None:
     ("env", "cores", "pays"),
     [
         ({}, 2, True),
-        ({}, 3, True),
+        ({}, 3, False),
         ({}, 16, False),
         ({"TOKENIZERS_PARALLELISM": "false"}, 16, True),
         ({"RAYON_NUM_THREADS": "2"}, 16, True),
