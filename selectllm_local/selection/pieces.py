@@ -38,6 +38,11 @@ from unicodedata import category, is_normalized, normalize
 # ByteLevel split (SmolLM2), the same after isolating every digit (the tiny and pool tokenizers),
 # and the Split patterns of Llama 3 and Qwen 2 before a ByteLevel without its own regex.
 _GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Digits first: no pre-token spans a digit, and a run of spaces before one ends its piece, so
+# ``\s+(?!\S)`` may stop before a digit as it does at the end of a text.
+_GPT2_DIGITS = (
+    r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+)
 # The Split patterns of Llama 3 and Qwen 2, spelled as in their tokenizer.json; no other is taken
 # (a stand-in is exact only where the pattern's classes are the ones checked here).
 _SPLITS = frozenset(
@@ -47,11 +52,6 @@ _SPLITS = frozenset(
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
         r"|\s*[\r\n]+|\s+(?!\S)|\s+",
     }
-)
-# Digits first: no pre-token spans a digit, and a run of spaces before one ends its piece, so
-# ``\s+(?!\S)`` may stop before a digit as it does at the end of a text.
-_GPT2_DIGITS = (
-    r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 )
 # ASCII characters left to the tokenizer: controls but tab, newline and carriage return.
 _UNSURE_ASCII = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
