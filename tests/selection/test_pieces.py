@@ -12,6 +12,7 @@ tokenizer's own batched encoding.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import json
 import logging
@@ -50,10 +51,14 @@ def _fuzz(seed: int, n: int, alphabet: list[str]) -> list[str]:
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(n)]
 
 
-def _dolly_texts(n: int, seed: int) -> list[str]:
+@functools.cache
+def _dolly_rows() -> list[dict[str, str]]:
     with gzip.open(DOLLY, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    rows = random.Random(seed).sample(rows, n)
+        return [json.loads(line) for line in f]
+
+
+def _dolly_texts(n: int, seed: int) -> list[str]:
+    rows = random.Random(seed).sample(_dolly_rows(), n)
     return [f"{r['instruction']}\n\nInput:\n{r['context']}\n{r['response']}" for r in rows]
 
 
@@ -113,7 +118,7 @@ def test_piece_ids_equal_the_tokenizers_on_two_text_sets_and_random_strings(
     tok = tokenizers[kind]
     enc = PieceEncoder.for_tokenizer(tok)
     assert enc is not None, kind
-    dolly, answers = _dolly_texts(3000, seed=7), _testset_texts()
+    dolly, answers = _dolly_texts(2000, seed=7), _testset_texts()
     fuzz = _fuzz(1, 4000, EDGES) + _fuzz(2, 4000, EDGES + UNICODE + CASE_PARTNERS + TAKEN_TOO)
     for name, texts in [("dolly", dolly), ("test answers", answers), ("random", fuzz)]:
         fallback: list[str] = []
@@ -141,7 +146,7 @@ def test_piece_ids_equal_the_real_smollm2_tokenizer(smollm2_dir: Path) -> None:
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     enc = PieceEncoder.for_tokenizer(tok)
     assert enc is not None
-    texts = _dolly_texts(2000, seed=3) + _testset_texts() + _fuzz(4, 3000, EDGES + UNICODE)
+    texts = _dolly_texts(1500, seed=3) + _testset_texts() + _fuzz(4, 2000, EDGES + UNICODE)
     assert enc.encode(texts, lambda ts: _reference(tok, ts))[0] == _reference(tok, texts)
 
 
