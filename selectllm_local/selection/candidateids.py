@@ -222,8 +222,10 @@ class CandidateTokens(StoredUnits):
     ) -> list[tuple[str, bool, list[int]]]:
         """(cut text, truncated, ids of cut text + suffix) per candidate, as ``render_messages``
         would cut it (``truncate_to_tokens`` with the same counts)."""
-        self._prepare(indices, budget, suffix)  # the store is written at the next round
-        return [self._units[(idx, budget)] for idx in indices]
+        units = self._units
+        if not all((idx, budget) in units for idx in indices):  # else the round's prepare made them
+            self._prepare(indices, budget, suffix)  # the store is written at the next round
+        return [units[(idx, budget)] for idx in indices]
 
     def _truncate(
         self, texts: list[str], indices: list[int], budget: int, suffix: str = "\n"

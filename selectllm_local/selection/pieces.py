@@ -30,7 +30,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from functools import cache
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 from unicodedata import category, is_normalized, normalize
 
@@ -242,7 +242,9 @@ class PieceEncoder:
         self._stand_in = _stand_ins(source)
         self._folds = "(?i" in source  # a part that matches regardless of case
         self._digits = source == _GPT2_DIGITS  # a Digits step before the regex
-        self._table: dict[int, str | None] = {}  # non-ASCII code point -> stand-in (None: unsure)
+        # code point -> what the split sees: itself for ASCII (so that ``str.translate`` finds
+        # every character; a miss costs it a caught KeyError), a stand-in, or None (unsure)
+        self._table: dict[int, int | str | None] = {c: c for c in range(128)}
         self._added = (
             re.compile("|".join(map(re.escape, sorted(set(added), key=len, reverse=True))))
             if added
@@ -294,10 +296,8 @@ class PieceEncoder:
             proxy = self._proxy(text)
             if proxy is None:
                 return None
-            pieces, at = [], 0
-            for piece in self._pattern.findall(proxy):
-                pieces.append(text[at : at + len(piece)])
-                at += len(piece)
+            ends = list(accumulate(map(len, self._pattern.findall(proxy))))
+            pieces = [text[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
         if self._gaps and sum(map(len, pieces)) != len(text):  # a gap the pattern left
             return None
         return pieces

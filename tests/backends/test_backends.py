@@ -157,6 +157,27 @@ def test_constrained_generation_is_always_valid(backend) -> None:
         assert 1 <= g.output_tokens <= 12
 
 
+def test_regex_gate_remembers_each_answer_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from selectllm_local.backends import hf_decoding
+
+    strings = ["[", "]", "1", "2", ",", " ", "a", "12"]
+    gate = hf_decoding.RegexGate(id_constraint(3, 2).regex, list(range(8)), strings, eos=99)
+    decoded: list[list[int]] = []
+
+    def decode(ids: list[int]) -> str:
+        decoded.append(list(ids))
+        return "".join(strings[i] for i in ids)
+
+    walks = [[], [0], [0, 2], [0, 2, 4], [0, 2, 4, 5], [0, 7], [0], [0, 2], []]
+    for ids in walks:
+        want = gate.allowed("".join(strings[i] for i in ids))
+        assert gate.allowed_after(ids, decode) == want
+    assert gate.allowed_after([0], decode) == [2, 3]  # "[" then an id of 1..3: not "a", "]", "12"
+    assert decoded == [list(w) for w in dict.fromkeys(map(tuple, walks))]  # once per prefix
+    monkeypatch.setattr(hf_decoding, "MEMO_MAX", 2)  # a full memo starts again, still right
+    assert gate.allowed_after([0, 2, 1], decode) == gate.allowed("[1]") == [99]
+
+
 def test_unconstrained_generation_counts_tokens(backend) -> None:
     gens = backend.generate(_prompts(backend, 2), max_tokens=5, temperature=0.8, seed=3)
     assert all(g.output_tokens <= 5 for g in gens)
