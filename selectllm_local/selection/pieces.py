@@ -352,6 +352,6 @@ class _PieceIds(dict[str, list[int]]):
         self._tokenize = tokenize
 
     def __missing__(self, piece: str) -> list[int]:
-        chars = piece.encode("utf-8").decode("latin-1").translate(_TO_BYTE_CHARS)
-        ids = self[piece] = [t.id for t in self._tokenize(chars)]
+        raw = piece if piece.isascii() else piece.encode("utf-8").decode("latin-1")  # a byte each
+        ids = self[piece] = [t.id for t in self._tokenize(raw.translate(_TO_BYTE_CHARS))]
         return ids
