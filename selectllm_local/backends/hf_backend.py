@@ -132,11 +132,10 @@ class HFBackend(ChatTokenizer):
 
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
-        # filled in numpy and shared with torch: a torch.tensor per row cost ~0.5 ms per prompt;
-        # each row made an array before the copy (a list assigned to a slice costs 3x as much)
+        # filled in numpy and shared with torch: a torch.tensor per row cost ~0.5 ms per prompt
         arr = np.full((len(seqs), width), pad, dtype=np.int64)
         for r, s in enumerate(seqs):
-            arr[r, width - len(s) :] = np.array(s, dtype=np.int64)
+            arr[r, width - len(s) :] = s
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         ids = torch.from_numpy(arr)
         mask = torch.from_numpy((np.arange(width) >= (width - lengths)[:, None]).astype(np.int64))
