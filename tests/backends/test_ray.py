@@ -86,7 +86,6 @@ def one_process(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     return base
 
 
-@pytest.mark.slow(45)
 def test_select_on_ray_matches_one_process(
     ray_address: str, one_process: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -115,7 +114,6 @@ def test_select_on_ray_matches_one_process(
     assert lp.summary.ray.shards > ray.shards  # the label-scoring prompts went too
 
 
-@pytest.mark.slow(30)
 def test_actor_killed_midway_is_restarted_and_its_shards_requeued(
     ray_address: str,
     one_process: Path,
@@ -140,7 +138,6 @@ def test_actor_killed_midway_is_restarted_and_its_shards_requeued(
     assert out.summary.counts.fallback == 0
 
 
-@pytest.mark.slow(45)
 def test_driver_sigkill_then_resume_sends_only_unfinished(ray_address: str, tmp_path: Path) -> None:
     """SIGKILL of the driver mid-run, then the same command: only the unfinished subsets go to
     the actors, and the selection equals an uninterrupted one-process run."""
@@ -214,7 +211,6 @@ def test_ray_not_installed_exits_2_naming_the_extra(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.slow(35)
 def test_embed_on_ray_writes_the_same_cache(ray_address: str, tmp_path: Path) -> None:
     from selectllm_local.embed import cache as embed_cache
     from selectllm_local.run.store import RunStore, read_json
@@ -250,7 +246,6 @@ def test_ray_settings_from_a_config_file(tmp_path: Path) -> None:
         PlanConfig(pool=Path("p.jsonl"), budget=5, embed_on_ray=True)
 
 
-@pytest.mark.slow(40)
 @pytest.mark.parametrize("pool_name", ["first60", "heldout120"])
 def test_logprob_picks_equal_across_batch_size_and_ray(
     pool_name: str, ray_address: str, one_process: Path, tiny_model_dir: Path, tmp_path: Path

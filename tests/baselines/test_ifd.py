@@ -128,7 +128,6 @@ def _engine_ifd(backend, items: list, tmp_path: Path) -> np.ndarray:  # noqa: AN
     return out.ifd
 
 
-@pytest.mark.slow(60)
 @requires_vllm
 def test_vllm_ifd_matches_a_direct_forward_pass(reference, smollm2_vllm, tmp_path: Path) -> None:  # noqa: ANN001
     items, ref = reference
@@ -208,7 +207,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow(100)
 @pytest.mark.parametrize(
     "backend", [pytest.param("vllm", marks=requires_vllm), pytest.param("transformers")]
 )

@@ -41,7 +41,7 @@ def run_check(tmp_path: Path, *args: str) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.slow(75)
+@pytest.mark.slow
 def test_dry_run_runs_every_part_and_writes_one_json(tmp_path: Path) -> None:
     doc = run_check(tmp_path, "--budget", "1500")
     assert doc["schema"] == "selectllm-gpu-check/1" and doc["dry_run"] is True

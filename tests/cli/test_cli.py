@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import EXAMPLE_POOL
 
 CLI = [sys.executable, "-m", "selectllm_local"]
@@ -104,7 +102,6 @@ def test_bad_config_file_key(tmp_path: Path) -> None:
     assert "budgett" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.slow(45)
 def test_plan_example_budget_137_then_reuses_embeddings(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     r = run_cli("plan", str(EXAMPLE_POOL), "--budget", "137", "--run-dir", str(run_dir), "--json")

@@ -35,7 +35,7 @@ def _select(tmp_path: Path, model: Path, run: str, *, verbose: bool) -> subproce
 
 
 @requires_vllm
-@pytest.mark.slow(75)
+@pytest.mark.slow
 def test_select_shows_no_engine_output_by_default_and_verbose_shows_it(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import HANG_GUARD, n_lines, requires_vllm, small_pool
 
 CLI = [sys.executable, "-m", "selectllm_local", "select"]
@@ -59,7 +57,6 @@ def selected_indices(run_dir: Path) -> list[int]:
     return [json.loads(line)["selectllm"]["index"] for line in lines]
 
 
-@pytest.mark.slow(50)
 @requires_vllm
 def test_sigkill_midway_then_resume_equals_uninterrupted(
     tmp_path: Path, tiny_model_dir: Path, vllm_backend

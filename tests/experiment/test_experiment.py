@@ -148,7 +148,6 @@ def test_cli_bad_config_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown method 'nope'" in res.output
 
 
-@pytest.mark.slow(60)
 def test_tiny_ci_experiment_end_to_end(tmp_path: Path) -> None:
     out = run_experiment(TINY, run_dir=tmp_path, progress=False)
     assert out.cells_total == 16 and len(out.cells_run) == 16 and not out.cells_pending
@@ -253,7 +252,6 @@ def test_max_cells_then_resume_runs_only_the_rest(tmp_path: Path) -> None:
     assert _lines(ev / "predictions.jsonl") == answers and adapter.stat().st_mtime_ns == mtime
 
 
-@pytest.mark.slow(45)
 def test_killed_experiment_redoes_only_unfinished_cells(tmp_path: Path) -> None:
     cfg = _small(tmp_path)
     run = tmp_path / "r"

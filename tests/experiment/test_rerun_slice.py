@@ -20,8 +20,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from selectllm_local.data.splits import TestOverlap
 from selectllm_local.experiment import load_experiment_config
 from selectllm_local.experiment.cells import Cell
@@ -99,7 +97,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow(380)
 def test_rerun_slice_end_to_end(tmp_path: Path) -> None:
     path, _, _ = _write_slice(tmp_path)
     run = tmp_path / "run"

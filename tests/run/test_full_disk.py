@@ -76,7 +76,6 @@ def assert_exit_2_naming(r: subprocess.CompletedProcess[str], path: Path, *words
     return message
 
 
-@pytest.mark.slow(40)
 @pytest.mark.parametrize("rows", [300, 420])  # two pools: the outcome is not tuned to one
 def test_select_on_a_full_disk_exits_2_then_resumes_elsewhere(tmp_path: Path, rows: int) -> None:
     pool = small_pool(tmp_path, rows)
