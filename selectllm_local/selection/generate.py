@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from selectllm_local.config import SelectorConfig
 from selectllm_local.records import Generation, Subset, SubsetResult
 from selectllm_local.selection import parse as parsing
+from selectllm_local.selection.gcpause import paused_gc
 from selectllm_local.selection.picks import NO_ANSWER, NO_ANSWER_KIND, done_result, fallback_picks
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ def generate_round(
     emitted at once, invalid or missing ones asked again (``retries``), then fall back."""
     cfg, backend = ctx.cfg, ctx.backend
     parse = parsing.parse_reasons if cfg.reasons else parsing.parse_ids
-    ctx.prepare(pending)
-    prompts = {s.id: ctx.render(s) for s in pending}
+    with paused_gc():  # our own CPU work, which makes no reference cycles (``gcpause``)
+        ctx.prepare(pending)
+        prompts = {s.id: ctx.render(s) for s in pending}
     state = {s.id: _fresh_state() for s in pending}
     todo = list(pending)
     for attempt in range(cfg.retries + 1):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from selectllm_local.records import Subset, SubsetResult
+from selectllm_local.selection.gcpause import paused_gc
 from selectllm_local.selection.picks import (
     NO_ANSWER,
     NO_ANSWER_KIND,
@@ -41,8 +42,9 @@ def logprob_round(
     ``_Round``); unanswered prompts are retried, then fall back (``picks.fallback_picks``)."""
     assert ctx.labels is not None
     jobs, expected, job_ids = _plan_jobs(pending, len(ctx.labels), ctx.cfg.permutations)
-    ctx.prepare(pending)
-    prompts, labels, sizes = _render_jobs(jobs, ctx)
+    with paused_gc():  # our CPU work (``gcpause``)
+        ctx.prepare(pending)
+        prompts, labels, sizes = _render_jobs(jobs, ctx)
     scores_by_job: dict[int, list[float]] = {}
     tries = {s.id: 0 for s in pending}
     t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import subprocess
@@ -288,3 +289,18 @@ def test_every_backend_name_has_a_loader() -> None:
 
     assert BACKEND_NAMES[0] == "auto"
     assert list(LOADERS) == list(BACKEND_NAMES[1:])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_transformers_padding_puts_each_row_at_the_right(hf_backend, seed: int) -> None:
+    rng = random.Random(seed)
+    vocab = len(hf_backend.tokenizer)
+    rows = [[rng.randrange(vocab) for _ in range(rng.randrange(0, 40))] for _ in range(9)]
+    rows.append([vocab - 1] * 41)  # the widest row, with the largest id
+    ids, mask = hf_backend._pad(rows)
+    pad = hf_backend.tokenizer.pad_token_id
+    assert ids.shape == mask.shape == (len(rows), 41) and str(ids.dtype) == "torch.int64"
+    for r, row in enumerate(rows):
+        lead = 41 - len(row)
+        assert ids[r].tolist() == [pad] * lead + row
+        assert mask[r].tolist() == [0] * lead + [1] * len(row)

@@ -343,3 +343,68 @@ def test_model_with_short_context(tiny_model_dir) -> None:
             select(flat_plan(20, 20, 1), items, short, cfg=SelectorConfig(), progress=False)
     finally:
         short.close()
+
+
+# -- the cycle collector during the selection's own CPU work ------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["generate", "logprobs"])
+def test_cycle_collector_is_paused_for_our_work_and_on_for_the_engine(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Preparing and rendering a round run with ``gc`` off (``selection.gcpause``); the engine's
+    calls, and everything after ``select``, with it on."""
+    import gc
+
+    from selectllm_local.selection import rounds
+
+    seen: dict[str, list[bool]] = {"prepare": [], "render": [], "engine": []}
+    for name in ("prepare", "render_sized"):
+        real = getattr(rounds._Round, name)
+
+        def spy(self, *a, _real=real, _name=name, **kw):  # type: ignore[no-untyped-def]
+            seen["render" if _name == "render_sized" else "prepare"].append(gc.isenabled())
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(rounds._Round, name, spy)
+
+    class Watched(FakeBackend):
+        def generate(self, prompts, **kw):  # type: ignore[no-untyped-def]
+            seen["engine"].append(gc.isenabled())
+            return super().generate(prompts, **kw)
+
+        def score_labels(self, prompts, labels, **kw):  # type: ignore[no-untyped-def]
+            seen["engine"].append(gc.isenabled())
+            return super().score_labels(prompts, labels, **kw)
+
+    items = make_items(30)
+    plan = flat_plan(30, 6, 2)
+    assert gc.isenabled()
+    out = select(plan, items, Watched(), cfg=SelectorConfig(mode=mode), progress=False)
+    check_exact(out, plan, items)
+    assert seen["prepare"] and not any(seen["prepare"])
+    assert seen["render"] and not any(seen["render"])
+    assert seen["engine"] and all(seen["engine"])
+    assert gc.isenabled()
+
+
+def test_paused_gc_restores_the_collector_as_it_found_it() -> None:
+    import gc
+
+    from selectllm_local.selection.gcpause import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(KeyError), paused_gc():
+        assert not gc.isenabled()
+        with paused_gc():  # nested: still off inside, still off after the inner block
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        raise KeyError("an error inside")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()
