@@ -49,6 +49,28 @@ log = logging.getLogger(__name__)
 HEAD_CHUNK = 256  # token_logprobs: positions per output-head product (256 x vocab floats)
 
 
+def token_strings(tokenizer: Any) -> list[str]:
+    """Every token id's text as ``tokenizer.decode([id])`` gives it. Where that decode is the
+    Rust decoder's alone (a fast tokenizer whose class keeps the library's ``decode`` and
+    ``_decode`` and cleans up no spaces), one batched Rust call gives the same strings at a
+    third to two thirds of the CPU (SmolLM2's 49k tokens: 0.08 s against 0.28; Gemma 3's 262k:
+    0.97 s against 1.49), once per run of the transformers backend's constraint gate."""
+    from transformers import PreTrainedTokenizerFast
+
+    n = len(tokenizer)
+    cls = type(tokenizer)
+    fast: Any = getattr(tokenizer, "backend_tokenizer", None)
+    plain = (
+        fast is not None
+        and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False
+        and getattr(cls, "_decode", None) is getattr(PreTrainedTokenizerFast, "_decode", 0)
+        and getattr(cls, "decode", None) is getattr(PreTrainedTokenizerFast, "decode", 0)
+    )
+    if plain:
+        return list(fast.decode_batch([[i] for i in range(n)], skip_special_tokens=False))
+    return [tokenizer.decode([i]) for i in range(n)]
+
+
 class HFBackend(ChatTokenizer):
     """``Backend`` over ``AutoModelForCausalLM.generate``."""
 
@@ -155,7 +177,7 @@ class HFBackend(ChatTokenizer):
         if gate is None:
             alphabet = set(c.regex) - set("\\()|?:*+{}")
             if self._vocab is None:
-                self._vocab = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
+                self._vocab = token_strings(self.tokenizer)
             cands = [i for i, s in enumerate(self._vocab) if s and set(s) <= alphabet]
             gate = RegexGate(c.regex, cands, self._vocab, int(self.tokenizer.eos_token_id))
             if len(self._gates) > 256:

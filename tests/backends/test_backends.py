@@ -304,3 +304,29 @@ def test_transformers_padding_puts_each_row_at_the_right(hf_backend, seed: int) 
         lead = 41 - len(row)
         assert ids[r].tolist() == [pad] * lead + row
         assert mask[r].tolist() == [0] * lead + [1] * len(row)
+
+
+def test_token_strings_equal_decoding_each_id(hf_backend, smollm2_dir) -> None:
+    """The constraint gate's token texts: the batched Rust decode where it applies equals
+    ``decode([id])`` id by id (tiny tokenizer, real SmolLM2), and a tokenizer that cleans up
+    spaces takes the per-id path."""
+    from transformers import AutoTokenizer
+
+    from selectllm_local.backends.hf_backend import token_strings
+
+    for tok in (hf_backend.tokenizer, AutoTokenizer.from_pretrained(smollm2_dir)):
+        assert tok.clean_up_tokenization_spaces is False
+        assert token_strings(tok) == [tok.decode([i]) for i in range(len(tok))]
+    calls: list[int] = []
+
+    class Counting(type(tok)):  # type: ignore[misc]
+        def decode(self, ids, *a, **kw):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return super().decode(ids, *a, **kw)
+
+    tok.__class__ = Counting  # a class of its own decode: the per-id path
+    try:
+        assert token_strings(tok) == [tok.decode([i]) for i in range(len(tok))]
+        assert len(calls) == 2 * len(tok)
+    finally:
+        tok.__class__ = Counting.__mro__[1]
