@@ -308,8 +308,8 @@ def test_transformers_padding_puts_each_row_at_the_right(hf_backend, seed: int) 
 
 def test_token_strings_equal_decoding_each_id(hf_backend, smollm2_dir) -> None:
     """The constraint gate's token texts: the batched Rust decode where it applies equals
-    ``decode([id])`` id by id (tiny tokenizer, real SmolLM2), and a tokenizer that cleans up
-    spaces takes the per-id path."""
+    ``decode([id])`` id by id (tiny tokenizer, real SmolLM2), and a tokenizer class with a
+    ``decode`` of its own takes the per-id path."""
     from transformers import AutoTokenizer
 
     from selectllm_local.backends.hf_backend import token_strings
