@@ -13,14 +13,16 @@ passes is the production path, and the whole of the "engine" window counts as ou
 Dolly rows, ``--subsets`` prompts of ``--candidates`` candidates cut to
 ``--max-candidate-tokens``, the benchmark's strided subset layout. Reported: medians over
 ``--repeats`` of select seconds / prompts, CPU ms (process time, all threads: the robust figure
-on a shared machine) beside wall ms, each **cold** (an empty candidate token store: the first
-select on a pool, the headline) and **warm** (the store a previous select on the pool filled:
-another budget, mode or seed; ``selection.tokencache``), cold and warm alternating, with the
-Rust BPE model's word cache emptied before each select as in a new process; each repeat also runs
-the plan's first quarter cold, which splits a cold select into a cost per prompt and one per
-select (``_split``); then a
-cProfile breakdown (process-time clock) of one more cold select, and the per-run fixed cost of
-the whole ``pipeline.select_run`` (``measure_fixed``, cold). ``--no-store`` turns the store off;
+on a shared machine) beside wall ms, each **cold** (no candidate units stored: the first
+select on a pool, with a model used before, whose whole-token table, ``selection.wholetokens``,
+is kept; the headline) and **warm** (the units a previous select on the pool stored: another
+budget, mode or seed; ``selection.tokencache``), alternating, with the Rust BPE model's word
+cache emptied before each select as in a new process; each repeat also runs the plan's first
+quarter cold, which splits a cold select into a cost per prompt and one per select (``_split``),
+and a **first** select (an empty store: the first ever with this tokenizer, which also builds its
+table); then a cProfile breakdown (process-time clock) of one more cold select, and the per-run
+fixed cost of the whole ``pipeline.select_run`` (``measure_fixed``, cold). ``--no-store`` turns
+the store off (and with it the table);
 ``--no-pieces`` makes the candidates' ids come from the Rust tokenizer's batched calls alone, not
 from ``selection.pieces`` (the code before it, for a before/after in one checkout).
 Tokenizers: ``tiny`` (the tests' 1k-token BPE) and ``pool`` (a 32k BPE trained on the pool, about
@@ -56,7 +58,8 @@ KEYS = [
     "benchmark", "label", "tokenizer", "vocab_size", "mode", "prompts", "candidates",
     "max_candidate_tokens", "repeats", "store", "ms_per_prompt_median", "ms_per_prompt_all",
     "cpu_ms_per_prompt_median", "cpu_ms_per_prompt_all", "small_prompts", "small_cpu_ms_median",
-    "marginal_cpu_ms_per_prompt", "select_fixed_cpu_ms", "warm_ms_per_prompt_median",
+    "marginal_cpu_ms_per_prompt", "select_fixed_cpu_ms", "first_cpu_ms_per_prompt_median",
+    "first_cpu_ms_per_prompt_all", "warm_ms_per_prompt_median",
     "warm_ms_per_prompt_all", "warm_cpu_ms_per_prompt_median", "warm_cpu_ms_per_prompt_all",
     "tokenize_once_cpu_ms_per_prompt_median", "tokenize_once_pieces_cpu_ms_per_prompt_median",
     "pieces", "load_average_before", "load_average_after",
@@ -203,6 +206,13 @@ def _clear_bpe_cache(tokenizer: Any) -> None:
         clear()
 
 
+def _empty_units(root: Path) -> None:
+    """Delete the candidate units under store ``root`` and keep what it holds per tokenizer
+    (``wholetokens``): a pool never selected before, with a model used before."""
+    for path in root.glob("*/b*"):
+        path.unlink()
+
+
 def _timed(fn: Any, prompts: int) -> tuple[float, float]:
     """(wall ms, CPU ms) per prompt of ``fn()``; CPU is this process's time, all threads: what
     the work costs on an idle machine, robust to other jobs sharing the cores."""
@@ -253,12 +263,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         tok = _tokenizer(args.tokenizer, items, tmp)
         model_dir = tinymodel.build_random_model(tmp / "model", "tiny-qwen2")
         backend = _backend(model_dir, tok)
-        warm_dir = tmp / "store-warm"
+        warm_dir, cold_dir = tmp / "store-warm", tmp / "store-cold"
         # The first select is a warm-up (imports, allocations); it also fills the warm store.
         out = _select(plan, items, backend, cfg, warm_dir if args.store else "off")
         ptoks = out.counts["prompt_tokens"]
+        if args.store:  # the cold store's tokenizer tables, as a model used before has them
+            _select(plan, items, backend, cfg, cold_dir)
         cold: list[tuple[float, float]] = []
         warm: list[tuple[float, float]] = []
+        first: list[float] = []  # CPU ms per prompt, a store with nothing in it at all
         # The same cold select on the plan's first quarter: with the full plan, it splits a
         # select's CPU time into a cost per prompt and a cost per select (issue 19's two
         # targets), as the line through the two medians.
@@ -274,23 +287,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         # are gone is our work (padding, the constraint gate, decoding, parsing). Cold and warm
         # alternate (ABBA), so a change in the machine's load hits both alike.
         for r in range(args.repeats):
-            fresh = tmp / f"store-cold-{r}" if args.store else "off"
-            fresh_small = tmp / f"store-small-{r}" if args.store else "off"
-            runs = [("cold", fresh), ("warm", warm_dir), ("small", fresh_small)]
+            where_cold = cold_dir if args.store else "off"
+            runs = [("cold", where_cold), ("warm", warm_dir), ("small", where_cold)]
+            runs += [("first", tmp / f"store-first-{r}")]
             for kind, where in runs if r % 2 == 0 else runs[::-1]:
-                if kind == "warm" and not args.store:
+                if kind in ("warm", "first") and not args.store:
                     continue
+                if kind in ("cold", "small"):
+                    _empty_units(cold_dir)
                 if kind == "small":
                     _w, c = _timed(lambda w=where: _select(small_plan, items, backend, cfg, w), 1)
                     small.append(c)
                     continue
                 one = _timed(lambda w=where: _select(plan, items, backend, cfg, w), n)
+                if kind == "first":
+                    first.append(one[1])
+                    continue
                 (cold if kind == "cold" else warm).append(one)
         floor, floor_pieces = _tokenize_once(tok, items, args)
         # a CPU-time profile of one more cold select
+        _empty_units(cold_dir)
         prof = cProfile.Profile(time.process_time)
         prof.enable()
-        _select(plan, items, backend, cfg, tmp / "store-profile" if args.store else "off")
+        _select(plan, items, backend, cfg, cold_dir if args.store else "off")
         prof.disable()
     if env_before is None:
         os.environ.pop(STORE_ENV, None)
@@ -322,6 +341,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms_per_prompt_median": _median([c for _, c in cold]),
         "cpu_ms_per_prompt_all": [round(c, 3) for _, c in cold],
         **_split(_median([c for _, c in cold]) * n, _median(small), n, small_n),
+        "first_cpu_ms_per_prompt_median": _median(first) if first else None,
+        "first_cpu_ms_per_prompt_all": [round(c, 3) for c in first],
         "warm_ms_per_prompt_median": _median([w for w, _ in warm]) if warm else None,
         "warm_ms_per_prompt_all": [round(w, 3) for w, _ in warm],
         "warm_cpu_ms_per_prompt_median": _median([c for _, c in warm]) if warm else None,
@@ -389,10 +410,10 @@ def measure_fixed(args: argparse.Namespace) -> dict[str, Any]:
             engine = EngineConfig(backend="transformers", model=str(model_dir))
             cfg = SelectConfig(plan=plan, engine=engine)
             plan_run(plan, progress=False)  # embedding and k-means: not ours to time here
-            runs = [
-                _fixed_run(cfg, backend, plan.resolved_run_dir, tmp / f"store-{n}-{r}")
-                for r in range(args.repeats + 1)
-            ]
+            runs = []
+            for _r in range(args.repeats + 1):  # a pool never seen (the tokenizer's table kept)
+                _empty_units(tmp / f"store-{n}")
+                runs.append(_fixed_run(cfg, backend, plan.resolved_run_dir, tmp / f"store-{n}"))
             timed = runs[1:]
             out["sizes"].append({
                 "pool": n, "budget": budget, "prompts": timed[0][2],
@@ -469,6 +490,10 @@ def main() -> None:
                       "pre-tokens) "
                       f"({res['prompt_tokens_per_prompt']:.0f} prompt tokens; load "
                       f"{res['load_average_before'][0]:.1f})")  # fmt: skip
+                if res["first_cpu_ms_per_prompt_median"] is not None:
+                    print(f"    the first select with this tokenizer (nothing stored, its "
+                          f"whole-token table built): {res['first_cpu_ms_per_prompt_median']:.3f} "
+                          "ms CPU per prompt")  # fmt: skip
                 if res["marginal_cpu_ms_per_prompt"] is not None:
                     per = res["marginal_cpu_ms_per_prompt"]
                     print(f"    cold, split (medians at {res['small_prompts']} and {res['prompts']} "

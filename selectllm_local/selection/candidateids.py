@@ -19,6 +19,7 @@ from typing import Any
 
 from selectllm_local.records import PoolItem
 from selectllm_local.selection import prompts as prompting
+from selectllm_local.selection import wholetokens
 from selectllm_local.selection.pieces import PIECE_CHECKS, PieceEncoder, encode_fast, pays_here
 from selectllm_local.selection.storedunits import StoredUnits
 
@@ -93,6 +94,8 @@ class CandidateTokens(StoredUnits):
             if any(got[j] != ids for j, ids in zip(check, real, strict=True)):
                 log.info("the pre-token encoder differs from this tokenizer; not used this run")
                 self._pieces = None
+                if self.store is not None:  # its whole-token table may be what is wrong
+                    wholetokens.discard(self.store.folder)
                 return self._encode_rust(texts)
         return got
 

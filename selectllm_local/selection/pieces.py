@@ -21,6 +21,9 @@ would change; so is every text of a tokenizer this module does not know exactly
 (``for_tokenizer`` returns None). The caller compares the first ``PIECE_CHECKS`` texts of a
 run with the tokenizer and drops the encoder on any difference
 (``candidateids.CandidateTokens``).
+
+A pre-token that is a vocabulary token the model gives back whole (``wholetokens``: asked once
+per tokenizer) takes its id from ``token_to_id``, at about a third of a ``tokenize`` call.
 """
 
 from __future__ import annotations
@@ -251,7 +254,7 @@ class PieceEncoder:
             else None
         )
         self._nfc = nfc
-        self._ids = _PieceIds(model.tokenize)
+        self._ids = _PieceIds(model)
         # the built-in patterns match every character; a tokenizer's own may leave a gap
         self._gaps = source not in (_GPT2, _GPT2_DIGITS)
 
@@ -316,6 +319,11 @@ class PieceEncoder:
             return None
         return text.translate(table)
 
+    def use_whole(self, table: bytes | None) -> None:
+        """Take the ids of whole tokens from ``table`` (``wholetokens``; None: ask ``tokenize``
+        for every pre-token)."""
+        self._ids.whole = table or b""
+
     def takes(self, text: str) -> bool:
         """Whether ``encode`` tokenizes ``text`` itself (else it asks the fallback)."""
         return self._pieces(text) is not None
@@ -345,13 +353,21 @@ class PieceEncoder:
 
 
 class _PieceIds(dict[str, list[int]]):
-    """Pre-token -> its ids, each made by the BPE model ``tokenize`` when first asked for."""
+    """Pre-token -> its ids, each made when first asked for: from the model's ``token_to_id``
+    where ``whole`` (``wholetokens``) says the model gives that token back whole, else by its
+    ``tokenize``."""
 
-    def __init__(self, tokenize: Callable[[str], Any]) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
-        self._tokenize = tokenize
+        self._tokenize, self._token_to_id = model.tokenize, model.token_to_id
+        self.whole = b""  # the whole-token table; empty: none
 
     def __missing__(self, piece: str) -> list[int]:
         raw = piece if piece.isascii() else piece.encode("utf-8").decode("latin-1")  # a byte each
-        ids = self[piece] = [t.id for t in self._tokenize(raw.translate(_TO_BYTE_CHARS))]
+        raw = raw.translate(_TO_BYTE_CHARS)
+        tid = self._token_to_id(raw) if self.whole else None
+        if tid is not None and tid < len(self.whole) and self.whole[tid]:
+            ids = self[piece] = [tid]
+        else:
+            ids = self[piece] = [t.id for t in self._tokenize(raw)]
         return ids

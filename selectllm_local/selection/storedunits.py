@@ -1,6 +1,8 @@
-"""The candidate token store as a run uses it: open it at the first round, fill units from it
-(checking the first ``STORE_CHECKS`` per budget against the tokenizer), hand it new ones, write
-them once per round, and drop it when its units prove wrong (``tokencache`` is the store itself).
+"""The candidate token store as a run uses it: open it at the first round (and give the
+pre-token encoder the tokenizer's whole-token table kept beside it, ``wholetokens``), fill units
+from it (checking the first ``STORE_CHECKS`` per budget against the tokenizer), hand it new ones,
+write them once per round, and drop it when its units prove wrong (``tokencache`` is the store
+itself).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selectllm_local.selection import tokencache
+from selectllm_local.selection import tokencache, wholetokens
 
 # Units read from the store compared with the tokenizer's, per budget, at the start of a run.
 STORE_CHECKS = 16
@@ -21,6 +23,7 @@ class StoredUnits:
 
     special: list[str]
     _fast: Any
+    _pieces: Any  # a pieces.PieceEncoder, or None
     _units: dict[tuple[int, int], tuple[str, bool, list[int]]]
 
     def __init__(self, tokenizer: Any, store_root: Path | None) -> None:
@@ -58,6 +61,8 @@ class StoredUnits:
             tokenizer, root = self._store_args
             self._store_args = None
             self.store = tokencache.open_store(tokenizer, self._fast, self.special, "\n", root)
+            if self.store is not None and self._pieces is not None:
+                self._pieces.use_whole(wholetokens.table(self.store.folder, self._fast))
         if self.store is None:
             return False
         wanted = {i: self._key(i) for i in dict.fromkeys(indices) if (i, budget) not in self._units}

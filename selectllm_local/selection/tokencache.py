@@ -50,10 +50,10 @@ OFF = {"0", "off", "false", "no", "none"}
 STALE_DAYS = 30  # fingerprint folders unused this long are removed when a store is opened
 # The modules whose code decides a unit (candidate text, defusing, cutting, counting): their
 # code is part of the fingerprint, so a changed cut never meets units stored before it.
-_CUTTING_CODE = ("prompts.py", "candidateids.py", "pieces.py", "tokencache.py")
+_CUTTING_CODE = ("prompts.py", "candidateids.py", "pieces.py", "tokencache.py", "wholetokens.py")
 _FOLDER = re.compile(r"[0-9a-f]{32}")
 # every file name the store writes (the temporary ones of ``atomic_path`` included)
-_OURS = re.compile(r"\.?b\d+(\.json|-[0-9a-f]{12}\.npy)(\..+\.tmp)?")
+_OURS = re.compile(r"\.?(b\d+(\.json|-[0-9a-f]{12}\.npy)|whole-[0-9a-f]{12}\.npy)(\..+\.tmp)?")
 
 
 def default_root() -> Path | None:

@@ -358,7 +358,8 @@ def test_units_are_written_once_per_round_and_a_failed_write_leaves_no_array(
     failing = _builder(rows, tok, "ids", tmp_path / "full")
     failing.prepare(PLAN.subsets[0].candidates, BUDGET)
     (folder,) = (tmp_path / "full").iterdir()
-    assert list(folder.iterdir()) == []  # the array written before the index is gone
+    # the array written before the index is gone (the tokenizer's whole-token table stays)
+    assert [p.name for p in folder.iterdir() if not p.name.startswith("whole-")] == []
     calls = []
     monkeypatch.setattr(tokencache, "save_npy", lambda *a: calls.append(a))
     failing.prepare(PLAN.subsets[1].candidates, BUDGET)
@@ -378,6 +379,7 @@ def test_fingerprint_folders_unused_for_30_days_are_removed(
         folder.mkdir()
         (folder / "b64.json").write_text("{}", "utf-8")
         (folder / "b64-0123456789ab.npy").write_bytes(b"x")
+        (folder / "whole-0123456789ab.npy").write_bytes(b"x")  # the tokenizer's table
     (folders["mixed"] / "notes.txt").write_text("the user's", "utf-8")
     (tmp_path / ("d" * 31)).mkdir()  # not a fingerprint
     for name in ("old", "mixed"):

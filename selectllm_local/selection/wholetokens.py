@@ -1,0 +1,115 @@
+"""Which vocabulary tokens a BPE model gives back whole, asked once per tokenizer and kept.
+
+``pieces.PieceEncoder`` runs the tokenizer's BPE model (``model.tokenize``) once per distinct
+pre-token of a run. A cold select meets about 170 new pre-tokens per prompt, and those calls
+(about 4 us each: the merges, then a Python object per token) were a quarter of its CPU time.
+Nearly every pre-token of real text is a vocabulary token of its own, and a BPE model trained by
+merging rebuilds such a token from its bytes, but nothing makes every vocabulary keep that
+(a token no sequence of its merges reaches, one put in by hand), so the model is asked: the
+**table** holds one byte per token id, 1 where ``model.tokenize(token) == [id]``. With it, a
+pre-token that is a vocabulary token whose byte is 1 takes its id from one ``token_to_id`` (what
+``tokenize`` would have returned, by the table's definition), and any other goes to ``tokenize``
+as before.
+
+Asking costs one ``tokenize`` per vocabulary token (about 0.1 s for 27,000 tokens, 0.2 s for
+SmolLM2's 49,152), about what the first select pays anyway for the pre-tokens it meets, so it is
+done once: at a run's first ``prepare``, kept in the candidate token store's folder of the
+tokenizer (``tokencache``: its fingerprint covers the tokenizer's content and this code) as
+``whole-<BLAKE2b of the bytes>.npy``, and read by later runs in under a millisecond. A file whose
+content does not match its name, or whose length is not the vocabulary's, is built again; with
+the store off there is no table, and every pre-token goes to ``tokenize``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selectllm_local.run.store import save_npy
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"whole-([0-9a-f]{12})\.npy")
+
+
+def build(fast: Any) -> bytes:
+    """The table of Rust tokenizer ``fast``'s BPE model: byte ``i`` is 1 where the model
+    tokenizes token ``i``'s string to exactly ``[i]``, else 0 (an id two strings share too)."""
+    model = fast.model
+    vocab = fast.get_vocab(with_added_tokens=False)
+    table = bytearray(max(vocab.values(), default=-1) + 1)
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for token, tid in vocab.items():
+        if tid in seen:
+            shared.add(tid)
+        seen.add(tid)
+        got = model.tokenize(token)
+        if len(got) == 1 and got[0].id == tid:
+            table[tid] = 1
+    for tid in shared:
+        table[tid] = 0
+    return bytes(table)
+
+
+def _digest(table: bytes) -> str:
+    return hashlib.blake2b(table, digest_size=6).hexdigest()
+
+
+def _read(folder: Path, size: int) -> bytes | None:
+    """The table stored in ``folder`` when one is there whole and of ``size`` bytes."""
+    for path in folder.glob("whole-*.npy"):
+        m = _NAME.fullmatch(path.name)
+        if m is None:
+            continue
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception:  # noqa: BLE001 - damaged: built again
+            continue
+        if arr.dtype == np.uint8 and arr.ndim == 1 and len(arr) == size:
+            table = arr.tobytes()
+            if _digest(table) == m.group(1):
+                return table
+    return None
+
+
+def table(folder: Path, fast: Any) -> bytes | None:
+    """The table of ``fast`` kept in ``folder`` (the store's folder of this tokenizer), built
+    and written there when missing or damaged; None where the model cannot be asked."""
+    try:
+        size = max(fast.get_vocab_size(with_added_tokens=False), 0)
+        found = _read(folder, size) if folder.is_dir() else None
+        if found is not None:
+            return found
+        t0 = time.perf_counter()
+        made = build(fast)
+    except Exception as exc:  # noqa: BLE001 - an unusual model: every pre-token to tokenize
+        log.info("no whole-token table for this tokenizer (%s: %s)", type(exc).__name__, exc)
+        return None
+    if len(made) != size:  # ids beyond the stated size: not kept (the next run asks again)
+        return made
+    log.info("asked the tokenizer's BPE model for its whole tokens once (%d tokens, %.2f s); "
+             "kept in %s", size, time.perf_counter() - t0, folder)  # fmt: skip
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_npy(folder / f"whole-{_digest(made)}.npy", np.frombuffer(made, dtype=np.uint8))
+    except Exception as exc:  # noqa: BLE001 - a cache: used in this run, asked again next
+        log.info("could not keep the whole-token table in %s: %s", folder, exc)
+    return made
+
+
+def discard(folder: Path) -> None:
+    """Delete the tables kept in ``folder`` (best effort): the encoder they served disagreed
+    with the tokenizer."""
+    try:
+        for path in folder.glob("whole-*.npy"):
+            if _NAME.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("cannot delete the whole-token tables in %s: %s", folder, exc)
