@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from selectllm_local.records import PoolItem
 from selectllm_local.selection import prompts as prompting
 from selectllm_local.selection import wholetokens
@@ -72,8 +74,7 @@ class CandidateTokens(StoredUnits):
         self._id_checks = DERIVE_CHECKS  # derived ids of cut candidates, checked apart
         self._lengths: Any = None  # token id -> bytes it covers (numpy, filled as met)
         self._units: dict[tuple[int, int], tuple[str, bool, list[int]]] = {}
-        if pieces is None:
-            pieces = pays_here()
+        pieces = pays_here() if pieces is None else pieces
         self._pieces = PieceEncoder.for_tokenizer(self._fast) if enabled and pieces else None
         self._piece_checks = PIECE_CHECKS
         nl = self._encode(["\n"])[0] if self.enabled else []
@@ -125,11 +126,12 @@ class CandidateTokens(StoredUnits):
     def _byte_ends(self, ids: list[int]) -> list[int]:
         """The running sum of the tokens' byte lengths: one byte per character of a token's
         string (the byte alphabet), the UTF-8 length of an added token's content."""
-        import numpy as np
-
         arr = np.asarray(ids, dtype=np.int64)
-        if self._lengths is None:
+        if self._lengths is None:  # from the whole-token table where there is one
             self._lengths = np.full(self._fast.get_vocab_size(with_added_tokens=True), -1)
+            known = self._token_lengths if self._token_lengths is not None else np.zeros(0)
+            n = min(len(known), len(self._lengths))
+            self._lengths[:n] = known[:n]
             for tid, added in self._fast.get_added_tokens_decoder().items():
                 if tid < len(self._lengths):
                     self._lengths[tid] = len(added.content.encode("utf-8"))
@@ -150,8 +152,7 @@ class CandidateTokens(StoredUnits):
         text = self._full.get(idx)
         if text is None:
             item = self.items[idx]
-            text = prompting.defuse(prompting.candidate_text(item), self.special)
-            self._full[idx] = text
+            text = self._full[idx] = prompting.defuse(prompting.candidate_text(item), self.special)
         return text
 
     def prepare(self, indices: Sequence[int], budget: int, suffix: str = "\n") -> None:

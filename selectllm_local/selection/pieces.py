@@ -9,11 +9,11 @@ from that table. On a pool's candidates that costs 55-65% of the CPU of the Rust
 used where the batch would have no more than ``MAX_CORES`` cores (``pays_here``).
 
 The split runs on Python's ``re`` in ASCII mode. The patterns ask of a non-ASCII character only
-its class (letter ``\p{L}``, number ``\p{N}``, whitespace ``\s``, or none of these), so each
-one is replaced by an ASCII stand-in of its class that the pattern never names literally, and
-the pre-tokens are cut from the original text at the same offsets. The class comes from the
-tokenizer library's own regex engine (and its Digits step), asked once per character, so its
-Unicode data decides, not Python's. A text is left to the tokenizer itself when it holds an ASCII
+its class (letter ``\p{L}``, number ``\p{N}``, whitespace ``\s``, or none of these), so the
+pattern is compiled with the non-ASCII letters, numbers and spaces met so far written into those
+classes (``_class_source``; once more per call that meets a new one), and splits the text itself.
+The class comes from the tokenizer library's own regex engine (and its Digits step), asked once
+per character, so its Unicode data decides, not Python's. A text is left to the tokenizer itself when it holds an ASCII
 control but tab, newline and carriage return, a lone surrogate, a character whose classes
 disagree, a character with a one-letter ASCII case partner (the long s, the Kelvin sign) where
 the pattern ignores case, an added token's content, or, under an NFC normalizer, anything NFC
@@ -33,7 +33,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from functools import cache
-from itertools import accumulate, chain
+from itertools import chain
 from typing import Any
 from unicodedata import category, is_normalized, normalize
 
@@ -58,12 +58,8 @@ _SPLITS = frozenset(
 )
 # ASCII characters left to the tokenizer: controls but tab, newline and carriage return.
 _UNSURE_ASCII = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# The Unicode classes a pattern may use, as they read on ASCII text (inside and outside [...]).
-_ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9"}
 # Escapes whose Unicode meaning differs from their ASCII one in a way stand-ins cannot keep.
 _UNICODE_ESCAPES = frozenset("pPwWdDbB")
-# Stand-in candidates per class; the first the pattern does not name is used.
-_STAND_INS = {"L": "qxzjkQXZJK", "N": "0123456789", "S": "\t\x0b\x0c", "O": "!#%&,;<=>@`~"}
 # The most cores at which the encoder is used. It does 55-65% of the CPU work of the Rust
 # tokenizer's batched call, on one thread; the batch spreads over the cores (1.5x faster on two
 # here), so on two cores the two finish together and on more the batch finishes first
@@ -124,26 +120,36 @@ def _split_source(pre: dict[str, Any]) -> str | None:
     return None
 
 
-def _ascii_source(source: str) -> str | None:
-    r"""``source`` for Python's ``re`` on ASCII text: ``\p{L}`` and ``\p{N}`` as ASCII ranges
-    (``[A-Za-z]`` outside a character class); None if it names a non-ASCII character or uses
-    any other ``\p``/``\P`` class, or ``\w``, ``\d``, ``\b`` or their negations."""
+def _class_source(
+    source: str, letters: str = "", numbers: str = "", spaces: str = ""
+) -> str | None:
+    r"""``source`` for Python's ``re`` in ASCII mode with the non-ASCII characters met so far
+    spelled out: ``\p{L}`` as ``A-Za-z`` plus ``letters``, ``\p{N}`` as ``0-9`` plus
+    ``numbers``, ``\s`` and ``\S`` with ``spaces`` added (each in brackets outside a character
+    class); None if it names a non-ASCII character, uses any other ``\p``/``\P`` class, ``\w``,
+    ``\d``, ``\b`` or their negations, or ``\S`` inside a class once ``spaces`` is not empty."""
     if not source.isascii():
         return None
+    sets = {r"\p{L}": "A-Za-z" + letters, r"\p{N}": "0-9" + numbers}
     out: list[str] = []
     i, in_class, opened = 0, False, -1  # opened: where the class's first member may stand
     while i < len(source):
         c = source[i]
         if c == "\\":
-            escape = source[i : i + 5]
-            if escape in _ASCII_CLASSES:
-                ranges = _ASCII_CLASSES[escape]
-                out.append(ranges if in_class else f"[{ranges}]")
+            escape, two = source[i : i + 5], source[i : i + 2]
+            if escape in sets:
+                out.append(sets[escape] if in_class else f"[{sets[escape]}]")
                 i += 5
                 continue
             if source[i + 1 : i + 2] in _UNICODE_ESCAPES:
                 return None
-            out.append(source[i : i + 2])
+            if spaces and two == r"\s":
+                two = two + spaces if in_class else f"[{two}{spaces}]"
+            elif spaces and two == r"\S":
+                if in_class:
+                    return None
+                two = f"[^\\s{spaces}]"
+            out.append(two)
             i += 2
             continue
         if c == "[" and not in_class:
@@ -196,19 +202,6 @@ def _char_class(c: str, folds: bool, digits: bool) -> str | None:
     return "L" if letter else "N" if number else "S" if space else "O"
 
 
-def _stand_ins(source: str) -> dict[str, str]:
-    """One ASCII stand-in per class that ``source`` does not name literally (in either case)."""
-    named = source + source.lower() + source.upper()
-    escapes = {"\t": "\\t", "\x0b": "\\x0b", "\x0c": "\\x0c"}
-    out = {}
-    for cls, cands in _STAND_INS.items():
-        free = [c for c in cands if c not in named and escapes.get(c, c) not in source]
-        if not free:
-            raise ValueError(f"no stand-in for class {cls} in {source!r}")
-        out[cls] = free[0]
-    return out
-
-
 def encode_fast(fast: Any, texts: Sequence[str]) -> list[Any]:
     """Encodings by Rust tokenizer ``fast`` without character offsets (``encode_batch_fast``,
     tokenizers >= 0.21: a third cheaper on short texts), for calls that need ids or counts only."""
@@ -237,17 +230,18 @@ class PieceEncoder:
     (``encode``). Made by ``for_tokenizer``; ``fallback`` encodes the texts it does not take."""
 
     def __init__(self, model: Any, source: str, added: list[str], nfc: bool = False) -> None:
-        ascii_source = _ascii_source(source)
+        ascii_source = _class_source(source)
         if ascii_source is None:
             raise ValueError(f"a split pattern this encoder cannot read: {source!r}")
-        self._model = model
+        self._model, self._source = model, source
         self._pattern = re.compile(ascii_source, re.ASCII)
-        self._stand_in = _stand_ins(source)
         self._folds = "(?i" in source  # a part that matches regardless of case
         self._digits = source == _GPT2_DIGITS  # a Digits step before the regex
-        # code point -> what the split sees: itself for ASCII (so that ``str.translate`` finds
-        # every character; a miss costs it a caught KeyError), a stand-in, or None (unsure)
-        self._table: dict[int, int | str | None] = {c: c for c in range(128)}
+        # non-ASCII characters met: their class ("L", "N", "S", "O"; None: left to the
+        # tokenizer), those of each class the pattern spells out, and the unsure ones
+        self._class: dict[str, str | None] = {}
+        self._members = {"L": "", "N": "", "S": ""}
+        self._unsure: set[str] = set()
         self._added = (
             re.compile("|".join(map(re.escape, sorted(set(added), key=len, reverse=True))))
             if added
@@ -288,36 +282,47 @@ class PieceEncoder:
             return None
 
     def _pieces(self, text: str) -> list[str] | None:
-        """``text``'s pre-tokens, or None when the tokenizer must encode it."""
+        """``text``'s pre-tokens, or None when the tokenizer must encode it (its non-ASCII
+        characters must have been met, ``_learn``)."""
         if self._added is not None and self._added.search(text):
             return None
         if _UNSURE_ASCII.search(text):
             return None
-        if text.isascii():
-            pieces: list[str] = self._pattern.findall(text)
-        else:
-            proxy = self._proxy(text)
-            if proxy is None:
+        if not text.isascii():
+            if self._unsure and not self._unsure.isdisjoint(text):
                 return None
-            ends = list(accumulate(map(len, self._pattern.findall(proxy))))
-            pieces = [text[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+            if self._nfc and not is_normalized("NFC", text):
+                return None
+        pieces: list[str] = self._pattern.findall(text)
         if self._gaps and sum(map(len, pieces)) != len(text):  # a gap the pattern left
             return None
         return pieces
 
-    def _proxy(self, text: str) -> str | None:
-        """``text`` with each non-ASCII character replaced by its class's ASCII stand-in, or
-        None if it holds one left to the tokenizer (or NFC would change it)."""
-        table = self._table
-        for c in {c for c in set(text) if c > "\x7f"}:
-            if ord(c) not in table:
-                cls = _char_class(c, self._folds, self._digits)
-                table[ord(c)] = self._stand_in[cls] if cls is not None else None
-            if table[ord(c)] is None:
-                return None
-        if self._nfc and not is_normalized("NFC", text):
-            return None
-        return text.translate(table)
+    def _learn(self, texts: Sequence[str]) -> None:
+        """Class the non-ASCII characters of ``texts`` not met before and, if any is a letter,
+        number or space, spell it into the pattern (one compile per call)."""
+        chars: set[str] = set()
+        for text in texts:
+            if not text.isascii():
+                chars.update(text)
+        new = [c for c in chars if c > "\x7f" and c not in self._class]
+        grew = False
+        for c in sorted(new):
+            cls = self._class[c] = _char_class(c, self._folds, self._digits)
+            if cls is None:
+                self._unsure.add(c)
+            elif cls != "O":
+                self._members[cls] += c
+                grew = True
+        if grew:
+            m = self._members
+            source = _class_source(self._source, m["L"], m["N"], m["S"])
+            if source is None:  # \S inside a class (no known split has one): leave these texts
+                self._unsure.update(m["S"])
+                m["S"] = ""
+                source = _class_source(self._source, m["L"], m["N"])
+            assert source is not None
+            self._pattern = re.compile(source, re.ASCII)
 
     def use_whole(self, table: bytes | None) -> None:
         """Take the ids of whole tokens from ``table`` (``wholetokens``; None: ask ``tokenize``
@@ -326,6 +331,7 @@ class PieceEncoder:
 
     def takes(self, text: str) -> bool:
         """Whether ``encode`` tokenizes ``text`` itself (else it asks the fallback)."""
+        self._learn([text])
         return self._pieces(text) is not None
 
     def encode(
@@ -338,6 +344,7 @@ class PieceEncoder:
         taken: list[int] = []
         if len(self._ids) > _CACHE_MAX:
             self._ids.clear()
+        self._learn(texts)
         get = self._ids.__getitem__
         for j, text in enumerate(texts):
             pieces = self._pieces(text)

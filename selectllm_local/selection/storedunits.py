@@ -24,6 +24,7 @@ class StoredUnits:
     special: list[str]
     _fast: Any
     _pieces: Any  # a pieces.PieceEncoder, or None
+    _derive_checks: int  # -1: counts of cut candidates are not derived in this run
     _units: dict[tuple[int, int], tuple[str, bool, list[int]]]
 
     def __init__(self, tokenizer: Any, store_root: Path | None) -> None:
@@ -33,6 +34,7 @@ class StoredUnits:
         self.store: tokencache.UnitStore | None = None
         self._store_checks: dict[int, int] = {}  # budget -> stored units still to check
         self._keys: dict[int, str] = {}  # pool index -> the store's key of its text
+        self._token_lengths = None  # from the whole-token table, once the store is open
 
     def _text(self, idx: int) -> str:
         raise NotImplementedError
@@ -61,8 +63,11 @@ class StoredUnits:
             tokenizer, root = self._store_args
             self._store_args = None
             self.store = tokencache.open_store(tokenizer, self._fast, self.special, "\n", root)
-            if self.store is not None and self._pieces is not None:
-                self._pieces.use_whole(wholetokens.table(self.store.folder, self._fast))
+            if self.store is not None and (self._pieces is not None or self._derive_checks >= 0):
+                kept = wholetokens.table(self.store.folder, self._fast)
+                if self._pieces is not None:
+                    self._pieces.use_whole(kept.whole if kept is not None else None)
+                self._token_lengths = kept.lengths if kept is not None else None
         if self.store is None:
             return False
         wanted = {i: self._key(i) for i in dict.fromkeys(indices) if (i, budget) not in self._units}

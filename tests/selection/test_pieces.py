@@ -214,14 +214,20 @@ def test_tokenizers_it_does_not_know_exactly_get_no_encoder(tokenizers: dict[str
     assert [enc.takes(t) for t in texts[:3]] == [False, True, True]
 
 
-def test_ascii_form_of_a_split_pattern() -> None:
-    assert pieces_mod._ascii_source(r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}") == (
+def test_class_form_of_a_split_pattern() -> None:
+    form = pieces_mod._class_source
+    assert form(r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}") == (
         r"[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}"
     )
     for other in [r"\p{Lu}+|\s+", r"\w+", r"\d+| ?\p{L}+", r"\bx", "[’']s"]:
-        assert pieces_mod._ascii_source(other) is None, other  # no ASCII form that stays exact
-    assert pieces_mod._ascii_source(r"[\]\p{L}]x") == r"[\]A-Za-z]x"
-    assert pieces_mod._ascii_source(r"[]\p{L}]|[^]\p{N}]") == r"[]A-Za-z]|[^]0-9]"
+        assert form(other) is None, other  # no ASCII form that stays exact
+    assert form(r"[\]\p{L}]x") == r"[\]A-Za-z]x"
+    assert form(r"[]\p{L}]|[^]\p{N}]") == r"[]A-Za-z]|[^]0-9]"
+    # the non-ASCII letters, numbers and spaces met, inside and outside classes
+    assert form(r" ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", "éж", "٣", "\u3000") == (
+        " ?[^\\s\u3000A-Za-zéж0-9٣]+|[\\s\u3000]+(?![^\\s\u3000])|[\\s\u3000]+"
+    )
+    assert form(r"[\S]x", spaces="\u3000") is None and form(r"[\S]x") == r"[\S]x"
 
 
 @pytest.mark.parametrize(
@@ -289,10 +295,28 @@ def test_an_added_token_is_matched_in_its_nfc_form_under_nfc(tokenizers: dict[st
     assert [enc.takes(t) for t in texts] == [False, False, False, True]
 
 
-def test_stand_ins_are_never_named_by_the_pattern() -> None:
-    source = r"q|x|!|#|0|\t| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+"
-    stand = pieces_mod._stand_ins(source)
-    assert stand == {"L": "z", "N": "1", "S": "\x0b", "O": "%"}
+@pytest.mark.parametrize("kind", ["dolly-bpe", "llama3-split"])
+def test_characters_met_in_later_calls_join_the_pattern(
+    tokenizers: dict[str, Any], kind: str
+) -> None:
+    """Each call classes the non-ASCII characters it meets first; the pattern is compiled again
+    only when one is a letter, number or space, and every call's ids stay the tokenizer's."""
+    tok = tokenizers[kind]
+    enc = PieceEncoder.for_tokenizer(tok)
+    assert enc is not None
+    calls = [
+        (["plain text 12", "it's 3 o'clock"], False),
+        (["café au lait", "naïve"], True),  # new letters
+        (["café — “quoted”", "café…"], False),  # punctuation only: no new compile
+        (["٣ apples", "Ⅻ and ½", "x\u3000y\u2003z"], True),  # numbers, spaces
+        (["日本語のテキスト", "한국어 text"], True),
+        (["café 日本 ٣\u3000", "naïve — ½"], False),  # all met before
+    ]
+    for texts, grows in calls:
+        before = enc._pattern
+        assert enc.encode(texts, lambda ts: _reference(tok, ts))[0] == _reference(tok, texts)
+        assert (enc._pattern is not before) == grows, texts
+    assert enc._members["L"] and enc._members["N"] and enc._members["S"]
 
 
 def test_case_partners_go_to_the_tokenizer_only_where_the_split_folds_case(

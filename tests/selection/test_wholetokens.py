@@ -63,12 +63,13 @@ def test_the_table_marks_exactly_the_tokens_the_model_gives_back_whole(
     for kind, tok in tokenizers.items():
         fast = _rust(tok)
         table = wholetokens.build(fast)
-        assert len(table) == fast.get_vocab_size(with_added_tokens=False), kind
+        assert len(table.whole) == fast.get_vocab_size(with_added_tokens=False), kind
         for token, tid in fast.get_vocab(with_added_tokens=False).items():
             whole = [t.id for t in fast.model.tokenize(token)] == [tid]
-            assert table[tid] == whole, (kind, token)
+            assert table.whole[tid] == whole, (kind, token)
+            assert table.lengths[tid] == len(token)  # one character per byte
     fast = tokenizers["unreachable"]
-    table = wholetokens.build(fast)
+    table = wholetokens.build(fast).whole
     vocab = fast.get_vocab()
     assert [fast.id_to_token(t) for t in fast.encode("abc", add_special_tokens=False).ids] == [
         "a",
@@ -84,7 +85,7 @@ def test_ids_with_the_table_equal_the_tokenizers_and_only_split_pieces_are_token
     tok = tokenizers[kind]
     enc = PieceEncoder.for_tokenizer(tok)
     assert enc is not None
-    table = wholetokens.build(_rust(tok))
+    table = wholetokens.build(_rust(tok)).whole
     enc.use_whole(table)
     calls: list[str] = []
     tokenize = enc._ids._tokenize
@@ -137,6 +138,7 @@ def test_the_table_is_kept_beside_the_store_read_by_the_next_run_and_rebuilt_whe
         second, got = _units(tok, items[::-1][:100], tmp_path)
         assert got == want[::-1][:100]
         assert second._pieces is not None and second._pieces._ids.whole == first._pieces._ids.whole
+        assert (second._token_lengths == first._token_lengths).all()
 
     data_ = bytearray(kept[0].read_bytes())  # a damaged table: its bytes no longer its name's
     data_[-1] ^= 1
@@ -159,7 +161,8 @@ def test_a_table_whose_encoder_differs_from_the_tokenizer_is_deleted(
     _cands, want = _units(tok, items, None)
     # a table that calls split tokens whole: some words get wrong ids
     fast = tok.backend_tokenizer
-    wrong = bytes([1]) * fast.get_vocab_size(with_added_tokens=False)
+    right = wholetokens.build(fast)
+    wrong = wholetokens.Table(bytes([1]) * len(right.whole), right.lengths)
     monkeypatch.setattr(wholetokens, "build", lambda f: wrong)
     monkeypatch.setattr(pieces_mod._PieceIds, "__missing__", _whole_even_if_not(fast))
     with caplog.at_level(logging.INFO, logger="selectllm_local.selection.promptids"):
