@@ -12,6 +12,7 @@ run; a mismatch switches derivation off for the run).
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,7 +70,7 @@ class CandidateTokens(StoredUnits):
         self._mark_ids: dict[str, list[int]] = {}  # suffix -> ids of TRUNCATION_MARK + suffix
         # derived counts still to compare with the tokenizer; -1 (never derive) unless the
         # tokenizer is byte-level BPE with no normalizer, the one kind the derivation holds for
-        derive = _byte_level(self._fast) and _no_prefix_space(self._fast)
+        derive = _byte_level(self._fast)
         self._derive_checks = DERIVE_CHECKS if derive else -1
         self._id_checks = DERIVE_CHECKS  # derived ids of cut candidates, checked apart
         self._lengths: Any = None  # token id -> bytes it covers (numpy, filled as met)
@@ -302,15 +303,17 @@ class CandidateTokens(StoredUnits):
         self, base: tuple[str, list[int], list[int]] | None, ask: str
     ) -> tuple[int, str] | None:
         """(tokens before the last word boundary of ``ask``, the rest of ``ask``) when ``ask``
-        is a prefix of the counted text ``base`` and has such a boundary; else None."""
+        is a prefix of the counted text ``base`` with such a boundary near its end; else None."""
         if base is None or self._derive_checks < 0:
             return None
         text, _ids, ends = base
         n = len(ask)
-        b = ask.rfind(" ")
-        if n >= len(text) or b <= 0 or b + 1 >= n or not _boundary(ask, b):
+        if n >= len(text) or not text.startswith(ask):
             return None
-        if not text.startswith(ask):
+        b = ask.rfind(" ", 0, n - 1)  # the last boundary, in the last 64 characters
+        while b > max(0, n - 64) and not _boundary(ask, b):
+            b = ask.rfind(" ", 0, b)
+        if b <= 0 or not _boundary(ask, b):
             return None
         return bisect.bisect_right(ends, _byte_offset(ask, b)), ask[b:]
 
@@ -364,8 +367,9 @@ class CandidateTokens(StoredUnits):
 
 
 def _byte_level(fast: Any) -> bool:
-    """Whether a fast tokenizer pre-tokenizes byte-level, word by word, and normalizes nothing
-    (GPT-2, Llama 3, Qwen, SmolLM2): the tokenizers whose word-boundary cuts keep their tokens.
+    """Whether a fast tokenizer pre-tokenizes byte-level, word by word, adds no space before a
+    text (token lengths then sum to its offsets) and normalizes nothing (GPT-2, Llama 3, Qwen,
+    SmolLM2): the tokenizers whose word-boundary cuts keep their tokens.
 
     Reads the normalizer and the pre-tokenizer alone: serializing the whole tokenizer (its
     vocabulary and merges) to JSON cost 50-100 ms per run, about 1 ms per prompt."""
@@ -373,26 +377,15 @@ def _byte_level(fast: Any) -> bool:
     if not hasattr(backend, "pre_tokenizer"):
         return False
     try:
-        import json
-
         if backend.normalizer is not None:
             return False
         pre_tok = backend.pre_tokenizer
-        pre = json.loads(pre_tok.__getstate__()) if pre_tok is not None else {}
+        state = pre_tok.__getstate__() if pre_tok is not None else "{}"
+        pre = json.loads(state)
     except Exception:  # an unusual tokenizer: do not derive  # noqa: BLE001
         return False
     kinds = {pre.get("type")} | {p.get("type") for p in pre.get("pretokenizers") or []}
-    return "ByteLevel" in kinds
-
-
-def _no_prefix_space(fast: Any) -> bool:
-    """Whether the byte-level pre-tokenizer adds no space before a text (token lengths then
-    sum to the text's offsets)."""
-    try:
-        state = str(fast.pre_tokenizer.__getstate__())
-    except Exception:  # noqa: BLE001
-        return False
-    return '"add_prefix_space":true' not in state.replace(" ", "")
+    return "ByteLevel" in kinds and '"add_prefix_space":true' not in str(state).replace(" ", "")
 
 
 def _byte_offset(text: str, n: int) -> int:

@@ -28,6 +28,7 @@ per tokenizer) takes its id from ``token_to_id``, at about a third of a ``tokeni
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -87,8 +88,8 @@ def _byte_chars() -> str:
     return "".join(out)
 
 
-# A text's UTF-8 bytes, read as Latin-1 (one character per byte), translated to the alphabet.
-_TO_BYTE_CHARS = str.maketrans(dict(enumerate(_byte_chars())))
+# Character ``b`` is how byte ``b`` is written (a ``codecs.charmap_decode`` table).
+_BYTE_CHARS = _byte_chars()
 
 
 def _state(obj: Any) -> dict[str, Any] | None:
@@ -345,9 +346,10 @@ class PieceEncoder:
         if len(self._ids) > _CACHE_MAX:
             self._ids.clear()
         self._learn(texts)
+        split = [self._pieces(text) for text in texts]
+        self._ids.add(set(chain.from_iterable(p for p in split if p is not None)))
         get = self._ids.__getitem__
-        for j, text in enumerate(texts):
-            pieces = self._pieces(text)
+        for j, pieces in enumerate(split):
             if pieces is None:
                 slow.append(j)
             else:
@@ -360,21 +362,39 @@ class PieceEncoder:
 
 
 class _PieceIds(dict[str, list[int]]):
-    """Pre-token -> its ids, each made when first asked for: from the model's ``token_to_id``
-    where ``whole`` (``wholetokens``) says the model gives that token back whole, else by its
-    ``tokenize``."""
+    """Pre-token -> its ids, made for many new pre-tokens at once (``add``): from the model's
+    ``token_to_id`` where ``whole`` (``wholetokens``) says the model gives that token back whole,
+    else by its ``tokenize``."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self._tokenize, self._token_to_id = model.tokenize, model.token_to_id
         self.whole = b""  # the whole-token table; empty: none
 
-    def __missing__(self, piece: str) -> list[int]:
-        raw = piece if piece.isascii() else piece.encode("utf-8").decode("latin-1")  # a byte each
-        raw = raw.translate(_TO_BYTE_CHARS)
-        tid = self._token_to_id(raw) if self.whole else None
-        if tid is not None and tid < len(self.whole) and self.whole[tid]:
-            ids = self[piece] = [tid]
-        else:
-            ids = self[piece] = [t.id for t in self._tokenize(raw)]
-        return ids
+    def add(self, pieces: set[str]) -> None:
+        """Make the ids of the ``pieces`` not here yet: their byte-alphabet forms come from one
+        decode of them all, joined by a NUL (a byte no pre-token holds: texts with one go to the
+        tokenizer), whose form is a character of its own."""
+        new = list(pieces - self.keys())
+        if not new:
+            return
+        joined = "\x00".join(new).encode("utf-8")
+        raws = codecs.charmap_decode(joined, "strict", _BYTE_CHARS)[0].split(_BYTE_CHARS[0])
+        whole, n = self.whole, len(self.whole)
+        if whole:
+            tids = map(self._token_to_id, raws)
+            self.update(
+                {
+                    p: [t]
+                    for p, t in zip(new, tids, strict=True)
+                    if t is not None and t < n and whole[t]
+                }
+            )
+        tokenize = self._tokenize
+        self.update(
+            {
+                p: [t.id for t in tokenize(r)]
+                for p, r in zip(new, raws, strict=True)
+                if p not in self
+            }
+        )

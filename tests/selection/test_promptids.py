@@ -281,6 +281,41 @@ def test_summed_byte_ends_split_text_where_the_tokenizers_offsets_do(
     assert boundaries > 1000
 
 
+def test_a_prefix_is_counted_from_its_last_word_boundary_past_numbers_and_spaces(
+    other_rows: list[Any], smollm2_dir: Path
+) -> None:
+    """A cut prefix's count is its text's own tokens up to the last word boundary plus the rest
+    tokenized: also where the prefix ends in a space or its last space precedes a number (the
+    boundary is then an earlier one), equal to tokenizing the prefix whole."""
+    from transformers import AutoTokenizer
+
+    from selectllm_local.selection.candidateids import _boundary
+
+    smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    backend = _TokenizerBackend(smol)
+    builder = PromptBuilder(
+        prompting.PromptTemplate.load(), other_rows, backend,
+        special_tokens=backend.special_tokens, count_tokens=backend.count_tokens, mode="ids",
+    )  # fmt: skip
+    texts = [t for t in (prompting.candidate_text(it) for it in other_rows) if len(t) > 600][:60]
+    derived = earlier = 0
+    for text, (ids, ends) in zip(texts, builder._encode_ends(texts, None), strict=True):
+        assert ends is not None
+        for n in range(60, len(text) - 1, 29):
+            ask = text[:n]
+            split = builder._split((text, ids, ends), ask)
+            if split is None:
+                continue
+            head, tail = split
+            assert head + len(builder._encode_rust([tail])[0]) == len(
+                builder._encode_rust([ask])[0]
+            )
+            derived += 1
+            last = ask.rfind(" ", 0, n - 1)
+            earlier += not _boundary(ask, last)  # the last space was not a boundary
+    assert derived > 500 and earlier > 50, (derived, earlier)
+
+
 def test_single_token_letters_from_one_batched_call_equal_counting_each(
     tokenizers: dict[str, Any], smollm2_dir: Path
 ) -> None:
