@@ -375,7 +375,7 @@ class _PieceIds(dict[str, list[int]]):
         """Make the ids of the ``pieces`` not here yet: their byte-alphabet forms come from one
         decode of them all, joined by a NUL (a byte no pre-token holds: texts with one go to the
         tokenizer), whose form is a character of its own."""
-        new = list(pieces - self.keys())
+        new = [p for p in pieces if p not in self]  # not ``pieces - keys()``: walks every key
         if not new:
             return
         joined = "\x00".join(new).encode("utf-8")
