@@ -330,3 +330,22 @@ def test_token_strings_equal_decoding_each_id(hf_backend, smollm2_dir) -> None:
         assert len(calls) == 2 * len(tok)
     finally:
         tok.__class__ = Counting.__mro__[1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_label_logprobs_on_cpu_equal_torchs_log_softmax(dtype: str) -> None:
+    """The CPU scoring of labels (numpy, one row at a time) gives torch's log-softmax of each
+    row at its label ids, for logits far apart and close together, in float32 and bfloat16."""
+    import torch
+
+    from selectllm_local.backends.hf_backend import _label_logprobs
+
+    gen = torch.Generator().manual_seed(5)
+    last = torch.cat(
+        [torch.randn(3, 2000, generator=gen) * 12, torch.randn(2, 2000, generator=gen) * 0.01]
+    ).to(getattr(torch, dtype))
+    ids = [[5, 17, 1999], [0, 1], [42], [7, 8, 9, 10], [1500, 3]]
+    want = torch.log_softmax(last.float(), dim=-1)
+    got = _label_logprobs(last, ids)
+    for r, row in enumerate(ids):
+        assert got[r] == pytest.approx(want[r, row].tolist(), abs=1e-5), r
