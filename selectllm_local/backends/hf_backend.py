@@ -126,6 +126,7 @@ class HFBackend(ChatTokenizer):
         ChatTokenizer.__init__(self, self.tokenizer)
         self._vocab: list[str] | None = None
         self._gates: dict[str, RegexGate] = {}
+        self._every_id: list[int] = []  # every token id (``_all_ids``)
         self.stats: dict[str, float] = {
             "startup_seconds": time.perf_counter() - t0,
             "prompt_tokens": 0,
@@ -187,6 +188,13 @@ class HFBackend(ChatTokenizer):
         self.stats["padding_tokens"] += len(seqs) * width - sum(len(s) for s in seqs)
         self.stats["prompt_tokens"] += sum(len(s) for s in seqs)
         return ids.to(self.device), mask.to(self.device)
+
+    def _all_ids(self) -> list[int]:
+        """Every token id, the gate's answer where a prompt has no constraint (made once)."""
+        n = len(self.tokenizer)
+        if len(self._every_id) != n:
+            self._every_id = list(range(n))
+        return self._every_id
 
     def _gate(self, c: Constraint | None) -> RegexGate | None:
         """A token gate for small-alphabet regexes (the ids grammar); None otherwise."""
@@ -252,7 +260,7 @@ class HFBackend(ChatTokenizer):
                     batch_gates = [gates[i] for i in batch]
                     allowed_fn = None
                     if any(g is not None for g in batch_gates):
-                        vocab = list(range(len(self.tokenizer)))
+                        vocab = self._all_ids()
 
                         def allowed_fn(
                             b: int, seq: Any, bg=batch_gates, w=width, v=vocab
