@@ -301,11 +301,7 @@ class HFBackend(ChatTokenizer):
     ) -> list[list[float]]:
         import torch
 
-        ids_of: dict[tuple[str, ...], list[int]] = {}  # the same label sets, prompt after prompt
-        token_ids = [
-            ids_of.get(tuple(labs)) or ids_of.setdefault(tuple(labs), self.label_token_ids(labs))
-            for labs in labels
-        ]
+        token_ids = [self.label_token_ids(labs) for labs in labels]
         encoded, batches = self._batches(prompts)
         results: list[list[float] | None] = [None] * len(prompts)
         t0 = time.perf_counter()

@@ -349,3 +349,24 @@ def test_label_logprobs_on_cpu_equal_torchs_log_softmax(dtype: str) -> None:
     got = _label_logprobs(last, ids)
     for r, row in enumerate(ids):
         assert got[r] == pytest.approx(want[r, row].tolist(), abs=1e-5), r
+
+
+def test_label_ids_are_asked_of_the_tokenizer_once_per_label_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selectllm_local.backends.base import ChatTokenizer
+    from selectllm_local.models import random_weights as tinymodel
+
+    tok = tinymodel.build_tokenizer(tmp_path / "tok")
+    face = ChatTokenizer(tok)
+    real = tok.encode
+    calls: list[str] = []
+    monkeypatch.setattr(tok, "encode", lambda text, **kw: calls.append(text) or real(text, **kw))
+    first = face.label_token_ids(list("ABC"))
+    assert first == [real(x, add_special_tokens=False)[0] for x in "ABC"]
+    first.append(99)  # the caller's list is its own
+    assert face.label_token_ids(list("ABC")) == first[:3]
+    assert face.label_token_ids(list("AB")) == first[:2]
+    assert calls == list("ABC") + list("AB")
+    with pytest.raises(ValueError, match="not 1"):  # digits are split: "12" is two tokens
+        face.label_token_ids(["A", "12"])
