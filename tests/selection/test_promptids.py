@@ -246,6 +246,19 @@ def test_fast_ids_equal_the_slow_path_on_real_tokenizers(
             assert builder._derive_checks == 0 and builder._id_checks == 0, name
 
 
+def _smollm2_builder(smollm2_dir: Path, rows: list[Any]) -> tuple[Any, PromptBuilder]:
+    """The real SmolLM2 tokenizer and an ids-mode prompt builder over ``rows``."""
+    from transformers import AutoTokenizer
+
+    smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    backend = _TokenizerBackend(smol)
+    builder = PromptBuilder(
+        prompting.PromptTemplate.load(), rows, backend,
+        special_tokens=backend.special_tokens, count_tokens=backend.count_tokens, mode="ids",
+    )  # fmt: skip
+    return smol, builder
+
+
 def test_summed_byte_ends_split_text_where_the_tokenizers_offsets_do(
     other_rows: list[Any], smollm2_dir: Path
 ) -> None:
@@ -254,16 +267,9 @@ def test_summed_byte_ends_split_text_where_the_tokenizers_offsets_do(
     the tokenizer's own character offsets put there."""
     import bisect
 
-    from transformers import AutoTokenizer
-
     from selectllm_local.selection.candidateids import _boundary, _byte_offset
 
-    smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
-    backend = _TokenizerBackend(smol)
-    builder = PromptBuilder(
-        prompting.PromptTemplate.load(), other_rows, backend,
-        special_tokens=backend.special_tokens, count_tokens=backend.count_tokens, mode="ids",
-    )  # fmt: skip
+    smol, builder = _smollm2_builder(smollm2_dir, other_rows)
     texts = [prompting.candidate_text(it) + "\n" for it in other_rows]
     texts = [t for t in texts if not t.isascii()][:60]
     assert len(texts) >= 20  # the pool has non-ASCII text to try
@@ -287,16 +293,9 @@ def test_a_prefix_is_counted_from_its_last_word_boundary_past_numbers_and_spaces
     """A cut prefix's count is its text's own tokens up to the last word boundary plus the rest
     tokenized: also where the prefix ends in a space or its last space precedes a number (the
     boundary is then an earlier one), equal to tokenizing the prefix whole."""
-    from transformers import AutoTokenizer
-
     from selectllm_local.selection.candidateids import _boundary
 
-    smol = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
-    backend = _TokenizerBackend(smol)
-    builder = PromptBuilder(
-        prompting.PromptTemplate.load(), other_rows, backend,
-        special_tokens=backend.special_tokens, count_tokens=backend.count_tokens, mode="ids",
-    )  # fmt: skip
+    _smol, builder = _smollm2_builder(smollm2_dir, other_rows)
     texts = [t for t in (prompting.candidate_text(it) for it in other_rows) if len(t) > 600][:60]
     derived = earlier = 0
     for text, (ids, ends) in zip(texts, builder._encode_ends(texts, None), strict=True):
