@@ -13,14 +13,13 @@ its class (letter ``\p{L}``, number ``\p{N}``, whitespace ``\s``, or none of the
 pattern is compiled with the non-ASCII letters, numbers and spaces met so far written into those
 classes (``_class_source``; once more per call that meets a new one), and splits the text itself.
 The class comes from the tokenizer library's own regex engine (and its Digits step), asked once
-per character, so its Unicode data decides, not Python's. A text is left to the tokenizer itself when it holds an ASCII
-control but tab, newline and carriage return, a lone surrogate, a character whose classes
-disagree, a character with a one-letter ASCII case partner (the long s, the Kelvin sign) where
-the pattern ignores case, an added token's content, or, under an NFC normalizer, anything NFC
-would change; so is every text of a tokenizer this module does not know exactly
-(``for_tokenizer`` returns None). The caller compares the first ``PIECE_CHECKS`` texts of a
-run with the tokenizer and drops the encoder on any difference
-(``candidateids.CandidateTokens``).
+per character, so its Unicode data decides, not Python's. A text is left to the tokenizer itself
+when it holds an ASCII control but tab, newline and carriage return, a lone surrogate, a
+character whose classes disagree, a character with a one-letter ASCII case partner (the long s,
+the Kelvin sign) where the pattern ignores case, an added token's content, or, under an NFC
+normalizer, anything NFC would change; so is every text of a tokenizer this module does not know
+exactly (``for_tokenizer`` returns None). The caller compares the first ``PIECE_CHECKS`` texts of
+a run with the tokenizer and drops the encoder on any difference (``candidateids.CandidateTokens``).
 
 A pre-token that is a vocabulary token the model gives back whole (``wholetokens``: asked once
 per tokenizer) takes its id from ``token_to_id``, at about a third of a ``tokenize`` call.
@@ -59,7 +58,8 @@ _SPLITS = frozenset(
 )
 # ASCII characters left to the tokenizer: controls but tab, newline and carriage return.
 _UNSURE_ASCII = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# Escapes whose Unicode meaning differs from their ASCII one in a way stand-ins cannot keep.
+# Escapes whose Unicode meaning differs from their ASCII one in a way classes spelled out cannot
+# keep.
 _UNICODE_ESCAPES = frozenset("pPwWdDbB")
 # The most cores at which the encoder is used. It does 55-65% of the CPU work of the Rust
 # tokenizer's batched call, on one thread; the batch spreads over the cores (1.5x faster on two

@@ -4,22 +4,22 @@
 pre-token of a run. A cold select meets about 170 new pre-tokens per prompt, and those calls
 (about 4 us each: the merges, then a Python object per token) were a quarter of its CPU time.
 Nearly every pre-token of real text is a vocabulary token of its own, and a BPE model trained by
-merging rebuilds such a token from its bytes, but nothing makes every vocabulary keep that
-(a token no sequence of its merges reaches, one put in by hand), so the model is asked: the
+merging rebuilds such a token from its bytes, but nothing makes every vocabulary keep that (a
+token no sequence of its merges reaches, one put in by hand), so the model is asked: the
 **table** holds one byte per token id, 1 where ``model.tokenize(token) == [id]`` (and, asked on
-the way, each token's length in bytes, which ``candidateids`` sums into the tokens' ends). With it, a
-pre-token that is a vocabulary token whose byte is 1 takes its id from one ``token_to_id`` (what
-``tokenize`` would have returned, by the table's definition), and any other goes to ``tokenize``
-as before.
+the way, each token's length in bytes, which ``candidateids`` sums into the tokens' ends). With
+it, a pre-token that is a vocabulary token whose byte is 1 takes its id from one ``token_to_id``
+(what ``tokenize`` would have returned, by the table's definition), and any other goes to
+``tokenize`` as before.
 
 Asking costs one ``tokenize`` per vocabulary token (about 0.1 s for 27,000 tokens, 0.2 s for
 SmolLM2's 49,152), about what the first select pays anyway for the pre-tokens it meets, so it is
 done once: at a run's first ``prepare``, kept in the candidate token store's folder of the
 tokenizer (``tokencache``: its fingerprint covers the tokenizer's content and this code) as
-``whole-<BLAKE2b of its array>.npy`` (per id, its length plus 0x8000 where it is whole), and
-read by later runs in about a millisecond. A file whose
-content does not match its name, or whose length is not the vocabulary's, is built again; with
-the store off there is no table, and every pre-token goes to ``tokenize``.
+``whole-<BLAKE2b of its array>.npy`` (per id, its length plus 0x8000 where it is whole), and read
+by later runs in about a millisecond. A file whose content does not match its name, or whose
+length is not the vocabulary's, is built again; with the store off there is no table, and every
+pre-token goes to ``tokenize``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class Table(NamedTuple):
 
 def build(fast: Any) -> Table:
     """The table of Rust tokenizer ``fast``'s BPE model: ``whole[i]`` is 1 where the model
-    tokenizes token ``i``'s string to exactly ``[i]``, else 0 (an id two strings share too)."""
+    tokenizes token ``i``'s string to exactly ``[i]``, else 0 (so is an id two strings share,
+    whose length is then unknown)."""
     model = fast.model
     vocab = fast.get_vocab(with_added_tokens=False)
     size = max(vocab.values(), default=-1) + 1
@@ -66,7 +67,7 @@ def build(fast: Any) -> Table:
         if len(got) == 1 and got[0].id == tid:
             whole[tid] = 1
     for tid in shared:
-        whole[tid] = 0
+        whole[tid], lengths[tid] = 0, -1
     return Table(bytes(whole), lengths)
 
 
