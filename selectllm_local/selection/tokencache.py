@@ -138,7 +138,7 @@ def fingerprint(tokenizer: Any, fast: Any, special: Sequence[str], suffix: str) 
     return h.hexdigest()[:32]
 
 
-def _digest(arr: Any) -> str:
+def array_digest(arr: Any) -> str:
     return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=16).hexdigest()
 
 
@@ -178,7 +178,7 @@ class UnitStore:
         found = np.load(self.folder / name, allow_pickle=False)  # whole: a memmap slices slowly
         if not isinstance(found, np.ndarray) or found.ndim != 1 or found.dtype != np.int32:
             raise ValueError("the array is not a flat int32 array")
-        if meta.get("blake2b") != _digest(found):
+        if meta.get("blake2b") != array_digest(found):
             raise ValueError("the array's checksum differs from its index's")
         n = 3 * len(keys)
         if len(found) < n:
@@ -291,7 +291,7 @@ class UnitStore:
                 if self._disk_name(budget) != expect:  # another run wrote meanwhile: merge it
                     (self.folder / name).unlink(missing_ok=True)
                     continue
-                meta = {"version": UNIT_VERSION, "data": name, "blake2b": _digest(arr)}
+                meta = {"version": UNIT_VERSION, "data": name, "blake2b": array_digest(arr)}
                 with atomic_path(self.folder / f"b{budget}.json") as tmp:
                     tmp.write_text(json.dumps({**meta, "keys": keys}), "utf-8")
             except Exception as exc:  # a cache: never an error  # noqa: BLE001

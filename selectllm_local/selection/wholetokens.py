@@ -24,7 +24,6 @@ pre-token goes to ``tokenize``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -34,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from selectllm_local.run.store import save_npy
+from selectllm_local.selection.tokencache import array_digest
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,6 @@ def _codes(table: Table) -> Any:
     return lengths | (np.frombuffer(table.whole, dtype=np.uint8).astype(np.uint16) << 15)
 
 
-def _digest(codes: Any) -> str:
-    return hashlib.blake2b(codes.tobytes(), digest_size=6).hexdigest()
-
-
 def _read(folder: Path, size: int) -> Table | None:
     """The table stored in ``folder`` when one is there whole and of ``size`` ids."""
     for path in folder.glob("whole-*.npy"):
@@ -92,7 +88,7 @@ def _read(folder: Path, size: int) -> Table | None:
         except Exception:  # noqa: BLE001 - damaged: built again
             continue
         ok = codes.dtype == np.uint16 and codes.ndim == 1 and len(codes) == size
-        if ok and _digest(codes) == m.group(1):
+        if ok and array_digest(codes)[:12] == m.group(1):
             lengths = (codes & 0x7FFF).astype(np.int64)
             lengths[lengths == 0] = -1
             return Table((codes >> 15).astype(np.uint8).tobytes(), lengths)
@@ -119,7 +115,7 @@ def table(folder: Path, fast: Any) -> Table | None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         codes = _codes(made)
-        save_npy(folder / f"whole-{_digest(codes)}.npy", codes)
+        save_npy(folder / f"whole-{array_digest(codes)[:12]}.npy", codes)
     except Exception as exc:  # noqa: BLE001 - a cache: used in this run, asked again next
         log.info("could not keep the whole-token table in %s: %s", folder, exc)
     return made
