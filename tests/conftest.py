@@ -13,6 +13,46 @@ import pytest
 
 from tests.helpers import HAS_VLLM, VLLM_MISSING, missing  # first: it sets the test environment
 
+# The longest files first (seconds of CPU in one full run on two workers, 2026-12-07, largest
+# first). With `-n 2 --dist loadfile` a file runs whole on one worker; xdist's own order (most
+# tests first) started the 390 s experiment slice last, and one worker idled for minutes at the
+# end. The rest keep their collection order.
+LONGEST_FIRST = (
+    "tests/backends/test_ray.py",
+    "tests/baselines/test_ifd.py",
+    "tests/experiment/test_experiment.py",
+    "tests/run/test_full_disk.py",
+    "tests/cli/test_select_cli.py",
+    "tests/test_api.py",
+    "tests/experiment/test_rerun_slice.py",
+    "tests/bench/test_gpu_check.py",
+    "tests/selection/test_real_models.py",
+    "tests/selection/test_golden_selection.py",
+    "tests/training/test_finetune.py",
+    "tests/cli/test_cli.py",
+    "tests/cli/test_quiet.py",
+    "tests/cli/test_progress_tty.py",
+    "tests/bench/test_bench.py",
+    "tests/cli/test_first_run.py",
+    "tests/backends/test_backends.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile`` in the collection order above (not reordered by tests per file)."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    config.option.loadscopereorder = False
+    return LoadFileScheduling(config, log)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

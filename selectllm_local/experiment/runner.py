@@ -118,21 +118,24 @@ def _run_experiment(
     hold = hold_after("cells")
     shown = track(cells, "experiment cells", enabled=progress, note=lambda c: c.name)  # i of n
     nll_key = _nll_key(cfg, data)
-    for i, cell in enumerate(shown, 1):
-        cell_dir = root / "cells" / cell.name
-        key = _cell_key(cfg, data, cell, pool_path)
-        done = read_marker(cell_dir / "done.json")
-        if done is not None and _finished(done, key, nll_key):
-            outcome.cells_skipped.append(cell.name)
-            continue
-        if max_cells is not None and len(outcome.cells_run) >= max_cells:
-            outcome.cells_pending.append(cell.name)
-            continue
-        log.info("cell %d/%d: %s", i, len(cells), cell.name)
-        _prepare_cell_dir(cell_dir, key)
-        run_cell(cfg, data, cell, cell_dir, key, pool_path, base_model, progress=progress)
-        outcome.cells_run.append(cell.name)
-        hold()  # a test's stop point (testhooks); a no-op otherwise
+    from selectllm_local.training.worker import shared_process
+
+    with shared_process():  # one fine-tuning process for every cell (started at the first)
+        for i, cell in enumerate(shown, 1):
+            cell_dir = root / "cells" / cell.name
+            key = _cell_key(cfg, data, cell, pool_path)
+            done = read_marker(cell_dir / "done.json")
+            if done is not None and _finished(done, key, nll_key):
+                outcome.cells_skipped.append(cell.name)
+                continue
+            if max_cells is not None and len(outcome.cells_run) >= max_cells:
+                outcome.cells_pending.append(cell.name)
+                continue
+            log.info("cell %d/%d: %s", i, len(cells), cell.name)
+            _prepare_cell_dir(cell_dir, key)
+            run_cell(cfg, data, cell, cell_dir, key, pool_path, base_model, progress=progress)
+            outcome.cells_run.append(cell.name)
+            hold()  # a test's stop point (testhooks); a no-op otherwise
     from selectllm_local.experiment.results import write_results
 
     paths = write_results(

@@ -7,8 +7,9 @@ Those values are the defaults of ``config.FinetuneConfig``.
 Records become Alpaca-style prompt/completion pairs (``trainset.py``), and TRL's
 ``SFTTrainer`` computes the loss on the response only (its prompt-completion dataset format with
 ``completion_only_loss``). ``quantization="auto"`` loads the base model in NF4 on CUDA and trains
-plain LoRA elsewhere. :func:`finetune_in_subprocess` runs the whole thing in a fresh Python process
-so memory held by an earlier stage (a vLLM engine, say) is certainly released.
+plain LoRA elsewhere. :func:`finetune_in_subprocess` runs the whole thing in another Python process
+(``worker``: a fresh one per job, or one for all of an experiment's cells), so memory held by an
+earlier stage (a vLLM engine, say) is certainly released.
 
 Output directory: ``adapter/`` (peft adapter + tokenizer, moved into place atomically),
 ``finetune_config.json`` (resolved config, environment), ``train_log.jsonl`` (one line per logged
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -125,7 +125,8 @@ def finetune_in_subprocess(
     config: FinetuneConfig,
     progress: bool | None = None,
 ) -> Path:
-    """:func:`finetune` in a fresh Python process (GPU memory of earlier stages is surely free).
+    """:func:`finetune` in another Python process (GPU memory of earlier stages is surely free):
+    a fresh one, or the one of an open ``worker.shared_process`` block.
 
     The child's log goes to ``out_dir/finetune.log``; its progress events are relayed to a
     progress line here (``trainprogress``). A user error in the child is raised here as
@@ -154,30 +155,23 @@ def finetune_in_subprocess(
         "fine-tuning in a subprocess (%d records), log: %s", len(examples), out / "finetune.log"
     )
     from selectllm_local.progress import status
-    from selectllm_local.training.progress import StepDisplay, relay
+    from selectllm_local.training.progress import StepDisplay
+    from selectllm_local.training.worker import current_process
 
     with (
         open(out / "finetune.log", "w", encoding="utf-8") as fh,
         status("fine-tuning: starting", enabled=progress) as line,
-        subprocess.Popen(
-            [sys.executable, "-m", "selectllm_local.training.finetune", str(job)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        ) as proc,
+        current_process() as proc,  # an experiment's one process, else a fresh one
     ):
-        assert proc.stdout is not None
-        relay(proc.stdout, fh, StepDisplay(line))
-        proc.wait()
-    if proc.returncode != 0:
+        rc = proc.run(job, fh, StepDisplay(line))
+    if rc != 0:
         tail = (
             (out / "finetune.log").read_text("utf-8", errors="replace").strip().splitlines()[-15:]
         )
-        if proc.returncode == UserError.exit_code and tail:
+        if rc == UserError.exit_code and tail:
             raise UserError(tail[-1].removeprefix("UserError: "))
         raise RuntimeError(
-            f"fine-tuning subprocess failed with exit code {proc.returncode}; last lines of "
+            f"fine-tuning subprocess failed with exit code {rc}; last lines of "
             f"{out / 'finetune.log'}:\n" + "\n".join(tail)
         )
     return out / "adapter"
@@ -217,9 +211,10 @@ def _as_records(records: Sequence[PoolItem | Mapping[str, Any]]) -> list[dict[st
     return [dict(as_example(r)) for r in records]
 
 
-def _main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    job = json.loads(Path(argv[0]).read_text("utf-8"))
+def _run_job(path: Path) -> int:
+    """Train one ``finetune_job.json`` (written by :func:`finetune_in_subprocess`): 0, or the
+    user-error code after its message, the last line of the output."""
+    job = json.loads(path.read_text("utf-8"))
     from selectllm_local.run.store import read_jsonl
     from selectllm_local.training.progress import print_event
 
@@ -235,9 +230,20 @@ def _main(argv: list[str]) -> int:
         err = expected_failure(exc, feature="Fine-tuning", folders=[Path(job["out_dir"])])
         if err is None:
             raise
+        sys.stdout.flush()
         sys.stderr.write(f"UserError: {err}\n")
         return UserError.exit_code
     return 0
+
+
+def _main(argv: list[str]) -> int:
+    """``--serve``: jobs from standard input, one path a line (``worker``); else one job file."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if argv == ["--serve"]:
+        from selectllm_local.training.worker import serve
+
+        return serve(_run_job)
+    return _run_job(Path(argv[0]))
 
 
 if __name__ == "__main__":

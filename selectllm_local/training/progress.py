@@ -66,8 +66,11 @@ class StepDisplay:
         )
 
 
-def relay(lines: Iterable[str], log_file: IO[str], on_event: Callable[[Event], None]) -> None:
-    """Copy the child's output into ``log_file``, except event lines, which go to ``on_event``."""
+def relay(
+    lines: Iterable[str], log_file: IO[str], on_event: Callable[[Event], None]
+) -> Event | None:
+    """Copy the child's output into ``log_file``, except event lines, which go to ``on_event``,
+    up to a job's end event (``worker``), which is returned; None if the output ends first."""
     for raw in lines:
         k = raw.find(PREFIX)  # an event may follow a partial line (a \r progress bar, a warning)
         if k >= 0:
@@ -79,7 +82,10 @@ def relay(lines: Iterable[str], log_file: IO[str], on_event: Callable[[Event], N
                 if k:
                     log_file.write(raw[:k] + "\n")
                     log_file.flush()
+                if "end" in event:
+                    return event
                 on_event(event)
                 continue
         log_file.write(raw)
         log_file.flush()
+    return None

@@ -139,27 +139,44 @@ def test_qlora_nf4_on_cpu(tiny_llama_dir: Path, tmp_path: Path) -> None:
     assert stats["base_weights_unchanged"] is True  # the 4-bit bytes included
 
 
-def test_finetune_in_subprocess(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_finetune_in_subprocess_alone_and_in_one_shared_process(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """A fresh process per job, or one process for many (an experiment's cells): the same adapter
+    bytes either way; a user error comes back as UserError and the shared process lives on; a
+    process killed between jobs is replaced."""
+    import os
+    import signal
+
     from selectllm_local.training.finetune import finetune_in_subprocess
+    from selectllm_local.training.worker import shared_process
 
     cfg = FinetuneConfig(**{**SMALL, "max_steps": 1})
-    adapter = finetune_in_subprocess(
-        RECORDS, base_model=tiny_llama_dir, out_dir=tmp_path, config=cfg
-    )
-    assert (adapter / "adapter_config.json").exists()
-    assert "fine-tuned" in (tmp_path / "finetune.log").read_text()
+    other = FinetuneConfig(**{**SMALL, "max_steps": 1, "seed": 7})
 
-
-def test_subprocess_user_error_comes_back_as_user_error(tmp_path: Path) -> None:
-    from selectllm_local.training.finetune import finetune_in_subprocess
-
-    with pytest.raises(UserError, match="does not exist"):
-        finetune_in_subprocess(
-            RECORDS,
-            base_model=tmp_path / "missing",
-            out_dir=tmp_path / "o",
-            config=FinetuneConfig(),
+    def train(out: str, config: FinetuneConfig = cfg) -> bytes:
+        adapter = finetune_in_subprocess(
+            RECORDS, base_model=tiny_llama_dir, out_dir=tmp_path / out, config=config
         )
+        assert "fine-tuned" in (tmp_path / out / "finetune.log").read_text()
+        return (adapter / "adapter_model.safetensors").read_bytes()
+
+    alone = train("alone")
+    with shared_process() as proc:
+        seeded = train("other", other)  # another job first: its RNG use must not leak
+        pid = proc.pid
+        assert pid is not None
+        with pytest.raises(UserError, match="does not exist"):
+            finetune_in_subprocess(
+                RECORDS, base_model=tmp_path / "missing", out_dir=tmp_path / "o", config=cfg
+            )
+        assert proc.pid == pid
+        assert train("shared") == alone != seeded
+        assert (proc.started, proc.jobs) == (1, 3)
+        os.kill(pid, signal.SIGKILL)
+        assert train("after-kill") == alone
+        assert proc.started == 2 and proc.pid != pid
+    assert proc.pid is None  # the block's end closed it
 
 
 @pytest.mark.gpu
