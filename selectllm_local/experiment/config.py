@@ -96,7 +96,8 @@ class ExperimentTable(Section):
     run_dir: str | None = None
     """Run directory [default: runs/experiment-<name>]."""
     finetune_subprocess: bool = True
-    """Fine-tune in a fresh process, so GPU memory of the selection is surely free."""
+    """Fine-tune in another process (``training.worker``: one for every cell on a CPU, a fresh
+    one after a job that used a GPU), so GPU memory of the selection is surely free."""
 
     def _bad(self, name: str, message: str) -> UserError:
         return UserError(f"[experiment] {name} {message}")  # no flag: a key of the file only
