@@ -13,10 +13,10 @@ import pytest
 
 from tests.helpers import HAS_VLLM, VLLM_MISSING, missing  # first: it sets the test environment
 
-# The longest files first (seconds of CPU in one full run on two workers, 2026-12-07, largest
-# first). With `-n 2 --dist loadfile` a file runs whole on one worker; xdist's own order (most
-# tests first) started the 390 s experiment slice last, and one worker idled for minutes at the
-# end. The rest keep their collection order.
+# The longest files first (their tests' seconds in a full run on two workers, 2026-12-07). With
+# `-n 2 --dist loadfile` a file runs whole on one worker; xdist's own order (most tests first)
+# started the 390 s experiment slice last, and one worker idled for minutes at the end. The rest
+# keep their collection order.
 LONGEST_FIRST = (
     "tests/backends/test_ray.py",
     "tests/baselines/test_ifd.py",
