@@ -156,12 +156,12 @@ def finetune_in_subprocess(
     )
     from selectllm_local.progress import status
     from selectllm_local.training.progress import StepDisplay
-    from selectllm_local.training.worker import current_process
+    from selectllm_local.training.worker import shared_process
 
     with (
         open(out / "finetune.log", "w", encoding="utf-8") as fh,
         status("fine-tuning: starting", enabled=progress) as line,
-        current_process() as proc,  # an experiment's one process, else a fresh one
+        shared_process() as proc,  # an experiment's one process, else a fresh one
     ):
         rc = proc.run(job, fh, StepDisplay(line))
     if rc != 0:

@@ -6,7 +6,7 @@ does not reach the trainer. Starting that process costs more than a small fine-t
 imports of torch, transformers, PEFT and TRL take about 13 s of CPU on a 2-core machine, against
 0.5 s for two steps of a tiny model. So one process serves a whole experiment
 (``shared_process``): it reads job files from its input, one path a line, and ends each job
-with an end event on its output (``progress.PREFIX``, ``{"end": rc, "again": bool}``).
+with an end event on its output (``progress.print_event``, ``{"end": rc, "again": bool}``).
 
 A job that used a CUDA device ends the process (``again`` false): the next job gets a fresh one,
 so no CUDA context or cached GPU memory is held while the parent runs vLLM or evaluates. A
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from selectllm_local.errors import UserError
-from selectllm_local.training.progress import PREFIX, Event, relay
+from selectllm_local.training.progress import Event, print_event, relay
 
 _SHARED: ContextVar[FinetuneProcess | None] = ContextVar("finetune_process", default=None)
 
@@ -107,7 +106,7 @@ class FinetuneProcess:
 @contextlib.contextmanager
 def shared_process() -> Iterator[FinetuneProcess]:
     """Within this block every ``finetune_in_subprocess`` uses one process (an experiment's cells);
-    a block inside another uses the outer one."""
+    a block inside another uses the outer one (a lone fine-tune opens its own, for one job)."""
     outer = _SHARED.get()
     if outer is not None:
         yield outer
@@ -118,20 +117,6 @@ def shared_process() -> Iterator[FinetuneProcess]:
         yield proc
     finally:
         _SHARED.reset(token)
-        proc.close()
-
-
-@contextlib.contextmanager
-def current_process() -> Iterator[FinetuneProcess]:
-    """The shared process if a ``shared_process`` block is open, else one for a single job."""
-    shared = _SHARED.get()
-    if shared is not None:
-        yield shared
-        return
-    proc = FinetuneProcess()
-    try:
-        yield proc
-    finally:
         proc.close()
 
 
@@ -163,5 +148,4 @@ def _used_cuda() -> bool:
 
 def _end(rc: int, again: bool) -> None:
     sys.stdout.flush()  # the job's own lines come before its end
-    sys.stderr.write(PREFIX + json.dumps({"end": rc, "again": again}) + "\n")
-    sys.stderr.flush()
+    print_event({"end": rc, "again": again})
