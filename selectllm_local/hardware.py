@@ -302,6 +302,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_native_bf16() -> bool | None:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16): two CPUs both named
+    "Xeon" or "EPYC" can differ by twice in a benchmark's CPU time. None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return None
+
+
 def machine_facts() -> dict[str, Any]:
     """CPU, threads, load and GPU facts for an output's environment block."""
     import torch
@@ -310,6 +323,7 @@ def machine_facts() -> dict[str, Any]:
     spec = match_gpu(name) if name else None
     facts: dict[str, Any] = {
         "cpu_model": cpu_model(),
+        "cpu_native_bf16": cpu_native_bf16(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -169,6 +169,9 @@ def test_hardware_facts_have_one_answer() -> None:
     assert (hardware.gpu_name() is None) == (not gpu)
     facts = hardware.machine_facts()
     assert facts["cpu_cores"] and facts["torch_threads"] >= 1
+    if Path("/proc/cpuinfo").is_file():  # Linux: the CPU's flags say whether bf16 is native
+        flags = Path("/proc/cpuinfo").read_text().split()
+        assert facts["cpu_native_bf16"] is ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def test_dry_run_matches_hand_computed_flops(tmp_path: Path) -> None:
