@@ -187,7 +187,11 @@ def test_scores_resume_after_a_torn_line(hf_backend, tmp_path: Path) -> None:  #
     spy = Counting(hf_backend)
     again = ifd_scores(items, spy, key="m1", cache_path=cache, chunk_rows=5, progress=False)
     assert again.cached == 9 and again.scored_now == 3 and spy.texts == 6  # two texts a row
-    np.testing.assert_allclose(again.ifd, first.ifd, rtol=1e-6)
+    # the nine kept rows are read back bit for bit; the three scored again sat in another padded
+    # batch, so they may move by float32 batch drift (docs/DIAGNOSTICS.md: up to ~1e-5; 2.3e-6
+    # seen on one CPU), far below the IFD tolerance REL
+    np.testing.assert_array_equal(again.ifd[:9], first.ifd[:9])
+    np.testing.assert_allclose(again.ifd[9:], first.ifd[9:], rtol=1e-4)
     rows = [json.loads(x) for x in cache.read_text("utf-8").splitlines()]  # every line whole
     assert len(rows) == 12
     other = Counting(hf_backend)  # another model key: nothing is reused
