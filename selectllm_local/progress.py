@@ -183,3 +183,28 @@ def track(
             line.update(completed=i, note=note(item) if note else "")
             yield item
         line.update(completed=len(items))
+
+
+@contextlib.contextmanager
+def quiet_weight_loading(source: str | os.PathLike[str]) -> Iterator[None]:
+    """transformers' own "Loading weights" bar off while the model at ``source`` loads.
+
+    That bar is drawn outside this display, on a pipe too, and flashes by in under a second for
+    the packaged models; the step's own line (embedding, selecting, fine-tuning) says what is
+    going on. A hub id (``source`` not a local path) keeps every bar: loading it may download.
+    Debug logging (``-v``) keeps it too."""
+    import logging
+
+    local = os.path.exists(os.fspath(source))
+    if not local or logging.getLogger("selectllm_local").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

@@ -32,8 +32,10 @@ class _Embedder:
         from sentence_transformers import SentenceTransformer
 
         from selectllm_local import hardware
+        from selectllm_local.progress import quiet_weight_loading
 
-        self.model = SentenceTransformer(model, device=hardware.default_device(device))
+        with quiet_weight_loading(model):
+            self.model = SentenceTransformer(model, device=hardware.default_device(device))
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

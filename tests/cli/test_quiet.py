@@ -45,6 +45,8 @@ def test_select_shows_no_engine_output_by_default_and_verbose_shows_it(
     assert not PY_WARNING.search(quiet.stderr), quiet.stderr[-3000:]
     # an engine's own loggers (vLLM's Triton check) pass records up to our console handler
     assert not re.search(r"^WARNING", quiet.stderr, re.M), quiet.stderr[-3000:]
+    # transformers' weight-loading bar (the embedder's load) is not drawn either
+    assert "Loading weights" not in quiet.stderr, quiet.stderr[-3000:]
     assert "starting the vLLM engine" in quiet.stderr  # our own lines still show
     assert "vLLM engine ready" in quiet.stderr
     # what was hidden is kept in the run directory
@@ -118,6 +120,37 @@ def test_other_libraries_log_records_go_to_the_engine_log_while_it_starts(
     assert "after the start" in shown.getvalue()  # only during a start
     assert "WARNING an_engine_library.triton_check: Triton is installed, but" in log.read_text()
     assert not handler.filters
+
+
+def test_weight_loading_bar_is_off_for_a_local_model_only_and_comes_back(
+    tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from selectllm_local.progress import quiet_weight_loading
+
+    ours = logging.getLogger("selectllm_local")
+    level = ours.level
+    ours.setLevel(logging.INFO)  # not -v, whatever ran before
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        with quiet_weight_loading(tiny_model_dir):
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()  # restored after the load
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # outside: transformers draws it
+        assert "Loading weights" in capfd.readouterr().err
+        with quiet_weight_loading("someone/a-hub-model"):  # may download: every bar stays
+            assert hf_logging.is_progress_bar_enabled()
+        ours.setLevel(logging.DEBUG)  # -v keeps it
+        with quiet_weight_loading(tiny_model_dir):
+            assert hf_logging.is_progress_bar_enabled()
+    finally:
+        ours.setLevel(level)
 
 
 def test_engine_runs_eager_on_cpu_and_compiled_on_cuda_unless_told() -> None:
