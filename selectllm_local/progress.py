@@ -186,8 +186,9 @@ def track(
 
 
 @contextlib.contextmanager
-def quiet_weight_loading(source: str | os.PathLike[str]) -> Iterator[None]:
-    """transformers' own "Loading weights" bar off while the model at ``source`` loads.
+def quiet_weight_bars(source: str | os.PathLike[str]) -> Iterator[None]:
+    """transformers' own "Loading weights" (and "Writing model shards") bar off while the model
+    at ``source`` loads (or is saved there).
 
     That bar is drawn outside this display, on a pipe too, and flashes by in under a second for
     the packaged models; the step's own line (embedding, selecting, fine-tuning) says what is

@@ -40,7 +40,7 @@ from selectllm_local.backends.batchsize import (
 )
 from selectllm_local.backends.hf_decoding import Overlap, RegexGate, SeededSampling
 from selectllm_local.config import EngineConfig
-from selectllm_local.progress import progress_bar, quiet_weight_loading
+from selectllm_local.progress import progress_bar, quiet_weight_bars
 from selectllm_local.records import Generation
 from selectllm_local.summaries import RaySummary
 
@@ -110,7 +110,7 @@ class HFBackend(ChatTokenizer):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        with quiet_weight_loading(model_path):
+        with quiet_weight_bars(model_path):
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         if options.lora_path:
             from peft import PeftModel

@@ -19,7 +19,7 @@ from selectllm_local import hardware
 from selectllm_local.baselines.request import Request, top
 from selectllm_local.config.vocab import PERPLEXITY_BANDS, BackendName
 from selectllm_local.errors import UserError
-from selectllm_local.progress import quiet_weight_loading
+from selectllm_local.progress import quiet_weight_bars
 from selectllm_local.records import PoolItem
 
 ANSWER_TOKENS = 128  # answer-perplexity: tokens of the base model's greedy answer scored
@@ -91,7 +91,7 @@ def perplexities(
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     dtype = getattr(torch, hardware.resolve_dtype("auto", dev, cpu_auto="float32"))
-    with quiet_weight_loading(model_path):
+    with quiet_weight_bars(model_path):
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model = model.to(dev).eval()
     enc = [

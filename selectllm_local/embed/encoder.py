@@ -22,7 +22,7 @@ import numpy as np
 
 from selectllm_local import hardware
 from selectllm_local.errors import UserError, require
-from selectllm_local.progress import quiet_weight_loading
+from selectllm_local.progress import quiet_weight_bars
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def model_id(name: str = DEFAULT_EMBEDDER) -> str:
 def _load(resolved: str, device: str) -> Any:
     st = require("sentence_transformers", feature="Embedding the pool", extra="cpu")
     try:
-        with quiet_weight_loading(resolved):
+        with quiet_weight_bars(resolved):
             return st.SentenceTransformer(resolved, device=device)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's model choice
         raise UserError(

@@ -32,9 +32,9 @@ class _Embedder:
         from sentence_transformers import SentenceTransformer
 
         from selectllm_local import hardware
-        from selectllm_local.progress import quiet_weight_loading
+        from selectllm_local.progress import quiet_weight_bars
 
-        with quiet_weight_loading(model):
+        with quiet_weight_bars(model):
             self.model = SentenceTransformer(model, device=hardware.default_device(device))
         self.batch_size = batch_size
 

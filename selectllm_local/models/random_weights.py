@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from selectllm_local.progress import quiet_weight_bars
+
 log = logging.getLogger(__name__)
 
 CHAT_TEMPLATE = (
@@ -227,7 +229,7 @@ def build_random_model(
         bos_token_id=pad_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        torch_dtype=dtype,
+        dtype=dtype,
         **spec,
     )
     torch_dtype = getattr(torch, dtype)
@@ -235,12 +237,13 @@ def build_random_model(
         # The tests' models keep transformers' own init, bit for bit (golden selections).
         torch.manual_seed(seed)
         with torch.device("cpu"):
-            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     else:
         model = _fast_random_model(config, torch_dtype, seed)
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = pad_id
-    model.save_pretrained(out, safe_serialization=True)
+    with quiet_weight_bars(out):
+        model.save_pretrained(out, safe_serialization=True)
     meta = {"shape": shape, "seed": seed, "dtype": dtype, "random_weights": True}
     (out / "selectllm_model.json").write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
     log.info("wrote random-weight %s model to %s", shape, out)
@@ -264,7 +267,7 @@ def _fast_random_model(config: Any, dtype: Any, seed: int) -> Any:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model = model.to_empty(device=device)
     model.tie_weights()
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -15,7 +15,7 @@ from typing import Any
 
 from selectllm_local.config import FinetuneConfig
 from selectllm_local.errors import UserError
-from selectllm_local.progress import quiet_weight_loading
+from selectllm_local.progress import quiet_weight_bars
 from selectllm_local.training.trainset import fit_to_length, split_validation
 
 log = logging.getLogger("selectllm_local.training.finetune")
@@ -167,7 +167,7 @@ def load_base(base_model: str | Path, res: dict[str, Any]) -> tuple[Any, Any]:
             bnb_4bit_compute_dtype=torch_dtype,
         )
         load_kw["device_map"] = {"": 0 if res["device"] == "cuda" else "cpu"}
-    with quiet_weight_loading(base_model):
+    with quiet_weight_bars(base_model):
         model = AutoModelForCausalLM.from_pretrained(str(base_model), **load_kw)
     if res["quantization"] == "nf4":
         from peft import prepare_model_for_kbit_training

@@ -110,6 +110,7 @@ def test_plan_example_budget_137_then_reuses_embeddings(tmp_path: Path) -> None:
     assert s["subsets"]["picks_total"] == 137
     assert s["embeddings"]["cached"] is False
     assert s["pool"]["schema"] == "dolly"
+    assert "Loading weights" not in r.stderr  # the embedder loads without transformers' bar
     for name in (
         "config.json",
         "pool.jsonl",

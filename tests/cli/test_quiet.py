@@ -130,7 +130,7 @@ def test_weight_loading_bar_is_off_for_a_local_model_only_and_comes_back(
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from selectllm_local.progress import quiet_weight_loading
+    from selectllm_local.progress import quiet_weight_bars
 
     ours = logging.getLogger("selectllm_local")
     level = ours.level
@@ -138,19 +138,30 @@ def test_weight_loading_bar_is_off_for_a_local_model_only_and_comes_back(
     hf_logging.enable_progress_bar()
     try:
         capfd.readouterr()
-        with quiet_weight_loading(tiny_model_dir):
+        with quiet_weight_bars(tiny_model_dir):
             AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         assert "Loading weights" not in capfd.readouterr().err
         assert hf_logging.is_progress_bar_enabled()  # restored after the load
         AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # outside: transformers draws it
         assert "Loading weights" in capfd.readouterr().err
-        with quiet_weight_loading("someone/a-hub-model"):  # may download: every bar stays
+        with quiet_weight_bars("someone/a-hub-model"):  # may download: every bar stays
             assert hf_logging.is_progress_bar_enabled()
         ours.setLevel(logging.DEBUG)  # -v keeps it
-        with quiet_weight_loading(tiny_model_dir):
+        with quiet_weight_bars(tiny_model_dir):
             assert hf_logging.is_progress_bar_enabled()
     finally:
         ours.setLevel(level)
+
+
+def test_random_model_prints_its_own_lines_only(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    r = subprocess.run([*CLI, "random-model", "tiny-qwen2", str(out)], capture_output=True,
+                       text=True, timeout=HANG_GUARD)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()
+    assert "Writing model shards" not in r.stderr and "deprecated" not in r.stderr, r.stderr
+    assert not PY_WARNING.search(r.stderr), r.stderr
+    assert "wrote random-weight tiny-qwen2 model" in r.stderr
 
 
 def test_engine_runs_eager_on_cpu_and_compiled_on_cuda_unless_told() -> None:
