@@ -133,7 +133,7 @@ def test_weight_loading_bar_is_off_for_a_local_model_only_and_comes_back(
     from selectllm_local.progress import quiet_weight_bars
 
     ours = logging.getLogger("selectllm_local")
-    level = ours.level
+    level, bars = ours.level, hf_logging.is_progress_bar_enabled()
     ours.setLevel(logging.INFO)  # not -v, whatever ran before
     hf_logging.enable_progress_bar()
     try:
@@ -151,6 +151,7 @@ def test_weight_loading_bar_is_off_for_a_local_model_only_and_comes_back(
             assert hf_logging.is_progress_bar_enabled()
     finally:
         ours.setLevel(level)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
 
 
 def test_random_model_prints_its_own_lines_only(tmp_path: Path) -> None:
