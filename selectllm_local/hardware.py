@@ -19,6 +19,7 @@ is the call the engines make for every projection; on CPUs without native bf16 (
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -292,27 +293,30 @@ def rss_high_water() -> int | None:
 
 
 # -- environment ---------------------------------------------------------------------------------
-def cpu_model() -> str:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo, read once (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():  # the end of the first CPU's block
+                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_native_bf16() -> bool | None:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16): two CPUs both named
     "Xeon" or "EPYC" can differ by twice in a benchmark's CPU time. None where it cannot be read."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return None
+    flags = _cpuinfo().get("flags")
+    return None if flags is None else bool(set(flags.split()) & {"avx512_bf16", "amx_bf16"})
 
 
 def machine_facts() -> dict[str, Any]:
